@@ -1,0 +1,31 @@
+//! `sm-init`: PID 1 of an sm guest. It mounts the kernel file systems, loads the modules
+//! the initramfs lists, runs the command sm-vmm passed (or an interactive shell) with its
+//! stdout on COM1 and stderr on COM2, reaps every orphan, reports the command's exit status
+//! to sm-vmm through the exit-status port, and powers the VM off.
+
+mod command;
+mod exit;
+mod setup;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    if std::process::id() != 1 {
+        eprintln!("sm-init: must run as PID 1 (the guest's init), not as PID {}", std::process::id());
+        return ExitCode::from(2);
+    }
+    let verbose = setup::verbose();
+    if let Err(e) = setup::mount_kernel_filesystems() {
+        setup::log_error(&format!("mounting kernel file systems: {e}"));
+    }
+    setup::load_modules(verbose);
+    let _ = nix::unistd::sethostname("sm");
+    let status = match command::Launch::from_init_config() {
+        Ok(launch) => launch.run(verbose),
+        Err(e) => {
+            setup::log_error(&e);
+            exit::STATUS_INIT_FAILED
+        }
+    };
+    exit::power_off(status)
+}

@@ -1,0 +1,242 @@
+//! ACPI tables: how the guest learns its CPUs (MADT), its interrupt controller, how to power
+//! off and reset (hardware-reduced FADT sleep/reset registers), and where its virtio-mmio
+//! devices are (DSDT `LNRO0005` devices: Debian's kernel finds virtio-mmio only this way or
+//! through a device tree).
+
+use acpi_tables::aml;
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::{Aml, AmlSink};
+
+use crate::layout::{
+    ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
+    ACPI_START, IOAPIC_START, LAPIC_START,
+};
+
+const OEM_ID: [u8; 6] = *b"SMVMM ";
+const OEM_TABLE_ID: [u8; 8] = *b"SMVMMTBL";
+const OEM_REVISION: u32 = 1;
+/// IA-PC boot architecture flags: no VGA (bit 2), no MSI (bit 3), and — by leaving bit 1
+/// clear — no i8042, so the guest does not spend time probing a keyboard controller.
+const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3);
+
+/// Errors building the ACPI tables.
+#[derive(Debug, thiserror::Error)]
+pub enum AcpiError {
+    /// The tables do not fit in the BIOS area reserved for them.
+    #[error("ACPI tables need {0} bytes, more than the {1} bytes reserved for them")]
+    TooLarge(u64, u64),
+    /// ACPI's MADT names CPUs with 8-bit APIC IDs.
+    #[error("ACPI supports at most 254 vCPUs here, not {0}")]
+    TooManyVcpus(u32),
+}
+
+/// A virtio-mmio device window to describe in the DSDT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioSlot {
+    /// Base guest-physical address of the register window.
+    pub base: u64,
+    /// Length of the window.
+    pub size: u64,
+    /// The GSI (IOAPIC pin) of its interrupt.
+    pub gsi: u32,
+}
+
+/// One table to copy into guest memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcpiBlob {
+    /// Guest-physical address.
+    pub addr: u64,
+    /// The table bytes, checksummed.
+    pub bytes: Vec<u8>,
+}
+
+struct Bytes(Vec<u8>);
+
+impl AmlSink for Bytes {
+    fn byte(&mut self, byte: u8) {
+        self.0.push(byte);
+    }
+}
+
+fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut sink = Bytes(Vec::new());
+    table.to_aml_bytes(&mut sink);
+    sink.0
+}
+
+fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
+    let mut body = Vec::new();
+    // \_S5_ lets the guest power off through the FADT sleep control register.
+    let mut sink = Bytes(Vec::new());
+    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8, &0u8])).to_aml_bytes(&mut sink);
+    body.extend(sink.0);
+    for (i, dev) in virtio.iter().enumerate() {
+        let uid = i as u32;
+        let hid = aml::Name::new("_HID".into(), &"LNRO0005");
+        let uid_name = aml::Name::new("_UID".into(), &uid);
+        let cca = aml::Name::new("_CCA".into(), &aml::ONE);
+        let mem = aml::Memory32Fixed::new(true, dev.base as u32, dev.size as u32);
+        let irq = aml::Interrupt::new(true, true, false, false, dev.gsi);
+        let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&mem, &irq]));
+        let path = format!("_SB_.V{i:03X}");
+        let mut sink = Bytes(Vec::new());
+        aml::Device::new(path.as_str().into(), vec![&hid, &uid_name, &cca, &crs]).to_aml_bytes(&mut sink);
+        body.extend(sink.0);
+    }
+    let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    sdt.append_slice(&body);
+    sdt.as_slice().to_vec()
+}
+
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let io_reg = |port: u16| GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port.into());
+    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
+    fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    fadt.sleep_control_reg = io_reg(ACPI_SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_reg(ACPI_SLEEP_STATUS_PORT);
+    fadt.reset_reg = io_reg(ACPI_RESET_PORT);
+    fadt.reset_value = ACPI_RESET_VALUE;
+    to_bytes(&fadt.finalize())
+}
+
+fn madt(vcpus: u8) -> Vec<u8> {
+    let mut madt = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_START as u32));
+    for id in 0..vcpus {
+        madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
+    }
+    madt.add_structure(IoApic::new(vcpus, IOAPIC_START as u32, 0));
+    to_bytes(&madt)
+}
+
+fn align16(x: u64) -> u64 {
+    (x + 15) & !15
+}
+
+/// Builds RSDP, XSDT, FADT, DSDT and MADT for `vcpus` CPUs and the given virtio-mmio
+/// devices, laid out from [`ACPI_START`](crate::layout::ACPI_START) (the RSDP first, where
+/// the kernel scans for it).
+pub fn build_tables(vcpus: u32, virtio: &[VirtioMmioSlot]) -> Result<Vec<AcpiBlob>, AcpiError> {
+    let vcpus = u8::try_from(vcpus).ok().filter(|v| *v <= 254).ok_or(AcpiError::TooManyVcpus(vcpus))?;
+    let rsdp_addr = ACPI_START;
+    let dsdt_addr = align16(rsdp_addr + Rsdp::len() as u64);
+    let dsdt = dsdt(virtio);
+    let fadt_addr = align16(dsdt_addr + dsdt.len() as u64);
+    let fadt = fadt(dsdt_addr);
+    let madt_addr = align16(fadt_addr + fadt.len() as u64);
+    let madt = madt(vcpus);
+    let xsdt_addr = align16(madt_addr + madt.len() as u64);
+    let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    xsdt.add_entry(fadt_addr);
+    xsdt.add_entry(madt_addr);
+    let xsdt = to_bytes(&xsdt);
+    let end = xsdt_addr + xsdt.len() as u64;
+    if end > ACPI_END {
+        return Err(AcpiError::TooLarge(end - ACPI_START, ACPI_END - ACPI_START));
+    }
+    Ok(vec![
+        AcpiBlob { addr: rsdp_addr, bytes: to_bytes(&Rsdp::new(OEM_ID, xsdt_addr)) },
+        AcpiBlob { addr: dsdt_addr, bytes: dsdt },
+        AcpiBlob { addr: fadt_addr, bytes: fadt },
+        AcpiBlob { addr: madt_addr, bytes: madt },
+        AcpiBlob { addr: xsdt_addr, bytes: xsdt },
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(b: &[u8]) -> bool {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x)) == 0
+    }
+
+    fn find<'a>(tables: &'a [AcpiBlob], sig: &[u8]) -> &'a AcpiBlob {
+        tables.iter().find(|t| t.bytes.starts_with(sig)).unwrap()
+    }
+
+    #[test]
+    fn tables_are_checksummed_and_linked() {
+        let tables = build_tables(2, &[]).unwrap();
+        let rsdp = &tables[0];
+        assert_eq!(rsdp.addr, 0xe0000);
+        assert!(rsdp.bytes.starts_with(b"RSD PTR "));
+        assert!(checksum_ok(&rsdp.bytes[..20]) && checksum_ok(&rsdp.bytes));
+        let xsdt_addr = u64::from_le_bytes(rsdp.bytes[24..32].try_into().unwrap());
+        let xsdt = find(&tables, b"XSDT");
+        assert_eq!(xsdt.addr, xsdt_addr);
+        for t in &tables[1..] {
+            assert!(checksum_ok(&t.bytes), "{:?}", &t.bytes[..4]);
+            let len = u32::from_le_bytes(t.bytes[4..8].try_into().unwrap()) as usize;
+            assert_eq!(len, t.bytes.len());
+            assert_eq!(t.addr % 16, 0);
+        }
+        let entries: Vec<u64> =
+            xsdt.bytes[36..].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(entries, vec![find(&tables, b"FACP").addr, find(&tables, b"APIC").addr]);
+        // FADT points at the DSDT through X_DSDT (offset 140).
+        let fadt = &find(&tables, b"FACP").bytes;
+        assert_eq!(u64::from_le_bytes(fadt[140..148].try_into().unwrap()), find(&tables, b"DSDT").addr);
+    }
+
+    #[test]
+    fn madt_lists_every_vcpu_and_the_ioapic() {
+        for n in [1u32, 2, 8, 254] {
+            let tables = build_tables(n, &[]).unwrap();
+            let madt = &find(&tables, b"APIC").bytes;
+            let mut cpus = 0;
+            let mut ioapics = 0;
+            let mut off = 44;
+            while off < madt.len() {
+                match madt[off] {
+                    0 => {
+                        assert_eq!(madt[off + 3], cpus as u8, "APIC id");
+                        cpus += 1
+                    }
+                    1 => ioapics += 1,
+                    t => panic!("unexpected MADT entry {t}"),
+                }
+                off += madt[off + 1] as usize;
+            }
+            assert_eq!((cpus, ioapics), (n, 1));
+        }
+        assert!(matches!(build_tables(255, &[]), Err(AcpiError::TooManyVcpus(255))));
+        assert!(matches!(build_tables(0x1_00, &[]), Err(AcpiError::TooManyVcpus(256))));
+    }
+
+    #[test]
+    fn dsdt_describes_virtio_mmio_devices() {
+        let slots: Vec<_> = (0..3).map(|i| VirtioMmioSlot { base: 0xd000_0000 + i * 0x1000, size: 0x1000, gsi: 5 + i as u32 }).collect();
+        let tables = build_tables(1, &slots).unwrap();
+        let dsdt = &find(&tables, b"DSDT").bytes;
+        let count = dsdt.windows(8).filter(|w| w == b"LNRO0005").count();
+        assert_eq!(count, 3);
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        // The second device's register window base appears as a Memory32Fixed field.
+        assert!(dsdt.windows(4).any(|w| w == 0xd000_1000u32.to_le_bytes()));
+    }
+
+    #[test]
+    fn fadt_has_the_sleep_and_reset_registers() {
+        let tables = build_tables(1, &[]).unwrap();
+        let fadt = &find(&tables, b"FACP").bytes;
+        let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
+        assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+        assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
+        // RESET_REG is a GAS at offset 116; its address at +4.
+        assert_eq!(u64::from_le_bytes(fadt[120..128].try_into().unwrap()), ACPI_RESET_PORT as u64);
+        assert_eq!(fadt[128], ACPI_RESET_VALUE);
+        // SLEEP_CONTROL_REG at offset 244.
+        assert_eq!(fadt[244], 1, "system I/O space");
+        assert_eq!(u64::from_le_bytes(fadt[248..256].try_into().unwrap()), ACPI_SLEEP_CONTROL_PORT as u64);
+    }
+}

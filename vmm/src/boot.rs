@@ -1,0 +1,267 @@
+//! Loading a Linux guest: the bzImage kernel (linux-loader), the initramfs with the init
+//! configuration appended, the command line, the boot parameters ("zero page"), the ACPI
+//! tables, and the identity page tables and GDT the boot vCPU starts in 64-bit mode with.
+
+use std::fs::File;
+use std::path::Path;
+
+use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
+use linux_loader::loader::{bzimage::BzImage, load_cmdline, KernelLoader};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::acpi::AcpiBlob;
+use crate::layout::*;
+use crate::memory::{e820_map, ram_ranges};
+
+/// The kernel's own command-line limit on x86 (COMMAND_LINE_SIZE).
+pub const CMDLINE_MAX: usize = 2048;
+/// Offset of the 64-bit entry point from the protected-mode kernel's load address.
+const STARTUP_64_OFFSET: u64 = 0x200;
+/// Boot protocol: the kernel can be entered in 64-bit mode.
+const XLF_KERNEL_64: u16 = 1 << 0;
+/// Boot protocol: "loader type undefined".
+const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+/// Boot protocol: heap_end_ptr is valid.
+const CAN_USE_HEAP: u8 = 1 << 7;
+
+/// Errors loading the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// The kernel file cannot be opened.
+    #[error("cannot open kernel {0}: {1}")]
+    OpenKernel(String, std::io::Error),
+    /// The file is not a bzImage the 64-bit boot protocol can start.
+    #[error("{0} is not a Linux x86_64 bzImage kernel ({1})")]
+    NotAKernel(String, String),
+    /// The initramfs cannot be read.
+    #[error("cannot read initramfs {0}: {1}")]
+    ReadInitrd(String, std::io::Error),
+    /// Kernel, initramfs and the kernel's working space do not fit in guest RAM.
+    #[error("--mem {mem_mib} MiB is too small for this kernel and initramfs (they need about {need_mib} MiB)")]
+    MemoryTooSmall {
+        /// Configured guest memory.
+        mem_mib: u64,
+        /// Rough minimum.
+        need_mib: u64,
+    },
+    /// The command line is longer than the kernel accepts.
+    #[error("kernel command line is {0} bytes, the kernel accepts at most {CMDLINE_MAX}")]
+    CmdlineTooLong(usize),
+    /// Building or writing the command line failed.
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(String),
+    /// Writing to guest memory failed (a bug in the layout).
+    #[error("cannot write {0} into guest memory: {1}")]
+    GuestMemory(&'static str, String),
+}
+
+/// Where the kernel landed and how to enter it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadedKernel {
+    /// 64-bit entry point.
+    pub entry: u64,
+    /// The kernel's setup header, to copy into the zero page.
+    pub header: setup_header,
+    /// End of the loaded image.
+    pub end: u64,
+}
+
+/// Loads a bzImage at [`KERNEL_START`].
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
+    let name = path.display().to_string();
+    let mut file = File::open(path).map_err(|e| BootError::OpenKernel(name.clone(), e))?;
+    let not_kernel = |why: String| BootError::NotAKernel(name.clone(), why);
+    let loaded = BzImage::load(mem, Some(GuestAddress(KERNEL_START)), &mut file, None)
+        .map_err(|e| not_kernel(e.to_string()))?;
+    let header = loaded.setup_header.ok_or_else(|| not_kernel("no setup header".into()))?;
+    if header.xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(not_kernel("it has no 64-bit entry point".into()));
+    }
+    Ok(LoadedKernel { entry: loaded.kernel_load.0 + STARTUP_64_OFFSET, header, end: loaded.kernel_end })
+}
+
+/// Chooses where the initramfs goes: page-aligned, as high as possible in low RAM and below
+/// the kernel's `initrd_addr_max`, and clear of the kernel's decompression space.
+pub fn initrd_placement(mem_bytes: u64, kernel: &setup_header, initrd_len: u64) -> Result<u64, BootError> {
+    let low_end = ram_ranges(mem_bytes)[0].1;
+    let max = match kernel.initrd_addr_max {
+        0 => 0x37ff_ffff,
+        m => u64::from(m),
+    };
+    let top = low_end.min(max + 1);
+    let kernel_top = KERNEL_START + u64::from(kernel.init_size).max(64 << 20);
+    let too_small = || BootError::MemoryTooSmall {
+        mem_mib: mem_bytes >> 20,
+        need_mib: (kernel_top + initrd_len + (32 << 20)) >> 20,
+    };
+    let addr = top.checked_sub(initrd_len).ok_or_else(too_small)? & !0xfff;
+    // Leave the kernel room to run: its image, its decompression space, and some RAM.
+    if addr < kernel_top + (32 << 20) {
+        return Err(too_small());
+    }
+    Ok(addr)
+}
+
+/// Copies the initramfs, then the init configuration archive (4-byte aligned, as the
+/// kernel requires between concatenated archives), into guest memory.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    mem_bytes: u64,
+    kernel: &LoadedKernel,
+    path: &Path,
+    extra: &[u8],
+) -> Result<(u64, u64), BootError> {
+    let mut image = std::fs::read(path).map_err(|e| BootError::ReadInitrd(path.display().to_string(), e))?;
+    image.resize(image.len().next_multiple_of(4), 0);
+    image.extend_from_slice(extra);
+    let addr = initrd_placement(mem_bytes, &kernel.header, image.len() as u64)?;
+    mem.write_slice(&image, GuestAddress(addr))
+        .map_err(|e| BootError::GuestMemory("initramfs", e.to_string()))?;
+    Ok((addr, image.len() as u64))
+}
+
+/// The kernel command line: quiet by default (every serial byte costs a VM exit), the
+/// kernel log on COM2 (stderr) when verbose, no PCI probing (devices are virtio-mmio), and
+/// a panic resets the VM so that sm-vmm exits instead of hanging.
+pub fn kernel_cmdline(verbose: bool, append: Option<&str>) -> Result<String, BootError> {
+    let mut parts = vec!["console=ttyS1", "reboot=a", "panic=-1", "pci=off", "nomodeset", "8250.nr_uarts=2", "rdinit=/init"];
+    parts.push(if verbose { "loglevel=7" } else { "loglevel=1" });
+    if verbose {
+        parts.push("sm.verbose=1");
+    } else {
+        parts.push("quiet");
+    }
+    if let Some(a) = append.filter(|a| !a.trim().is_empty()) {
+        parts.push(a);
+    }
+    let line = parts.join(" ");
+    if line.len() >= CMDLINE_MAX {
+        return Err(BootError::CmdlineTooLong(line.len()));
+    }
+    Ok(line)
+}
+
+/// Writes the command line at [`CMDLINE_START`] and the zero page at [`ZERO_PAGE_START`].
+pub fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    mem_bytes: u64,
+    kernel: &LoadedKernel,
+    cmdline: &str,
+    initrd: (u64, u64),
+) -> Result<(), BootError> {
+    let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    cl.insert_str(cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| BootError::Cmdline(e.to_string()))?;
+
+    let mut params = boot_params { hdr: kernel.header, ..Default::default() };
+    params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    params.hdr.loadflags |= CAN_USE_HEAP;
+    params.hdr.heap_end_ptr = 0xfe00;
+    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmdline_size = cmdline.len() as u32 + 1;
+    params.hdr.ramdisk_image = initrd.0 as u32;
+    params.hdr.ramdisk_size = initrd.1 as u32;
+    params.hdr.vid_mode = 0xffff;
+    params.acpi_rsdp_addr = ACPI_START;
+    let map = e820_map(mem_bytes);
+    for (slot, e) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry { addr: e.addr, size: e.size, type_: e.kind as u32 };
+    }
+    params.e820_entries = map.len() as u8;
+    LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
+        &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
+        mem,
+    )
+    .map_err(|e| BootError::GuestMemory("boot parameters", e.to_string()))
+}
+
+/// Copies the ACPI tables into the reserved BIOS area.
+pub fn write_acpi(mem: &GuestMemoryMmap, tables: &[AcpiBlob]) -> Result<(), BootError> {
+    for t in tables {
+        mem.write_slice(&t.bytes, GuestAddress(t.addr)).map_err(|e| BootError::GuestMemory("ACPI tables", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The boot GDT: null, 64-bit code, data, TSS (the layout Linux's boot code expects).
+pub const BOOT_GDT: [u64; 4] = [
+    0,
+    gdt_entry(0xa09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x808b, 0, 0xfffff),
+];
+
+/// Encodes one GDT descriptor from flags, base and limit.
+pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
+    ((base as u64 & 0xff00_0000) << (56 - 24))
+        | ((flags as u64 & 0x0000_f0ff) << 40)
+        | ((limit as u64 & 0x000f_0000) << (48 - 16))
+        | ((base as u64 & 0x00ff_ffff) << 16)
+        | (limit as u64 & 0x0000_ffff)
+}
+
+/// Writes the GDT, an empty IDT, and page tables identity-mapping the first 1 GiB with
+/// 2 MiB pages (enough for the kernel's early boot, which builds its own).
+pub fn write_boot_structures(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    let w = |what, v: u64, a: u64| mem.write_obj(v, GuestAddress(a)).map_err(|e| BootError::GuestMemory(what, e.to_string()));
+    for (i, e) in BOOT_GDT.iter().enumerate() {
+        w("GDT", *e, BOOT_GDT_START + 8 * i as u64)?;
+    }
+    w("IDT", 0, BOOT_IDT_START)?;
+    w("page tables", PDPTE_START | 0x03, PML4_START)?;
+    w("page tables", PDE_START | 0x03, PDPTE_START)?;
+    for i in 0..512u64 {
+        w("page tables", (i << 21) | 0x83, PDE_START + i * 8)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(init_size: u32, initrd_addr_max: u32) -> setup_header {
+        setup_header { init_size, initrd_addr_max, ..Default::default() }
+    }
+
+    #[test]
+    fn initrd_goes_high_and_page_aligned() {
+        let mem = 256u64 << 20;
+        let addr = initrd_placement(mem, &header(30 << 20, 0x7fff_ffff), 10_000_001).unwrap();
+        assert_eq!(addr % 4096, 0);
+        assert!(addr + 10_000_001 <= mem);
+        assert!(mem - (addr + 10_000_001) < 4096);
+    }
+
+    #[test]
+    fn initrd_respects_the_mmio_gap_and_addr_max() {
+        let addr = initrd_placement(8 << 30, &header(30 << 20, 0x7fff_ffff), 1 << 20).unwrap();
+        assert!(addr + (1 << 20) <= 0x8000_0000);
+        let addr = initrd_placement(8 << 30, &header(30 << 20, 0xffff_ffff), 1 << 20).unwrap();
+        assert!(addr + (1 << 20) <= MMIO_GAP_START);
+    }
+
+    #[test]
+    fn too_little_memory_is_an_error() {
+        let err = initrd_placement(64 << 20, &header(40 << 20, 0x7fff_ffff), 20 << 20).unwrap_err();
+        assert!(matches!(err, BootError::MemoryTooSmall { mem_mib: 64, .. }), "{err}");
+    }
+
+    #[test]
+    fn cmdline_is_quiet_unless_verbose() {
+        let quiet = kernel_cmdline(false, None).unwrap();
+        assert!(quiet.contains(" quiet") && quiet.contains("loglevel=1"));
+        let verbose = kernel_cmdline(true, Some("foo=bar")).unwrap();
+        assert!(!verbose.contains("quiet") && verbose.ends_with(" foo=bar"));
+        assert!(matches!(kernel_cmdline(false, Some(&"x".repeat(3000))), Err(BootError::CmdlineTooLong(_))));
+    }
+
+    #[test]
+    fn gdt_entries_match_the_architecture() {
+        // The well-known encodings of a flat 64-bit code and data segment.
+        assert_eq!(BOOT_GDT[1], 0x00af_9b00_0000_ffff);
+        assert_eq!(BOOT_GDT[2], 0x00cf_9300_0000_ffff);
+    }
+}

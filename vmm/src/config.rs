@@ -1,0 +1,157 @@
+//! VM configuration and its validation: every bad value is refused here with one clear
+//! message, before any KVM state exists.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+/// Smallest guest RAM sm-vmm accepts; the Debian kernel and initramfs need roughly this.
+pub const MIN_MEM_MIB: u64 = 128;
+/// Largest vCPU count the MADT's 8-bit APIC IDs allow here.
+pub const MAX_VCPUS: u32 = 254;
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--vcpus 0` or too many.
+    #[error("--vcpus must be between 1 and {MAX_VCPUS}, not {0}")]
+    Vcpus(u32),
+    /// Below the floor.
+    #[error("--mem {0} MiB is too small: the guest needs at least {MIN_MEM_MIB} MiB")]
+    MemTooSmall(u64),
+    /// More than the host has.
+    #[error("--mem {0} MiB is more than this host's {1} MiB of memory")]
+    MemTooLarge(u64, u64),
+    /// A file that must exist does not.
+    #[error("{what} {path} does not exist{hint}")]
+    Missing {
+        /// "kernel" or "initramfs".
+        what: &'static str,
+        /// The path tried.
+        path: String,
+        /// How to get it.
+        hint: &'static str,
+    },
+}
+
+/// Everything needed to boot one VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// bzImage kernel.
+    pub kernel: PathBuf,
+    /// Initramfs holding sm-init.
+    pub initrd: PathBuf,
+    /// Extra kernel command-line parameters.
+    pub cmdline_append: Option<String>,
+    /// Show the kernel's boot log (on stderr).
+    pub verbose: bool,
+    /// Command to run; `None` means an interactive shell on the console.
+    pub command: Option<Vec<OsString>>,
+    /// Extra environment for the command (`KEY=VALUE`).
+    pub env: Vec<OsString>,
+}
+
+/// Directory where the setup installs the guest kernel and initramfs.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("SM_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/local/share/sm"))
+}
+
+/// The kernel sm-vmm boots when `--kernel` is not given.
+pub fn default_kernel() -> PathBuf {
+    data_dir().join("kernel/vmlinuz")
+}
+
+/// The initramfs sm-vmm boots when `--initrd` is not given.
+pub fn default_initrd() -> PathBuf {
+    data_dir().join("guest/initramfs.img")
+}
+
+/// The host's total memory in MiB, from /proc/meminfo.
+pub fn host_mem_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+const SETUP_HINT: &str = " (run the setup from the README, or pass the path explicitly)";
+
+impl VmConfig {
+    /// Checks the configuration against limits and the host.
+    pub fn validate(&self, host_mem_mib: Option<u64>) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if self.mem_mib < MIN_MEM_MIB {
+            return Err(ConfigError::MemTooSmall(self.mem_mib));
+        }
+        if let Some(host) = host_mem_mib.filter(|h| self.mem_mib > *h) {
+            return Err(ConfigError::MemTooLarge(self.mem_mib, host));
+        }
+        for (what, path) in [("kernel", &self.kernel), ("initramfs", &self.initrd)] {
+            if !Path::new(path).is_file() {
+                let default = *path == default_kernel() || *path == default_initrd();
+                let hint = if default { SETUP_HINT } else { "" };
+                return Err(ConfigError::Missing { what, path: path.display().to_string(), hint });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        let exe = std::env::current_exe().unwrap();
+        VmConfig {
+            vcpus: 1,
+            mem_mib: 256,
+            kernel: exe.clone(),
+            initrd: exe,
+            cmdline_append: None,
+            verbose: false,
+            command: None,
+            env: vec![],
+        }
+    }
+
+    #[test]
+    fn good_config_passes() {
+        config().validate(Some(4096)).unwrap();
+    }
+
+    #[test]
+    fn vcpu_limits() {
+        for bad in [0, 255, 1000] {
+            let c = VmConfig { vcpus: bad, ..config() };
+            assert!(matches!(c.validate(None), Err(ConfigError::Vcpus(v)) if v == bad));
+        }
+        VmConfig { vcpus: 254, ..config() }.validate(None).unwrap();
+    }
+
+    #[test]
+    fn memory_limits() {
+        let c = VmConfig { mem_mib: 64, ..config() };
+        assert!(matches!(c.validate(None), Err(ConfigError::MemTooSmall(64))));
+        let c = VmConfig { mem_mib: 8192, ..config() };
+        let err = c.validate(Some(4096)).unwrap_err();
+        assert_eq!(err.to_string(), "--mem 8192 MiB is more than this host's 4096 MiB of memory");
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let c = VmConfig { kernel: "/nonexistent/vmlinuz".into(), ..config() };
+        let err = c.validate(None).unwrap_err().to_string();
+        assert_eq!(err, "kernel /nonexistent/vmlinuz does not exist");
+    }
+
+    #[test]
+    fn host_memory_is_read() {
+        assert!(host_mem_mib().unwrap() > 0);
+    }
+}

@@ -1,0 +1,95 @@
+//! `sm-vmm`: boot a Linux guest on KVM and run one command in it (or an interactive shell),
+//! exiting with the command's exit status.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sm_vmm::config::{self, VmConfig};
+use sm_vmm::devices::GuestStop;
+use sm_vmm::vm::{self, VmOutcome};
+
+/// Boot a Linux guest on KVM and run COMMAND in it, exiting with its status.
+/// Without COMMAND, an interactive shell on the serial console (Ctrl-A x quits).
+#[derive(Parser, Debug)]
+#[command(name = "sm-vmm", version)]
+struct Args {
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem: u64,
+    /// bzImage kernel [default: $SM_DATA_DIR/kernel/vmlinuz, SM_DATA_DIR=/usr/local/share/sm].
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs with sm-init [default: $SM_DATA_DIR/guest/initramfs.img].
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Extra kernel command-line parameters.
+    #[arg(long, value_name = "PARAMS")]
+    cmdline_append: Option<String>,
+    /// Environment for the command, KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<OsString>,
+    /// Show the kernel boot log and sm-init's messages on stderr.
+    #[arg(long)]
+    verbose: bool,
+    /// The command to run in the guest.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<OsString>,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("sm-vmm: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("SM_LOG"))
+        .init();
+    let interactive = args.command.is_empty();
+    let config = VmConfig {
+        vcpus: args.vcpus,
+        mem_mib: args.mem,
+        kernel: args.kernel.unwrap_or_else(config::default_kernel),
+        initrd: args.initrd.unwrap_or_else(config::default_initrd),
+        cmdline_append: args.cmdline_append,
+        verbose: args.verbose,
+        command: (!interactive).then_some(args.command),
+        env: args.env,
+    };
+    if let Err(e) = config.validate(config::host_mem_mib()) {
+        eprintln!("sm-vmm: {e}");
+        return ExitCode::from(2);
+    }
+    match vm::run(&config) {
+        Ok(VmOutcome::Stopped { status: Some(s), .. }) => ExitCode::from(s),
+        Ok(VmOutcome::Stopped { status: None, .. }) if interactive => ExitCode::SUCCESS,
+        Ok(VmOutcome::Stopped { stop, status: None }) => {
+            let how = match stop {
+                GuestStop::PowerOff => "powered off",
+                GuestStop::Reset => "reset (kernel panic?)",
+            };
+            eprintln!("sm-vmm: the guest {how} before reporting the command's exit status; rerun with --verbose to see its log");
+            ExitCode::from(1)
+        }
+        Ok(VmOutcome::Signalled(sig)) => ExitCode::from(128 + sig as u8),
+        Ok(VmOutcome::Quit) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sm-vmm: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! vCPU set-up (CPUID, MSRs, LAPIC, and for the boot vCPU the 64-bit register state the
+//! Linux boot protocol expects) and the run loop that dispatches port I/O exits.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+
+use crate::boot::BOOT_GDT;
+use crate::devices::{GuestStop, PioBus};
+use crate::layout::*;
+
+/// Errors setting up or running a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM ioctl failed.
+    #[error("vCPU {0}: {1} failed: {2}")]
+    Kvm(u32, &'static str, kvm_ioctls::Error),
+    /// KVM could not enter the guest or hit an internal error.
+    #[error("vCPU {0}: KVM cannot run the guest ({1})")]
+    Fatal(u32, String),
+}
+
+/// What ends a vCPU's run loop.
+#[derive(Debug)]
+pub enum VcpuEvent {
+    /// The guest powered off or reset.
+    Stop(GuestStop),
+    /// The vCPU failed.
+    Error(VcpuError),
+}
+
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+/// MTRRs enabled, default type write-back.
+const MTRR_ENABLE_WB: u64 = (1 << 11) | 6;
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+
+/// Host CPUID, adjusted per vCPU: APIC IDs and the topology that matches the MADT.
+pub fn vcpu_cpuid(base: &CpuId, id: u32, count: u32) -> CpuId {
+    let mut cpuid = base.clone();
+    let shift = 32 - count.next_power_of_two().leading_zeros() - 1;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (id << 24) | (count.min(255) << 16);
+                if count > 1 {
+                    e.edx |= 1 << 28; // HTT: the package has more than one logical CPU.
+                }
+            }
+            0xb | 0x1f => {
+                // Level 0 (SMT): one thread per core; level 1 (core): `count` cores.
+                e.edx = id;
+                match e.index {
+                    0 => (e.eax, e.ebx, e.ecx) = (0, 1, 0x100),
+                    1 => (e.eax, e.ebx, e.ecx) = (shift, count, 0x201),
+                    i => (e.eax, e.ebx, e.ecx) = (0, 0, i),
+                }
+            }
+            0x8000_001e => e.eax = id,
+            _ => {}
+        }
+    }
+    cpuid
+}
+
+fn segment(index: u16) -> kvm_segment {
+    let e = BOOT_GDT[index as usize];
+    let g = ((e >> 55) & 1) as u8;
+    let raw_limit = ((e & 0xffff) | ((e >> 32) & 0xf_0000)) as u32;
+    let present = ((e >> 47) & 1) as u8;
+    kvm_segment {
+        base: ((e >> 16) & 0xff_ffff) | ((e >> 32) & 0xff00_0000),
+        limit: if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit },
+        selector: index * 8,
+        type_: ((e >> 40) & 0xf) as u8,
+        present,
+        dpl: ((e >> 45) & 3) as u8,
+        db: ((e >> 54) & 1) as u8,
+        s: ((e >> 44) & 1) as u8,
+        l: ((e >> 53) & 1) as u8,
+        g,
+        avl: ((e >> 52) & 1) as u8,
+        unusable: u8::from(present == 0),
+        padding: 0,
+    }
+}
+
+/// One vCPU and what it needs to run.
+pub struct Vcpu {
+    fd: VcpuFd,
+    id: u32,
+}
+
+impl Vcpu {
+    /// Creates vCPU `id` of `count` with CPUID, MSRs and LAPIC set up.
+    pub fn new(kvm: &Kvm, vm: &VmFd, id: u32, count: u32) -> Result<Self, VcpuError> {
+        let err = |what| move |e| VcpuError::Kvm(id, what, e);
+        let fd = vm.create_vcpu(u64::from(id)).map_err(err("KVM_CREATE_VCPU"))?;
+        let base = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
+        fd.set_cpuid2(&vcpu_cpuid(&base, id, count)).map_err(err("KVM_SET_CPUID2"))?;
+        let msr = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+        let msrs = Msrs::from_entries(&[
+            msr(MSR_IA32_SYSENTER_CS, 0),
+            msr(MSR_IA32_SYSENTER_ESP, 0),
+            msr(MSR_IA32_SYSENTER_EIP, 0),
+            msr(MSR_STAR, 0),
+            msr(MSR_CSTAR, 0),
+            msr(MSR_KERNEL_GS_BASE, 0),
+            msr(MSR_SYSCALL_MASK, 0),
+            msr(MSR_LSTAR, 0),
+            msr(MSR_IA32_TSC, 0),
+            msr(MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+            msr(MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WB),
+        ])
+        .map_err(|e| VcpuError::Fatal(id, format!("MSR list: {e:?}")))?;
+        let set = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
+        if set != msrs.as_slice().len() {
+            return Err(VcpuError::Fatal(id, format!("KVM accepted only {set} of {} boot MSRs", msrs.as_slice().len())));
+        }
+        // LINT0 delivers the legacy PIC's ExtINT, LINT1 NMIs, as on a PC.
+        let mut lapic = fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
+        for (reg, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+            let bytes: [u8; 4] = std::array::from_fn(|i| lapic.regs[reg + i] as u8);
+            let v = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+            for (i, b) in v.to_le_bytes().iter().enumerate() {
+                lapic.regs[reg + i] = *b as _;
+            }
+        }
+        fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
+        fd.set_fpu(&kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }).map_err(err("KVM_SET_FPU"))?;
+        Ok(Vcpu { fd, id })
+    }
+
+    /// Puts the boot vCPU in 64-bit mode at the kernel's entry with the zero page in RSI.
+    pub fn set_boot_state(&self, entry: u64) -> Result<(), VcpuError> {
+        let err = |what| move |e| VcpuError::Kvm(self.id, what, e);
+        let mut sregs = self.fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
+        sregs.gdt.base = BOOT_GDT_START;
+        sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+        sregs.idt.base = BOOT_IDT_START;
+        sregs.idt.limit = 7;
+        sregs.cs = segment(1);
+        let data = segment(2);
+        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+        sregs.tr = segment(3);
+        sregs.cr0 |= 1 | (1 << 31); // PE, PG
+        sregs.cr3 = PML4_START;
+        sregs.cr4 |= 1 << 5; // PAE
+        sregs.efer |= (1 << 8) | (1 << 10); // LME, LMA
+        self.fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
+        let regs = kvm_regs {
+            rflags: 0x2,
+            rip: entry,
+            rsp: BOOT_STACK_POINTER,
+            rbp: BOOT_STACK_POINTER,
+            rsi: ZERO_PAGE_START,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(err("KVM_SET_REGS"))
+    }
+
+    /// Runs the vCPU until the guest stops or KVM fails, then reports why on `events`.
+    pub fn run(mut self, bus: Arc<PioBus>, events: Sender<VcpuEvent>) {
+        let event = loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => bus.read(port, data),
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    if let Some(stop) = bus.write(port, data) {
+                        break VcpuEvent::Stop(stop);
+                    }
+                }
+                // No MMIO devices are emulated in-process: unclaimed MMIO reads as ones.
+                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+                Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::Shutdown) => break VcpuEvent::Stop(GuestStop::Reset),
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    break VcpuEvent::Stop(match kind {
+                        kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => GuestStop::PowerOff,
+                        _ => GuestStop::Reset,
+                    })
+                }
+                Ok(VcpuExit::Hlt) => break VcpuEvent::Stop(GuestStop::PowerOff),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    break VcpuEvent::Error(VcpuError::Fatal(self.id, format!("entry failed, reason {reason:#x} on host CPU {cpu}")))
+                }
+                Ok(VcpuExit::InternalError) => break VcpuEvent::Error(VcpuError::Fatal(self.id, "internal error (emulation failure)".into())),
+                Ok(other) => tracing::debug!("vCPU {}: ignoring exit {other:?}", self.id),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => break VcpuEvent::Error(VcpuError::Kvm(self.id, "KVM_RUN", e)),
+            }
+        };
+        let _ = events.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_segments_are_flat_64_bit() {
+        let cs = segment(1);
+        assert_eq!((cs.base, cs.limit, cs.selector, cs.l, cs.db, cs.present, cs.s), (0, 0xffff_ffff, 8, 1, 0, 1, 1));
+        let ds = segment(2);
+        assert_eq!((ds.selector, ds.type_, ds.db, ds.l), (16, 3, 1, 0));
+        assert_eq!(segment(3).type_, 0xb, "busy 64-bit TSS");
+    }
+}

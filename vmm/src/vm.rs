@@ -1,0 +1,180 @@
+//! Building and running a VM: KVM VM with in-kernel irqchip and PIT, memfd guest RAM, the
+//! guest loaded per the boot protocol, one thread per vCPU, the console, and the signals
+//! that stop it.
+
+use std::os::fd::AsFd;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::VmFd;
+use nix::sys::signal::{SigSet, Signal};
+use vm_memory::{GuestMemory, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::acpi::{self, AcpiError};
+use crate::boot::{self, BootError};
+use crate::config::VmConfig;
+use crate::console::{self, RawTerminal};
+use crate::devices::serial::SerialPort;
+use crate::devices::{GuestStop, PioBus};
+use crate::initcfg::{InitConfig, InitConfigError};
+use crate::kvm::{self, KvmError};
+use crate::layout::*;
+use crate::memory::{GuestRam, MemoryError};
+use crate::vcpu::{Vcpu, VcpuError, VcpuEvent};
+
+/// Where the identity-map page and TSS go (Intel needs them below 4 GiB, outside RAM).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Errors building or running the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// KVM unavailable or unsuitable.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// Guest RAM.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Loading the guest.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// ACPI tables.
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    /// The command cannot be passed to the guest.
+    #[error(transparent)]
+    InitConfig(#[from] InitConfigError),
+    /// A vCPU failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A VM-level KVM ioctl failed.
+    #[error("{0} failed: {1}")]
+    VmIoctl(&'static str, kvm_ioctls::Error),
+    /// Host resources (fds, threads) ran out.
+    #[error("{0}: {1}")]
+    Host(&'static str, std::io::Error),
+}
+
+/// How a VM run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest powered off or reset; `status` is what sm-init reported, if anything.
+    Stopped {
+        /// Poweroff or reset.
+        stop: GuestStop,
+        /// The command's exit status.
+        status: Option<u8>,
+    },
+    /// A signal asked sm-vmm to stop.
+    Signalled(i32),
+    /// The user left the console with `Ctrl-A x`.
+    Quit,
+}
+
+enum Event {
+    Vcpu(VcpuEvent),
+    Signal(i32),
+    Quit,
+}
+
+fn create_vm(kvm: &kvm_ioctls::Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(|e| VmError::VmIoctl("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(TSS_ADDRESS).map_err(|e| VmError::VmIoctl("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip().map_err(|e| VmError::VmIoctl("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(|e| VmError::VmIoctl("KVM_CREATE_PIT2", e))?;
+    for (slot, region) in ram.memory.iter().enumerate() {
+        let region_desc = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `ram`, which outlives the VM (run()
+        // keeps it until the process exits), and regions never overlap.
+        unsafe { vm.set_user_memory_region(region_desc) }.map_err(|e| VmError::VmIoctl("KVM_SET_USER_MEMORY_REGION", e))?;
+    }
+    Ok(vm)
+}
+
+fn serial(vm: &VmFd, gsi: u32, out: std::os::fd::BorrowedFd<'_>) -> Result<SerialPort, VmError> {
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| VmError::Host("eventfd", e))?;
+    vm.register_irqfd(&irq, gsi).map_err(|e| VmError::VmIoctl("KVM_IRQFD", e))?;
+    let out = out.try_clone_to_owned().map_err(|e| VmError::Host("dup", e))?;
+    Ok(SerialPort::new(irq, out))
+}
+
+/// Boots the VM described by `config` and runs it until the guest stops, a vCPU fails, a
+/// signal (SIGINT, SIGTERM, SIGHUP) arrives, or the user quits the console.
+pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
+    let init = InitConfig { argv: config.command.clone(), env: config.env.clone() }.to_cpio()?;
+    // Block the stop signals in every thread; one thread waits for them.
+    let mut stop_signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        stop_signals.add(s);
+    }
+    stop_signals.thread_block().map_err(|e| VmError::Host("sigprocmask", e.into()))?;
+
+    let kvm = kvm::open(config.vcpus)?;
+    let ram = GuestRam::new(config.mem_mib)?;
+    let vm = create_vm(&kvm, &ram)?;
+
+    let kernel = boot::load_kernel(&ram.memory, &config.kernel)?;
+    let initrd = boot::load_initrd(&ram.memory, ram.size, &kernel, &config.initrd, &init)?;
+    let cmdline = boot::kernel_cmdline(config.verbose, config.cmdline_append.as_deref())?;
+    boot::write_boot_params(&ram.memory, ram.size, &kernel, &cmdline, initrd)?;
+    boot::write_acpi(&ram.memory, &acpi::build_tables(config.vcpus, &[])?)?;
+    boot::write_boot_structures(&ram.memory)?;
+
+    let com1 = serial(&vm, COM1_GSI, std::io::stdout().as_fd())?;
+    let com2 = serial(&vm, COM2_GSI, std::io::stderr().as_fd())?;
+    let bus = Arc::new(PioBus::new(com1, com2));
+
+    let vcpus = (0..config.vcpus).map(|id| Vcpu::new(&kvm, &vm, id, config.vcpus)).collect::<Result<Vec<_>, _>>()?;
+    vcpus[0].set_boot_state(kernel.entry)?;
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let (vcpu_tx, vcpu_rx) = mpsc::channel::<VcpuEvent>();
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let (bus, tx) = (bus.clone(), vcpu_tx.clone());
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || vcpu.run(bus, tx))
+            .map_err(|e| VmError::Host("spawning a vCPU thread", e))?;
+    }
+    let fwd = tx.clone();
+    std::thread::spawn(move || {
+        while let Ok(ev) = vcpu_rx.recv() {
+            let _ = fwd.send(Event::Vcpu(ev));
+        }
+    });
+    let sig_tx = tx.clone();
+    std::thread::spawn(move || {
+        if let Ok(sig) = stop_signals.wait() {
+            let _ = sig_tx.send(Event::Signal(sig as i32));
+        }
+    });
+
+    let interactive = config.command.is_none();
+    let _raw = if interactive { RawTerminal::enable() } else { None };
+    let com1 = bus.com1.clone();
+    let quit_tx = tx.clone();
+    std::thread::spawn(move || {
+        console::pump_stdin(com1, interactive, move || {
+            let _ = quit_tx.send(Event::Quit);
+        })
+    });
+
+    let outcome = match rx.recv() {
+        Ok(Event::Vcpu(VcpuEvent::Stop(stop))) => VmOutcome::Stopped { stop, status: bus.exit_status() },
+        Ok(Event::Vcpu(VcpuEvent::Error(e))) => return Err(e.into()),
+        Ok(Event::Signal(sig)) => VmOutcome::Signalled(sig),
+        Ok(Event::Quit) | Err(_) => VmOutcome::Quit,
+    };
+    // Guest RAM and the VM are released when the process exits; the vCPU threads are
+    // blocked in KVM_RUN or on the bus and need no orderly join for that.
+    std::mem::forget(ram);
+    Ok(outcome)
+}
