@@ -14,7 +14,7 @@ use acpi_tables::{Aml, AmlSink};
 
 use crate::layout::{
     ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
-    ACPI_START, IOAPIC_START, LAPIC_START,
+    ACPI_START, COM1_GSI, COM1_PORT, COM2_GSI, COM2_PORT, IOAPIC_START, LAPIC_START, RTC_PORT,
 };
 
 const OEM_ID: [u8; 6] = *b"SMVMM ";
@@ -63,18 +63,35 @@ impl AmlSink for Bytes {
     }
 }
 
-fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+fn aml_bytes(item: &dyn Aml) -> Vec<u8> {
     let mut sink = Bytes(Vec::new());
-    table.to_aml_bytes(&mut sink);
+    item.to_aml_bytes(&mut sink);
     sink.0
+}
+
+/// A legacy ISA device (UART, RTC) with its ports and, if any, its interrupt. Describing it
+/// is what maps its ISA IRQ to an IOAPIC pin: a hardware-reduced ACPI guest has no legacy
+/// PIC and so no default ISA IRQ routing.
+fn isa_device(name: &str, hid: &str, uid: u32, port: u16, len: u8, gsi: Option<u32>) -> Vec<u8> {
+    let hid = aml::Name::new("_HID".into(), &aml::EISAName::new(hid));
+    let uid = aml::Name::new("_UID".into(), &uid);
+    let io = aml::IO::new(port, port, 1, len);
+    let irq = gsi.map(|g| aml::Interrupt::new(true, true, false, false, g));
+    let mut res: Vec<&dyn Aml> = vec![&io];
+    if let Some(irq) = &irq {
+        res.push(irq);
+    }
+    let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(res));
+    aml_bytes(&aml::Device::new(format!("_SB_.{name}").as_str().into(), vec![&hid, &uid, &crs]))
 }
 
 fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
     let mut body = Vec::new();
     // \_S5_ lets the guest power off through the FADT sleep control register.
-    let mut sink = Bytes(Vec::new());
-    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8, &0u8])).to_aml_bytes(&mut sink);
-    body.extend(sink.0);
+    body.extend(aml_bytes(&aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8, &0u8]))));
+    body.extend(isa_device("COM1", "PNP0501", 1, COM1_PORT, 8, Some(COM1_GSI)));
+    body.extend(isa_device("COM2", "PNP0501", 2, COM2_PORT, 8, Some(COM2_GSI)));
+    body.extend(isa_device("RTC_", "PNP0B00", 0, RTC_PORT, 2, None));
     for (i, dev) in virtio.iter().enumerate() {
         let uid = i as u32;
         let hid = aml::Name::new("_HID".into(), &"LNRO0005");
@@ -84,9 +101,7 @@ fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
         let irq = aml::Interrupt::new(true, true, false, false, dev.gsi);
         let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&mem, &irq]));
         let path = format!("_SB_.V{i:03X}");
-        let mut sink = Bytes(Vec::new());
-        aml::Device::new(path.as_str().into(), vec![&hid, &uid_name, &cca, &crs]).to_aml_bytes(&mut sink);
-        body.extend(sink.0);
+        body.extend(aml_bytes(&aml::Device::new(path.as_str().into(), vec![&hid, &uid_name, &cca, &crs])));
     }
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     sdt.append_slice(&body);
@@ -106,7 +121,7 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     fadt.sleep_status_reg = io_reg(ACPI_SLEEP_STATUS_PORT);
     fadt.reset_reg = io_reg(ACPI_RESET_PORT);
     fadt.reset_value = ACPI_RESET_VALUE;
-    to_bytes(&fadt.finalize())
+    aml_bytes(&fadt.finalize())
 }
 
 fn madt(vcpus: u8) -> Vec<u8> {
@@ -115,7 +130,7 @@ fn madt(vcpus: u8) -> Vec<u8> {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
     madt.add_structure(IoApic::new(vcpus, IOAPIC_START as u32, 0));
-    to_bytes(&madt)
+    aml_bytes(&madt)
 }
 
 fn align16(x: u64) -> u64 {
@@ -138,13 +153,13 @@ pub fn build_tables(vcpus: u32, virtio: &[VirtioMmioSlot]) -> Result<Vec<AcpiBlo
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
-    let xsdt = to_bytes(&xsdt);
+    let xsdt = aml_bytes(&xsdt);
     let end = xsdt_addr + xsdt.len() as u64;
     if end > ACPI_END {
         return Err(AcpiError::TooLarge(end - ACPI_START, ACPI_END - ACPI_START));
     }
     Ok(vec![
-        AcpiBlob { addr: rsdp_addr, bytes: to_bytes(&Rsdp::new(OEM_ID, xsdt_addr)) },
+        AcpiBlob { addr: rsdp_addr, bytes: aml_bytes(&Rsdp::new(OEM_ID, xsdt_addr)) },
         AcpiBlob { addr: dsdt_addr, bytes: dsdt },
         AcpiBlob { addr: fadt_addr, bytes: fadt },
         AcpiBlob { addr: madt_addr, bytes: madt },
@@ -221,6 +236,10 @@ mod tests {
         let count = dsdt.windows(8).filter(|w| w == b"LNRO0005").count();
         assert_eq!(count, 3);
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        // The UARTs and the RTC are described, so their IRQs get routed.
+        for name in [b"COM1", b"COM2", b"RTC_"] {
+            assert!(dsdt.windows(4).any(|w| w == name), "{}", String::from_utf8_lossy(name));
+        }
         // The second device's register window base appears as a Memory32Fixed field.
         assert!(dsdt.windows(4).any(|w| w == 0xd000_1000u32.to_le_bytes()));
     }

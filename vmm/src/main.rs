@@ -76,13 +76,11 @@ fn main() -> ExitCode {
     }
     match vm::run(&config) {
         Ok(VmOutcome::Stopped { status: Some(s), .. }) => ExitCode::from(s),
-        Ok(VmOutcome::Stopped { status: None, .. }) if interactive => ExitCode::SUCCESS,
-        Ok(VmOutcome::Stopped { stop, status: None }) => {
-            let how = match stop {
-                GuestStop::PowerOff => "powered off",
-                GuestStop::Reset => "reset (kernel panic?)",
-            };
-            eprintln!("sm-vmm: the guest {how} before reporting the command's exit status; rerun with --verbose to see its log");
+        // A guest that powers off on its own (`poweroff -f`, an interactive shell) ends cleanly.
+        Ok(VmOutcome::Stopped { stop: GuestStop::PowerOff, status: None }) => ExitCode::SUCCESS,
+        Ok(VmOutcome::Stopped { stop: GuestStop::Reset, status: None }) if interactive => ExitCode::SUCCESS,
+        Ok(VmOutcome::Stopped { stop: GuestStop::Reset, status: None }) => {
+            eprintln!("sm-vmm: the guest reset (reboot or kernel panic) before the command finished; rerun with --verbose to see its log");
             ExitCode::from(1)
         }
         Ok(VmOutcome::Signalled(sig)) => ExitCode::from(128 + sig as u8),

@@ -62,6 +62,9 @@ pub fn vcpu_cpuid(base: &CpuId, id: u32, count: u32) -> CpuId {
                 if count > 1 {
                     e.edx |= 1 << 28; // HTT: the package has more than one logical CPU.
                 }
+                // KVM does not set the hypervisor bit; without it the guest never looks
+                // for the KVM leaves, so it has no kvmclock and cannot calibrate its TSC.
+                e.ecx |= 1 << 31;
             }
             0xb | 0x1f => {
                 // Level 0 (SMT): one thread per core; level 1 (core): `count` cores.

@@ -1,0 +1,3 @@
+//! Test VM runner and helpers for sm's real-guest integration tests.
+
+pub mod testvm;

@@ -1,0 +1,96 @@
+//! The QEMU command line of the test VM: TCG with an SVM+NPT CPU on q35, shared memory for
+//! vhost-user-fs, the kernel console on ttyS0 (SeaBIOS and the boot loader also write there)
+//! and the command's stdout/stderr on the virtio-serial ports `sm.stdout`/`sm.stderr`
+//! (the ISA UART costs QEMU one write(2) per byte).
+
+use super::tools::Tools;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Everything that varies between test VM runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// Kernel command line.
+    pub append: String,
+    /// virtio-fs devices: (tag, vhost-user socket).
+    pub fs: Vec<(String, PathBuf)>,
+    /// Write end of the pipe for ttyS0 (kernel console), or `None` to drop it.
+    pub console_fd: Option<RawFd>,
+    /// Write end of the pipe for the port `sm.stdout`.
+    pub stdout_fd: RawFd,
+    /// Write end of the pipe for the port `sm.stderr`.
+    pub stderr_fd: RawFd,
+}
+
+/// The kernel command line: quiet unless `verbose`, console on ttyS0, reboot (so QEMU exits)
+/// on panic.
+pub fn kernel_cmdline(nonce: &str, verbose: bool) -> String {
+    let mut s = format!("console=ttyS0 panic=-1 edd=off mitigations=off sm.nonce={nonce}");
+    s.push_str(if verbose {
+        " sm.verbose=1"
+    } else {
+        " quiet loglevel=1"
+    });
+    s
+}
+
+/// The QEMU command for `cfg` (the fds in `cfg` must be inherited by the child).
+pub fn command(tools: &Tools, cfg: &Config) -> Command {
+    let mut cmd = Command::new(&tools.qemu);
+    let mem = format!("{}M", cfg.mem_mib);
+    cmd.args(["-accel", "tcg,thread=multi,tb-size=512"])
+        .args(["-cpu", "EPYC,+svm,+npt"])
+        .args(["-M", "q35,memory-backend=mem"])
+        .arg("-object")
+        .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"))
+        .args(["-m", &mem])
+        .args(["-smp", &cfg.cpus.to_string()])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&tools.kernel)
+        .arg("-initrd")
+        .arg(&tools.initramfs)
+        .args(["-append", &cfg.append]);
+    match cfg.console_fd {
+        Some(fd) => cmd.args([
+            "-chardev",
+            &pipe_chardev("con", fd),
+            "-serial",
+            "chardev:con",
+        ]),
+        None => cmd.args(["-serial", "null"]),
+    };
+    cmd.args(["-device", "virtio-serial-pci,id=vser"]);
+    for (id, fd) in [("stdout", cfg.stdout_fd), ("stderr", cfg.stderr_fd)] {
+        cmd.args(["-chardev", &pipe_chardev(id, fd)])
+            .arg("-device")
+            .arg(format!(
+                "virtserialport,bus=vser.0,chardev={id},name=sm.{id}"
+            ));
+    }
+    for (tag, socket) in &cfg.fs {
+        cmd.arg("-chardev")
+            .arg(format!(
+                "socket,id=fs-{tag},path={}",
+                escape(&socket.to_string_lossy())
+            ))
+            .arg("-device")
+            .arg(format!("vhost-user-fs-pci,chardev=fs-{tag},tag={tag}"));
+    }
+    cmd
+}
+
+/// A chardev `id` writing into `fd`, an inherited pipe.
+fn pipe_chardev(id: &str, fd: RawFd) -> String {
+    format!("file,id={id},path=/dev/fd/{fd},append=on")
+}
+
+/// Escapes a value inside a QEMU `key=value,...` option (commas are doubled).
+fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}

@@ -1,0 +1,101 @@
+//! The running QEMU of one test VM and the threads relaying its output ports.
+
+use super::process::supervise;
+use super::qemu::{self, kernel_cmdline};
+use super::relay::{self, Sink};
+use super::tools::Tools;
+use super::virtiofsd::Virtiofsd;
+use super::{Context, Options, Result};
+use nix::fcntl::OFlag;
+use nix::unistd::pipe2;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::thread::JoinHandle;
+
+/// The running QEMU and the threads relaying its serial ports; killed when dropped.
+pub struct Vm {
+    /// The QEMU process.
+    pub child: Child,
+    relays: Vec<JoinHandle<()>>,
+    /// QEMU's stderr (unless --verbose, where it is the runner's).
+    pub log: PathBuf,
+}
+
+impl Vm {
+    /// Starts QEMU for `opts` on the sockets of `fsds`, relaying its output ports.
+    pub fn start(
+        tools: &Tools,
+        opts: &Options,
+        fsds: &[Virtiofsd],
+        nonce: &str,
+        run_dir: &Path,
+    ) -> Result<Self> {
+        let pipe = || pipe2(OFlag::O_CLOEXEC).context(|| "creating a pipe".to_string());
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let console = if opts.verbose { Some(pipe()?) } else { None };
+        let cfg = qemu::Config {
+            cpus: opts.cpus,
+            mem_mib: opts.mem_mib,
+            append: kernel_cmdline(nonce, opts.verbose),
+            fs: fsds
+                .iter()
+                .map(|f| (f.tag.clone(), f.socket.clone()))
+                .collect(),
+            stdout_fd: out_w.as_raw_fd(),
+            stderr_fd: err_w.as_raw_fd(),
+            console_fd: console.as_ref().map(|(_, w)| w.as_raw_fd()),
+        };
+        let mut cmd = qemu::command(tools, &cfg);
+        let log = run_dir.join("qemu.log");
+        let stderr = if opts.verbose {
+            Stdio::inherit()
+        } else {
+            File::create(&log)
+                .context(|| format!("creating {}", log.display()))?
+                .into()
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let mut keep = vec![cfg.stdout_fd, cfg.stderr_fd];
+        keep.extend(cfg.console_fd);
+        supervise(&mut cmd, &keep);
+        let child = cmd
+            .spawn()
+            .context(|| format!("starting {}", tools.qemu.display()))?;
+        // Only QEMU may hold the write ends, so the relays see end of file when it exits.
+        drop((out_w, err_w));
+        let mut readers: Vec<(OwnedFd, Sink)> = vec![(out_r, Sink::Stdout), (err_r, Sink::Stderr)];
+        readers.extend(console.map(|(r, _)| (r, Sink::Stderr)));
+        let mut vm = Vm {
+            child,
+            relays: Vec::new(),
+            log,
+        };
+        for (fd, sink) in readers {
+            let relay = relay::spawn(fd, sink).context(|| "starting a relay thread".to_string())?;
+            vm.relays.push(relay);
+        }
+        Ok(vm)
+    }
+
+    /// Waits for the relays to drain what QEMU wrote.
+    pub fn finish(&mut self) {
+        for r in self.relays.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        self.finish();
+    }
+}

@@ -1,0 +1,267 @@
+//! Real-guest tests: sm-vmm boots the Debian cloud kernel on KVM into sm-init and runs a
+//! command. Run through `scripts/test` (inside sm-testvm where the host KVM is PVM).
+
+use crate::common::*;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+#[test]
+fn uname_prints_the_guest_kernel_and_nothing_else() {
+    let out = boot(&[], &["uname", "-a"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("Linux sm 6.1.0-"), "stdout: {text:?}");
+    assert!(
+        text.contains("x86_64") && text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "kernel noise on stderr: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn exit_codes_propagate() {
+    for code in [0, 3, 255] {
+        let out = boot(&[], &["sh", "-c", &format!("exit {code}")]);
+        assert_eq!(out.status.code(), Some(code), "stderr: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_command_killed_by_a_signal_exits_128_plus_signal() {
+    let out = boot(&[], &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(128 + 9), "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn vcpus_and_exit_code_together() {
+    let out = boot(
+        &["--vcpus", "2", "--mem", "512"],
+        &["sh", "-c", "nproc; exit 3"],
+    );
+    assert_eq!(stdout(&out), "2\n", "stderr: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn one_vcpu_by_default() {
+    let out = boot(&[], &["nproc"]);
+    assert_eq!(stdout(&out), "1\n", "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn memory_size_is_what_was_asked() {
+    let out = boot(
+        &["--mem", "512"],
+        &["sh", "-c", "grep MemTotal /proc/meminfo"],
+    );
+    let kib: u64 = stdout(&out)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{}", stdout(&out)));
+    // The kernel keeps its own image and reserved areas out of MemTotal.
+    assert!(
+        (400 * 1024..=512 * 1024).contains(&kib),
+        "MemTotal {kib} kB for --mem 512"
+    );
+}
+
+#[test]
+fn argv_round_trips_byte_for_byte() {
+    let args = [
+        "a b",
+        "'single'",
+        "\"double\"",
+        "x=y",
+        "",
+        "back\\slash",
+        "new\nline",
+        "tab\there",
+        "ünïcødé",
+        "$HOME",
+        "-- --",
+    ];
+    let mut cmd = vec!["sh", "-c", "printf '%s\\0' \"$@\"", "sh"];
+    cmd.extend(args);
+    let out = boot(&[], &cmd);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let got: Vec<&[u8]> = out.stdout.split(|b| *b == 0).collect();
+    let want: Vec<&[u8]> = args
+        .iter()
+        .map(|a| a.as_bytes())
+        .chain([&b""[..]])
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn stdout_and_stderr_stay_apart() {
+    let out = boot(&[], &["sh", "-c", "echo out; echo err >&2; echo out2"]);
+    assert_eq!(stdout(&out), "out\nout2\n");
+    assert_eq!(stderr(&out), "err\n");
+}
+
+#[test]
+fn all_256_byte_values_pass_through_stdout() {
+    let script = (0..=255u32)
+        .map(|b| format!("\\{b:03o}"))
+        .collect::<String>();
+    let out = boot(&[], &["printf", &script]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(out.stdout, (0..=255u8).collect::<Vec<u8>>());
+}
+
+#[test]
+fn stdin_reaches_the_command_and_ends() {
+    let mut cmd = sm_vmm();
+    cmd.args(["--", "sh", "-c", "wc -l; cat"])
+        .stdin(Stdio::piped());
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one\ntwo\nthree\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "3");
+}
+
+#[test]
+fn a_missing_command_is_exit_127_with_a_message() {
+    let out = boot(&[], &["no-such-command", "x"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        stderr(&out).contains("cannot run 'no-such-command'"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn orphans_are_reaped_and_do_not_keep_the_vm_alive() {
+    let script = "for i in 1 2 3 4 5 6 7 8 9 10; do (true &); done; (sleep 600 &); sleep 1; \
+                  awk '$3 == \"Z\"' /proc/[0-9]*/stat | wc -l";
+    let out = boot(&[], &["sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "0", "zombies left unreaped");
+}
+
+#[test]
+fn guest_poweroff_and_reboot_end_sm_vmm() {
+    let out = boot(&[], &["poweroff", "-f"]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let out = boot(&[], &["reboot", "-f"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("reset"), "{}", stderr(&out));
+}
+
+#[test]
+fn sigterm_and_sigint_stop_sm_vmm() {
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let mut child = sm_vmm()
+            .args(["--", "sh", "-c", "echo ready; sleep 600"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "ready\n");
+        // SAFETY: kill() on a child we own.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sm-vmm ignored signal {sig}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "signal {sig}: {status:?} (signal {:?})",
+            status.signal()
+        );
+    }
+}
+
+#[test]
+fn interactive_shell_reads_the_console() {
+    let mut child = sm_vmm()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"echo hi-$((6*7))\nexit 5\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).contains("hi-42"), "stdout: {}", stdout(&out));
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn verbose_shows_the_boot_log_on_stderr() {
+    let out = boot(&["--verbose"], &["true"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("Linux version 6.1.0-"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_kernel_files_are_one_clear_error() {
+    let not_kernel = std::env::temp_dir().join(format!("sm-not-a-kernel-{}", std::process::id()));
+    std::fs::write(&not_kernel, vec![0u8; 8192]).unwrap();
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--kernel", "/nonexistent/vmlinuz"],
+            "kernel /nonexistent/vmlinuz does not exist",
+        ),
+        (
+            &["--kernel", not_kernel.to_str().unwrap()],
+            "is not a Linux x86_64 bzImage kernel",
+        ),
+    ];
+    for (flags, msg) in cases {
+        let out = boot(flags, &["true"]);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(if msg.contains("does not exist") { 2 } else { 1 }),
+            "{err}"
+        );
+        assert!(
+            err.contains(msg) && err.lines().count() == 1 && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_file(not_kernel);
+}

@@ -1,0 +1,106 @@
+//! Shared helpers for tests that boot real guests with sm-vmm.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory holding the workspace's release binaries (`SM_BIN_DIR` overrides).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("SM_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"))
+}
+
+/// Fails loudly unless this machine has a /dev/kvm that boots stock kernels.
+pub fn require_kvm() {
+    let m = std::path::Path::new("/sys/module");
+    let pvm_only =
+        m.join("kvm_pvm").exists() && !m.join("kvm_amd").exists() && !m.join("kvm_intel").exists();
+    assert!(
+        !pvm_only,
+        "this host's /dev/kvm is PVM and cannot boot the guest kernel: run these tests inside the \
+         test VM (scripts/test does: sm-testvm -- <test binary>)"
+    );
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "no /dev/kvm: these tests need KVM (or sm-testvm)"
+    );
+}
+
+/// `sm-vmm` from the workspace build, KVM checked first.
+pub fn sm_vmm() -> Command {
+    require_kvm();
+    let bin = bin_dir().join("sm-vmm");
+    assert!(
+        bin.exists(),
+        "{} not built (cargo build --release)",
+        bin.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// `sm-vmm` without the KVM check, for argument errors reported before KVM is touched.
+pub fn sm_vmm_nokvm() -> Command {
+    let mut cmd = Command::new(bin_dir().join("sm-vmm"));
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd` to completion with a deadline; a hang is a test failure, not a stuck suite.
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sm-vmm");
+    let start = Instant::now();
+    let out_pipe = child.stdout.take().unwrap();
+    let err_pipe = child.stderr.take().unwrap();
+    let read = |mut p: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = p.read_to_end(&mut v);
+            v
+        })
+    };
+    let (o, e) = (read(Box::new(out_pipe)), read(Box::new(err_pipe)));
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "sm-vmm did not finish within {limit:?}; stderr so far: {}",
+                String::from_utf8_lossy(&e.join().unwrap())
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: o.join().unwrap(),
+        stderr: e.join().unwrap(),
+    }
+}
+
+/// Boots a guest running `args` (after `--`) with extra sm-vmm flags; 120 s deadline
+/// (the test VM runs nested under software emulation).
+pub fn boot(flags: &[&str], args: &[&str]) -> Output {
+    let mut cmd = sm_vmm();
+    cmd.args(flags).arg("--").args(args);
+    run_with_timeout(&mut cmd, Duration::from_secs(120))
+}
+
+/// Lossy stdout, for messages.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Lossy stderr, for messages.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Build the workspace (release), the static sm-init, the guest kernel + initramfs and the
+# test VM initramfs. Every guest asset is cached by content hash, so re-runs are cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace --bins
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p sm-guest --target x86_64-unknown-linux-gnu
+guest/assets/fetch-kernel.sh >/dev/null
+guest/assets/build-initramfs.sh target/x86_64-unknown-linux-gnu/release/sm-init >/dev/null
+integration/testvm/build-initramfs.sh >/dev/null
+echo "built: target/release/{sm-vmm,sm-testvm}, ${SM_DATA_DIR:-/usr/local/share/sm}/{kernel,guest,testvm}"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install the host packages and tools sm's build and tests need (idempotent).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need_apt=0
+for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio depmod readelf; do
+  command -v "$bin" >/dev/null || need_apt=1
+done
+[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need_apt=1
+dpkg -s libseccomp-dev libcap-ng-dev >/dev/null 2>&1 || need_apt=1
+if [ "$need_apt" = 1 ]; then
+  apt-get update -q
+  # Debian 12's QEMU (7.2) is the project's peer. Some images carry a newer qemu-utils from
+  # backports that conflicts with it: pin qemu-utils to the same release as qemu-system.
+  v=$(apt-cache madison qemu-system-x86 | awk '$5 ~ /^bookworm\/main/ || $6 ~ /bookworm\/main/ {print $3; exit}')
+  [ -n "$v" ] || v=$(apt-cache policy qemu-system-x86 | awk '/Candidate/ {print $2}')
+  apt-get install -y -q --allow-downgrades \
+    "qemu-system-x86=$v" "qemu-utils=$v" "qemu-block-extra=$v" "qemu-system-common=$v" "qemu-system-data" \
+    busybox-static cpio kmod binutils xz-utils libseccomp-dev libcap-ng-dev
+fi
+# The Rust virtiofsd shares the host root into the test VM (Debian 7.2's C virtiofsd cannot
+# enforce read-only).
+if ! command -v virtiofsd >/dev/null || ! virtiofsd --version 2>/dev/null | grep -q '1\.14\.'; then
+  cargo install virtiofsd --version 1.14.0 --locked --root /usr/local
+fi
