@@ -66,7 +66,7 @@ impl Launch {
             Ok(t) => t,
             Err(e) => {
                 log_error(&format!("cannot open the serial ports: {e}"));
-                return crate::exit::STATUS_INIT_FAILED;
+                return crate::hostio::STATUS_INIT_FAILED;
             }
         };
         let mut cmd = match &self.argv {
@@ -91,7 +91,7 @@ impl Launch {
         let stdio = (|| Ok::<_, std::io::Error>((io(&console)?, io(&console)?, if interactive { io(&console)? } else { io(&stderr)? })))();
         let Ok((stdin, stdout, err_out)) = stdio else {
             log_error("cannot duplicate the serial port descriptors");
-            return crate::exit::STATUS_INIT_FAILED;
+            return crate::hostio::STATUS_INIT_FAILED;
         };
         cmd.stdin(stdin).stdout(stdout).stderr(err_out);
         // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
@@ -135,7 +135,7 @@ fn reap_until(main: Pid) -> u8 {
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
                 log_error(&format!("waitpid: {e}"));
-                return crate::exit::STATUS_INIT_FAILED;
+                return crate::hostio::STATUS_INIT_FAILED;
             }
         }
     }
@@ -162,6 +162,7 @@ fn open_ttys(interactive: bool) -> std::io::Result<(File, File)> {
         }
         termios::tcsetattr(tty.as_fd(), SetArg::TCSANOW, &t)?;
     }
+    crate::hostio::console_ready();
     Ok((console, stderr))
 }
 

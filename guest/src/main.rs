@@ -4,7 +4,7 @@
 //! to sm-vmm through the exit-status port, and powers the VM off.
 
 mod command;
-mod exit;
+mod hostio;
 mod setup;
 
 use std::process::ExitCode;
@@ -24,8 +24,8 @@ fn main() -> ExitCode {
         Ok(launch) => launch.run(verbose),
         Err(e) => {
             setup::log_error(&e);
-            exit::STATUS_INIT_FAILED
+            hostio::STATUS_INIT_FAILED
         }
     };
-    exit::power_off(status)
+    hostio::power_off(status)
 }

@@ -127,12 +127,9 @@ pub fn load_initrd(
 /// a panic resets the VM so that sm-vmm exits instead of hanging.
 pub fn kernel_cmdline(verbose: bool, append: Option<&str>) -> Result<String, BootError> {
     let mut parts = vec!["console=ttyS1", "reboot=a", "panic=-1", "pci=off", "nomodeset", "8250.nr_uarts=2", "rdinit=/init"];
-    parts.push(if verbose { "loglevel=7" } else { "loglevel=1" });
-    if verbose {
-        parts.push("sm.verbose=1");
-    } else {
-        parts.push("quiet");
-    }
+    // `quiet` alone still shows errors; loglevel=0 (after it) silences the console entirely,
+    // so stderr carries only the command's output. A panic shows with --verbose.
+    parts.extend(if verbose { ["loglevel=7", "sm.verbose=1"] } else { ["quiet", "loglevel=0"] });
     if let Some(a) = append.filter(|a| !a.trim().is_empty()) {
         parts.push(a);
     }
@@ -252,7 +249,7 @@ mod tests {
     #[test]
     fn cmdline_is_quiet_unless_verbose() {
         let quiet = kernel_cmdline(false, None).unwrap();
-        assert!(quiet.contains(" quiet") && quiet.contains("loglevel=1"));
+        assert!(quiet.contains(" quiet loglevel=0"), "{quiet}");
         let verbose = kernel_cmdline(true, Some("foo=bar")).unwrap();
         assert!(!verbose.contains("quiet") && verbose.ends_with(" foo=bar"));
         assert!(matches!(kernel_cmdline(false, Some(&"x".repeat(3000))), Err(BootError::CmdlineTooLong(_))));

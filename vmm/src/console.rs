@@ -45,10 +45,18 @@ pub enum ConsoleEvent {
     Quit,
 }
 
-/// Feeds `bytes` to the UART, waiting while its FIFO is full (the guest drains it).
+/// Feeds `bytes` to the UART, waiting until the guest console is ready and while its FIFO
+/// is full (the guest drains it).
 fn feed(port: &Mutex<SerialPort>, mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        let n = port.lock().unwrap().enqueue_input(bytes);
+        let n = {
+            let mut port = port.lock().unwrap();
+            if port.accepts_input() {
+                port.enqueue_input(bytes)
+            } else {
+                0
+            }
+        };
         bytes = &bytes[n..];
         if !bytes.is_empty() {
             std::thread::sleep(Duration::from_millis(1));

@@ -117,25 +117,22 @@ fn all_256_byte_values_pass_through_stdout() {
     assert_eq!(out.stdout, (0..=255u8).collect::<Vec<u8>>());
 }
 
+fn with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut cmd = sm_vmm();
+    cmd.arg("--").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn stdin_reaches_the_command_and_ends() {
-    let mut cmd = sm_vmm();
-    cmd.args(["--", "sh", "-c", "wc -l; cat"])
-        .stdin(Stdio::piped());
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"one\ntwo\nthree\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = with_stdin(&["wc", "-l"], b"one\ntwo\nthree\n");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "3");
+    // A last line without a newline still arrives, and EOF still follows it.
+    let out = with_stdin(&["cat"], b"line 1\nline 2 'quoted' x=y\nno newline");
+    assert_eq!(stdout(&out), "line 1\nline 2 'quoted' x=y\nno newline");
 }
 
 #[test]

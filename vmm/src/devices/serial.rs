@@ -48,6 +48,10 @@ fn wait_writable(fd: BorrowedFd<'_>) {
     let _ = poll(&mut fds, PollTimeout::from(100u16));
 }
 
+/// Written by sm-init to COM1's scratch register once the guest console is configured:
+/// until then host input would be lost to the driver's FIFO reset or echoed back.
+pub const CONSOLE_READY: u8 = 0x53;
+
 /// One UART.
 pub struct SerialPort {
     uart: Serial<IrqTrigger, NoEvents, FdWriter>,
@@ -69,6 +73,13 @@ impl SerialPort {
         if let Err(e) = self.uart.write(offset, value) {
             tracing::debug!("serial write: {e:?}");
         }
+    }
+
+    /// Whether the guest is ready for input: its driver enabled the receive interrupt and
+    /// sm-init marked the console configured.
+    pub fn accepts_input(&self) -> bool {
+        let state = self.uart.state();
+        state.scratch == CONSOLE_READY && state.interrupt_enable & 1 != 0
     }
 
     /// Queues host input for the guest; returns how many bytes fit in the receive FIFO.

@@ -1,0 +1,44 @@
+//! Talking to sm-vmm through I/O ports: the console-ready mark (so host input is not lost
+//! to the UART's FIFO reset or echoed before the console is configured) and the exit status,
+//! then poweroff.
+
+/// The exit-status port sm-vmm listens on (layout::EXIT_STATUS_PORT in sm-vmm).
+const EXIT_STATUS_PORT: u16 = 0xf4;
+/// COM1's scratch register.
+const COM1_SCRATCH_PORT: u16 = 0x3f8 + 7;
+/// What sm-init writes to COM1's scratch register once the console is configured
+/// (devices::serial::CONSOLE_READY in sm-vmm).
+const CONSOLE_READY: u8 = 0x53;
+/// Status reported when sm-init itself could not start the command.
+pub const STATUS_INIT_FAILED: u8 = 125;
+
+fn outb(port: u16, value: u8) {
+    // SAFETY: ioperm only changes this process's I/O permission bitmap; we are root (PID 1).
+    if unsafe { libc::ioperm(port.into(), 1, 1) } != 0 {
+        crate::setup::log_error(&format!("ioperm({port:#x}) failed: {}", std::io::Error::last_os_error()));
+        return;
+    }
+    // SAFETY: ioperm above granted access to exactly this port; an `out` to it has no effect
+    // on this process's memory. sm-vmm (or the UART) records the byte.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
+    }
+}
+
+/// Tells sm-vmm the console is configured and may receive host input.
+pub fn console_ready() {
+    outb(COM1_SCRATCH_PORT, CONSOLE_READY);
+}
+
+/// Kills what is left, syncs, reports `status` and powers the VM off. Never returns.
+pub fn power_off(status: u8) -> ! {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::Signal::SIGKILL);
+    while nix::sys::wait::wait().is_ok() {}
+    nix::unistd::sync();
+    outb(EXIT_STATUS_PORT, status);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // reboot() only returns on failure; there is nothing left to do but wait.
+    loop {
+        std::thread::park();
+    }
+}
