@@ -8,7 +8,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use nix::sys::termios::{self, LocalFlags, InputFlags, OutputFlags, SetArg};
+use nix::sys::termios::{self, InputFlags, LocalFlags, OutputFlags, SetArg};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
@@ -31,7 +31,10 @@ pub struct Launch {
 }
 
 fn split_nul(bytes: &[u8]) -> Vec<OsString> {
-    let mut items: Vec<OsString> = bytes.split(|b| *b == 0).map(|s| OsString::from_vec(s.to_vec())).collect();
+    let mut items: Vec<OsString> = bytes
+        .split(|b| *b == 0)
+        .map(|s| OsString::from_vec(s.to_vec()))
+        .collect();
     // Every entry is NUL-terminated: the split leaves an empty tail.
     if bytes.last() == Some(&0) || bytes.is_empty() {
         items.pop();
@@ -47,13 +50,18 @@ impl Launch {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(format!("cannot read {ARGV_PATH}: {e}")),
         };
-        let env = std::fs::read(ENV_PATH).map(|b| split_nul(&b)).unwrap_or_default();
+        let env = std::fs::read(ENV_PATH)
+            .map(|b| split_nul(&b))
+            .unwrap_or_default();
         let env = env
             .into_iter()
             .filter_map(|kv| {
                 let b = kv.as_bytes();
                 let eq = b.iter().position(|c| *c == b'=')?;
-                Some((OsString::from_vec(b[..eq].to_vec()), OsString::from_vec(b[eq + 1..].to_vec())))
+                Some((
+                    OsString::from_vec(b[..eq].to_vec()),
+                    OsString::from_vec(b[eq + 1..].to_vec()),
+                ))
             })
             .collect();
         Ok(Launch { argv, env })
@@ -88,7 +96,17 @@ impl Launch {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir("/");
         let io = |f: &File| f.try_clone().map(Stdio::from);
-        let stdio = (|| Ok::<_, std::io::Error>((io(&console)?, io(&console)?, if interactive { io(&console)? } else { io(&stderr)? })))();
+        let stdio = (|| {
+            Ok::<_, std::io::Error>((
+                io(&console)?,
+                io(&console)?,
+                if interactive {
+                    io(&console)?
+                } else {
+                    io(&stderr)?
+                },
+            ))
+        })();
         let Ok((stdin, stdout, err_out)) = stdio else {
             log_error("cannot duplicate the serial port descriptors");
             return crate::hostio::STATUS_INIT_FAILED;
@@ -109,11 +127,19 @@ impl Launch {
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                let name = self.argv.as_ref().map(|a| a[0].to_string_lossy().into_owned()).unwrap_or_else(|| "/bin/sh".into());
+                let name = self
+                    .argv
+                    .as_ref()
+                    .map(|a| a[0].to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "/bin/sh".into());
                 let msg = format!("cannot run '{name}': {e}");
                 let _ = termios::tcdrain(console.as_fd());
                 log_error(&msg);
-                return if e.kind() == std::io::ErrorKind::PermissionDenied { 126 } else { 127 };
+                return if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    126
+                } else {
+                    127
+                };
             }
         };
         log_verbose(verbose, &format!("started pid {}", child.id()));
@@ -130,7 +156,9 @@ fn reap_until(main: Pid) -> u8 {
     loop {
         match waitpid(None::<Pid>, None) {
             Ok(WaitStatus::Exited(pid, code)) if pid == main => return code as u8,
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => return 128u8.wrapping_add(sig as u8),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => {
+                return 128u8.wrapping_add(sig as u8)
+            }
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
@@ -151,13 +179,18 @@ fn open_ttys(interactive: bool) -> std::io::Result<(File, File)> {
         let mut t = termios::tcgetattr(tty.as_fd())?;
         if interactive {
             t.output_flags |= OutputFlags::OPOST | OutputFlags::ONLCR;
-            t.local_flags |= LocalFlags::ECHO | LocalFlags::ICANON | LocalFlags::ISIG | LocalFlags::ECHOE;
+            t.local_flags |=
+                LocalFlags::ECHO | LocalFlags::ICANON | LocalFlags::ISIG | LocalFlags::ECHOE;
         } else {
             t.output_flags &= !OutputFlags::OPOST;
             if is_console {
-                t.local_flags &= !(LocalFlags::ECHO | LocalFlags::ECHONL | LocalFlags::ISIG | LocalFlags::IEXTEN);
+                t.local_flags &= !(LocalFlags::ECHO
+                    | LocalFlags::ECHONL
+                    | LocalFlags::ISIG
+                    | LocalFlags::IEXTEN);
                 t.local_flags |= LocalFlags::ICANON;
-                t.input_flags &= !(InputFlags::ICRNL | InputFlags::IXON | InputFlags::INLCR | InputFlags::IGNCR);
+                t.input_flags &=
+                    !(InputFlags::ICRNL | InputFlags::IXON | InputFlags::INLCR | InputFlags::IGNCR);
             }
         }
         termios::tcsetattr(tty.as_fd(), SetArg::TCSANOW, &t)?;
@@ -173,7 +206,15 @@ mod tests {
     #[test]
     fn nul_separated_lists_keep_empty_and_odd_arguments() {
         let items = split_nul(b"sh\0-c\0\0a b=c 'd'\0");
-        assert_eq!(items, vec![OsString::from("sh"), "-c".into(), "".into(), "a b=c 'd'".into()]);
+        assert_eq!(
+            items,
+            vec![
+                OsString::from("sh"),
+                "-c".into(),
+                "".into(),
+                "a b=c 'd'".into()
+            ]
+        );
         assert!(split_nul(b"").is_empty());
     }
 }

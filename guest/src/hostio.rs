@@ -15,7 +15,10 @@ pub const STATUS_INIT_FAILED: u8 = 125;
 fn outb(port: u16, value: u8) {
     // SAFETY: ioperm only changes this process's I/O permission bitmap; we are root (PID 1).
     if unsafe { libc::ioperm(port.into(), 1, 1) } != 0 {
-        crate::setup::log_error(&format!("ioperm({port:#x}) failed: {}", std::io::Error::last_os_error()));
+        crate::setup::log_error(&format!(
+            "ioperm({port:#x}) failed: {}",
+            std::io::Error::last_os_error()
+        ));
         return;
     }
     // SAFETY: ioperm above granted access to exactly this port; an `out` to it has no effect
@@ -32,7 +35,10 @@ pub fn console_ready() {
 
 /// Kills what is left, syncs, reports `status` and powers the VM off. Never returns.
 pub fn power_off(status: u8) -> ! {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(-1),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     while nix::sys::wait::wait().is_ok() {}
     nix::unistd::sync();
     outb(EXIT_STATUS_PORT, status);

@@ -11,7 +11,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     if std::process::id() != 1 {
-        eprintln!("sm-init: must run as PID 1 (the guest's init), not as PID {}", std::process::id());
+        eprintln!(
+            "sm-init: must run as PID 1 (the guest's init), not as PID {}",
+            std::process::id()
+        );
         return ExitCode::from(2);
     }
     let verbose = setup::verbose();

@@ -11,8 +11,16 @@ const MODULE_LIST: &str = "/etc/sm/modules";
 /// Whether sm-vmm asked for verbose output (`sm.verbose=1` on the kernel command line).
 pub fn verbose() -> bool {
     let _ = std::fs::create_dir_all("/proc");
-    let _ = mount(Some("proc"), "/proc", Some("proc"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>);
-    std::fs::read_to_string("/proc/cmdline").map(|c| c.split_whitespace().any(|w| w == "sm.verbose=1")).unwrap_or(false)
+    let _ = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    std::fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == "sm.verbose=1"))
+        .unwrap_or(false)
 }
 
 /// Writes an error line to the guest's stderr port (COM2), which sm-vmm copies to its stderr.
@@ -36,8 +44,20 @@ pub fn mount_kernel_filesystems() -> nix::Result<()> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     let table: [(&str, &str, &str, MsFlags, Option<&str>); 6] = [
         ("sysfs", "/sys", "sysfs", nosuid | MsFlags::MS_NOEXEC, None),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=620,ptmxmode=666")),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("gid=5,mode=620,ptmxmode=666"),
+        ),
         ("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777")),
         ("tmpfs", "/tmp", "tmpfs", nosuid, Some("mode=1777")),
         ("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755")),
@@ -55,8 +75,14 @@ pub fn mount_kernel_filesystems() -> nix::Result<()> {
 /// Loads each module listed in [`MODULE_LIST`]; one that fails is reported and skipped so
 /// the command still runs.
 pub fn load_modules(verbose: bool) {
-    let Ok(list) = std::fs::read_to_string(MODULE_LIST) else { return };
-    for path in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    let Ok(list) = std::fs::read_to_string(MODULE_LIST) else {
+        return;
+    };
+    for path in list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         let result = File::open(path)
             .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
             .and_then(|f| nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()));

@@ -27,7 +27,10 @@ fn bin_dir() -> PathBuf {
 fn initrd_running_true(base: &Path, out: &Path) -> std::io::Result<()> {
     let mut image = std::fs::read(base)?;
     image.resize(image.len().next_multiple_of(4), 0);
-    let cfg = InitConfig { argv: Some(vec!["true".into()]), env: vec![] };
+    let cfg = InitConfig {
+        argv: Some(vec!["true".into()]),
+        env: vec![],
+    };
     image.extend(cfg.to_cpio().map_err(std::io::Error::other)?);
     std::fs::write(out, image)
 }
@@ -43,16 +46,23 @@ struct Contender {
 fn qemu(machine: &str, kernel: &Path, initrd: &Path) -> Command {
     let cmdline = sm_vmm::boot::kernel_cmdline(false, None).expect("cmdline");
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-M", machine, "-accel", "kvm", "-cpu", "host", "-m", MEM_MIB, "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-chardev", "null,id=s0", "-chardev", "null,id=s1"])
-        .args(["-device", "isa-serial,chardev=s0", "-device", "isa-serial,chardev=s1"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", &cmdline]);
+    c.args([
+        "-M", machine, "-accel", "kvm", "-cpu", "host", "-m", MEM_MIB, "-smp", "1",
+    ])
+    .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+    .args(["-chardev", "null,id=s0", "-chardev", "null,id=s1"])
+    .args([
+        "-device",
+        "isa-serial,chardev=s0",
+        "-device",
+        "isa-serial,chardev=s1",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", &cmdline]);
     c
 }
 
@@ -75,9 +85,24 @@ fn main() {
     let mut sm = Command::new(bin_dir().join("sm-vmm"));
     sm.args(["--mem", MEM_MIB, "--", "true"]);
     let mut contenders = vec![
-        Contender { name: "sm-vmm", cmd: sm, ok_code: 0, times: vec![] },
-        Contender { name: "qemu -M microvm", cmd: qemu("microvm,acpi=off", &kernel, &qemu_initrd), ok_code: 1, times: vec![] },
-        Contender { name: "qemu -M pc", cmd: qemu("pc", &kernel, &qemu_initrd), ok_code: 1, times: vec![] },
+        Contender {
+            name: "sm-vmm",
+            cmd: sm,
+            ok_code: 0,
+            times: vec![],
+        },
+        Contender {
+            name: "qemu -M microvm",
+            cmd: qemu("microvm,acpi=off", &kernel, &qemu_initrd),
+            ok_code: 1,
+            times: vec![],
+        },
+        Contender {
+            name: "qemu -M pc",
+            cmd: qemu("pc", &kernel, &qemu_initrd),
+            ok_code: 1,
+            times: vec![],
+        },
     ];
     for run in 0..RUNS {
         for c in contenders.iter_mut() {
@@ -95,13 +120,20 @@ fn main() {
         }
     }
     println!("cold start of `true` ({RUNS} runs each, interleaved, {MEM_MIB} MiB, 1 vCPU)");
-    println!("{:<18} {:>10} {:>10} {:>10}", "", "min ms", "median ms", "max ms");
+    println!(
+        "{:<18} {:>10} {:>10} {:>10}",
+        "", "min ms", "median ms", "max ms"
+    );
     for c in &contenders {
         let (min, med, max) = stats(&c.times);
         println!("{:<18} {min:>10.0} {med:>10.0} {max:>10.0}", c.name);
     }
     let sm_med = stats(&contenders[0].times).1;
     for c in &contenders[1..] {
-        println!("ratio sm-vmm / {:<16} {:.2}", c.name, sm_med / stats(&c.times).1);
+        println!(
+            "ratio sm-vmm / {:<16} {:.2}",
+            c.name,
+            sm_med / stats(&c.times).1
+        );
     }
 }

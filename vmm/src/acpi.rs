@@ -6,7 +6,9 @@
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -82,15 +84,35 @@ fn isa_device(name: &str, hid: &str, uid: u32, port: u16, len: u8, gsi: Option<u
         res.push(irq);
     }
     let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(res));
-    aml_bytes(&aml::Device::new(format!("_SB_.{name}").as_str().into(), vec![&hid, &uid, &crs]))
+    aml_bytes(&aml::Device::new(
+        format!("_SB_.{name}").as_str().into(),
+        vec![&hid, &uid, &crs],
+    ))
 }
 
 fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
     let mut body = Vec::new();
     // \_S5_ lets the guest power off through the FADT sleep control register.
-    body.extend(aml_bytes(&aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8, &0u8]))));
-    body.extend(isa_device("COM1", "PNP0501", 1, COM1_PORT, 8, Some(COM1_GSI)));
-    body.extend(isa_device("COM2", "PNP0501", 2, COM2_PORT, 8, Some(COM2_GSI)));
+    body.extend(aml_bytes(&aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&5u8, &0u8]),
+    )));
+    body.extend(isa_device(
+        "COM1",
+        "PNP0501",
+        1,
+        COM1_PORT,
+        8,
+        Some(COM1_GSI),
+    ));
+    body.extend(isa_device(
+        "COM2",
+        "PNP0501",
+        2,
+        COM2_PORT,
+        8,
+        Some(COM2_GSI),
+    ));
     body.extend(isa_device("RTC_", "PNP0B00", 0, RTC_PORT, 2, None));
     for (i, dev) in virtio.iter().enumerate() {
         let uid = i as u32;
@@ -101,7 +123,10 @@ fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
         let irq = aml::Interrupt::new(true, true, false, false, dev.gsi);
         let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&mem, &irq]));
         let path = format!("_SB_.V{i:03X}");
-        body.extend(aml_bytes(&aml::Device::new(path.as_str().into(), vec![&hid, &uid_name, &cca, &crs])));
+        body.extend(aml_bytes(&aml::Device::new(
+            path.as_str().into(),
+            vec![&hid, &uid_name, &cca, &crs],
+        )));
     }
     let mut sdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     sdt.append_slice(&body);
@@ -109,7 +134,15 @@ fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
-    let io_reg = |port: u16| GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port.into());
+    let io_reg = |port: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            port.into(),
+        )
+    };
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
@@ -125,7 +158,12 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
 }
 
 fn madt(vcpus: u8) -> Vec<u8> {
-    let mut madt = MADT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION, LocalInterruptController::Address(LAPIC_START as u32));
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_START as u32),
+    );
     for id in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
@@ -141,7 +179,10 @@ fn align16(x: u64) -> u64 {
 /// devices, laid out from [`ACPI_START`](crate::layout::ACPI_START) (the RSDP first, where
 /// the kernel scans for it).
 pub fn build_tables(vcpus: u32, virtio: &[VirtioMmioSlot]) -> Result<Vec<AcpiBlob>, AcpiError> {
-    let vcpus = u8::try_from(vcpus).ok().filter(|v| *v <= 254).ok_or(AcpiError::TooManyVcpus(vcpus))?;
+    let vcpus = u8::try_from(vcpus)
+        .ok()
+        .filter(|v| *v <= 254)
+        .ok_or(AcpiError::TooManyVcpus(vcpus))?;
     let rsdp_addr = ACPI_START;
     let dsdt_addr = align16(rsdp_addr + Rsdp::len() as u64);
     let dsdt = dsdt(virtio);
@@ -159,11 +200,26 @@ pub fn build_tables(vcpus: u32, virtio: &[VirtioMmioSlot]) -> Result<Vec<AcpiBlo
         return Err(AcpiError::TooLarge(end - ACPI_START, ACPI_END - ACPI_START));
     }
     Ok(vec![
-        AcpiBlob { addr: rsdp_addr, bytes: aml_bytes(&Rsdp::new(OEM_ID, xsdt_addr)) },
-        AcpiBlob { addr: dsdt_addr, bytes: dsdt },
-        AcpiBlob { addr: fadt_addr, bytes: fadt },
-        AcpiBlob { addr: madt_addr, bytes: madt },
-        AcpiBlob { addr: xsdt_addr, bytes: xsdt },
+        AcpiBlob {
+            addr: rsdp_addr,
+            bytes: aml_bytes(&Rsdp::new(OEM_ID, xsdt_addr)),
+        },
+        AcpiBlob {
+            addr: dsdt_addr,
+            bytes: dsdt,
+        },
+        AcpiBlob {
+            addr: fadt_addr,
+            bytes: fadt,
+        },
+        AcpiBlob {
+            addr: madt_addr,
+            bytes: madt,
+        },
+        AcpiBlob {
+            addr: xsdt_addr,
+            bytes: xsdt,
+        },
     ])
 }
 
@@ -195,12 +251,20 @@ mod tests {
             assert_eq!(len, t.bytes.len());
             assert_eq!(t.addr % 16, 0);
         }
-        let entries: Vec<u64> =
-            xsdt.bytes[36..].chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
-        assert_eq!(entries, vec![find(&tables, b"FACP").addr, find(&tables, b"APIC").addr]);
+        let entries: Vec<u64> = xsdt.bytes[36..]
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            entries,
+            vec![find(&tables, b"FACP").addr, find(&tables, b"APIC").addr]
+        );
         // FADT points at the DSDT through X_DSDT (offset 140).
         let fadt = &find(&tables, b"FACP").bytes;
-        assert_eq!(u64::from_le_bytes(fadt[140..148].try_into().unwrap()), find(&tables, b"DSDT").addr);
+        assert_eq!(
+            u64::from_le_bytes(fadt[140..148].try_into().unwrap()),
+            find(&tables, b"DSDT").addr
+        );
     }
 
     #[test]
@@ -224,13 +288,25 @@ mod tests {
             }
             assert_eq!((cpus, ioapics), (n, 1));
         }
-        assert!(matches!(build_tables(255, &[]), Err(AcpiError::TooManyVcpus(255))));
-        assert!(matches!(build_tables(0x1_00, &[]), Err(AcpiError::TooManyVcpus(256))));
+        assert!(matches!(
+            build_tables(255, &[]),
+            Err(AcpiError::TooManyVcpus(255))
+        ));
+        assert!(matches!(
+            build_tables(0x1_00, &[]),
+            Err(AcpiError::TooManyVcpus(256))
+        ));
     }
 
     #[test]
     fn dsdt_describes_virtio_mmio_devices() {
-        let slots: Vec<_> = (0..3).map(|i| VirtioMmioSlot { base: 0xd000_0000 + i * 0x1000, size: 0x1000, gsi: 5 + i as u32 }).collect();
+        let slots: Vec<_> = (0..3)
+            .map(|i| VirtioMmioSlot {
+                base: 0xd000_0000 + i * 0x1000,
+                size: 0x1000,
+                gsi: 5 + i as u32,
+            })
+            .collect();
         let tables = build_tables(1, &slots).unwrap();
         let dsdt = &find(&tables, b"DSDT").bytes;
         let count = dsdt.windows(8).filter(|w| w == b"LNRO0005").count();
@@ -238,7 +314,11 @@ mod tests {
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         // The UARTs and the RTC are described, so their IRQs get routed.
         for name in [b"COM1", b"COM2", b"RTC_"] {
-            assert!(dsdt.windows(4).any(|w| w == name), "{}", String::from_utf8_lossy(name));
+            assert!(
+                dsdt.windows(4).any(|w| w == name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
         }
         // The second device's register window base appears as a Memory32Fixed field.
         assert!(dsdt.windows(4).any(|w| w == 0xd000_1000u32.to_le_bytes()));
@@ -252,10 +332,16 @@ mod tests {
         assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
         assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
         // RESET_REG is a GAS at offset 116; its address at +4.
-        assert_eq!(u64::from_le_bytes(fadt[120..128].try_into().unwrap()), ACPI_RESET_PORT as u64);
+        assert_eq!(
+            u64::from_le_bytes(fadt[120..128].try_into().unwrap()),
+            ACPI_RESET_PORT as u64
+        );
         assert_eq!(fadt[128], ACPI_RESET_VALUE);
         // SLEEP_CONTROL_REG at offset 244.
         assert_eq!(fadt[244], 1, "system I/O space");
-        assert_eq!(u64::from_le_bytes(fadt[248..256].try_into().unwrap()), ACPI_SLEEP_CONTROL_PORT as u64);
+        assert_eq!(
+            u64::from_le_bytes(fadt[248..256].try_into().unwrap()),
+            ACPI_SLEEP_CONTROL_PORT as u64
+        );
     }
 }

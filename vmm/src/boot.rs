@@ -75,16 +75,26 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     let not_kernel = |why: String| BootError::NotAKernel(name.clone(), why);
     let loaded = BzImage::load(mem, Some(GuestAddress(KERNEL_START)), &mut file, None)
         .map_err(|e| not_kernel(e.to_string()))?;
-    let header = loaded.setup_header.ok_or_else(|| not_kernel("no setup header".into()))?;
+    let header = loaded
+        .setup_header
+        .ok_or_else(|| not_kernel("no setup header".into()))?;
     if header.xloadflags & XLF_KERNEL_64 == 0 {
         return Err(not_kernel("it has no 64-bit entry point".into()));
     }
-    Ok(LoadedKernel { entry: loaded.kernel_load.0 + STARTUP_64_OFFSET, header, end: loaded.kernel_end })
+    Ok(LoadedKernel {
+        entry: loaded.kernel_load.0 + STARTUP_64_OFFSET,
+        header,
+        end: loaded.kernel_end,
+    })
 }
 
 /// Chooses where the initramfs goes: page-aligned, as high as possible in low RAM and below
 /// the kernel's `initrd_addr_max`, and clear of the kernel's decompression space.
-pub fn initrd_placement(mem_bytes: u64, kernel: &setup_header, initrd_len: u64) -> Result<u64, BootError> {
+pub fn initrd_placement(
+    mem_bytes: u64,
+    kernel: &setup_header,
+    initrd_len: u64,
+) -> Result<u64, BootError> {
     let low_end = ram_ranges(mem_bytes)[0].1;
     let max = match kernel.initrd_addr_max {
         0 => 0x37ff_ffff,
@@ -113,7 +123,8 @@ pub fn load_initrd(
     path: &Path,
     extra: &[u8],
 ) -> Result<(u64, u64), BootError> {
-    let mut image = std::fs::read(path).map_err(|e| BootError::ReadInitrd(path.display().to_string(), e))?;
+    let mut image =
+        std::fs::read(path).map_err(|e| BootError::ReadInitrd(path.display().to_string(), e))?;
     image.resize(image.len().next_multiple_of(4), 0);
     image.extend_from_slice(extra);
     let addr = initrd_placement(mem_bytes, &kernel.header, image.len() as u64)?;
@@ -126,10 +137,22 @@ pub fn load_initrd(
 /// kernel log on COM2 (stderr) when verbose, no PCI probing (devices are virtio-mmio), and
 /// a panic resets the VM so that sm-vmm exits instead of hanging.
 pub fn kernel_cmdline(verbose: bool, append: Option<&str>) -> Result<String, BootError> {
-    let mut parts = vec!["console=ttyS1", "reboot=a", "panic=-1", "pci=off", "nomodeset", "8250.nr_uarts=2", "rdinit=/init"];
+    let mut parts = vec![
+        "console=ttyS1",
+        "reboot=a",
+        "panic=-1",
+        "pci=off",
+        "nomodeset",
+        "8250.nr_uarts=2",
+        "rdinit=/init",
+    ];
     // `quiet` alone still shows errors; loglevel=0 (after it) silences the console entirely,
     // so stderr carries only the command's output. A panic shows with --verbose.
-    parts.extend(if verbose { ["loglevel=7", "sm.verbose=1"] } else { ["quiet", "loglevel=0"] });
+    parts.extend(if verbose {
+        ["loglevel=7", "sm.verbose=1"]
+    } else {
+        ["quiet", "loglevel=0"]
+    });
     if let Some(a) = append.filter(|a| !a.trim().is_empty()) {
         parts.push(a);
     }
@@ -148,11 +171,17 @@ pub fn write_boot_params(
     cmdline: &str,
     initrd: (u64, u64),
 ) -> Result<(), BootError> {
-    let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    cl.insert_str(cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    let mut cl = linux_loader::cmdline::Cmdline::new(CMDLINE_MAX)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    cl.insert_str(cmdline)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
 
-    let mut params = boot_params { hdr: kernel.header, ..Default::default() };
+    let mut params = boot_params {
+        hdr: kernel.header,
+        ..Default::default()
+    };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.loadflags |= CAN_USE_HEAP;
     params.hdr.heap_end_ptr = 0xfe00;
@@ -164,7 +193,11 @@ pub fn write_boot_params(
     params.acpi_rsdp_addr = ACPI_START;
     let map = e820_map(mem_bytes);
     for (slot, e) in params.e820_table.iter_mut().zip(&map) {
-        *slot = boot_e820_entry { addr: e.addr, size: e.size, type_: e.kind as u32 };
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind as u32,
+        };
     }
     params.e820_entries = map.len() as u8;
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
@@ -177,7 +210,8 @@ pub fn write_boot_params(
 /// Copies the ACPI tables into the reserved BIOS area.
 pub fn write_acpi(mem: &GuestMemoryMmap, tables: &[AcpiBlob]) -> Result<(), BootError> {
     for t in tables {
-        mem.write_slice(&t.bytes, GuestAddress(t.addr)).map_err(|e| BootError::GuestMemory("ACPI tables", e.to_string()))?;
+        mem.write_slice(&t.bytes, GuestAddress(t.addr))
+            .map_err(|e| BootError::GuestMemory("ACPI tables", e.to_string()))?;
     }
     Ok(())
 }
@@ -202,7 +236,10 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 /// Writes the GDT, an empty IDT, and page tables identity-mapping the first 1 GiB with
 /// 2 MiB pages (enough for the kernel's early boot, which builds its own).
 pub fn write_boot_structures(mem: &GuestMemoryMmap) -> Result<(), BootError> {
-    let w = |what, v: u64, a: u64| mem.write_obj(v, GuestAddress(a)).map_err(|e| BootError::GuestMemory(what, e.to_string()));
+    let w = |what, v: u64, a: u64| {
+        mem.write_obj(v, GuestAddress(a))
+            .map_err(|e| BootError::GuestMemory(what, e.to_string()))
+    };
     for (i, e) in BOOT_GDT.iter().enumerate() {
         w("GDT", *e, BOOT_GDT_START + 8 * i as u64)?;
     }
@@ -220,7 +257,11 @@ mod tests {
     use super::*;
 
     fn header(init_size: u32, initrd_addr_max: u32) -> setup_header {
-        setup_header { init_size, initrd_addr_max, ..Default::default() }
+        setup_header {
+            init_size,
+            initrd_addr_max,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -243,7 +284,10 @@ mod tests {
     #[test]
     fn too_little_memory_is_an_error() {
         let err = initrd_placement(64 << 20, &header(40 << 20, 0x7fff_ffff), 20 << 20).unwrap_err();
-        assert!(matches!(err, BootError::MemoryTooSmall { mem_mib: 64, .. }), "{err}");
+        assert!(
+            matches!(err, BootError::MemoryTooSmall { mem_mib: 64, .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -252,7 +296,10 @@ mod tests {
         assert!(quiet.contains(" quiet loglevel=0"), "{quiet}");
         let verbose = kernel_cmdline(true, Some("foo=bar")).unwrap();
         assert!(!verbose.contains("quiet") && verbose.ends_with(" foo=bar"));
-        assert!(matches!(kernel_cmdline(false, Some(&"x".repeat(3000))), Err(BootError::CmdlineTooLong(_))));
+        assert!(matches!(
+            kernel_cmdline(false, Some(&"x".repeat(3000))),
+            Err(BootError::CmdlineTooLong(_))
+        ));
     }
 
     #[test]

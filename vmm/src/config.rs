@@ -56,7 +56,9 @@ pub struct VmConfig {
 
 /// Directory where the setup installs the guest kernel and initramfs.
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("SM_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/local/share/sm"))
+    std::env::var_os("SM_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/share/sm"))
 }
 
 /// The kernel sm-vmm boots when `--kernel` is not given.
@@ -95,7 +97,11 @@ impl VmConfig {
             if !Path::new(path).is_file() {
                 let default = *path == default_kernel() || *path == default_initrd();
                 let hint = if default { SETUP_HINT } else { "" };
-                return Err(ConfigError::Missing { what, path: path.display().to_string(), hint });
+                return Err(ConfigError::Missing {
+                    what,
+                    path: path.display().to_string(),
+                    hint,
+                });
             }
         }
         Ok(())
@@ -128,24 +134,47 @@ mod tests {
     #[test]
     fn vcpu_limits() {
         for bad in [0, 255, 1000] {
-            let c = VmConfig { vcpus: bad, ..config() };
+            let c = VmConfig {
+                vcpus: bad,
+                ..config()
+            };
             assert!(matches!(c.validate(None), Err(ConfigError::Vcpus(v)) if v == bad));
         }
-        VmConfig { vcpus: 254, ..config() }.validate(None).unwrap();
+        VmConfig {
+            vcpus: 254,
+            ..config()
+        }
+        .validate(None)
+        .unwrap();
     }
 
     #[test]
     fn memory_limits() {
-        let c = VmConfig { mem_mib: 64, ..config() };
-        assert!(matches!(c.validate(None), Err(ConfigError::MemTooSmall(64))));
-        let c = VmConfig { mem_mib: 8192, ..config() };
+        let c = VmConfig {
+            mem_mib: 64,
+            ..config()
+        };
+        assert!(matches!(
+            c.validate(None),
+            Err(ConfigError::MemTooSmall(64))
+        ));
+        let c = VmConfig {
+            mem_mib: 8192,
+            ..config()
+        };
         let err = c.validate(Some(4096)).unwrap_err();
-        assert_eq!(err.to_string(), "--mem 8192 MiB is more than this host's 4096 MiB of memory");
+        assert_eq!(
+            err.to_string(),
+            "--mem 8192 MiB is more than this host's 4096 MiB of memory"
+        );
     }
 
     #[test]
     fn missing_files_are_named() {
-        let c = VmConfig { kernel: "/nonexistent/vmlinuz".into(), ..config() };
+        let c = VmConfig {
+            kernel: "/nonexistent/vmlinuz".into(),
+            ..config()
+        };
         let err = c.validate(None).unwrap_err().to_string();
         assert_eq!(err, "kernel /nonexistent/vmlinuz does not exist");
     }

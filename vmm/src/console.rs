@@ -104,7 +104,11 @@ pub fn pump_stdin(port: Arc<Mutex<SerialPort>>, escape: bool, on_quit: impl FnOn
         feed(&port, &out);
     }
     if !escape {
-        let eof: &[u8] = if last == b'\n' { &[VEOF] } else { &[VEOF, VEOF] };
+        let eof: &[u8] = if last == b'\n' {
+            &[VEOF]
+        } else {
+            &[VEOF, VEOF]
+        };
         feed(&port, eof);
     }
 }

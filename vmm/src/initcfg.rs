@@ -45,7 +45,21 @@ impl CpioWriter {
     fn entry(&mut self, name: &str, mode: u32, data: &[u8]) {
         self.ino += 1;
         let namesize = name.len() + 1;
-        let fields = [self.ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, namesize as u32, 0];
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            namesize as u32,
+            0,
+        ];
         self.buf.extend_from_slice(b"070701");
         for f in fields {
             self.buf.extend_from_slice(format!("{f:08X}").as_bytes());
@@ -128,7 +142,10 @@ mod tests {
     /// A minimal newc reader, to check what the kernel will see.
     fn parse(mut b: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
         let mut out = Vec::new();
-        let field = |h: &[u8], i: usize| u32::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap();
+        let field = |h: &[u8], i: usize| {
+            u32::from_str_radix(std::str::from_utf8(&h[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
+                .unwrap()
+        };
         let up4 = |n: usize| (n + 3) & !3;
         loop {
             assert_eq!(&b[..6], b"070701");
@@ -154,7 +171,10 @@ mod tests {
             "".into(),
             OsString::from_vec(vec![0xff, 0xfe, b' ', b'=']),
         ];
-        let cfg = InitConfig { argv: Some(argv.clone()), env: vec!["TERM=vt100".into()] };
+        let cfg = InitConfig {
+            argv: Some(argv.clone()),
+            env: vec!["TERM=vt100".into()],
+        };
         let cpio = cfg.to_cpio().unwrap();
         assert_eq!(cpio.len() % 4, 0);
         let entries = parse(&cpio);
@@ -162,8 +182,10 @@ mod tests {
         assert_eq!(entries[0].1 & 0o170000, 0o040000);
         let (name, _, data) = &entries[1];
         assert_eq!(name, ARGV_PATH);
-        let decoded: Vec<OsString> =
-            data.split(|c| *c == 0).map(|s| OsString::from_vec(s.to_vec())).collect();
+        let decoded: Vec<OsString> = data
+            .split(|c| *c == 0)
+            .map(|s| OsString::from_vec(s.to_vec()))
+            .collect();
         // Every argument is NUL-terminated, so the split leaves one empty tail.
         assert_eq!(&decoded[..decoded.len() - 1], &argv[..]);
         assert_eq!(entries[2].0, ENV_PATH);
@@ -178,11 +200,23 @@ mod tests {
 
     #[test]
     fn nul_and_bad_env_are_refused() {
-        let cfg = InitConfig { argv: Some(vec!["a".into(), OsString::from_vec(b"b\0c".to_vec())]), env: vec![] };
-        assert!(matches!(cfg.to_cpio(), Err(InitConfigError::NulInArgument(1))));
+        let cfg = InitConfig {
+            argv: Some(vec!["a".into(), OsString::from_vec(b"b\0c".to_vec())]),
+            env: vec![],
+        };
+        assert!(matches!(
+            cfg.to_cpio(),
+            Err(InitConfigError::NulInArgument(1))
+        ));
         for bad in ["NOEQUALS", "=value"] {
-            let cfg = InitConfig { argv: None, env: vec![bad.into()] };
-            assert!(matches!(cfg.validate(), Err(InitConfigError::BadEnv(_))), "{bad}");
+            let cfg = InitConfig {
+                argv: None,
+                env: vec![bad.into()],
+            };
+            assert!(
+                matches!(cfg.validate(), Err(InitConfigError::BadEnv(_))),
+                "{bad}"
+            );
         }
     }
 }

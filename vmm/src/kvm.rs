@@ -12,7 +12,9 @@ pub enum KvmError {
     #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel or kvm_amd; on a host without hardware virtualization, run through sm-testvm)")]
     Missing,
     /// /dev/kvm exists but we may not open it.
-    #[error("permission denied opening /dev/kvm (add this user to the 'kvm' group or run as root)")]
+    #[error(
+        "permission denied opening /dev/kvm (add this user to the 'kvm' group or run as root)"
+    )]
     PermissionDenied,
     /// Other open failures.
     #[error("cannot open /dev/kvm: {0}")]
@@ -37,14 +39,16 @@ pub fn is_pvm_only(sys_module: &Path) -> bool {
 
 /// Opens /dev/kvm and checks it can run sm-vmm's guests with `vcpus` vCPUs.
 pub fn open(vcpus: u32) -> Result<Kvm, KvmError> {
-    if is_pvm_only(Path::new("/sys/module")) {
-        return Err(KvmError::PvmOnly);
-    }
     let kvm = Kvm::new().map_err(|e| match e.errno() {
         libc::ENOENT => KvmError::Missing,
         libc::EACCES | libc::EPERM => KvmError::PermissionDenied,
         _ => KvmError::Open(std::io::Error::from_raw_os_error(e.errno())),
     })?;
+    // PVM offers the ordinary KVM API, but a stock kernel would fall into its instruction
+    // emulator and die: refuse plainly instead of hanging.
+    if is_pvm_only(Path::new("/sys/module")) {
+        return Err(KvmError::PvmOnly);
+    }
     for (cap, name) in [
         (Cap::Irqchip, "in-kernel irqchip"),
         (Cap::Pit2, "in-kernel PIT"),

@@ -75,11 +75,22 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match vm::run(&config) {
-        Ok(VmOutcome::Stopped { status: Some(s), .. }) => ExitCode::from(s),
+        Ok(VmOutcome::Stopped {
+            status: Some(s), ..
+        }) => ExitCode::from(s),
         // A guest that powers off on its own (`poweroff -f`, an interactive shell) ends cleanly.
-        Ok(VmOutcome::Stopped { stop: GuestStop::PowerOff, status: None }) => ExitCode::SUCCESS,
-        Ok(VmOutcome::Stopped { stop: GuestStop::Reset, status: None }) if interactive => ExitCode::SUCCESS,
-        Ok(VmOutcome::Stopped { stop: GuestStop::Reset, status: None }) => {
+        Ok(VmOutcome::Stopped {
+            stop: GuestStop::PowerOff,
+            status: None,
+        }) => ExitCode::SUCCESS,
+        Ok(VmOutcome::Stopped {
+            stop: GuestStop::Reset,
+            status: None,
+        }) if interactive => ExitCode::SUCCESS,
+        Ok(VmOutcome::Stopped {
+            stop: GuestStop::Reset,
+            status: None,
+        }) => {
             eprintln!("sm-vmm: the guest reset (reboot or kernel panic) before the command finished; rerun with --verbose to see its log");
             ExitCode::from(1)
         }

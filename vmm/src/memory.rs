@@ -56,13 +56,25 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64, u64)> {
 /// split around the MMIO gap.
 pub fn e820_map(mem_bytes: u64) -> Vec<E820Entry> {
     let mut map = vec![
-        E820Entry { addr: 0, size: EBDA_START, kind: E820Kind::Ram },
-        E820Entry { addr: EBDA_START, size: ACPI_END - EBDA_START, kind: E820Kind::Reserved },
+        E820Entry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820Kind::Ram,
+        },
+        E820Entry {
+            addr: EBDA_START,
+            size: ACPI_END - EBDA_START,
+            kind: E820Kind::Reserved,
+        },
     ];
     for (addr, size, _) in ram_ranges(mem_bytes) {
         let (start, end) = (addr.max(KERNEL_START), addr + size);
         if end > start {
-            map.push(E820Entry { addr: start, size: end - start, kind: E820Kind::Ram });
+            map.push(E820Entry {
+                addr: start,
+                size: end - start,
+                kind: E820Kind::Ram,
+            });
         }
     }
     map
@@ -89,10 +101,18 @@ impl GuestRam {
         let mut ranges = Vec::new();
         for (addr, len, offset) in ram_ranges(size) {
             let fd = file.try_clone().map_err(|e| MemoryError::Memfd(mib, e))?;
-            ranges.push((GuestAddress(addr), len as usize, Some(FileOffset::new(fd, offset))));
+            ranges.push((
+                GuestAddress(addr),
+                len as usize,
+                Some(FileOffset::new(fd, offset)),
+            ));
         }
         let memory = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(MemoryError::Mmap)?;
-        Ok(GuestRam { memory, memfd: file.into(), size })
+        Ok(GuestRam {
+            memory,
+            memfd: file.into(),
+            size,
+        })
     }
 }
 
@@ -104,10 +124,24 @@ mod tests {
     fn small_memory_is_one_range_below_the_gap() {
         let map = e820_map(256 << 20);
         assert_eq!(map.len(), 3);
-        assert_eq!(map[0], E820Entry { addr: 0, size: 0x9fc00, kind: E820Kind::Ram });
+        assert_eq!(
+            map[0],
+            E820Entry {
+                addr: 0,
+                size: 0x9fc00,
+                kind: E820Kind::Ram
+            }
+        );
         assert_eq!(map[1].kind, E820Kind::Reserved);
         assert_eq!(map[1].addr + map[1].size, 0x10_0000);
-        assert_eq!(map[2], E820Entry { addr: 0x10_0000, size: (256 << 20) - 0x10_0000, kind: E820Kind::Ram });
+        assert_eq!(
+            map[2],
+            E820Entry {
+                addr: 0x10_0000,
+                size: (256 << 20) - 0x10_0000,
+                kind: E820Kind::Ram
+            }
+        );
     }
 
     #[test]
@@ -117,11 +151,18 @@ mod tests {
         assert_eq!(map.len(), 4);
         assert_eq!(map[2].addr + map[2].size, MMIO_GAP_START);
         assert_eq!(map[3].addr, MMIO_GAP_END);
-        let ram: u64 = map.iter().filter(|e| e.kind == E820Kind::Ram).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820Kind::Ram)
+            .map(|e| e.size)
+            .sum();
         // Everything but the BIOS hole is RAM.
         assert_eq!(ram, mem - (ACPI_END - EBDA_START));
         let ranges = ram_ranges(mem);
-        assert_eq!(ranges[1], (MMIO_GAP_END, mem - MMIO_GAP_START, MMIO_GAP_START));
+        assert_eq!(
+            ranges[1],
+            (MMIO_GAP_END, mem - MMIO_GAP_START, MMIO_GAP_START)
+        );
     }
 
     #[test]
@@ -129,7 +170,10 @@ mod tests {
         for mib in [128u64, 3327, 3328, 3329, 8192] {
             for e in e820_map(mib << 20) {
                 let end = e.addr + e.size;
-                assert!(end <= MMIO_GAP_START || e.addr >= MMIO_GAP_END, "{mib} MiB: {e:?}");
+                assert!(
+                    end <= MMIO_GAP_START || e.addr >= MMIO_GAP_END,
+                    "{mib} MiB: {e:?}"
+                );
             }
         }
     }

@@ -4,7 +4,9 @@
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use crate::boot::BOOT_GDT;
@@ -89,7 +91,11 @@ fn segment(index: u16) -> kvm_segment {
     let present = ((e >> 47) & 1) as u8;
     kvm_segment {
         base: ((e >> 16) & 0xff_ffff) | ((e >> 32) & 0xff00_0000),
-        limit: if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit },
+        limit: if g == 1 {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: index * 8,
         type_: ((e >> 40) & 0xf) as u8,
         present,
@@ -114,10 +120,19 @@ impl Vcpu {
     /// Creates vCPU `id` of `count` with CPUID, MSRs and LAPIC set up.
     pub fn new(kvm: &Kvm, vm: &VmFd, id: u32, count: u32) -> Result<Self, VcpuError> {
         let err = |what| move |e| VcpuError::Kvm(id, what, e);
-        let fd = vm.create_vcpu(u64::from(id)).map_err(err("KVM_CREATE_VCPU"))?;
-        let base = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
-        fd.set_cpuid2(&vcpu_cpuid(&base, id, count)).map_err(err("KVM_SET_CPUID2"))?;
-        let msr = |index, data| kvm_msr_entry { index, data, ..Default::default() };
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(err("KVM_CREATE_VCPU"))?;
+        let base = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
+        fd.set_cpuid2(&vcpu_cpuid(&base, id, count))
+            .map_err(err("KVM_SET_CPUID2"))?;
+        let msr = |index, data| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        };
         let msrs = Msrs::from_entries(&[
             msr(MSR_IA32_SYSENTER_CS, 0),
             msr(MSR_IA32_SYSENTER_ESP, 0),
@@ -134,7 +149,13 @@ impl Vcpu {
         .map_err(|e| VcpuError::Fatal(id, format!("MSR list: {e:?}")))?;
         let set = fd.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
         if set != msrs.as_slice().len() {
-            return Err(VcpuError::Fatal(id, format!("KVM accepted only {set} of {} boot MSRs", msrs.as_slice().len())));
+            return Err(VcpuError::Fatal(
+                id,
+                format!(
+                    "KVM accepted only {set} of {} boot MSRs",
+                    msrs.as_slice().len()
+                ),
+            ));
         }
         // LINT0 delivers the legacy PIC's ExtINT, LINT1 NMIs, as on a PC.
         let mut lapic = fd.get_lapic().map_err(err("KVM_GET_LAPIC"))?;
@@ -146,7 +167,12 @@ impl Vcpu {
             }
         }
         fd.set_lapic(&lapic).map_err(err("KVM_SET_LAPIC"))?;
-        fd.set_fpu(&kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }).map_err(err("KVM_SET_FPU"))?;
+        fd.set_fpu(&kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        })
+        .map_err(err("KVM_SET_FPU"))?;
         Ok(Vcpu { fd, id })
     }
 
@@ -200,9 +226,17 @@ impl Vcpu {
                 }
                 Ok(VcpuExit::Hlt) => break VcpuEvent::Stop(GuestStop::PowerOff),
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    break VcpuEvent::Error(VcpuError::Fatal(self.id, format!("entry failed, reason {reason:#x} on host CPU {cpu}")))
+                    break VcpuEvent::Error(VcpuError::Fatal(
+                        self.id,
+                        format!("entry failed, reason {reason:#x} on host CPU {cpu}"),
+                    ))
                 }
-                Ok(VcpuExit::InternalError) => break VcpuEvent::Error(VcpuError::Fatal(self.id, "internal error (emulation failure)".into())),
+                Ok(VcpuExit::InternalError) => {
+                    break VcpuEvent::Error(VcpuError::Fatal(
+                        self.id,
+                        "internal error (emulation failure)".into(),
+                    ))
+                }
                 Ok(other) => tracing::debug!("vCPU {}: ignoring exit {other:?}", self.id),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
                 Err(e) => break VcpuEvent::Error(VcpuError::Kvm(self.id, "KVM_RUN", e)),
@@ -219,7 +253,18 @@ mod tests {
     #[test]
     fn boot_segments_are_flat_64_bit() {
         let cs = segment(1);
-        assert_eq!((cs.base, cs.limit, cs.selector, cs.l, cs.db, cs.present, cs.s), (0, 0xffff_ffff, 8, 1, 0, 1, 1));
+        assert_eq!(
+            (
+                cs.base,
+                cs.limit,
+                cs.selector,
+                cs.l,
+                cs.db,
+                cs.present,
+                cs.s
+            ),
+            (0, 0xffff_ffff, 8, 1, 0, 1, 1)
+        );
         let ds = segment(2);
         assert_eq!((ds.selector, ds.type_, ds.db, ds.l), (16, 3, 1, 0));
         assert_eq!(segment(3).type_, 0xb, "busy 64-bit TSS");

@@ -79,11 +79,19 @@ enum Event {
 }
 
 fn create_vm(kvm: &kvm_ioctls::Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
-    let vm = kvm.create_vm().map_err(|e| VmError::VmIoctl("KVM_CREATE_VM", e))?;
-    vm.set_tss_address(TSS_ADDRESS).map_err(|e| VmError::VmIoctl("KVM_SET_TSS_ADDR", e))?;
-    vm.create_irq_chip().map_err(|e| VmError::VmIoctl("KVM_CREATE_IRQCHIP", e))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-    vm.create_pit2(pit).map_err(|e| VmError::VmIoctl("KVM_CREATE_PIT2", e))?;
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| VmError::VmIoctl("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(TSS_ADDRESS)
+        .map_err(|e| VmError::VmIoctl("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| VmError::VmIoctl("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| VmError::VmIoctl("KVM_CREATE_PIT2", e))?;
     for (slot, region) in ram.memory.iter().enumerate() {
         let region_desc = kvm_userspace_memory_region {
             slot: slot as u32,
@@ -94,28 +102,38 @@ fn create_vm(kvm: &kvm_ioctls::Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
         };
         // SAFETY: the region is a live mapping owned by `ram`, which outlives the VM (run()
         // keeps it until the process exits), and regions never overlap.
-        unsafe { vm.set_user_memory_region(region_desc) }.map_err(|e| VmError::VmIoctl("KVM_SET_USER_MEMORY_REGION", e))?;
+        unsafe { vm.set_user_memory_region(region_desc) }
+            .map_err(|e| VmError::VmIoctl("KVM_SET_USER_MEMORY_REGION", e))?;
     }
     Ok(vm)
 }
 
 fn serial(vm: &VmFd, gsi: u32, out: std::os::fd::BorrowedFd<'_>) -> Result<SerialPort, VmError> {
     let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| VmError::Host("eventfd", e))?;
-    vm.register_irqfd(&irq, gsi).map_err(|e| VmError::VmIoctl("KVM_IRQFD", e))?;
-    let out = out.try_clone_to_owned().map_err(|e| VmError::Host("dup", e))?;
+    vm.register_irqfd(&irq, gsi)
+        .map_err(|e| VmError::VmIoctl("KVM_IRQFD", e))?;
+    let out = out
+        .try_clone_to_owned()
+        .map_err(|e| VmError::Host("dup", e))?;
     Ok(SerialPort::new(irq, out))
 }
 
 /// Boots the VM described by `config` and runs it until the guest stops, a vCPU fails, a
 /// signal (SIGINT, SIGTERM, SIGHUP) arrives, or the user quits the console.
 pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
-    let init = InitConfig { argv: config.command.clone(), env: config.env.clone() }.to_cpio()?;
+    let init = InitConfig {
+        argv: config.command.clone(),
+        env: config.env.clone(),
+    }
+    .to_cpio()?;
     // Block the stop signals in every thread; one thread waits for them.
     let mut stop_signals = SigSet::empty();
     for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         stop_signals.add(s);
     }
-    stop_signals.thread_block().map_err(|e| VmError::Host("sigprocmask", e.into()))?;
+    stop_signals
+        .thread_block()
+        .map_err(|e| VmError::Host("sigprocmask", e.into()))?;
 
     let kvm = kvm::open(config.vcpus)?;
     let ram = GuestRam::new(config.mem_mib)?;
@@ -132,7 +150,9 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
     let com2 = serial(&vm, COM2_GSI, std::io::stderr().as_fd())?;
     let bus = Arc::new(PioBus::new(com1, com2));
 
-    let vcpus = (0..config.vcpus).map(|id| Vcpu::new(&kvm, &vm, id, config.vcpus)).collect::<Result<Vec<_>, _>>()?;
+    let vcpus = (0..config.vcpus)
+        .map(|id| Vcpu::new(&kvm, &vm, id, config.vcpus))
+        .collect::<Result<Vec<_>, _>>()?;
     vcpus[0].set_boot_state(kernel.entry)?;
 
     let (tx, rx) = mpsc::channel::<Event>();
@@ -158,7 +178,11 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
     });
 
     let interactive = config.command.is_none();
-    let _raw = if interactive { RawTerminal::enable() } else { None };
+    let _raw = if interactive {
+        RawTerminal::enable()
+    } else {
+        None
+    };
     let com1 = bus.com1.clone();
     let quit_tx = tx.clone();
     std::thread::spawn(move || {
@@ -168,7 +192,10 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
     });
 
     let outcome = match rx.recv() {
-        Ok(Event::Vcpu(VcpuEvent::Stop(stop))) => VmOutcome::Stopped { stop, status: bus.exit_status() },
+        Ok(Event::Vcpu(VcpuEvent::Stop(stop))) => VmOutcome::Stopped {
+            stop,
+            status: bus.exit_status(),
+        },
         Ok(Event::Vcpu(VcpuEvent::Error(e))) => return Err(e.into()),
         Ok(Event::Signal(sig)) => VmOutcome::Signalled(sig),
         Ok(Event::Quit) | Err(_) => VmOutcome::Quit,

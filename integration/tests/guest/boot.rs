@@ -119,7 +119,11 @@ fn all_256_byte_values_pass_through_stdout() {
 
 fn with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
     let mut cmd = sm_vmm();
-    cmd.arg("--").args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg("--")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()

@@ -49,11 +49,19 @@ impl PioBus {
     /// Handles a guest `in`; unclaimed ports read as all ones, like an empty ISA bus.
     pub fn read(&self, port: u16, data: &mut [u8]) {
         data.fill(0xff);
-        let Some(first) = data.first_mut() else { return };
+        let Some(first) = data.first_mut() else {
+            return;
+        };
         match port {
-            p if (COM1_PORT..COM1_PORT + 8).contains(&p) => *first = self.com1.lock().unwrap().read((p - COM1_PORT) as u8),
-            p if (COM2_PORT..COM2_PORT + 8).contains(&p) => *first = self.com2.lock().unwrap().read((p - COM2_PORT) as u8),
-            p if p == RTC_PORT || p == RTC_PORT + 1 => *first = self.rtc.lock().unwrap().read((p - RTC_PORT) as u8),
+            p if (COM1_PORT..COM1_PORT + 8).contains(&p) => {
+                *first = self.com1.lock().unwrap().read((p - COM1_PORT) as u8)
+            }
+            p if (COM2_PORT..COM2_PORT + 8).contains(&p) => {
+                *first = self.com2.lock().unwrap().read((p - COM2_PORT) as u8)
+            }
+            p if p == RTC_PORT || p == RTC_PORT + 1 => {
+                *first = self.rtc.lock().unwrap().read((p - RTC_PORT) as u8)
+            }
             I8042_PORT | ACPI_SLEEP_STATUS_PORT | ACPI_SLEEP_CONTROL_PORT => *first = 0,
             _ => {}
         }
@@ -63,9 +71,19 @@ impl PioBus {
     pub fn write(&self, port: u16, data: &[u8]) -> Option<GuestStop> {
         let value = *data.first()?;
         match port {
-            p if (COM1_PORT..COM1_PORT + 8).contains(&p) => self.com1.lock().unwrap().write((p - COM1_PORT) as u8, value),
-            p if (COM2_PORT..COM2_PORT + 8).contains(&p) => self.com2.lock().unwrap().write((p - COM2_PORT) as u8, value),
-            p if p == RTC_PORT || p == RTC_PORT + 1 => self.rtc.lock().unwrap().write((p - RTC_PORT) as u8, value),
+            p if (COM1_PORT..COM1_PORT + 8).contains(&p) => self
+                .com1
+                .lock()
+                .unwrap()
+                .write((p - COM1_PORT) as u8, value),
+            p if (COM2_PORT..COM2_PORT + 8).contains(&p) => self
+                .com2
+                .lock()
+                .unwrap()
+                .write((p - COM2_PORT) as u8, value),
+            p if p == RTC_PORT || p == RTC_PORT + 1 => {
+                self.rtc.lock().unwrap().write((p - RTC_PORT) as u8, value)
+            }
             EXIT_STATUS_PORT => *self.exit_status.lock().unwrap() = Some(value),
             ACPI_SLEEP_CONTROL_PORT => return sleep_request(value),
             ACPI_RESET_PORT if value == ACPI_RESET_VALUE => return Some(GuestStop::Reset),
@@ -90,7 +108,10 @@ mod tests {
 
     #[test]
     fn only_s5_with_slp_en_powers_off() {
-        assert_eq!(sleep_request((5 << 2) | (1 << 5)), Some(GuestStop::PowerOff));
+        assert_eq!(
+            sleep_request((5 << 2) | (1 << 5)),
+            Some(GuestStop::PowerOff)
+        );
         assert_eq!(sleep_request(5 << 2), None);
         assert_eq!(sleep_request((3 << 2) | (1 << 5)), None);
     }

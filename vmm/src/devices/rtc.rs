@@ -142,9 +142,23 @@ mod tests {
     fn unix_time_converts_to_civil_time() {
         // 2026-11-25 14:56:41 UTC, a Wednesday.
         let t = RtcTime::from_unix(1_795_618_601);
-        assert_eq!(t, RtcTime { sec: 41, min: 56, hour: 14, weekday: 4, day: 25, month: 11, year: 2026 });
+        assert_eq!(
+            t,
+            RtcTime {
+                sec: 41,
+                min: 56,
+                hour: 14,
+                weekday: 4,
+                day: 25,
+                month: 11,
+                year: 2026
+            }
+        );
         let leap = RtcTime::from_unix(951_782_400); // 2000-02-29 00:00:00, a Tuesday.
-        assert_eq!((leap.year, leap.month, leap.day, leap.weekday), (2000, 2, 29, 3));
+        assert_eq!(
+            (leap.year, leap.month, leap.day, leap.weekday),
+            (2000, 2, 29, 3)
+        );
     }
 
     #[test]
@@ -154,7 +168,11 @@ mod tests {
         assert_eq!(rtc.read_register(REG_MINUTES, now), 0x56);
         assert_eq!(rtc.read_register(REG_CENTURY, now), 0x20);
         assert_eq!(rtc.read_register(REG_D, now), 0x80);
-        assert_eq!(rtc.read_register(REG_A, now) & 0x80, 0, "update never in progress");
+        assert_eq!(
+            rtc.read_register(REG_A, now) & 0x80,
+            0,
+            "update never in progress"
+        );
         rtc.write(0, REG_B);
         rtc.write(1, REG_B_24H | REG_B_BINARY);
         assert_eq!(rtc.read_register(REG_MINUTES, now), 56);

@@ -60,7 +60,9 @@ pub struct SerialPort {
 impl SerialPort {
     /// A UART writing to `out` and interrupting through `irq`.
     pub fn new(irq: EventFd, out: OwnedFd) -> Self {
-        SerialPort { uart: Serial::new(IrqTrigger(irq), FdWriter(out)) }
+        SerialPort {
+            uart: Serial::new(IrqTrigger(irq), FdWriter(out)),
+        }
     }
 
     /// Guest read of register `offset`.
