@@ -12,19 +12,34 @@ const CONSOLE_READY: u8 = 0x53;
 /// Status reported when sm-init itself could not start the command.
 pub const STATUS_INIT_FAILED: u8 = 125;
 
+/// Writes one byte to an I/O port. sm-init is root, so it grants itself port access with
+/// iopl(3) (Debian's kernel has no /dev/port). The write happens in a short-lived child: if
+/// the platform faults it (seen with BIOS-booted guests under nested software emulation),
+/// the child dies, not PID 1.
 fn outb(port: u16, value: u8) {
-    // SAFETY: ioperm only changes this process's I/O permission bitmap; we are root (PID 1).
-    if unsafe { libc::ioperm(port.into(), 1, 1) } != 0 {
-        crate::setup::log_error(&format!(
-            "ioperm({port:#x}) failed: {}",
-            std::io::Error::last_os_error()
-        ));
-        return;
-    }
-    // SAFETY: ioperm above granted access to exactly this port; an `out` to it has no effect
-    // on this process's memory. sm-vmm (or the UART) records the byte.
-    unsafe {
-        std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    // SAFETY: sm-init is single-threaded, so the child may run any code; it only calls
+    // iopl, executes one `out` and exits.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            // SAFETY: iopl only changes this process's I/O privilege level; we are root.
+            if unsafe { libc::iopl(3) } == 0 {
+                // SAFETY: iopl(3) granted port access; an `out` touches no memory of ours.
+                unsafe {
+                    std::arch::asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
+                }
+                std::process::exit(0);
+            }
+            std::process::exit(1);
+        }
+        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => {}
+            other => {
+                crate::setup::log_error(&format!("cannot write I/O port {port:#x}: {other:?}"))
+            }
+        },
+        Err(e) => crate::setup::log_error(&format!("cannot write I/O port {port:#x}: fork: {e}")),
     }
 }
 

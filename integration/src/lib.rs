@@ -1,3 +1,18 @@
-//! Test VM runner and helpers for sm's real-guest integration tests.
+//! Test VM runner and helpers for sm's real-guest integration tests and benchmarks.
 
 pub mod testvm;
+
+use std::path::{Path, PathBuf};
+
+/// Directory holding the workspace's release binaries (`SM_BIN_DIR` overrides).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("SM_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"))
+}
+
+/// Whether this host's KVM is PVM-only, so stock guest kernels must boot in the test VM.
+pub fn host_kvm_is_pvm_only() -> bool {
+    let m = Path::new("/sys/module");
+    m.join("kvm_pvm").exists() && !m.join("kvm_amd").exists() && !m.join("kvm_intel").exists()
+}

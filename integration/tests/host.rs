@@ -5,25 +5,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn sm_vmm() -> PathBuf {
-    let dir = std::env::var_os("SM_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
-    dir.join("sm-vmm")
-}
-
-fn pvm_only() -> bool {
-    let m = Path::new("/sys/module");
-    m.join("kvm_pvm").exists() && !m.join("kvm_amd").exists() && !m.join("kvm_intel").exists()
+    sm_integration::bin_dir().join("sm-vmm")
 }
 
 #[test]
 fn kvm_that_cannot_boot_a_stock_kernel_is_refused_plainly() {
-    let out = Command::new(sm_vmm()).args(["--", "true"]).output().unwrap();
+    let out = Command::new(sm_vmm())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    if pvm_only() {
+    if sm_integration::host_kvm_is_pvm_only() {
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.contains("/dev/kvm is PVM") && err.contains("sm-testvm"), "{err}");
+        assert!(
+            err.contains("/dev/kvm is PVM") && err.contains("sm-testvm"),
+            "{err}"
+        );
     } else if !Path::new("/dev/kvm").exists() {
         assert!(err.contains("/dev/kvm does not exist"), "{err}");
     } else {
@@ -36,7 +34,10 @@ fn kvm_that_cannot_boot_a_stock_kernel_is_refused_plainly() {
 fn no_permission_on_dev_kvm_is_one_clear_line() {
     // In a private mount namespace, a root-only node stands in for /dev/kvm (whatever the
     // host's own permissions are), and sm-vmm runs as `nobody`.
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root (to set up the mount namespace)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (to set up the mount namespace)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("kvm");
     let script = format!(
@@ -45,7 +46,10 @@ fn no_permission_on_dev_kvm_is_one_clear_line() {
         node = node.display(),
         bin = sm_vmm().display()
     );
-    let out = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]).output().unwrap();
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.trim(), "sm-vmm: permission denied opening /dev/kvm (add this user to the 'kvm' group or run as root)");

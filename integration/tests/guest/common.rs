@@ -1,23 +1,13 @@
 //! Shared helpers for tests that boot real guests with sm-vmm.
 
-use std::path::PathBuf;
+use sm_integration::bin_dir;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Directory holding the workspace's release binaries (`SM_BIN_DIR` overrides).
-pub fn bin_dir() -> PathBuf {
-    std::env::var_os("SM_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"))
-}
-
 /// Fails loudly unless this machine has a /dev/kvm that boots stock kernels.
 pub fn require_kvm() {
-    let m = std::path::Path::new("/sys/module");
-    let pvm_only =
-        m.join("kvm_pvm").exists() && !m.join("kvm_amd").exists() && !m.join("kvm_intel").exists();
     assert!(
-        !pvm_only,
+        !sm_integration::host_kvm_is_pvm_only(),
         "this host's /dev/kvm is PVM and cannot boot the guest kernel: run these tests inside the \
          test VM (scripts/test does: sm-testvm -- <test binary>)"
     );
