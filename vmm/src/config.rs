@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub const MIN_MEM_MIB: u64 = 128;
 /// Largest vCPU count the MADT's 8-bit APIC IDs allow here.
 pub const MAX_VCPUS: u32 = 254;
+/// Virtio devices fit in the IOAPIC pins left after the legacy ones (GSI 5-23).
+pub const MAX_VIRTIO_DEVICES: usize = 19;
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,9 @@ pub enum ConfigError {
     /// More than the host has.
     #[error("--mem {0} MiB is more than this host's {1} MiB of memory")]
     MemTooLarge(u64, u64),
+    /// More devices than interrupt lines.
+    #[error("at most {MAX_VIRTIO_DEVICES} virtio devices are supported, not {0}")]
+    TooManyDevices(usize),
     /// A file that must exist does not.
     #[error("{what} {path} does not exist{hint}")]
     Missing {
@@ -52,6 +57,8 @@ pub struct VmConfig {
     pub command: Option<Vec<OsString>>,
     /// Extra environment for the command (`KEY=VALUE`).
     pub env: Vec<OsString>,
+    /// vhost-user-blk backend sockets, in guest order (vda, vdb, ...).
+    pub blk_sockets: Vec<PathBuf>,
 }
 
 /// Directory where the setup installs the guest kernel and initramfs.
@@ -93,6 +100,9 @@ impl VmConfig {
         if let Some(host) = host_mem_mib.filter(|h| self.mem_mib > *h) {
             return Err(ConfigError::MemTooLarge(self.mem_mib, host));
         }
+        if self.blk_sockets.len() > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(self.blk_sockets.len()));
+        }
         for (what, path) in [("kernel", &self.kernel), ("initramfs", &self.initrd)] {
             if !Path::new(path).is_file() {
                 let default = *path == default_kernel() || *path == default_initrd();
@@ -123,6 +133,7 @@ mod tests {
             verbose: false,
             command: None,
             env: vec![],
+            blk_sockets: vec![],
         }
     }
 

@@ -16,4 +16,5 @@ pub mod kvm;
 pub mod layout;
 pub mod memory;
 pub mod vcpu;
+pub mod vhost_user;
 pub mod vm;

@@ -33,6 +33,9 @@ struct Args {
     /// Environment for the command, KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<OsString>,
+    /// A vhost-user-blk backend socket (repeatable: vda, vdb, ... in order).
+    #[arg(long = "blk-socket", value_name = "PATH")]
+    blk_socket: Vec<PathBuf>,
     /// Show the kernel boot log and sm-init's messages on stderr.
     #[arg(long)]
     verbose: bool,
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         verbose: args.verbose,
         command: (!interactive).then_some(args.command),
         env: args.env,
+        blk_sockets: args.blk_socket,
     };
     if let Err(e) = config.validate(config::host_mem_mib()) {
         eprintln!("sm-vmm: {e}");

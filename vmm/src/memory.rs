@@ -83,7 +83,7 @@ pub fn e820_map(mem_bytes: u64) -> Vec<E820Entry> {
 /// Guest RAM backed by a memfd, so that other processes can map the same pages.
 pub struct GuestRam {
     /// The mapping used by this process.
-    pub memory: GuestMemoryMmap,
+    pub memory: std::sync::Arc<GuestMemoryMmap>,
     /// The memfd behind it (shared with vhost-user backends).
     pub memfd: OwnedFd,
     /// Total RAM in bytes.
@@ -129,7 +129,7 @@ impl GuestRam {
             }
         }
         Ok(GuestRam {
-            memory,
+            memory: std::sync::Arc::new(memory),
             memfd: file.into(),
             size,
         })

@@ -10,7 +10,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
 use crate::boot::BOOT_GDT;
-use crate::devices::{GuestStop, PioBus};
+use crate::devices::{GuestStop, MmioBus, PioBus};
 use crate::layout::*;
 
 /// Errors setting up or running a vCPU.
@@ -205,7 +205,7 @@ impl Vcpu {
     }
 
     /// Runs the vCPU until the guest stops or KVM fails, then reports why on `events`.
-    pub fn run(mut self, bus: Arc<PioBus>, events: Sender<VcpuEvent>) {
+    pub fn run(mut self, bus: Arc<PioBus>, mmio: Arc<MmioBus>, events: Sender<VcpuEvent>) {
         let event = loop {
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => bus.read(port, data),
@@ -214,9 +214,8 @@ impl Vcpu {
                         break VcpuEvent::Stop(stop);
                     }
                 }
-                // No MMIO devices are emulated in-process: unclaimed MMIO reads as ones.
-                Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-                Ok(VcpuExit::MmioWrite(..)) => {}
+                Ok(VcpuExit::MmioRead(addr, data)) => mmio.read(addr, data),
+                Ok(VcpuExit::MmioWrite(addr, data)) => mmio.write(addr, data),
                 Ok(VcpuExit::Shutdown) => break VcpuEvent::Stop(GuestStop::Reset),
                 Ok(VcpuExit::SystemEvent(kind, _)) => {
                     break VcpuEvent::Stop(match kind {

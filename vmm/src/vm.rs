@@ -2,12 +2,12 @@
 //! guest loaded per the boot protocol, one thread per vCPU, the console, and the signals
 //! that stop it.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{IoEventAddress, VmFd};
 use nix::sys::signal::{SigSet, Signal};
 use vm_memory::{GuestMemory, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -17,12 +17,14 @@ use crate::boot::{self, BootError};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
 use crate::devices::serial::SerialPort;
-use crate::devices::{GuestStop, PioBus};
+use crate::devices::virtio_mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::{GuestStop, MmioBus, PioBus};
 use crate::initcfg::{InitConfig, InitConfigError};
 use crate::kvm::{self, KvmError};
 use crate::layout::*;
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError, VcpuEvent};
+use crate::vhost_user::{DeviceKind, VhostUserDevice, VhostUserError};
 
 /// Where the identity-map page and TSS go (Intel needs them below 4 GiB, outside RAM).
 const TSS_ADDRESS: usize = 0xfffb_d000;
@@ -45,6 +47,9 @@ pub enum VmError {
     /// The command cannot be passed to the guest.
     #[error(transparent)]
     InitConfig(#[from] InitConfigError),
+    /// A vhost-user backend.
+    #[error(transparent)]
+    VhostUser(#[from] VhostUserError),
     /// A vCPU failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
@@ -118,6 +123,44 @@ fn serial(vm: &VmFd, gsi: u32, out: std::os::fd::BorrowedFd<'_>) -> Result<Seria
     Ok(SerialPort::new(irq, out))
 }
 
+/// Connects every vhost-user backend and puts its virtio-mmio window on the bus, with
+/// its queue kicks as ioeventfds and its interrupt as an irqfd.
+fn attach_devices(
+    vm: &VmFd,
+    ram: &GuestRam,
+    config: &VmConfig,
+) -> Result<(MmioBus, Vec<acpi::VirtioMmioSlot>), VmError> {
+    let mut bus = MmioBus::default();
+    let mut slots = Vec::new();
+    for (i, socket) in config.blk_sockets.iter().enumerate() {
+        let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
+        let gsi = VIRTIO_GSI_START + i as u32;
+        let device = VhostUserDevice::connect(
+            socket,
+            DeviceKind::BLOCK,
+            ram.memory.clone(),
+            ram.memfd.as_raw_fd(),
+        )?;
+        vm.register_irqfd(device.irq_eventfd(), gsi)
+            .map_err(|e| VmError::VmIoctl("KVM_IRQFD", e))?;
+        for (q, kick) in device.kick_eventfds().iter().enumerate() {
+            vm.register_ioevent(
+                kick,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                q as u32,
+            )
+            .map_err(|e| VmError::VmIoctl("KVM_IOEVENTFD", e))?;
+        }
+        bus.add(base, MmioTransport::new(Box::new(device)));
+        slots.push(acpi::VirtioMmioSlot {
+            base,
+            size: VIRTIO_MMIO_SIZE,
+            gsi,
+        });
+    }
+    Ok((bus, slots))
+}
+
 /// Boots the VM described by `config` and runs it until the guest stops, a vCPU fails, a
 /// signal (SIGINT, SIGTERM, SIGHUP) arrives, or the user quits the console.
 pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
@@ -143,7 +186,9 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
     let initrd = boot::load_initrd(&ram.memory, ram.size, &kernel, &config.initrd, &init)?;
     let cmdline = boot::kernel_cmdline(config.verbose, config.cmdline_append.as_deref())?;
     boot::write_boot_params(&ram.memory, ram.size, &kernel, &cmdline, initrd)?;
-    boot::write_acpi(&ram.memory, &acpi::build_tables(config.vcpus, &[])?)?;
+    let (mmio, slots) = attach_devices(&vm, &ram, config)?;
+    let mmio = Arc::new(mmio);
+    boot::write_acpi(&ram.memory, &acpi::build_tables(config.vcpus, &slots)?)?;
     boot::write_boot_structures(&ram.memory)?;
 
     let com1 = serial(&vm, COM1_GSI, std::io::stdout().as_fd())?;
@@ -158,10 +203,10 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
     let (tx, rx) = mpsc::channel::<Event>();
     let (vcpu_tx, vcpu_rx) = mpsc::channel::<VcpuEvent>();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let (bus, tx) = (bus.clone(), vcpu_tx.clone());
+        let (bus, mmio, tx) = (bus.clone(), mmio.clone(), vcpu_tx.clone());
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu.run(bus, tx))
+            .spawn(move || vcpu.run(bus, mmio, tx))
             .map_err(|e| VmError::Host("spawning a vCPU thread", e))?;
     }
     let fwd = tx.clone();

@@ -134,9 +134,30 @@ fn stdin_reaches_the_command_and_ends() {
     let out = with_stdin(&["wc", "-l"], b"one\ntwo\nthree\n");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "3");
-    // A last line without a newline still arrives, and EOF still follows it.
-    let out = with_stdin(&["cat"], b"line 1\nline 2 'quoted' x=y\nno newline");
-    assert_eq!(stdout(&out), "line 1\nline 2 'quoted' x=y\nno newline");
+    // A last line without a newline still arrives, and EOF still follows it. The input goes
+    // in once the command runs (input queued before it starts is the `wc` case above).
+    let mut child = sm_vmm()
+        .args(["--", "sh", "-c", "echo ready; cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"line 1\nline 2 'quoted' x=y\nno newline")
+        .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(rest, "line 1\nline 2 'quoted' x=y\nno newline");
 }
 
 #[test]
@@ -228,7 +249,14 @@ fn interactive_shell_reads_the_console() {
 #[test]
 fn verbose_shows_the_boot_log_on_stderr() {
     let out = boot(&["--verbose"], &["true"]);
-    assert_eq!(out.status.code(), Some(0));
+    let log = stderr(&out);
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "end of the boot log:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
     assert!(
         stderr(&out).contains("Linux version 6.1.0-"),
         "{}",

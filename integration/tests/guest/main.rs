@@ -2,5 +2,6 @@
 //! `scripts/test` runs it directly on hardware KVM or through `sm-testvm` elsewhere.
 
 mod args;
+mod blk;
 mod boot;
 mod common;

@@ -4,6 +4,7 @@
 
 pub mod rtc;
 pub mod serial;
+pub mod virtio_mmio;
 
 use std::sync::{Arc, Mutex};
 
@@ -91,6 +92,41 @@ impl PioBus {
             _ => {}
         }
         None
+    }
+}
+
+/// The virtio-mmio device windows, by base address.
+#[derive(Default)]
+pub struct MmioBus {
+    devices: Vec<(u64, Mutex<virtio_mmio::MmioTransport>)>,
+}
+
+impl MmioBus {
+    /// Adds a device window at `base` ([`VIRTIO_MMIO_SIZE`] long).
+    pub fn add(&mut self, base: u64, transport: virtio_mmio::MmioTransport) {
+        self.devices.push((base, Mutex::new(transport)));
+    }
+
+    fn find(&self, addr: u64) -> Option<(u64, &Mutex<virtio_mmio::MmioTransport>)> {
+        self.devices
+            .iter()
+            .find(|(base, _)| (*base..*base + VIRTIO_MMIO_SIZE).contains(&addr))
+            .map(|(base, t)| (addr - base, t))
+    }
+
+    /// Handles a guest MMIO read; unclaimed addresses read as all ones.
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr) {
+            Some((offset, t)) => t.lock().unwrap().read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    /// Handles a guest MMIO write; unclaimed addresses ignore it.
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        if let Some((offset, t)) = self.find(addr) {
+            t.lock().unwrap().write(offset, data);
+        }
     }
 }
 

@@ -1,0 +1,310 @@
+//! The generic vhost-user frontend: one virtio device whose work is done by a backend
+//! process on a Unix socket. sm-vmm negotiates features, hands the backend the guest memory
+//! (the memfd) and the rings, and wires the queue kick ioeventfds and the interrupt irqfd
+//! straight to it; config space goes through GET_CONFIG/SET_CONFIG. Written once for every
+//! device type (block now, file system and vsock next).
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::virtio_mmio::{QueueConfig, VirtioDevice, VIRTIO_F_VERSION_1};
+
+/// Errors connecting to or negotiating with a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserError {
+    /// The socket path does not exist.
+    #[error("vhost-user socket {0} does not exist (is the backend running?)")]
+    NoSocket(String),
+    /// Connecting failed.
+    #[error("cannot connect to vhost-user backend at {0}: {1}")]
+    Connect(String, vhost::Error),
+    /// A protocol step failed.
+    #[error("vhost-user backend at {0}: {1} failed: {2}")]
+    Protocol(String, &'static str, vhost::Error),
+    /// The backend cannot serve a modern virtio device the way sm-vmm drives it.
+    #[error("vhost-user backend at {0} {1}")]
+    Unsupported(String, &'static str),
+}
+
+/// What kind of device a backend serves, and what the VMM may pass through of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceKind {
+    /// Virtio device ID.
+    pub device_type: u32,
+    /// Size of the device's configuration space.
+    pub config_size: u32,
+    /// Queues to use at most (the backend may offer fewer).
+    pub max_queues: usize,
+}
+
+impl DeviceKind {
+    /// virtio-blk (`struct virtio_blk_config` up to `write_zeroes_may_unmap`).
+    pub const BLOCK: DeviceKind = DeviceKind {
+        device_type: 2,
+        config_size: 60,
+        max_queues: 16,
+    };
+}
+
+/// Transport feature bits sm-vmm can honour: indirect descriptors, event index, VERSION_1.
+/// Device-specific bits (0-23) pass through; everything else (packed rings, IOMMU, ...) is
+/// withheld from the guest.
+const TRANSPORT_FEATURES: u64 = (1 << 28) | (1 << 29) | VIRTIO_F_VERSION_1;
+const DEVICE_FEATURES: u64 = (1 << 24) - 1;
+/// Size of every queue sm-vmm offers.
+const QUEUE_SIZE: u16 = 256;
+
+/// A virtio device served by a vhost-user backend.
+pub struct VhostUserDevice {
+    name: String,
+    kind: DeviceKind,
+    frontend: Frontend,
+    backend_features: u64,
+    queues: usize,
+    config: Vec<u8>,
+    memory: Arc<GuestMemoryMmap>,
+    memfd: RawFd,
+    kicks: Vec<EventFd>,
+    irq: EventFd,
+    started: Vec<usize>,
+}
+
+impl VhostUserDevice {
+    /// Connects to the backend at `path`, negotiates features and reads its config space.
+    /// `memfd` backs `memory` (offsets as laid out by [`crate::memory`]).
+    pub fn connect(
+        path: &Path,
+        kind: DeviceKind,
+        memory: Arc<GuestMemoryMmap>,
+        memfd: RawFd,
+    ) -> Result<Self, VhostUserError> {
+        let name = path.display().to_string();
+        if !path.exists() {
+            return Err(VhostUserError::NoSocket(name));
+        }
+        let err = |step| {
+            let name = name.clone();
+            move |e| VhostUserError::Protocol(name, step, e)
+        };
+        let mut frontend = Frontend::connect(path, kind.max_queues as u64)
+            .map_err(|e| VhostUserError::Connect(name.clone(), e))?;
+        frontend.set_owner().map_err(err("SET_OWNER"))?;
+        let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
+        if backend_features & VIRTIO_F_VERSION_1 == 0 {
+            return Err(VhostUserError::Unsupported(
+                name,
+                "does not offer VIRTIO_F_VERSION_1 (sm-vmm drives modern devices only)",
+            ));
+        }
+        if backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
+            return Err(VhostUserError::Unsupported(
+                name,
+                "does not offer VHOST_USER_F_PROTOCOL_FEATURES",
+            ));
+        }
+        let offered = frontend
+            .get_protocol_features()
+            .map_err(err("GET_PROTOCOL_FEATURES"))?;
+        let wanted = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG;
+        let protocol_features = offered & wanted;
+        if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
+            return Err(VhostUserError::Unsupported(name, "does not offer VHOST_USER_PROTOCOL_F_CONFIG (needed for the device's config space)"));
+        }
+        frontend
+            .set_protocol_features(protocol_features)
+            .map_err(err("SET_PROTOCOL_FEATURES"))?;
+        if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        let queues = if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
+            (frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))? as usize)
+                .clamp(1, kind.max_queues)
+        } else {
+            1
+        };
+        let size = kind.config_size;
+        let (_, config) = frontend
+            .get_config(
+                0,
+                size,
+                VhostUserConfigFlags::WRITABLE,
+                &vec![0u8; size as usize],
+            )
+            .map_err(err("GET_CONFIG"))?;
+        let kicks = (0..queues)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                VhostUserError::Protocol(name.clone(), "eventfd", vhost::Error::IOError(e))
+            })?;
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| {
+            VhostUserError::Protocol(name.clone(), "eventfd", vhost::Error::IOError(e))
+        })?;
+        Ok(VhostUserDevice {
+            name,
+            kind,
+            frontend,
+            backend_features,
+            queues,
+            config,
+            memory,
+            memfd,
+            kicks,
+            irq,
+            started: vec![],
+        })
+    }
+
+    /// The eventfds the guest's QueueNotify writes signal (register them as ioeventfds).
+    pub fn kick_eventfds(&self) -> &[EventFd] {
+        &self.kicks
+    }
+
+    /// The eventfd the backend signals on completion (register it as the device's irqfd).
+    pub fn irq_eventfd(&self) -> &EventFd {
+        &self.irq
+    }
+
+    /// Socket path, for messages.
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from(&self.name)
+    }
+
+    fn host_address(&self, gpa: u64, len: u64) -> Result<u64, String> {
+        let end = gpa.checked_add(len).ok_or("ring address overflows")?;
+        let in_one_region = self
+            .memory
+            .iter()
+            .any(|r| r.start_addr().0 <= gpa && end <= r.start_addr().0 + r.len());
+        if !in_one_region {
+            return Err(format!("ring at {gpa:#x}+{len:#x} is not inside guest RAM"));
+        }
+        self.memory
+            .get_host_address(GuestAddress(gpa))
+            .map(|p| p as u64)
+            .map_err(|e| e.to_string())
+    }
+
+    fn memory_table(&self) -> Vec<VhostUserMemoryRegionInfo> {
+        self.memory
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo {
+                guest_phys_addr: r.start_addr().0,
+                memory_size: r.len(),
+                userspace_addr: r.as_ptr() as u64,
+                mmap_offset: r.file_offset().map(|f| f.start()).unwrap_or(0),
+                mmap_handle: self.memfd,
+            })
+            .collect()
+    }
+
+    fn start(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), String> {
+        let fail = |step: &str, e: vhost::Error| format!("{step}: {e}");
+        let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        self.frontend
+            .set_features(features | protocol_bit)
+            .map_err(|e| fail("SET_FEATURES", e))?;
+        self.frontend
+            .set_mem_table(&self.memory_table())
+            .map_err(|e| fail("SET_MEM_TABLE", e))?;
+        for (i, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
+            let size = u64::from(q.size);
+            let config = VringConfigData {
+                queue_max_size: q.max_size,
+                queue_size: q.size,
+                flags: 0,
+                desc_table_addr: self.host_address(q.desc, 16 * size)?,
+                used_ring_addr: self.host_address(q.used, 6 + 8 * size)?,
+                avail_ring_addr: self.host_address(q.avail, 6 + 2 * size)?,
+                log_addr: None,
+            };
+            self.frontend
+                .set_vring_num(i, q.size)
+                .map_err(|e| fail("SET_VRING_NUM", e))?;
+            self.frontend
+                .set_vring_addr(i, &config)
+                .map_err(|e| fail("SET_VRING_ADDR", e))?;
+            self.frontend
+                .set_vring_base(i, 0)
+                .map_err(|e| fail("SET_VRING_BASE", e))?;
+            self.frontend
+                .set_vring_call(i, &self.irq)
+                .map_err(|e| fail("SET_VRING_CALL", e))?;
+            self.frontend
+                .set_vring_kick(i, &self.kicks[i])
+                .map_err(|e| fail("SET_VRING_KICK", e))?;
+            self.frontend
+                .set_vring_enable(i, true)
+                .map_err(|e| fail("SET_VRING_ENABLE", e))?;
+            self.started.push(i);
+        }
+        Ok(())
+    }
+}
+
+impl VirtioDevice for VhostUserDevice {
+    fn device_type(&self) -> u32 {
+        self.kind.device_type
+    }
+
+    fn features(&self) -> u64 {
+        self.backend_features & (TRANSPORT_FEATURES | DEVICE_FEATURES)
+    }
+
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_SIZE; self.queues]
+    }
+
+    fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        let start = offset as usize;
+        match self.config.get(start..start + data.len()) {
+            Some(src) => data.copy_from_slice(src),
+            None => data.fill(0),
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let start = offset as usize;
+        let Some(dst) = self.config.get_mut(start..start + data.len()) else {
+            return;
+        };
+        dst.copy_from_slice(data);
+        if let Err(e) =
+            self.frontend
+                .set_config(offset as u32, VhostUserConfigFlags::WRITABLE, data)
+        {
+            tracing::warn!("{}: SET_CONFIG failed: {e}", self.name);
+        }
+    }
+
+    fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), String> {
+        self.start(features, queues)
+            .map_err(|e| format!("vhost-user backend at {}: {e}", self.name))
+    }
+
+    fn reset(&mut self) {
+        for i in std::mem::take(&mut self.started) {
+            // GET_VRING_BASE stops the ring in the backend.
+            if let Err(e) = self.frontend.get_vring_base(i) {
+                tracing::warn!("{}: GET_VRING_BASE({i}) failed: {e}", self.name);
+            }
+        }
+    }
+}
+
+impl AsRawFd for VhostUserDevice {
+    fn as_raw_fd(&self) -> RawFd {
+        self.frontend.as_raw_fd()
+    }
+}
