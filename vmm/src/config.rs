@@ -23,6 +23,9 @@ pub enum ConfigError {
     /// More than the host has.
     #[error("--mem {0} MiB is more than this host's {1} MiB of memory")]
     MemTooLarge(u64, u64),
+    /// Two file systems with one tag.
+    #[error("--fs-socket tag '{0}' is used twice")]
+    DuplicateTag(String),
     /// More devices than interrupt lines.
     #[error("at most {MAX_VIRTIO_DEVICES} virtio devices are supported, not {0}")]
     TooManyDevices(usize),
@@ -59,6 +62,8 @@ pub struct VmConfig {
     pub env: Vec<OsString>,
     /// vhost-user-blk backend sockets, in guest order (vda, vdb, ...).
     pub blk_sockets: Vec<PathBuf>,
+    /// vhost-user-fs backends: (mount tag, socket).
+    pub fs_sockets: Vec<(String, PathBuf)>,
 }
 
 /// Directory where the setup installs the guest kernel and initramfs.
@@ -100,8 +105,15 @@ impl VmConfig {
         if let Some(host) = host_mem_mib.filter(|h| self.mem_mib > *h) {
             return Err(ConfigError::MemTooLarge(self.mem_mib, host));
         }
-        if self.blk_sockets.len() > MAX_VIRTIO_DEVICES {
-            return Err(ConfigError::TooManyDevices(self.blk_sockets.len()));
+        let devices = self.blk_sockets.len() + self.fs_sockets.len();
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
+        }
+        let mut tags = std::collections::HashSet::new();
+        for (tag, _) in &self.fs_sockets {
+            if !tags.insert(tag) {
+                return Err(ConfigError::DuplicateTag(tag.clone()));
+            }
         }
         for (what, path) in [("kernel", &self.kernel), ("initramfs", &self.initrd)] {
             if !Path::new(path).is_file() {
@@ -134,6 +146,7 @@ mod tests {
             command: None,
             env: vec![],
             blk_sockets: vec![],
+            fs_sockets: vec![],
         }
     }
 
@@ -177,6 +190,18 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "--mem 8192 MiB is more than this host's 4096 MiB of memory"
+        );
+    }
+
+    #[test]
+    fn fs_tags_are_unique() {
+        let c = VmConfig {
+            fs_sockets: vec![("w".into(), "/a".into()), ("w".into(), "/b".into())],
+            ..config()
+        };
+        assert_eq!(
+            c.validate(None).unwrap_err().to_string(),
+            "--fs-socket tag 'w' is used twice"
         );
     }
 

@@ -36,12 +36,31 @@ struct Args {
     /// A vhost-user-blk backend socket (repeatable: vda, vdb, ... in order).
     #[arg(long = "blk-socket", value_name = "PATH")]
     blk_socket: Vec<PathBuf>,
+    /// A vhost-user-fs backend: mount TAG in the guest with `mount -t virtiofs TAG DIR`
+    /// (repeatable).
+    #[arg(long = "fs-socket", value_name = "TAG=PATH", value_parser = parse_fs_socket)]
+    fs_socket: Vec<(String, PathBuf)>,
     /// Show the kernel boot log and sm-init's messages on stderr.
     #[arg(long)]
     verbose: bool,
     /// The command to run in the guest.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+/// Parses `TAG=PATH`: a non-empty tag of at most 36 bytes (the virtio-fs config field).
+fn parse_fs_socket(v: &str) -> Result<(String, PathBuf), String> {
+    let (tag, path) = v.split_once('=').ok_or("expected TAG=PATH")?;
+    if tag.is_empty() || tag.len() > sm_vmm::vhost_user::FS_TAG_MAX || tag.contains('\0') {
+        return Err(format!(
+            "tag '{tag}' must be 1 to {} bytes",
+            sm_vmm::vhost_user::FS_TAG_MAX
+        ));
+    }
+    if path.is_empty() {
+        return Err("expected TAG=PATH".into());
+    }
+    Ok((tag.to_string(), PathBuf::from(path)))
 }
 
 fn main() -> ExitCode {
@@ -73,6 +92,7 @@ fn main() -> ExitCode {
         command: (!interactive).then_some(args.command),
         env: args.env,
         blk_sockets: args.blk_socket,
+        fs_sockets: args.fs_socket,
     };
     if let Err(e) = config.validate(config::host_mem_mib()) {
         eprintln!("sm-vmm: {e}");

@@ -24,7 +24,7 @@ use crate::kvm::{self, KvmError};
 use crate::layout::*;
 use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError, VcpuEvent};
-use crate::vhost_user::{DeviceKind, VhostUserDevice, VhostUserError};
+use crate::vhost_user::{DeviceConfig, DeviceKind, VhostUserDevice, VhostUserError};
 
 /// Where the identity-map page and TSS go (Intel needs them below 4 GiB, outside RAM).
 const TSS_ADDRESS: usize = 0xfffb_d000;
@@ -132,12 +132,21 @@ fn attach_devices(
 ) -> Result<(MmioBus, Vec<acpi::VirtioMmioSlot>), VmError> {
     let mut bus = MmioBus::default();
     let mut slots = Vec::new();
-    for (i, socket) in config.blk_sockets.iter().enumerate() {
+    let blk = config
+        .blk_sockets
+        .iter()
+        .map(|s| (s, DeviceKind::BLOCK, DeviceConfig::FromBackend));
+    let fs = config
+        .fs_sockets
+        .iter()
+        .map(|(tag, s)| (s, DeviceKind::FS, DeviceConfig::FsTag(tag.clone())));
+    for (i, (socket, kind, source)) in blk.chain(fs).enumerate() {
         let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_GSI_START + i as u32;
         let device = VhostUserDevice::connect(
             socket,
-            DeviceKind::BLOCK,
+            kind,
+            &source,
             ram.memory.clone(),
             ram.memfd.as_raw_fd(),
         )?;

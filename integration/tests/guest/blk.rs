@@ -2,52 +2,6 @@
 //! backend nobody here wrote) on the other end of the socket.
 
 use crate::common::*;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// A qemu-storage-daemon exporting one raw file as vhost-user-blk; killed on drop.
-struct StorageDaemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl StorageDaemon {
-    fn start(image: &Path, socket: &Path, writable: bool) -> Self {
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(format!("file,filename={},node-name=d", image.display()))
-            .arg("--export")
-            .arg(format!(
-                "type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path={},writable={}",
-                socket.display(),
-                if writable { "on" } else { "off" }
-            ))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("qemu-storage-daemon is missing: scripts/install-deps.sh installs it");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "qemu-storage-daemon never created {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        StorageDaemon {
-            child,
-            socket: socket.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for StorageDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
@@ -61,7 +15,7 @@ fn a_qemu_storage_daemon_volume_round_trips_a_pattern() {
     let mut contents = data.clone();
     contents.resize(64 << 20, 0);
     std::fs::write(&image, &contents).unwrap();
-    let qsd = StorageDaemon::start(&image, &dir.path().join("vol.sock"), true);
+    let qsd = storage_daemon(&image, &dir.path().join("vol.sock"), true);
     // In the guest: capacity, read the host's pattern, overwrite the second MiB with it.
     let script = "cat /sys/block/vda/size; \
                   dd if=/dev/vda bs=65536 count=16 2>/dev/null | sha256sum; \

@@ -94,3 +94,74 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A vhost-user backend process (a peer such as qemu-storage-daemon or virtiofsd), ready
+/// once its socket exists; killed when dropped.
+pub struct Backend {
+    child: std::process::Child,
+    /// The vhost-user socket it listens on.
+    pub socket: std::path::PathBuf,
+}
+
+impl Backend {
+    /// Starts `cmd` and waits (bounded) for it to create `socket`.
+    pub fn start(mut cmd: Command, socket: &std::path::Path) -> Self {
+        let name = cmd.get_program().to_string_lossy().into_owned();
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {name} ({e}): scripts/install-deps.sh installs it")
+            });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "{name} exited ({status}) before creating {}",
+                    socket.display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never created {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Backend {
+            child,
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// The socket path as a string, for sm-vmm's flags.
+    pub fn socket_str(&self) -> &str {
+        self.socket.to_str().expect("UTF-8 socket path")
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A qemu-storage-daemon exporting one raw file as vhost-user-blk.
+pub fn storage_daemon(
+    image: &std::path::Path,
+    socket: &std::path::Path,
+    writable: bool,
+) -> Backend {
+    let mut cmd = Command::new("qemu-storage-daemon");
+    cmd.arg("--blockdev")
+        .arg(format!("file,filename={},node-name=d", image.display()))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path={},writable={}",
+            socket.display(),
+            if writable { "on" } else { "off" }
+        ));
+    Backend::start(cmd, socket)
+}

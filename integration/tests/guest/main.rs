@@ -5,3 +5,4 @@ mod args;
 mod blk;
 mod boot;
 mod common;
+mod fs;

@@ -145,6 +145,9 @@ impl MmioTransport {
             // fired: report a used-buffer notification and let the driver check its rings.
             0x60 if self.active => INT_VRING,
             0x70 => self.status,
+            // SHMLen/SHMBase: all ones means "no shared memory region" (a length of 0
+            // would claim an empty region, which virtio-fs then fails to reserve).
+            0xb0 | 0xb4 | 0xb8 | 0xbc => u32::MAX,
             0xfc => self.config_generation,
             _ => 0,
         };
@@ -327,6 +330,12 @@ mod tests {
             cfg,
             [8, 8],
             "config space reads go to the device at their offset"
+        );
+        wr(&mut t, 0xac, 0);
+        assert_eq!(
+            (rd(&mut t, 0xb0), rd(&mut t, 0xb4)),
+            (u32::MAX, u32::MAX),
+            "no shared memory"
         );
     }
 

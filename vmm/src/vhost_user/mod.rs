@@ -53,6 +53,34 @@ impl DeviceKind {
         config_size: 60,
         max_queues: 16,
     };
+    /// virtio-fs (`struct virtio_fs_config`: a 36-byte tag and the request queue count);
+    /// one high-priority queue and one request queue.
+    pub const FS: DeviceKind = DeviceKind {
+        device_type: 26,
+        config_size: 40,
+        max_queues: 2,
+    };
+}
+
+/// Longest virtio-fs tag the config space holds.
+pub const FS_TAG_MAX: usize = 36;
+
+/// Where a device's configuration space comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceConfig {
+    /// The backend serves it (GET_CONFIG; needs VHOST_USER_PROTOCOL_F_CONFIG).
+    FromBackend,
+    /// sm-vmm builds a virtio-fs config from this tag and the negotiated request queues.
+    FsTag(String),
+}
+
+/// A `struct virtio_fs_config`: the tag, NUL-padded, then the request queue count.
+pub fn fs_config(tag: &str, request_queues: u32) -> Vec<u8> {
+    let mut config = vec![0u8; FS_TAG_MAX];
+    let n = tag.len().min(FS_TAG_MAX);
+    config[..n].copy_from_slice(&tag.as_bytes()[..n]);
+    config.extend_from_slice(&request_queues.to_le_bytes());
+    config
 }
 
 /// Transport feature bits sm-vmm can honour: indirect descriptors, event index, VERSION_1.
@@ -71,6 +99,8 @@ pub struct VhostUserDevice {
     backend_features: u64,
     queues: usize,
     config: Vec<u8>,
+    /// Config space writes go to the backend (it owns the config).
+    backend_config: bool,
     memory: Arc<GuestMemoryMmap>,
     memfd: RawFd,
     kicks: Vec<EventFd>,
@@ -84,6 +114,7 @@ impl VhostUserDevice {
     pub fn connect(
         path: &Path,
         kind: DeviceKind,
+        source: &DeviceConfig,
         memory: Arc<GuestMemoryMmap>,
         memfd: RawFd,
     ) -> Result<Self, VhostUserError> {
@@ -114,11 +145,13 @@ impl VhostUserDevice {
         let offered = frontend
             .get_protocol_features()
             .map_err(err("GET_PROTOCOL_FEATURES"))?;
-        let wanted = VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIG;
+        let backend_config = *source == DeviceConfig::FromBackend;
+        let mut wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+        if backend_config {
+            wanted |= VhostUserProtocolFeatures::CONFIG;
+        }
         let protocol_features = offered & wanted;
-        if !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
+        if backend_config && !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
             return Err(VhostUserError::Unsupported(name, "does not offer VHOST_USER_PROTOCOL_F_CONFIG (needed for the device's config space)"));
         }
         frontend
@@ -133,15 +166,17 @@ impl VhostUserDevice {
         } else {
             1
         };
-        let size = kind.config_size;
-        let (_, config) = frontend
-            .get_config(
-                0,
-                size,
-                VhostUserConfigFlags::WRITABLE,
-                &vec![0u8; size as usize],
-            )
-            .map_err(err("GET_CONFIG"))?;
+        let config = match source {
+            DeviceConfig::FsTag(tag) => fs_config(tag, queues.saturating_sub(1) as u32),
+            DeviceConfig::FromBackend => {
+                let size = kind.config_size;
+                let empty = vec![0u8; size as usize];
+                frontend
+                    .get_config(0, size, VhostUserConfigFlags::WRITABLE, &empty)
+                    .map_err(err("GET_CONFIG"))?
+                    .1
+            }
+        };
         let kicks = (0..queues)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -158,6 +193,7 @@ impl VhostUserDevice {
             backend_features,
             queues,
             config,
+            backend_config,
             memory,
             memfd,
             kicks,
@@ -280,6 +316,9 @@ impl VirtioDevice for VhostUserDevice {
             return;
         };
         dst.copy_from_slice(data);
+        if !self.backend_config {
+            return;
+        }
         if let Err(e) =
             self.frontend
                 .set_config(offset as u32, VhostUserConfigFlags::WRITABLE, data)
@@ -306,5 +345,25 @@ impl VirtioDevice for VhostUserDevice {
 impl AsRawFd for VhostUserDevice {
     fn as_raw_fd(&self) -> RawFd {
         self.frontend.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_config_pads_the_tag_and_counts_request_queues() {
+        let c = fs_config("workspace", 1);
+        assert_eq!(c.len(), DeviceKind::FS.config_size as usize);
+        assert_eq!(&c[..9], b"workspace");
+        assert!(c[9..36].iter().all(|b| *b == 0));
+        assert_eq!(&c[36..], &1u32.to_le_bytes());
+        let full = "t".repeat(FS_TAG_MAX);
+        assert_eq!(
+            &fs_config(&full, 3)[..36],
+            full.as_bytes(),
+            "a 36-byte tag has no NUL"
+        );
     }
 }
