@@ -64,3 +64,39 @@ fn sha256_hex(data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The project's own backend, sandboxed as it runs by default.
+fn sm_backend(image: &std::path::Path, socket: &std::path::Path, extra: &[&str]) -> Backend {
+    let mut cmd = std::process::Command::new(sm_integration::bin_dir().join("sm-vhost-user-blk"));
+    cmd.arg("--socket")
+        .arg(socket)
+        .arg("--file")
+        .arg(image)
+        .args(extra);
+    Backend::start(cmd, socket)
+}
+
+#[test]
+fn a_file_system_on_our_backend_survives_a_second_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("vol.img");
+    let socket = dir.path().join("vol.sock");
+    let backend = sm_backend(&image, &socket, &["--size-mib", "64"]);
+    let first =
+        "cat /sys/block/vda/size && mke2fs -q /dev/vda >/dev/null && mount -t ext4 /dev/vda /mnt && \
+                 echo persisted > /mnt/f && umount /mnt";
+    let out = boot(
+        &["--blk-socket", backend.socket_str()],
+        &["sh", "-c", first],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "131072\n", "capacity equals --size-mib 64");
+    let second = "mount -t ext4 -o ro /dev/vda /mnt && cat /mnt/f";
+    let out = boot(
+        &["--blk-socket", backend.socket_str()],
+        &["sh", "-c", second],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "persisted\n");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 << 20);
+}

@@ -1,0 +1,237 @@
+//! Enters the sandbox for real: each scenario re-runs this binary with `SM_SANDBOX_SCENARIO`
+//! set, so the sandboxed process starts single-threaded, and checks how it ends.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sm_sandbox::Policy;
+
+const SCENARIO: &str = "SM_SANDBOX_SCENARIO";
+const DIR: &str = "SM_SANDBOX_DIR";
+
+/// File-opening calls the `expose` scenario needs beyond the serving loop's list.
+const FILE_SYSCALLS: &[libc::c_long] = &[libc::SYS_openat, libc::SYS_mkdirat, libc::SYS_getdents64];
+
+fn must(ok: bool, what: &str) {
+    if !ok {
+        eprintln!("scenario check failed: {what}");
+        std::process::exit(3);
+    }
+}
+
+/// Runs inside the re-executed binary.
+fn scenario(name: &str) -> ! {
+    let dir = std::env::var(DIR).unwrap_or_default();
+    let policy = match name {
+        "expose" => Policy::default()
+            .allow_syscalls(FILE_SYSCALLS)
+            .expose_read_only(Path::new(&dir).join("ro"))
+            .expose_writable(Path::new(&dir).join("rw")),
+        _ => Policy::default().allow_syscalls(FILE_SYSCALLS),
+    };
+    if let Err(e) = sm_sandbox::enter(&policy) {
+        eprintln!("enter: {e}");
+        std::process::exit(2);
+    }
+    match name {
+        "isolated" => {
+            must(std::process::id() == 1, "PID 1 in a new PID namespace");
+            must(
+                std::fs::read("/etc/passwd").is_err(),
+                "host files invisible",
+            );
+            must(
+                std::fs::read_dir("/").is_err(),
+                "Landlock denies even the root",
+            );
+            must(!Path::new("/proc/self").exists(), "no /proc");
+        }
+        "expose" => {
+            let ro = Path::new(&dir).join("ro");
+            let rw = Path::new(&dir).join("rw");
+            must(
+                std::fs::read(ro.join("f")).ok().as_deref() == Some(b"hello"),
+                "read exposed file",
+            );
+            must(
+                std::fs::write(ro.join("g"), b"x").is_err(),
+                "read-only path refuses writes",
+            );
+            must(
+                std::fs::write(rw.join("g"), b"written").is_ok(),
+                "writable path takes writes",
+            );
+            must(
+                std::fs::read(Path::new(&dir).join("outside")).is_err(),
+                "siblings stay hidden",
+            );
+        }
+        "threads" => {
+            let t = std::thread::spawn(|| 6 * 7);
+            must(t.join().ok() == Some(42), "threads still start");
+        }
+        // SAFETY: plain system calls with integer arguments; the filter should stop them.
+        "socket" => unsafe {
+            libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+        },
+        // SAFETY: as above; a new process must be refused (clone without CLONE_THREAD).
+        "fork" => unsafe {
+            libc::fork();
+        },
+        "exit7" => std::process::exit(7),
+        "wait" => std::thread::sleep(Duration::from_secs(30)),
+        other => {
+            eprintln!("unknown scenario {other}");
+            std::process::exit(4);
+        }
+    }
+    std::process::exit(0)
+}
+
+fn run(name: &str, dir: &Path, wrap: &[&str]) -> Output {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    cmd.env(SCENARIO, name).env(DIR, dir).stdin(Stdio::null());
+    cmd.output().unwrap()
+}
+
+fn expect_ok(out: &Output) -> Result<(), String> {
+    match out.status.code() {
+        Some(0) => Ok(()),
+        _ => Err(format!(
+            "{:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
+fn expect_blocked(out: &Output, nr: libc::c_long) -> Result<(), String> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = format!("sm-sandbox: seccomp blocked system call {nr}\n");
+    if out.status.code() == Some(159) && stderr.contains(&line) {
+        Ok(())
+    } else {
+        Err(format!("{:?}: {stderr}", out.status))
+    }
+}
+
+/// SIGTERM to the supervisor reaches the sandboxed child, and the supervisor dies of it.
+fn signal_forwarding(dir: &Path) -> Result<(), String> {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .env(SCENARIO, "wait")
+        .env(DIR, dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    // Wait until the sandboxed grandchild exists and is under seccomp.
+    let start = Instant::now();
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    loop {
+        let grandchild = std::fs::read_to_string(&children).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", grandchild.trim()))
+            .unwrap_or_default();
+        if status.contains("Seccomp:\t2") {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("sandboxed child never appeared".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signalling a child process we spawned.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    match status.signal() {
+        Some(libc::SIGTERM) => Ok(()),
+        _ => Err(format!("supervisor ended with {status:?}")),
+    }
+}
+
+fn main() {
+    if let Ok(name) = std::env::var(SCENARIO) {
+        scenario(&name);
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for sub in ["ro", "rw"] {
+        std::fs::create_dir(dir.join(sub)).unwrap();
+    }
+    std::fs::write(dir.join("ro/f"), b"hello").unwrap();
+    std::fs::write(dir.join("outside"), b"secret").unwrap();
+
+    let mut checks: Vec<(&str, Result<(), String>)> = vec![
+        ("isolated", expect_ok(&run("isolated", dir, &[]))),
+        ("expose", expect_ok(&run("expose", dir, &[]))),
+        ("threads", expect_ok(&run("threads", dir, &[]))),
+        (
+            "socket_blocked",
+            expect_blocked(&run("socket", dir, &[]), libc::SYS_socket),
+        ),
+        (
+            "fork_blocked",
+            expect_blocked(&run("fork", dir, &[]), libc::SYS_clone),
+        ),
+        ("exit_status_passes_through", {
+            let out = run("exit7", dir, &[]);
+            match out.status.code() {
+                Some(7) => Ok(()),
+                _ => Err(format!("{:?}", out.status)),
+            }
+        }),
+        ("signal_forwarding", signal_forwarding(dir)),
+    ];
+    if std::fs::read_to_string(dir.join("rw/g")).ok().as_deref() != Some("written") {
+        checks.push((
+            "expose_write_reached_host",
+            Err("rw/g missing on the host".into()),
+        ));
+    }
+    // Unprivileged: the same isolation through a user namespace.
+    if Path::new("/usr/bin/setpriv").exists() && nix::unistd::geteuid().is_root() {
+        let wrap = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ];
+        checks.push((
+            "isolated_unprivileged",
+            expect_ok(&run("isolated", dir, &wrap)),
+        ));
+    }
+    let failed: Vec<_> = checks.iter().filter(|(_, r)| r.is_err()).collect();
+    for (name, r) in &checks {
+        match r {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(e) => println!("test {name} ... FAILED: {e}"),
+        }
+    }
+    println!(
+        "{} passed, {} failed",
+        checks.len() - failed.len(),
+        failed.len()
+    );
+    let failed = !failed.is_empty();
+    drop(tmp); // `exit` would skip removing it.
+    if failed {
+        std::process::exit(1);
+    }
+}
