@@ -10,6 +10,8 @@ use std::time::Duration;
 
 /// Exit code for the runner's own failures.
 const RUNNER_FAILED: u8 = 125;
+/// Exit code when the test VM stalled and was stopped (as timeout(1) reports a timeout).
+const STALLED: u8 = 124;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +40,10 @@ struct Cli {
     /// Seconds the test VM may take to start the command.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     boot_timeout: u64,
+    /// Seconds the command may write nothing to stdout or stderr before the test VM counts as
+    /// stalled and is stopped (exit code 124).
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    stall_timeout: u64,
     /// The command to run and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
@@ -51,6 +57,7 @@ fn main() -> ExitCode {
         shares: cli.shares,
         verbose: cli.verbose,
         boot_timeout: Duration::from_secs(cli.boot_timeout),
+        stall_timeout: Duration::from_secs(cli.stall_timeout),
         command: cli.command,
     };
     match run(&opts) {
@@ -58,6 +65,16 @@ fn main() -> ExitCode {
         Ok(Outcome::Interrupted(sig)) => {
             eprintln!("sm-testvm: stopped the test VM on {sig}");
             ExitCode::from(128 + sig as u8)
+        }
+        Ok(Outcome::Stalled { idle, console }) => {
+            eprintln!(
+                "sm-testvm: the test VM stalled: the command wrote nothing for {} s; stopped it",
+                idle.as_secs()
+            );
+            if !console.is_empty() {
+                eprintln!("sm-testvm: end of the test VM's kernel console:\n{console}");
+            }
+            ExitCode::from(STALLED)
         }
         Err(e) => {
             eprintln!("sm-testvm: {e}");

@@ -19,22 +19,32 @@ pub struct Config {
     pub append: String,
     /// virtio-fs devices: (tag, vhost-user socket).
     pub fs: Vec<(String, PathBuf)>,
-    /// Write end of the pipe for ttyS0 (kernel console), or `None` to drop it.
-    pub console_fd: Option<RawFd>,
+    /// Where ttyS0 (the kernel console) goes.
+    pub console: Console,
     /// Write end of the pipe for the port `sm.stdout`.
     pub stdout_fd: RawFd,
     /// Write end of the pipe for the port `sm.stderr`.
     pub stderr_fd: RawFd,
 }
 
-/// The kernel command line: quiet unless `verbose`, console on ttyS0, reboot (so QEMU exits)
+/// Where the test VM's kernel console goes.
+#[derive(Debug, Clone)]
+pub enum Console {
+    /// The write end of an inherited pipe.
+    Pipe(RawFd),
+    /// A file (kept for a post-mortem when the test VM stalls).
+    File(PathBuf),
+}
+
+/// The kernel command line: warnings only unless `verbose` (so a stall leaves a trace),
+/// console on ttyS0, reboot (so QEMU exits)
 /// on panic.
 pub fn kernel_cmdline(nonce: &str, verbose: bool) -> String {
     let mut s = format!("console=ttyS0 panic=-1 edd=off mitigations=off sm.nonce={nonce}");
     s.push_str(if verbose {
         " sm.verbose=1"
     } else {
-        " quiet loglevel=1"
+        " quiet loglevel=4 kvm.report_ignored_msrs=0"
     });
     s
 }
@@ -56,15 +66,11 @@ pub fn command(tools: &Tools, cfg: &Config) -> Command {
         .arg("-initrd")
         .arg(&tools.initramfs)
         .args(["-append", &cfg.append]);
-    match cfg.console_fd {
-        Some(fd) => cmd.args([
-            "-chardev",
-            &pipe_chardev("con", fd),
-            "-serial",
-            "chardev:con",
-        ]),
-        None => cmd.args(["-serial", "null"]),
+    let console = match &cfg.console {
+        Console::Pipe(fd) => pipe_chardev("con", *fd),
+        Console::File(path) => format!("file,id=con,path={}", escape(&path.to_string_lossy())),
     };
+    cmd.args(["-chardev", &console, "-serial", "chardev:con"]);
     cmd.args(["-device", "virtio-serial-pci,id=vser"]);
     for (id, fd) in [("stdout", cfg.stdout_fd), ("stderr", cfg.stderr_fd)] {
         cmd.args(["-chardev", &pipe_chardev(id, fd)])

@@ -31,17 +31,27 @@ pub struct Options {
     pub verbose: bool,
     /// How long the guest may take to start the command.
     pub boot_timeout: Duration,
+    /// How long the command may write nothing before the test VM counts as stalled.
+    pub stall_timeout: Duration,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
 
 /// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The command exited with this code (128+N if killed by signal N).
     Exited(u8),
     /// The runner was asked to stop by this signal and stopped the test VM.
     Interrupted(Signal),
+    /// The command wrote nothing for `idle`; the test VM was stopped. `console` is the end
+    /// of the L1 kernel console (empty with --verbose, where it was shown as it came).
+    Stalled {
+        /// How long the command had been silent.
+        idle: Duration,
+        /// The last lines of the L1 kernel console.
+        console: String,
+    },
 }
 
 /// How long virtiofsd may take to listen.
@@ -102,6 +112,15 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let status = match watch.until_exit(&signals, &mut vm, &mut fsds)? {
         End::Exited(status) => status,
         End::Stopped(sig) => return Ok(Outcome::Interrupted(sig)),
+        End::Stalled(idle) => {
+            let console = vm
+                .console_log
+                .as_ref()
+                .and_then(|p| fs::read(p).ok())
+                .map(|b| tail(&String::from_utf8_lossy(&b), 40))
+                .unwrap_or_default();
+            return Ok(Outcome::Stalled { idle, console });
+        }
     };
     vm.finish();
     result(&ctl, &nonce, status, &vm.log)
@@ -131,6 +150,12 @@ fn result(ctl: &Path, nonce: &str, qemu: ExitStatus, qemu_log: &Path) -> Result<
         "the test VM stopped without reporting the command's exit code \
          (L1 kernel or init failed; rerun with --verbose)",
     ))
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// The caller's umask (read by setting it and setting it back).

@@ -1,15 +1,15 @@
 //! The running QEMU of one test VM and the threads relaying its output ports.
 
 use super::process::supervise;
-use super::qemu::{self, kernel_cmdline};
-use super::relay::{self, Sink};
+use super::qemu::{self, kernel_cmdline, Console};
+use super::relay::{self, Activity, Sink};
 use super::tools::Tools;
 use super::virtiofsd::Virtiofsd;
 use super::{Context, Options, Result};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::thread::JoinHandle;
@@ -21,6 +21,10 @@ pub struct Vm {
     relays: Vec<JoinHandle<()>>,
     /// QEMU's stderr (unless --verbose, where it is the runner's).
     pub log: PathBuf,
+    /// The L1 kernel console (unless --verbose, where it goes to the runner's stderr).
+    pub console_log: Option<PathBuf>,
+    /// When the command last wrote to its stdout or stderr.
+    pub activity: Activity,
 }
 
 impl Vm {
@@ -36,6 +40,7 @@ impl Vm {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let console = if opts.verbose { Some(pipe()?) } else { None };
+        let console_log = run_dir.join("console.log");
         let cfg = qemu::Config {
             cpus: opts.cpus,
             mem_mib: opts.mem_mib,
@@ -46,7 +51,10 @@ impl Vm {
                 .collect(),
             stdout_fd: out_w.as_raw_fd(),
             stderr_fd: err_w.as_raw_fd(),
-            console_fd: console.as_ref().map(|(_, w)| w.as_raw_fd()),
+            console: match &console {
+                Some((_, w)) => Console::Pipe(w.as_raw_fd()),
+                None => Console::File(console_log.clone()),
+            },
         };
         let mut cmd = qemu::command(tools, &cfg);
         let log = run_dir.join("qemu.log");
@@ -61,22 +69,33 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(stderr);
         let mut keep = vec![cfg.stdout_fd, cfg.stderr_fd];
-        keep.extend(cfg.console_fd);
+        if let Console::Pipe(fd) = cfg.console {
+            keep.push(fd);
+        }
         supervise(&mut cmd, &keep);
         let child = cmd
             .spawn()
             .context(|| format!("starting {}", tools.qemu.display()))?;
         // Only QEMU may hold the write ends, so the relays see end of file when it exits.
         drop((out_w, err_w));
-        let mut readers: Vec<(OwnedFd, Sink)> = vec![(out_r, Sink::Stdout), (err_r, Sink::Stderr)];
-        readers.extend(console.map(|(r, _)| (r, Sink::Stderr)));
+        let activity = Activity::new();
+        let mut readers = vec![
+            (out_r, Sink::Stdout, activity.clone()),
+            (err_r, Sink::Stderr, activity.clone()),
+        ];
+        let verbose = console.is_some();
+        // The console is not the command's output: it does not count as activity.
+        readers.extend(console.map(|(r, _)| (r, Sink::Stderr, Activity::new())));
         let mut vm = Vm {
             child,
             relays: Vec::new(),
             log,
+            console_log: (!verbose).then_some(console_log),
+            activity,
         };
-        for (fd, sink) in readers {
-            let relay = relay::spawn(fd, sink).context(|| "starting a relay thread".to_string())?;
+        for (fd, sink, activity) in readers {
+            let relay = relay::spawn(fd, sink, activity)
+                .context(|| "starting a relay thread".to_string())?;
             vm.relays.push(relay);
         }
         Ok(vm)

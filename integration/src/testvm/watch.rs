@@ -1,4 +1,5 @@
-//! Watches a running test VM until QEMU exits: boot timeout, a dead virtiofsd, stop signals.
+//! Watches a running test VM until QEMU exits: boot timeout, a dead virtiofsd, stop signals,
+//! and a stalled test VM (the nested emulation has been seen to livelock).
 
 use super::signals::{Event, Signals};
 use super::virtiofsd::Virtiofsd;
@@ -19,6 +20,8 @@ pub enum End {
     Exited(ExitStatus),
     /// A stop signal arrived; QEMU is still running.
     Stopped(Signal),
+    /// The command wrote nothing for this long; QEMU is still running.
+    Stalled(Duration),
 }
 
 /// Watches a running test VM: boot timeout, dead virtiofsd, stop signals.
@@ -62,8 +65,15 @@ impl Watch<'_> {
                     return Err(err.clone());
                 }
             }
-            let poll = !started || fsd_died.is_some();
-            if let Event::Stop(sig) = signals.wait(poll.then_some(Duration::from_millis(50)))? {
+            if started && vm.activity.idle() > self.opts.stall_timeout {
+                return Ok(End::Stalled(vm.activity.idle()));
+            }
+            let poll = if !started || fsd_died.is_some() {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(1)
+            };
+            if let Event::Stop(sig) = signals.wait(Some(poll))? {
                 return Ok(End::Stopped(sig));
             }
         }

@@ -1,0 +1,44 @@
+//! The test VM runner itself: a command that goes silent is stopped as a stall, with a
+//! distinct exit code, instead of hanging the suite (the nested emulation has livelocked).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn sm_testvm() -> PathBuf {
+    sm_integration::bin_dir().join("sm-testvm")
+}
+
+#[test]
+fn a_silent_command_is_stopped_as_a_stall() {
+    let started = Instant::now();
+    let out = Command::new(sm_testvm())
+        .args(["--cpus", "1", "--stall-timeout", "5", "--"])
+        .args(["sh", "-c", "echo before; sleep 600; echo after"])
+        .output()
+        .expect("running sm-testvm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n");
+    assert!(
+        stderr.contains("the test VM stalled: the command wrote nothing for"),
+        "stderr: {stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(300));
+}
+
+#[test]
+fn output_keeps_a_slow_command_alive() {
+    let out = Command::new(sm_testvm())
+        .args(["--cpus", "1", "--stall-timeout", "8", "--"])
+        .args([
+            "sh",
+            "-c",
+            "for i in 1 2 3 4; do sleep 4; echo $i >&2; done; exit 3",
+        ])
+        .output()
+        .expect("running sm-testvm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
+    assert_eq!(stderr, "1\n2\n3\n4\n");
+}
