@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p sm-guest --target x86_64-unknown-linux-gnu
 guest/assets/fetch-kernel.sh >/dev/null
-guest/assets/build-initramfs.sh target/x86_64-unknown-linux-gnu/release/sm-init >/dev/null
+fio=$(guest/assets/build-fio.sh)
+guest/assets/build-initramfs.sh target/x86_64-unknown-linux-gnu/release/sm-init "$fio" >/dev/null
 integration/testvm/build-initramfs.sh >/dev/null
 echo "built: target/release/{sm-vmm,sm-testvm}, ${SM_DATA_DIR:-/usr/local/share/sm}/{kernel,guest,testvm}"

@@ -7,7 +7,7 @@ for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio depmod readelf; d
   command -v "$bin" >/dev/null || need_apt=1
 done
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need_apt=1
-dpkg -s libseccomp-dev libcap-ng-dev >/dev/null 2>&1 || need_apt=1
+dpkg -s libseccomp-dev libcap-ng-dev libaio-dev zlib1g-dev >/dev/null 2>&1 || need_apt=1
 if [ "$need_apt" = 1 ]; then
   apt-get update -q
   # Debian 12's QEMU (7.2) is the project's peer. Some images carry a newer qemu-utils from
@@ -16,7 +16,8 @@ if [ "$need_apt" = 1 ]; then
   [ -n "$v" ] || v=$(apt-cache policy qemu-system-x86 | awk '/Candidate/ {print $2}')
   apt-get install -y -q --allow-downgrades \
     "qemu-system-x86=$v" "qemu-utils=$v" "qemu-block-extra=$v" "qemu-system-common=$v" "qemu-system-data" \
-    busybox-static cpio kmod binutils xz-utils libseccomp-dev libcap-ng-dev
+    busybox-static cpio kmod binutils xz-utils libseccomp-dev libcap-ng-dev \
+    libaio-dev zlib1g-dev make
 fi
 # The Rust virtiofsd shares the host root into the test VM (Debian 7.2's C virtiofsd cannot
 # enforce read-only).

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Assemble the guest initramfs: sm-init as /init, busybox as the default userland, and the
+# Assemble the guest initramfs: sm-init as /init, busybox as the default userland, fio (built
+# by build-fio.sh) for block tests and benchmarks, and the
 # kernel modules later devices need (virtio-mmio, virtio-blk, virtio-fs, vsock, overlay,
 # erofs) with /etc/sm/modules listing them in load order. The output is cached under
 # $SM_CACHE_DIR by the hash of its inputs and installed as $SM_DATA_DIR/guest/initramfs.img.
 #
-# usage: build-initramfs.sh SM_INIT_BINARY
+# usage: build-initramfs.sh SM_INIT_BINARY FIO_BINARY
 set -euo pipefail
-sm_init=${1:?usage: build-initramfs.sh SM_INIT_BINARY}
+sm_init=${1:?usage: build-initramfs.sh SM_INIT_BINARY FIO_BINARY}
+fio=${2:?usage: build-initramfs.sh SM_INIT_BINARY FIO_BINARY}
 here=$(cd "$(dirname "$0")" && pwd)
 data=${SM_DATA_DIR:-/usr/local/share/sm}
 cache=${SM_CACHE_DIR:-/var/cache/sm}
@@ -16,6 +18,10 @@ busybox=${BUSYBOX:-/bin/busybox}
 [ -x "$busybox" ] || { echo "build-initramfs: $busybox missing (apt-get install busybox-static)" >&2; exit 1; }
 if readelf -l "$sm_init" | grep -q "program interpreter"; then
   echo "build-initramfs: $sm_init is dynamically linked; build it with -C target-feature=+crt-static" >&2
+  exit 1
+fi
+if readelf -l "$fio" | grep -q "program interpreter"; then
+  echo "build-initramfs: $fio is dynamically linked; use the one build-fio.sh makes" >&2
   exit 1
 fi
 kver=$(cat "$kdir/version")
@@ -40,7 +46,7 @@ visit() {
 for m in $wanted; do visit "$(echo "$m" | tr - _)" 2>/dev/null || visit "$m"; done
 
 hash=$( {
-  sha256sum "$sm_init" "$busybox" "$0" "$kdir/vmlinuz"
+  sha256sum "$sm_init" "$busybox" "$fio" "$0" "$kdir/vmlinuz"
   for p in "${order[@]}"; do sha256sum "$kdir/modules/$p"; done
 } | awk '{print $1}' | sha256sum | cut -c1-16)
 dest="$cache/guest-$hash"
@@ -50,6 +56,7 @@ if [ ! -f "$dest/initramfs.img" ]; then
   mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,etc/sm,proc,sys,dev,tmp,run,root,mnt,lib/modules/"$kver"}
   install -m 0755 "$sm_init" "$stage/init"
   install -m 0755 "$busybox" "$stage/bin/busybox"
+  install -m 0755 "$fio" "$stage/usr/bin/fio"
   for applet in $("$busybox" --list-full); do
     [ -e "$stage/$applet" ] || ln -s /bin/busybox "$stage/$applet"
   done

@@ -1,7 +1,7 @@
 //! Shared helpers for tests that boot real guests with sm-vmm.
 
 use sm_integration::bin_dir;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Fails loudly unless this machine has a /dev/kvm that boots stock kernels.
@@ -40,22 +40,29 @@ pub fn sm_vmm_nokvm() -> Command {
 
 /// Runs `cmd` to completion with a deadline; a hang is a test failure, not a stuck suite.
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
+    let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sm-vmm");
+    wait_with_timeout(child, limit)
+}
+
+/// Waits for `child` with a deadline, collecting whatever of its stdout/stderr pipes the
+/// caller has not taken; kills it and fails the test on a hang.
+pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
     let start = Instant::now();
-    let out_pipe = child.stdout.take().unwrap();
-    let err_pipe = child.stderr.take().unwrap();
-    let read = |mut p: Box<dyn std::io::Read + Send>| {
+    let read = |p: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut v = Vec::new();
-            let _ = p.read_to_end(&mut v);
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut v);
+            }
             v
         })
     };
-    let (o, e) = (read(Box::new(out_pipe)), read(Box::new(err_pipe)));
+    let o = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let e = read(child.stderr.take().map(|p| Box::new(p) as _));
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
