@@ -21,14 +21,15 @@ fn data_dir() -> PathBuf {
 /// The initramfs with `true` appended as the init configuration, which QEMU loads as a file
 /// (sm-vmm appends the same archive in memory).
 fn initrd_running_true(base: &Path, out: &Path) -> std::io::Result<()> {
-    let mut image = std::fs::read(base)?;
-    image.resize(image.len().next_multiple_of(4), 0);
     let cfg = InitConfig {
         argv: Some(vec!["true".into()]),
         env: vec![],
     };
-    image.extend(cfg.to_cpio().map_err(std::io::Error::other)?);
-    std::fs::write(out, image)
+    let extra = cfg.to_cpio().map_err(std::io::Error::other)?;
+    std::fs::write(
+        out,
+        sm_vmm::boot::initrd_image(std::fs::read(base)?, &extra),
+    )
 }
 
 struct Contender {

@@ -123,14 +123,21 @@ pub fn load_initrd(
     path: &Path,
     extra: &[u8],
 ) -> Result<(u64, u64), BootError> {
-    let mut image =
+    let image =
         std::fs::read(path).map_err(|e| BootError::ReadInitrd(path.display().to_string(), e))?;
-    image.resize(image.len().next_multiple_of(4), 0);
-    image.extend_from_slice(extra);
+    let image = initrd_image(image, extra);
     let addr = initrd_placement(mem_bytes, &kernel.header, image.len() as u64)?;
     mem.write_slice(&image, GuestAddress(addr))
         .map_err(|e| BootError::GuestMemory("initramfs", e.to_string()))?;
     Ok((addr, image.len() as u64))
+}
+
+/// The initramfs the guest sees: `base` padded to 4 bytes (newc archives concatenate on
+/// 4-byte boundaries) followed by `extra` (the init configuration archive).
+pub fn initrd_image(mut base: Vec<u8>, extra: &[u8]) -> Vec<u8> {
+    base.resize(base.len().next_multiple_of(4), 0);
+    base.extend_from_slice(extra);
+    base
 }
 
 /// The kernel command line: quiet by default (every serial byte costs a VM exit), the

@@ -26,6 +26,12 @@ pub enum ConfigError {
     /// Two file systems with one tag.
     #[error("--fs-socket tag '{0}' is used twice")]
     DuplicateTag(String),
+    /// A guest CID the vsock address space reserves.
+    #[error("--cid {0} is reserved: guest CIDs are 3 to 4294967294")]
+    Cid(u64),
+    /// `--cid` without a vsock device.
+    #[error("--cid needs --vsock-socket")]
+    CidWithoutVsock,
     /// More devices than interrupt lines.
     #[error("at most {MAX_VIRTIO_DEVICES} virtio devices are supported, not {0}")]
     TooManyDevices(usize),
@@ -64,6 +70,10 @@ pub struct VmConfig {
     pub blk_sockets: Vec<PathBuf>,
     /// vhost-user-fs backends: (mount tag, socket).
     pub fs_sockets: Vec<(String, PathBuf)>,
+    /// vhost-user-vsock backend socket.
+    pub vsock_socket: Option<PathBuf>,
+    /// The guest CID the vsock backend must serve (checked against its config space).
+    pub cid: Option<u64>,
 }
 
 /// Directory where the setup installs the guest kernel and initramfs.
@@ -105,7 +115,17 @@ impl VmConfig {
         if let Some(host) = host_mem_mib.filter(|h| self.mem_mib > *h) {
             return Err(ConfigError::MemTooLarge(self.mem_mib, host));
         }
-        let devices = self.blk_sockets.len() + self.fs_sockets.len();
+        if let Some(cid) = self.cid {
+            if self.vsock_socket.is_none() {
+                return Err(ConfigError::CidWithoutVsock);
+            }
+            if !(3..u64::from(u32::MAX)).contains(&cid) {
+                return Err(ConfigError::Cid(cid));
+            }
+        }
+        let devices = self.blk_sockets.len()
+            + self.fs_sockets.len()
+            + usize::from(self.vsock_socket.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -147,6 +167,8 @@ mod tests {
             env: vec![],
             blk_sockets: vec![],
             fs_sockets: vec![],
+            vsock_socket: None,
+            cid: None,
         }
     }
 

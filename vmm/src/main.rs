@@ -40,6 +40,12 @@ struct Args {
     /// (repeatable).
     #[arg(long = "fs-socket", value_name = "TAG=PATH", value_parser = parse_fs_socket)]
     fs_socket: Vec<(String, PathBuf)>,
+    /// A vhost-user-vsock backend (e.g. vhost-device-vsock) for host-guest sockets.
+    #[arg(long = "vsock-socket", value_name = "PATH")]
+    vsock_socket: Option<PathBuf>,
+    /// The guest's vsock CID; must match what the vsock backend serves (default: its CID).
+    #[arg(long, value_name = "N", requires = "vsock_socket")]
+    cid: Option<u64>,
     /// Show the kernel boot log and sm-init's messages on stderr.
     #[arg(long)]
     verbose: bool,
@@ -93,6 +99,8 @@ fn main() -> ExitCode {
         env: args.env,
         blk_sockets: args.blk_socket,
         fs_sockets: args.fs_socket,
+        vsock_socket: args.vsock_socket,
+        cid: args.cid,
     };
     if let Err(e) = config.validate(config::host_mem_mib()) {
         eprintln!("sm-vmm: {e}");

@@ -59,6 +59,16 @@ pub enum VmError {
     /// Host resources (fds, threads) ran out.
     #[error("{0}: {1}")]
     Host(&'static str, std::io::Error),
+    /// The vsock backend serves a CID the guest cannot use or that `--cid` did not ask for.
+    #[error("vsock backend at {socket} serves guest CID {served}, not {wanted} (guest CIDs are 3 to 4294967294; start the backend with the CID you pass to --cid)")]
+    VsockCid {
+        /// Backend socket.
+        socket: String,
+        /// CID in the backend's config space.
+        served: u64,
+        /// CID asked for.
+        wanted: u64,
+    },
 }
 
 /// How a VM run ended.
@@ -140,7 +150,11 @@ fn attach_devices(
         .fs_sockets
         .iter()
         .map(|(tag, s)| (s, DeviceKind::FS, DeviceConfig::FsTag(tag.clone())));
-    for (i, (socket, kind, source)) in blk.chain(fs).enumerate() {
+    let vsock = config
+        .vsock_socket
+        .iter()
+        .map(|s| (s, DeviceKind::VSOCK, DeviceConfig::FromBackend));
+    for (i, (socket, kind, source)) in blk.chain(fs).chain(vsock).enumerate() {
         let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_GSI_START + i as u32;
         let device = VhostUserDevice::connect(
@@ -150,6 +164,9 @@ fn attach_devices(
             ram.memory.clone(),
             ram.memfd.as_raw_fd(),
         )?;
+        if kind == DeviceKind::VSOCK {
+            check_cid(&device, config.cid)?;
+        }
         vm.register_irqfd(device.irq_eventfd(), gsi)
             .map_err(|e| VmError::VmIoctl("KVM_IRQFD", e))?;
         for (q, kick) in device.kick_eventfds().iter().enumerate() {
@@ -168,6 +185,29 @@ fn attach_devices(
         });
     }
     Ok((bus, slots))
+}
+
+/// Refuses a vsock backend serving another CID than `--cid` asks for (the guest would
+/// take the backend's CID and connections to the asked one would go nowhere).
+fn check_cid(device: &VhostUserDevice, wanted: Option<u64>) -> Result<(), VmError> {
+    let space = device.config_space();
+    let served = space
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .unwrap_or(0);
+    match wanted {
+        Some(cid) if cid != served => Err(VmError::VsockCid {
+            socket: device.socket().display().to_string(),
+            served,
+            wanted: cid,
+        }),
+        _ if served < 3 || served >= u64::from(u32::MAX) => Err(VmError::VsockCid {
+            socket: device.socket().display().to_string(),
+            served,
+            wanted: wanted.unwrap_or(served),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Boots the VM described by `config` and runs it until the guest stops, a vCPU fails, a

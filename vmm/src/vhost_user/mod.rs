@@ -44,6 +44,8 @@ pub struct DeviceKind {
     pub config_size: u32,
     /// Queues to use at most (the backend may offer fewer).
     pub max_queues: usize,
+    /// Queues the device type defines, used when the backend does not negotiate MQ.
+    pub fixed_queues: usize,
 }
 
 impl DeviceKind {
@@ -52,6 +54,7 @@ impl DeviceKind {
         device_type: 2,
         config_size: 60,
         max_queues: 16,
+        fixed_queues: 1,
     };
     /// virtio-fs (`struct virtio_fs_config`: a 36-byte tag and the request queue count);
     /// one high-priority queue and one request queue.
@@ -59,6 +62,14 @@ impl DeviceKind {
         device_type: 26,
         config_size: 40,
         max_queues: 2,
+        fixed_queues: 2,
+    };
+    /// virtio-vsock (`struct virtio_vsock_config`: the guest CID); rx, tx and event queues.
+    pub const VSOCK: DeviceKind = DeviceKind {
+        device_type: 19,
+        config_size: 8,
+        max_queues: 3,
+        fixed_queues: 3,
     };
 }
 
@@ -164,7 +175,7 @@ impl VhostUserDevice {
             (frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))? as usize)
                 .clamp(1, kind.max_queues)
         } else {
-            1
+            kind.fixed_queues
         };
         let config = match source {
             DeviceConfig::FsTag(tag) => fs_config(tag, queues.saturating_sub(1) as u32),
@@ -210,6 +221,11 @@ impl VhostUserDevice {
     /// The eventfd the backend signals on completion (register it as the device's irqfd).
     pub fn irq_eventfd(&self) -> &EventFd {
         &self.irq
+    }
+
+    /// The device's configuration space as the guest sees it.
+    pub fn config_space(&self) -> &[u8] {
+        &self.config
     }
 
     /// Socket path, for messages.
