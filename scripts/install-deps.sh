@@ -8,6 +8,11 @@ for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio depmod readelf; d
 done
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need_apt=1
 dpkg -s libseccomp-dev libcap-ng-dev libaio-dev zlib1g-dev >/dev/null 2>&1 || need_apt=1
+# sm-oci's tests and benchmark: a local registry, skopeo/umoci as peers, mkfs.erofs, htpasswd,
+# openssl (signs the test token server's JWTs).
+for bin in docker-registry skopeo umoci mkfs.erofs fsck.erofs htpasswd openssl; do
+  command -v "$bin" >/dev/null || need_apt=1
+done
 if [ "$need_apt" = 1 ]; then
   apt-get update -q
   # Debian 12's QEMU (7.2) is the project's peer. Some images carry a newer qemu-utils from
@@ -17,10 +22,15 @@ if [ "$need_apt" = 1 ]; then
   apt-get install -y -q --allow-downgrades \
     "qemu-system-x86=$v" "qemu-utils=$v" "qemu-block-extra=$v" "qemu-system-common=$v" "qemu-system-data" \
     busybox-static cpio kmod binutils xz-utils libseccomp-dev libcap-ng-dev \
-    libaio-dev zlib1g-dev make
+    libaio-dev zlib1g-dev make \
+    docker-registry skopeo umoci erofs-utils apache2-utils openssl
 fi
 # The Rust virtiofsd shares the host root into the test VM (Debian 7.2's C virtiofsd cannot
 # enforce read-only).
 if ! command -v virtiofsd >/dev/null || ! virtiofsd --version 2>/dev/null | grep -q '1\.14\.'; then
   cargo install virtiofsd --version 1.14.0 --locked --root /usr/local
+fi
+# rust-vmm's vhost-user vsock backend: the host end of the guest agent's vsock.
+if ! command -v vhost-device-vsock >/dev/null; then
+  cargo install vhost-device-vsock --version 0.3.0 --locked --root /usr/local
 fi

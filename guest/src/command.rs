@@ -22,7 +22,7 @@ const ENV_PATH: &str = "/sm/env";
 const CONSOLE_TTY: &str = "/dev/ttyS0";
 /// The stderr port.
 const STDERR_TTY: &str = "/dev/ttyS1";
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What to run and with which environment.
 pub struct Launch {
@@ -151,7 +151,8 @@ impl Launch {
     }
 }
 
-/// PID 1's wait loop: reaps every child (orphans included) until `main` exits.
+/// PID 1's wait loop: reaps every child (orphans included) until `main` exits, handing
+/// the agent's commands their statuses.
 fn reap_until(main: Pid) -> u8 {
     loop {
         match waitpid(None::<Pid>, None) {
@@ -159,7 +160,7 @@ fn reap_until(main: Pid) -> u8 {
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => {
                 return 128u8.wrapping_add(sig as u8)
             }
-            Ok(_) => {}
+            Ok(other) => crate::reaper::dispatch(other),
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
                 log_error(&format!("waitpid: {e}"));

@@ -1,10 +1,13 @@
 //! `sm-init`: PID 1 of an sm guest. It mounts the kernel file systems, loads the modules
 //! the initramfs lists, runs the command sm-vmm passed (or an interactive shell) with its
 //! stdout on COM1 and stderr on COM2, reaps every orphan, reports the command's exit status
-//! to sm-vmm through the exit-status port, and powers the VM off.
+//! to sm-vmm through the exit-status port, and powers the VM off. Meanwhile it serves the
+//! host's agent requests over vsock (exec, files, TCP).
 
+mod agent;
 mod command;
 mod hostio;
+mod reaper;
 mod setup;
 
 use std::process::ExitCode;
@@ -23,6 +26,10 @@ fn main() -> ExitCode {
     }
     setup::load_modules(verbose);
     let _ = nix::unistd::sethostname("sm");
+    if let Err(e) = setup::loopback_up() {
+        setup::log_error(&format!("bringing up the loopback interface: {e}"));
+    }
+    agent::start(verbose);
     let status = match command::Launch::from_init_config() {
         Ok(launch) => launch.run(verbose),
         Err(e) => {

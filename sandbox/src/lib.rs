@@ -64,6 +64,7 @@ pub struct Policy {
     paths: Vec<PathRule>,
     syscalls: Vec<libc::c_long>,
     keep_caps: Vec<Capability>,
+    proc: bool,
 }
 
 impl Policy {
@@ -94,6 +95,13 @@ impl Policy {
     /// Keeps one capability (effective and permitted) after the drop.
     pub fn keep_capability(mut self, cap: Capability) -> Self {
         self.keep_caps.push(cap);
+        self
+    }
+
+    /// Mounts a procfs at `/proc` that shows only the sandboxed process (`subset=pid`), so
+    /// it can reopen its own `O_PATH` descriptors through `/proc/self/fd`.
+    pub fn mount_proc(mut self) -> Self {
+        self.proc = true;
         self
     }
 
@@ -132,6 +140,26 @@ pub fn close_inherited_fds() {
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
 }
 
+/// A lighter confinement for hosts without namespaces: `chroot(root)`, then the same
+/// `no_new_privs`, Landlock (to the policy's paths, resolved before the chroot), capability
+/// drop and seccomp as [`enter`]. No fork, no new namespaces; needs CAP_SYS_CHROOT.
+pub fn enter_chroot(policy: &Policy, root: &Path) -> Result<(), SandboxError> {
+    let paths = policy.resolved_paths()?;
+    privileges::set_no_new_privs()?;
+    let landlock = landlock_rules::restrict(&paths)?;
+    mounts::chroot(root)?;
+    privileges::drop_capabilities(&policy.keep_caps)?;
+    syscalls::install(&policy.syscalls())?;
+    tracing::info!(
+        "sandboxed: chroot {}; capabilities kept: {:?}; landlock {landlock}; seccomp allowlist \
+         of {} syscalls",
+        root.display(),
+        policy.keep_caps,
+        policy.syscalls().len()
+    );
+    Ok(())
+}
+
 /// Moves the calling process into the sandbox described by `policy`.
 ///
 /// Must be called while the process is single-threaded (it forks). Returns in the sandboxed
@@ -143,7 +171,7 @@ pub fn enter(policy: &Policy) -> Result<(), SandboxError> {
     let user_ns = namespaces::unshare_all()?;
     namespaces::fork_supervised()?;
     // From here on, this is the child: PID 1 of the new PID namespace.
-    mounts::empty_root(&paths)?;
+    mounts::empty_root(&paths, policy.proc)?;
     privileges::set_no_new_privs()?;
     let landlock = landlock_rules::restrict(&paths)?;
     privileges::drop_capabilities(&policy.keep_caps)?;

@@ -62,7 +62,8 @@ const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// Replaces the root with an empty read-only tmpfs holding only `paths`.
-pub fn empty_root(paths: &[PathRule]) -> Result<(), MountError> {
+/// With `proc`, a procfs showing only this PID namespace's processes is mounted at `/proc`.
+pub fn empty_root(paths: &[PathRule], proc: bool) -> Result<(), MountError> {
     mount(
         None::<&str>,
         "/",
@@ -95,6 +96,18 @@ pub fn empty_root(paths: &[PathRule]) -> Result<(), MountError> {
         move_tree(tree, &target)?;
     }
     drop(trees);
+    if proc {
+        let target = Path::new(scratch).join("proc");
+        make_mount_point(&target, true)?;
+        mount(
+            Some("proc"),
+            &target,
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("subset=pid"),
+        )
+        .map_err(err("mount /proc"))?;
+    }
 
     nix::unistd::chdir(scratch).map_err(err("enter new root"))?;
     // pivot_root(".", "."): the old root ends up stacked on the new one, then is detached.
@@ -114,6 +127,13 @@ pub fn empty_root(paths: &[PathRule]) -> Result<(), MountError> {
         None::<&str>,
     )
     .map_err(err("make new root read-only"))
+}
+
+/// `chroot(root)` and `chdir("/")`.
+pub fn chroot(root: &Path) -> Result<(), MountError> {
+    let step = format!("chroot {}", root.display());
+    nix::unistd::chroot(root).map_err(err(&step))?;
+    nix::unistd::chdir("/").map_err(err(step))
 }
 
 /// A detached copy of the mount tree at `rule.path` (recursive when writable), made

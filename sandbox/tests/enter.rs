@@ -12,7 +12,12 @@ const SCENARIO: &str = "SM_SANDBOX_SCENARIO";
 const DIR: &str = "SM_SANDBOX_DIR";
 
 /// File-opening calls the `expose` scenario needs beyond the serving loop's list.
-const FILE_SYSCALLS: &[libc::c_long] = &[libc::SYS_openat, libc::SYS_mkdirat, libc::SYS_getdents64];
+const FILE_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_openat,
+    libc::SYS_mkdirat,
+    libc::SYS_getdents64,
+    libc::SYS_readlink,
+];
 
 fn must(ok: bool, what: &str) {
     if !ok {
@@ -29,9 +34,18 @@ fn scenario(name: &str) -> ! {
             .allow_syscalls(FILE_SYSCALLS)
             .expose_read_only(Path::new(&dir).join("ro"))
             .expose_writable(Path::new(&dir).join("rw")),
+        "proc" => Policy::default().allow_syscalls(FILE_SYSCALLS).mount_proc(),
+        "chroot" => Policy::default()
+            .allow_syscalls(FILE_SYSCALLS)
+            .expose_writable(Path::new(&dir).join("rw")),
         _ => Policy::default().allow_syscalls(FILE_SYSCALLS),
     };
-    if let Err(e) = sm_sandbox::enter(&policy) {
+    let entered = if name == "chroot" {
+        sm_sandbox::enter_chroot(&policy, &Path::new(&dir).join("rw"))
+    } else {
+        sm_sandbox::enter(&policy)
+    };
+    if let Err(e) = entered {
         eprintln!("enter: {e}");
         std::process::exit(2);
     }
@@ -66,6 +80,31 @@ fn scenario(name: &str) -> ! {
             must(
                 std::fs::read(Path::new(&dir).join("outside")).is_err(),
                 "siblings stay hidden",
+            );
+        }
+        "proc" => {
+            must(
+                std::fs::read_link("/proc/self").ok().as_deref() == Some(Path::new("1")),
+                "/proc shows this PID namespace",
+            );
+            must(
+                Path::new("/proc/self/fd/0").exists(),
+                "own descriptors visible",
+            );
+            must(!Path::new("/proc/sys").exists(), "only PIDs (subset=pid)");
+            must(
+                std::fs::read("/etc/passwd").is_err(),
+                "host files still invisible",
+            );
+        }
+        "chroot" => {
+            must(
+                std::fs::write("/chrooted", b"in").is_ok(),
+                "the new root is the directory",
+            );
+            must(
+                std::fs::read(Path::new(&dir).join("ro/f")).is_err(),
+                "outside the root unreachable",
             );
         }
         "threads" => {
@@ -180,6 +219,7 @@ fn main() {
         ("isolated", expect_ok(&run("isolated", dir, &[]))),
         ("expose", expect_ok(&run("expose", dir, &[]))),
         ("threads", expect_ok(&run("threads", dir, &[]))),
+        ("proc", expect_ok(&run("proc", dir, &[]))),
         (
             "socket_blocked",
             expect_blocked(&run("socket", dir, &[]), libc::SYS_socket),
@@ -197,6 +237,15 @@ fn main() {
         }),
         ("signal_forwarding", signal_forwarding(dir)),
     ];
+    if nix::unistd::geteuid().is_root() {
+        checks.push(("chroot", expect_ok(&run("chroot", dir, &[]))));
+        if std::fs::read(dir.join("rw/chrooted")).ok().as_deref() != Some(b"in") {
+            checks.push((
+                "chroot_write_reached_host",
+                Err("rw/chrooted missing".into()),
+            ));
+        }
+    }
     if std::fs::read_to_string(dir.join("rw/g")).ok().as_deref() != Some("written") {
         checks.push((
             "expose_write_reached_host",
@@ -216,6 +265,7 @@ fn main() {
             "isolated_unprivileged",
             expect_ok(&run("isolated", dir, &wrap)),
         ));
+        checks.push(("proc_unprivileged", expect_ok(&run("proc", dir, &wrap))));
     }
     let failed: Vec<_> = checks.iter().filter(|(_, r)| r.is_err()).collect();
     for (name, r) in &checks {

@@ -1,6 +1,7 @@
 //! The real-guest test suite, one binary so one test VM boot serves all of it:
 //! `scripts/test` runs it directly on hardware KVM or through `sm-testvm` elsewhere.
 
+mod agent;
 mod args;
 mod blk;
 mod boot;

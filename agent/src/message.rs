@@ -1,0 +1,101 @@
+//! The agent's messages (JSON bodies of control frames).
+
+use serde::{Deserialize, Serialize};
+
+/// First frame each way: the protocol version the sender speaks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`crate::PROTOCOL_VERSION`] of the sender.
+    pub version: u32,
+}
+
+/// A command to run in the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Program and arguments (the program is looked up in `PATH`).
+    pub argv: Vec<String>,
+    /// Environment: exactly these variables when `Some`, the agent's own when `None`.
+    pub env: Option<Vec<(String, String)>>,
+    /// Working directory (default `/`).
+    pub cwd: Option<String>,
+    /// User ID to run as (default root).
+    pub uid: Option<u32>,
+    /// Group ID to run as (default root).
+    pub gid: Option<u32>,
+    /// Milliseconds after which the command is killed with SIGKILL.
+    pub timeout_ms: Option<u64>,
+    /// Whether the host sends stdin frames; otherwise stdin is `/dev/null`.
+    pub stdin: bool,
+}
+
+/// What the host asks for; one per connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Run a command, streaming its stdout and stderr back.
+    Exec(ExecRequest),
+    /// Replace `path` atomically (temp file + rename) with `size` bytes sent as data frames.
+    WriteFile {
+        /// Absolute guest path.
+        path: String,
+        /// Permission bits of the new file.
+        mode: u32,
+        /// Exact number of bytes that follow.
+        size: u64,
+        /// Create missing parent directories.
+        create_parents: bool,
+    },
+    /// Send the file at `path` back as data frames, if it is at most `max_bytes` long.
+    ReadFile {
+        /// Absolute guest path.
+        path: String,
+        /// Refuse files larger than this.
+        max_bytes: u64,
+    },
+    /// Connect to guest TCP `port` on 127.0.0.1 and splice the connection with it.
+    ConnectTcp {
+        /// Guest port.
+        port: u16,
+    },
+}
+
+/// Signals and stdin control for a running command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Send this signal number to the command.
+    Signal(i32),
+}
+
+/// How a request ended; the guest's last frame on the connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The command ended.
+    Exited(ExitInfo),
+    /// The file was written.
+    Written {
+        /// Bytes written.
+        bytes: u64,
+    },
+    /// The file was sent.
+    Read {
+        /// Bytes sent.
+        bytes: u64,
+    },
+    /// The TCP connection is established; data frames follow both ways from here on, an
+    /// empty one ending its direction.
+    Connected,
+    /// The request failed; one line saying why.
+    Failed(String),
+}
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal number, if a signal ended it.
+    pub signal: Option<i32>,
+    /// Whether the agent killed it because its timeout passed.
+    pub timed_out: bool,
+    /// Microseconds from start to end.
+    pub duration_us: u64,
+}

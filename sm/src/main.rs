@@ -1,0 +1,62 @@
+//! `sm`: the front door. One module per subcommand; this file only parses flags, dispatches
+//! and turns any error into one line on stderr and a non-zero exit.
+
+mod images;
+mod pull;
+mod rmi;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run any OCI/Docker image as a KVM microVM.
+#[derive(Parser, Debug)]
+#[command(name = "sm", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pull an image (registry reference, oci-layout:PATH[:TAG], oci-archive:PATH, docker-archive:PATH).
+    Pull(pull::Args),
+    /// List pulled images.
+    Images(images::Args),
+    /// Remove an image reference and garbage-collect blobs nothing else uses.
+    Rmi(rmi::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            eprintln!(
+                "sm: {}",
+                text.lines()
+                    .next()
+                    .unwrap_or("invalid arguments")
+                    .trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let res = match cli.command {
+        Command::Pull(a) => pull::run(a).map_err(|e| e.to_string()),
+        Command::Images(a) => images::run(a).map_err(|e| e.to_string()),
+        Command::Rmi(a) => rmi::run(a).map_err(|e| e.to_string()),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

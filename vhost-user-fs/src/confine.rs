@@ -1,0 +1,152 @@
+//! Entering the sandbox (through sm-sandbox) and opening, from inside it, what the file
+//! system serves: the shared directory and `/proc/self/fd`.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use sm_sandbox::{Capability, Policy, SandboxError};
+use tracing::warn;
+
+use crate::sys::{ProcFds, FS_SYSCALLS};
+
+/// How the backend isolates itself (`--sandbox`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// New namespaces; the shared directory (and a PID-only `/proc`) is the whole tree.
+    Namespace,
+    /// `chroot` into the shared directory, no namespaces.
+    Chroot,
+    /// Nothing (debugging only).
+    None,
+}
+
+/// Capabilities a root backend keeps, and why: CHOWN gives new files the guest caller's
+/// owner and serves chown; DAC_OVERRIDE and DAC_READ_SEARCH let it act on files whatever
+/// their mode (the guest kernel has already checked the caller's permissions); FOWNER serves
+/// chmod, utimes and xattrs on files the backend does not own; FSETID keeps set-group-ID
+/// bits a guest sets. Not kept: MKNOD (the share is nodev), SETUID/SETGID (requests never
+/// run under the caller's IDs), and everything else.
+pub const KEPT_CAPS: &[Capability] = &[
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
+    Capability::CAP_FOWNER,
+    Capability::CAP_FSETID,
+];
+
+/// Errors confining the process or opening the share from inside.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    /// sm-sandbox failed.
+    #[error("sandbox: {0} (--sandbox none runs without isolation, for debugging)")]
+    Sandbox(#[from] SandboxError),
+    /// `/proc/self/fd` could not be opened.
+    #[error("/proc/self/fd: {0}")]
+    Proc(io::Error),
+    /// The shared directory could not be opened.
+    #[error("--shared-dir {path}: {source}")]
+    Root {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// What the file system needs once confined.
+pub struct Confined {
+    /// `O_PATH` descriptor of the shared directory, as seen from inside.
+    pub root: OwnedFd,
+    /// `/proc/self/fd`.
+    pub proc: ProcFds,
+}
+
+/// Confines the process to `shared` (canonical) and opens it again from inside. Must be
+/// called single-threaded; with [`Isolation::Namespace`] it returns in a forked child.
+pub fn confine(how: Isolation, shared: &Path, read_only: bool) -> Result<Confined, ConfineError> {
+    let mut policy = Policy::default().allow_syscalls(FS_SYSCALLS);
+    policy = if read_only {
+        policy.expose_read_only(shared)
+    } else {
+        policy.expose_writable(shared)
+    };
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        for cap in KEPT_CAPS {
+            policy = policy.keep_capability(*cap);
+        }
+    }
+    let proc_path = c"/proc/self/fd";
+    let (root, proc) = match how {
+        Isolation::Namespace => {
+            sm_sandbox::enter(&policy.mount_proc())?;
+            (
+                shared,
+                ProcFds::open(proc_path).map_err(ConfineError::Proc)?,
+            )
+        }
+        Isolation::Chroot => {
+            // /proc is not inside the new root: open it first (no fork, same process).
+            let proc = ProcFds::open(proc_path).map_err(ConfineError::Proc)?;
+            sm_sandbox::enter_chroot(&policy, shared)?;
+            (Path::new("/"), proc)
+        }
+        Isolation::None => {
+            warn!(
+                "--sandbox none: NOT SANDBOXED. This process keeps the host file system, \
+                 network and all its privileges; a guest exploiting it owns them too"
+            );
+            (
+                shared,
+                ProcFds::open(proc_path).map_err(ConfineError::Proc)?,
+            )
+        }
+    };
+    let root = open_dir_path(root).map_err(|source| ConfineError::Root {
+        path: shared.to_owned(),
+        source,
+    })?;
+    Ok(Confined { root, proc })
+}
+
+/// Opens `path` as an `O_PATH` directory descriptor.
+fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is NUL-terminated; the result is checked before use.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Raises the soft descriptor limit to the hard one: the backend holds one `O_PATH`
+/// descriptor per inode the guest knows, and 1024 (a common soft default) runs out fast.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write one rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                warn!(
+                    "cannot raise the descriptor limit: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}

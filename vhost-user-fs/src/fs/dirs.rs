@@ -1,0 +1,155 @@
+//! Directory listing: OPENDIR reopens the directory with `.` relative to its `O_PATH`
+//! descriptor, READDIR runs getdents64 from the guest's offset and hides symlinks whose
+//! target leaves the tree (unless `--symlinks follow`).
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use fuse_backend_rs::api::filesystem::DirEntry;
+
+use super::{errno, SharedFs};
+use crate::inode::InodeData;
+use crate::sys;
+
+/// Bytes of getdents64 output read at a time.
+const DIRENT_BUF: usize = 8192;
+
+/// One record of getdents64 output.
+struct Dirent<'a> {
+    ino: u64,
+    off: u64,
+    kind: u8,
+    name: &'a [u8],
+}
+
+/// Splits getdents64 output into records; stops at anything malformed.
+fn parse(buf: &[u8]) -> Vec<Dirent<'_>> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Some(rec) = buf.get(pos..) {
+        if rec.len() < 19 {
+            break;
+        }
+        let u64_at = |i: usize| u64::from_ne_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
+        let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+        let Some(body) = rec.get(19..reclen) else {
+            break;
+        };
+        let name_len = body.iter().position(|b| *b == 0).unwrap_or(body.len());
+        out.push(Dirent {
+            ino: u64_at(0),
+            off: u64_at(8),
+            kind: rec[18],
+            name: &body[..name_len],
+        });
+        pos += reclen.max(1);
+    }
+    out
+}
+
+impl SharedFs {
+    /// OPENDIR.
+    pub(super) fn do_opendir(&self, inode: u64) -> io::Result<u64> {
+        let node = self.dir(inode)?;
+        let fd = sys::open_dir(node.fd())?;
+        Ok(self.handles.insert(inode, File::from(fd)))
+    }
+
+    /// Whether the entry `name` of `dir` is a symlink the policy hides.
+    fn hidden(&self, dir: &InodeData, name: &[u8], depth: Option<usize>) -> bool {
+        let Ok(cname) = CStr::from_bytes_with_nul(&[name, b"\0"].concat()).map(CStr::to_owned)
+        else {
+            return true;
+        };
+        let Ok(fd) = sys::open_path(dir.fd(), &cname, false) else {
+            return false; // Gone meanwhile: LOOKUP will say so.
+        };
+        match sys::readlink(std::os::fd::AsFd::as_fd(&fd)) {
+            Ok(target) => !depth.is_some_and(|d| crate::policy::target_stays_inside(d, &target)),
+            Err(_) => false, // Replaced by a non-symlink meanwhile.
+        }
+    }
+
+    /// READDIR from `offset` (0, or an offset this call handed out before).
+    pub(super) fn do_readdir(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let h = self.handles.get(handle, inode)?;
+        let dir = self.dir(inode)?;
+        let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
+        let _pos = h.lock_position();
+        let fd = h.file().as_raw_fd();
+        // SAFETY: lseek on a descriptor we own.
+        if unsafe { libc::lseek64(fd, off, libc::SEEK_SET) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let filter = !self.cfg.symlinks.follows();
+        let mut depth = None;
+        let mut buf = vec![0u8; DIRENT_BUF];
+        loop {
+            // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+            let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+            let n = sys::size(n as libc::ssize_t)?;
+            if n == 0 {
+                return Ok(());
+            }
+            for d in parse(&buf[..n.min(buf.len())]) {
+                if filter && d.kind == libc::DT_LNK {
+                    let depth = *depth.get_or_insert_with(|| self.depth(&dir));
+                    if self.hidden(&dir, d.name, depth) {
+                        continue;
+                    }
+                }
+                let added = add_entry(DirEntry {
+                    ino: d.ino,
+                    offset: d.off,
+                    type_: d.kind.into(),
+                    name: d.name,
+                })?;
+                if added == 0 {
+                    return Ok(()); // The guest's buffer is full.
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(ino: u64, off: u64, kind: u8, name: &[u8]) -> Vec<u8> {
+        let len = (19 + name.len() + 1).next_multiple_of(8);
+        let mut r = vec![0u8; len];
+        r[0..8].copy_from_slice(&ino.to_ne_bytes());
+        r[8..16].copy_from_slice(&off.to_ne_bytes());
+        r[16..18].copy_from_slice(&(len as u16).to_ne_bytes());
+        r[18] = kind;
+        r[19..19 + name.len()].copy_from_slice(name);
+        r
+    }
+
+    #[test]
+    fn parses_records_and_stops_at_garbage() {
+        let mut buf = record(5, 1, libc::DT_REG, b"a");
+        buf.extend(record(6, 2, libc::DT_LNK, b"link-name"));
+        let got = parse(&buf);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[1].ino, got[1].off, got[1].kind), (6, 2, libc::DT_LNK));
+        assert_eq!(got[1].name, b"link-name");
+        // A record claiming more than the buffer holds, and one claiming length 0.
+        let mut bad = record(7, 3, libc::DT_REG, b"x");
+        bad[16..18].copy_from_slice(&500u16.to_ne_bytes());
+        assert!(parse(&bad).is_empty());
+        let mut zero = record(7, 3, libc::DT_REG, b"x");
+        zero[16..18].copy_from_slice(&0u16.to_ne_bytes());
+        assert!(parse(&zero).is_empty());
+        assert!(parse(&[1, 2, 3]).is_empty());
+    }
+}

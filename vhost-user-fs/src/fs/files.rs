@@ -1,0 +1,325 @@
+//! Open files and attributes: OPEN/CREATE (reopening through `/proc/self/fd`, never by
+//! path), READ/WRITE straight between guest memory and the file, SETATTR, FSYNC, FALLOCATE,
+//! LSEEK and STATFS.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::api::filesystem::{
+    Context, Entry, OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+
+use super::{errno, SharedFs};
+use crate::policy::CacheMode;
+use crate::sys::{self, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS};
+
+/// Open flags passed on from the guest; everything else (O_CREAT, O_NOFOLLOW, O_PATH,
+/// O_DIRECT, O_NOATIME, O_TMPFILE, ...) is the backend's business or refused by omission.
+const PASSED_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_TRUNC
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_NONBLOCK;
+
+/// The guest's open flags, filtered.
+fn open_flags(flags: u32) -> i32 {
+    flags as i32 & PASSED_FLAGS
+}
+
+/// Whether `flags` may change the file.
+fn mutating(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// A `File` view of a descriptor owned elsewhere, for the I/O traits that want `&mut File`.
+fn borrow_file(f: &File) -> ManuallyDrop<File> {
+    // SAFETY: the descriptor stays open for as long as `f` lives, which outlives the view;
+    // ManuallyDrop keeps the view from closing it.
+    ManuallyDrop::new(unsafe { File::from_raw_fd(f.as_raw_fd()) })
+}
+
+/// `ftruncate(fd, size)`.
+fn truncate(fd: BorrowedFd<'_>, size: i64) -> io::Result<()> {
+    // SAFETY: ftruncate on a live descriptor, integer arguments.
+    sys::unit(unsafe { libc::ftruncate64(fd.as_raw_fd(), size) })
+}
+
+/// Seconds and nanoseconds for utimensat, from a setattr time (or "now").
+fn timespec(sec: i64, nsec: i64, now: bool, set: bool) -> libc::timespec {
+    let (tv_sec, tv_nsec) = match (set, now) {
+        (false, _) => (0, libc::UTIME_OMIT),
+        (true, true) => (0, libc::UTIME_NOW),
+        (true, false) => (sec, nsec),
+    };
+    libc::timespec { tv_sec, tv_nsec }
+}
+
+impl SharedFs {
+    /// FOPEN flags for files under the cache mode.
+    pub(super) fn open_options(&self) -> OpenOptions {
+        match self.cfg.cache {
+            CacheMode::Auto => OpenOptions::empty(),
+            CacheMode::Always => OpenOptions::KEEP_CACHE,
+            CacheMode::Never => OpenOptions::DIRECT_IO,
+        }
+    }
+
+    /// OPEN: a regular file, reopened from its `O_PATH` descriptor.
+    pub(super) fn do_open(&self, inode: u64, flags: u32) -> io::Result<u64> {
+        let flags = open_flags(flags);
+        if mutating(flags) {
+            self.writable()?;
+        }
+        let node = self.inodes.get(inode)?;
+        if !node.is_file() {
+            return Err(errno(if node.is_dir() {
+                libc::EISDIR
+            } else {
+                libc::ENXIO
+            }));
+        }
+        let fd = self.proc.reopen(node.fd(), flags)?;
+        Ok(self.handles.insert(inode, File::from(fd)))
+    }
+
+    /// CREATE: a new (or, without O_EXCL, existing) regular file, opened.
+    pub(super) fn do_create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: &CreateIn,
+    ) -> io::Result<(Entry, u64)> {
+        self.writable()?;
+        let dir = self.dir(parent)?;
+        let flags = open_flags(args.flags) | libc::O_NOFOLLOW;
+        let mode = args.mode & !args.umask & 0o7777;
+        let resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
+        let excl = libc::O_CREAT | libc::O_EXCL;
+        let (file, created) = match sys::openat2(dir.fd(), name, flags | excl, mode, resolve) {
+            Ok(f) => (f, true),
+            Err(e)
+                if e.raw_os_error() == Some(libc::EEXIST)
+                    && args.flags as i32 & libc::O_EXCL == 0 =>
+            {
+                (sys::openat2(dir.fd(), name, flags, 0, resolve)?, false)
+            }
+            Err(e) => return Err(e),
+        };
+        let st = sys::fstat(file.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(errno(libc::EISDIR));
+        }
+        if created && self.cfg.chown_new {
+            // SAFETY: fchown on a descriptor we own.
+            let r = unsafe { libc::fchown(file.as_raw_fd(), ctx.uid, ctx.gid) };
+            if let Err(e) = sys::unit(r) {
+                tracing::debug!("cannot give {name:?} to {}:{}: {e}", ctx.uid, ctx.gid);
+            }
+        }
+        let path = self.proc.reopen(file.as_fd(), libc::O_PATH)?;
+        let entry = self.entry(path, false)?;
+        let handle = self.handles.insert(entry.inode, File::from(file));
+        Ok((entry, handle))
+    }
+
+    /// READ: file to guest memory, no copy through a buffer of ours.
+    pub(super) fn do_read(
+        &self,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+    ) -> io::Result<usize> {
+        let h = self.handles.get(handle, inode)?;
+        let mut f = borrow_file(h.file());
+        w.write_from(&mut *f, size as usize, offset)
+    }
+
+    /// WRITE: guest memory to file.
+    pub(super) fn do_write(
+        &self,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+    ) -> io::Result<usize> {
+        let h = self.handles.get(handle, inode)?;
+        let mut f = borrow_file(h.file());
+        r.read_to(&mut *f, size as usize, offset)
+    }
+
+    /// FSYNC and FSYNCDIR.
+    pub(super) fn do_fsync(&self, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        let h = self.handles.get(handle, inode)?;
+        if datasync {
+            h.file().sync_data()
+        } else {
+            h.file().sync_all()
+        }
+    }
+
+    /// FALLOCATE.
+    pub(super) fn do_fallocate(
+        &self,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        let h = self.handles.get(handle, inode)?;
+        let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
+        let len = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
+        // SAFETY: fallocate on a descriptor we own, integer arguments.
+        sys::unit(unsafe { libc::fallocate64(h.file().as_raw_fd(), mode as i32, off, len) })
+    }
+
+    /// LSEEK (SEEK_DATA / SEEK_HOLE; the guest tracks plain positions itself).
+    pub(super) fn do_lseek(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let h = self.handles.get(handle, inode)?;
+        let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
+        let _pos = h.lock_position();
+        // SAFETY: lseek on a descriptor we own, integer arguments.
+        let r = unsafe { libc::lseek64(h.file().as_raw_fd(), off, whence as i32) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as u64)
+    }
+
+    /// STATFS of the file system holding `inode`.
+    pub(super) fn do_statfs(&self, inode: u64) -> io::Result<statvfs64> {
+        let node = self.inodes.get(inode)?;
+        let mut out = std::mem::MaybeUninit::<statvfs64>::zeroed();
+        // SAFETY: the kernel fills at most one statvfs64; fstatfs accepts O_PATH descriptors.
+        sys::unit(unsafe { libc::fstatvfs64(node.fd().as_raw_fd(), out.as_mut_ptr()) })?;
+        // SAFETY: the call succeeded (and the struct was zeroed before).
+        Ok(unsafe { out.assume_init() })
+    }
+
+    /// SETATTR: mode, owner, size and times, each only if asked.
+    pub(super) fn do_setattr(
+        &self,
+        inode: u64,
+        attr: &stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<()> {
+        let node = self.inodes.get(inode)?;
+        if valid.contains(SetattrValid::MODE) {
+            if node.is_symlink() {
+                return Err(errno(libc::EOPNOTSUPP));
+            }
+            let (dir, name) = self.proc.at(node.fd());
+            // SAFETY: `name` is NUL-terminated; it names one of our own descriptors.
+            sys::unit(unsafe { libc::fchmodat(dir, name.as_ptr(), attr.st_mode & 0o7777, 0) })?;
+        }
+        if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
+            let uid = if valid.contains(SetattrValid::UID) {
+                attr.st_uid
+            } else {
+                u32::MAX
+            };
+            let gid = if valid.contains(SetattrValid::GID) {
+                attr.st_gid
+            } else {
+                u32::MAX
+            };
+            // SAFETY: empty NUL-terminated path with AT_EMPTY_PATH on a live descriptor.
+            sys::unit(unsafe {
+                libc::fchownat(
+                    node.fd().as_raw_fd(),
+                    c"".as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        if valid.contains(SetattrValid::SIZE) {
+            if !node.is_file() {
+                return Err(errno(if node.is_dir() {
+                    libc::EISDIR
+                } else {
+                    libc::EINVAL
+                }));
+            }
+            let held = handle.and_then(|h| self.handles.get(h, inode).ok());
+            // The guest's own handle first (it may have been opened before a chmod); a
+            // read-only handle fails with EINVAL or EBADF and a writable reopen follows.
+            let via_handle = held.map(|h| truncate(h.file().as_fd(), attr.st_size));
+            if !matches!(via_handle, Some(Ok(()))) {
+                let f = self.proc.reopen(node.fd(), libc::O_WRONLY)?;
+                truncate(f.as_fd(), attr.st_size)?;
+            }
+        }
+        let times = SetattrValid::ATIME | SetattrValid::MTIME;
+        if valid.intersects(times) {
+            let ts = [
+                timespec(
+                    attr.st_atime,
+                    attr.st_atime_nsec,
+                    valid.contains(SetattrValid::ATIME_NOW),
+                    valid.contains(SetattrValid::ATIME),
+                ),
+                timespec(
+                    attr.st_mtime,
+                    attr.st_mtime_nsec,
+                    valid.contains(SetattrValid::MTIME_NOW),
+                    valid.contains(SetattrValid::MTIME),
+                ),
+            ];
+            let r = if node.is_symlink() {
+                // SAFETY: empty path with AT_EMPTY_PATH; `ts` holds two timespecs.
+                unsafe {
+                    libc::utimensat(
+                        node.fd().as_raw_fd(),
+                        c"".as_ptr(),
+                        ts.as_ptr(),
+                        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                }
+            } else {
+                let (dir, name) = self.proc.at(node.fd());
+                // SAFETY: `name` is NUL-terminated and names our own descriptor; `ts` holds
+                // two timespecs.
+                unsafe { libc::utimensat(dir, name.as_ptr(), ts.as_ptr(), 0) }
+            };
+            sys::unit(r)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_filtered() {
+        let f =
+            open_flags((libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_DIRECT) as u32);
+        assert_eq!(f, libc::O_RDWR);
+        assert!(!mutating(libc::O_RDONLY));
+        assert!(mutating(libc::O_WRONLY));
+        assert!(mutating(libc::O_RDONLY | libc::O_TRUNC));
+        assert_eq!(
+            open_flags(libc::O_PATH as u32 | libc::O_TMPFILE as u32) & libc::O_ACCMODE,
+            0
+        );
+    }
+}

@@ -1,0 +1,515 @@
+//! The file system the guest sees: a FUSE [`FileSystem`] over one host directory that
+//! enforces [`crate::policy`] itself instead of trusting paths.
+//!
+//! Every host operation starts from an `O_PATH | O_NOFOLLOW` descriptor in the
+//! [`InodeTable`] and names at most one validated component, opened with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` (except under `--symlinks follow`), so neither
+//! `..`, nor a rename race, nor a planted symlink gets the backend outside the shared
+//! directory. Files are reopened for I/O through `/proc/self/fd` ([`ProcFds`]), never by path.
+//!
+//! The operations are split by concern: [`entries`] (names: lookup, create, remove, rename,
+//! links), [`files`] (open files and attributes), [`dirs`] (directory listing) and
+//! [`xattrs`]; this module holds the shared state and the trait's dispatch.
+
+mod dirs;
+mod entries;
+mod files;
+mod xattrs;
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+
+use crate::handle::HandleTable;
+use crate::inode::{InodeData, InodeKey, InodeTable};
+use crate::policy::{self, CacheMode, SymlinkPolicy, ALWAYS_TIMEOUT_SECS, AUTO_TIMEOUT_MS};
+use crate::sys::{self, ProcFds};
+use crate::watch::Watcher;
+
+/// Deepest directory (below the root) whose symlinks can be judged; deeper ones are hidden.
+const MAX_DEPTH: usize = 4096;
+
+/// How the file system behaves; fixed for the life of the process.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FsConfig {
+    /// `--symlinks`.
+    pub symlinks: SymlinkPolicy,
+    /// `--read-only`: every change fails with EROFS.
+    pub read_only: bool,
+    /// `--cache`.
+    pub cache: CacheMode,
+    /// Give new files the guest caller's owner (the backend runs as root on the host).
+    pub chown_new: bool,
+}
+
+/// The shared directory as a FUSE file system.
+pub struct SharedFs {
+    cfg: FsConfig,
+    root: OwnedFd,
+    inodes: InodeTable,
+    handles: HandleTable,
+    proc: ProcFds,
+    /// Depth below the root of directories whose symlinks were judged; valid until the
+    /// watcher reports a host change (without a watcher nothing is cached).
+    depths: Mutex<HashMap<InodeKey, usize>>,
+    watcher: Option<Watcher>,
+}
+
+/// Shorthand for an errno as an `io::Error`.
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+impl SharedFs {
+    /// Serves the directory `root` (an `O_PATH` directory descriptor) with `proc` open on
+    /// this process's `/proc/self/fd`.
+    pub fn new(root: OwnedFd, proc: ProcFds, cfg: FsConfig) -> io::Result<SharedFs> {
+        let st = sys::fstat(root.as_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let inodes = InodeTable::new(root.try_clone()?, &st);
+        Ok(SharedFs {
+            cfg,
+            root,
+            inodes,
+            handles: HandleTable::default(),
+            proc,
+            depths: Mutex::new(HashMap::new()),
+            watcher: None,
+        })
+    }
+
+    /// Caches directory depths, dropping them whenever `watcher` sees a host change.
+    pub fn with_watcher(mut self, watcher: Watcher) -> SharedFs {
+        self.watcher = Some(watcher);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> FsConfig {
+        self.cfg
+    }
+
+    /// Forgets every inode and handle (a new FUSE session or its end).
+    fn reset(&self) {
+        self.handles.clear();
+        match self.root.try_clone().and_then(|fd| {
+            let st = sys::fstat(fd.as_fd())?;
+            Ok((fd, st))
+        }) {
+            Ok((fd, st)) => self.inodes.reset(fd, &st),
+            Err(e) => tracing::warn!("cannot reset the inode table: {e}"),
+        }
+    }
+
+    /// How long the guest may trust a name or attributes.
+    fn timeout(&self) -> Duration {
+        match self.cfg.cache {
+            CacheMode::Auto => Duration::from_millis(AUTO_TIMEOUT_MS),
+            CacheMode::Always => Duration::from_secs(ALWAYS_TIMEOUT_SECS),
+            CacheMode::Never => Duration::ZERO,
+        }
+    }
+
+    /// EROFS under `--read-only`.
+    fn writable(&self) -> io::Result<()> {
+        policy::check_writable(self.cfg.read_only)
+    }
+
+    /// The directory with node ID `id` (ENOTDIR for anything else).
+    fn dir(&self, id: u64) -> io::Result<Arc<InodeData>> {
+        let d = self.inodes.get(id)?;
+        if !d.is_dir() {
+            return Err(errno(libc::ENOTDIR));
+        }
+        Ok(d)
+    }
+
+    /// Registers `fd` (an `O_PATH` descriptor) and answers with its entry; a `hidden` entry
+    /// is not cached by the guest, so its next LOOKUP meets the policy.
+    fn entry(&self, fd: OwnedFd, hidden: bool) -> io::Result<Entry> {
+        let st = sys::fstat(fd.as_fd())?;
+        let inode = self.inodes.insert(fd, &st);
+        Ok(Entry {
+            inode,
+            generation: 0,
+            attr: st,
+            attr_flags: 0,
+            attr_timeout: self.timeout(),
+            entry_timeout: if hidden {
+                Duration::ZERO
+            } else {
+                self.timeout()
+            },
+        })
+    }
+
+    /// How many levels below the root directory `dir` is, from the cache or by walking `..`.
+    fn depth(&self, dir: &InodeData) -> Option<usize> {
+        let Some(watcher) = &self.watcher else {
+            return self.walk_depth(dir, None);
+        };
+        let mut cache = self.depths.lock().unwrap_or_else(|e| e.into_inner());
+        if watcher.changed() {
+            cache.clear();
+        }
+        if let Some(d) = cache.get(&dir.key) {
+            return Some(*d);
+        }
+        drop(cache);
+        let depth = self.walk_depth(dir, Some(watcher))?;
+        self.depths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir.key, depth);
+        Some(depth)
+    }
+
+    /// Walks `..` on the host from `dir` to the root; `None` when the walk never meets the
+    /// root (the directory was moved out of the tree). With a watcher, each directory on the
+    /// way is watched before its parent is opened, so a later move is always reported.
+    fn walk_depth(&self, dir: &InodeData, watcher: Option<&Watcher>) -> Option<usize> {
+        let root = self.inodes.root_key().ok()?;
+        if dir.key == root {
+            return Some(0);
+        }
+        let watch = |fd: BorrowedFd<'_>| watcher.map_or(Some(()), |w| w.watch(fd).ok());
+        watch(dir.fd())?;
+        let mut cur = sys::parent_of(dir.fd()).ok()?;
+        let mut prev = dir.key;
+        for depth in 1..=MAX_DEPTH {
+            let st = sys::fstat(cur.as_fd()).ok()?;
+            let key = (st.st_dev, st.st_ino);
+            if key == root {
+                return Some(depth);
+            }
+            if key == prev {
+                return None; // "/" is its own parent: the root was never met.
+            }
+            prev = key;
+            watch(cur.as_fd())?;
+            cur = sys::parent_of(cur.as_fd()).ok()?;
+        }
+        None
+    }
+
+    /// Whether the symlink `link` (an `O_PATH` descriptor) in `dir` points inside the tree.
+    fn symlink_inside(&self, dir: &InodeData, link: &OwnedFd) -> io::Result<bool> {
+        let target = sys::readlink(link.as_fd())?;
+        Ok(self
+            .depth(dir)
+            .is_some_and(|d| policy::target_stays_inside(d, &target)))
+    }
+}
+
+/// Splits a guest name into a validated `CStr`.
+fn name_ok(name: &CStr) -> io::Result<&CStr> {
+    policy::validate_name(name.to_bytes())?;
+    Ok(name)
+}
+
+impl FileSystem for SharedFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        self.reset();
+        let mut want = FsOptions::ASYNC_READ
+            | FsOptions::BIG_WRITES
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::MAX_PAGES
+            | FsOptions::ATOMIC_O_TRUNC;
+        if self.cfg.cache == CacheMode::Auto {
+            want |= FsOptions::AUTO_INVAL_DATA;
+        }
+        Ok(want & capable)
+    }
+
+    fn destroy(&self) {
+        self.reset();
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        self.do_lookup(parent, name_ok(name)?)
+    }
+
+    fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
+        self.inodes.forget(inode, count);
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let node = self.inodes.get(inode)?;
+        Ok((sys::fstat(node.fd())?, self.timeout()))
+    }
+
+    fn setattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.writable()?;
+        self.do_setattr(inode, &attr, handle, valid)?;
+        let node = self.inodes.get(inode)?;
+        Ok((sys::fstat(node.fd())?, self.timeout()))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        let node = self.inodes.get(inode)?;
+        if !node.is_symlink() {
+            return Err(errno(libc::EINVAL));
+        }
+        sys::readlink(node.fd())
+    }
+
+    fn symlink(&self, ctx: &Context, link: &CStr, parent: u64, name: &CStr) -> io::Result<Entry> {
+        self.do_symlink(ctx, link, parent, name_ok(name)?)
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.do_mknod(ctx, parent, name_ok(name)?, mode & !umask, rdev)
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.do_mkdir(ctx, parent, name_ok(name)?, mode & !umask)
+    }
+
+    fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.do_remove(parent, name_ok(name)?, 0)
+    }
+
+    fn rmdir(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.do_remove(parent, name_ok(name)?, libc::AT_REMOVEDIR)
+    }
+
+    fn rename(
+        &self,
+        _ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.do_rename(olddir, name_ok(oldname)?, newdir, name_ok(newname)?, flags)
+    }
+
+    fn link(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        newparent: u64,
+        newname: &CStr,
+    ) -> io::Result<Entry> {
+        self.do_link(inode, newparent, name_ok(newname)?)
+    }
+
+    fn open(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let handle = self.do_open(inode, flags)?;
+        Ok((Some(handle), self.open_options(), None))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let (entry, handle) = self.do_create(ctx, parent, name_ok(name)?, &args)?;
+        Ok((entry, Some(handle), self.open_options(), None))
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        self.do_read(inode, handle, w, size, offset)
+    }
+
+    fn write(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.writable()?;
+        self.do_write(inode, handle, r, size, offset)
+    }
+
+    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, _owner: u64) -> io::Result<()> {
+        self.handles.get(handle, inode).map(|_| ())
+    }
+
+    fn fsync(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.do_fsync(inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.do_fallocate(inode, handle, mode, offset, length)
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.handles.remove(handle, inode)
+    }
+
+    fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        self.do_statfs(inode)
+    }
+
+    fn setxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.do_setxattr(inode, name, value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.do_getxattr(inode, name, size)
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.do_listxattr(inode, size)
+    }
+
+    fn removexattr(&self, _ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.do_removexattr(inode, name)
+    }
+
+    fn opendir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let handle = self.do_opendir(inode)?;
+        let opts = if self.cfg.cache == CacheMode::Always {
+            OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR
+        } else {
+            OpenOptions::empty()
+        };
+        Ok((Some(handle), opts))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.do_readdir(inode, handle, offset, add_entry)
+    }
+
+    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.fsync(ctx, inode, datasync, handle)
+    }
+
+    fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
+        self.handles.remove(handle, inode)
+    }
+
+    fn access(&self, _ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        // The guest kernel checks permissions itself (virtio-fs mounts use
+        // default_permissions); what is left is the read-only rule and existence.
+        if mask & libc::W_OK as u32 != 0 {
+            self.writable()?;
+        }
+        self.inodes.get(inode).map(|_| ())
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.do_lseek(inode, handle, offset, whence)
+    }
+}

@@ -1,0 +1,97 @@
+//! Extended attributes, on regular files and directories (reopened read-only for the
+//! f*xattr calls); symlinks and special files have none here (ENOTSUP).
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use fuse_backend_rs::api::filesystem::{GetxattrReply, ListxattrReply};
+
+use super::{errno, SharedFs};
+use crate::sys;
+
+/// Largest value or name list a guest can ask for (the kernel's own XATTR_SIZE_MAX).
+const XATTR_MAX: u32 = 65536;
+
+impl SharedFs {
+    /// A readable descriptor of `inode` for the f*xattr calls.
+    fn xattr_fd(&self, inode: u64) -> io::Result<OwnedFd> {
+        let node = self.inodes.get(inode)?;
+        if node.is_dir() {
+            sys::open_dir(node.fd())
+        } else if node.is_file() {
+            self.proc
+                .reopen(node.fd(), libc::O_RDONLY | libc::O_NONBLOCK)
+        } else {
+            Err(errno(libc::ENOTSUP))
+        }
+    }
+
+    /// GETXATTR (`size` 0 asks for the length).
+    pub(super) fn do_getxattr(
+        &self,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        let fd = self.xattr_fd(inode)?;
+        let mut buf = vec![0u8; size.min(XATTR_MAX) as usize];
+        // SAFETY: the kernel writes at most `buf.len()` bytes; `name` is NUL-terminated.
+        let n = sys::size(unsafe {
+            libc::fgetxattr(
+                fd.as_raw_fd(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        })?;
+        if size == 0 {
+            return Ok(GetxattrReply::Count(n as u32));
+        }
+        buf.truncate(n);
+        Ok(GetxattrReply::Value(buf))
+    }
+
+    /// LISTXATTR (`size` 0 asks for the length).
+    pub(super) fn do_listxattr(&self, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let fd = self.xattr_fd(inode)?;
+        let mut buf = vec![0u8; size.min(XATTR_MAX) as usize];
+        // SAFETY: the kernel writes at most `buf.len()` bytes.
+        let n = sys::size(unsafe {
+            libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        })?;
+        if size == 0 {
+            return Ok(ListxattrReply::Count(n as u32));
+        }
+        buf.truncate(n);
+        Ok(ListxattrReply::Names(buf))
+    }
+
+    /// SETXATTR.
+    pub(super) fn do_setxattr(
+        &self,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let fd = self.xattr_fd(inode)?;
+        // SAFETY: the kernel reads `value.len()` bytes of `value`; `name` is NUL-terminated.
+        sys::unit(unsafe {
+            libc::fsetxattr(
+                fd.as_raw_fd(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                flags as i32,
+            )
+        })
+    }
+
+    /// REMOVEXATTR.
+    pub(super) fn do_removexattr(&self, inode: u64, name: &CStr) -> io::Result<()> {
+        let fd = self.xattr_fd(inode)?;
+        // SAFETY: `name` is NUL-terminated.
+        sys::unit(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) })
+    }
+}

@@ -1,0 +1,80 @@
+//! Open files and directories: FUSE handles mapped to real descriptors.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+/// One open file or directory.
+#[derive(Debug)]
+pub struct HandleData {
+    /// Node ID it was opened from.
+    pub inode: u64,
+    file: File,
+    /// Serialises seek + getdents on directory handles.
+    dir_pos: Mutex<()>,
+}
+
+impl HandleData {
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Exclusive use of the descriptor's position (directories).
+    pub fn lock_position(&self) -> MutexGuard<'_, ()> {
+        self.dir_pos.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Handle numbers to open files.
+#[derive(Default)]
+pub struct HandleTable {
+    inner: RwLock<(HashMap<u64, Arc<HandleData>>, u64)>,
+}
+
+impl HandleTable {
+    /// Registers an open file of node `inode`; returns its handle number.
+    pub fn insert(&self, inode: u64, file: File) -> u64 {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.1 += 1;
+        let id = inner.1;
+        let data = Arc::new(HandleData {
+            inode,
+            file,
+            dir_pos: Mutex::new(()),
+        });
+        inner.0.insert(id, data);
+        id
+    }
+
+    /// The open file behind `handle`, which must belong to `inode`.
+    pub fn get(&self, handle: u64, inode: u64) -> io::Result<Arc<HandleData>> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        match inner.0.get(&handle) {
+            Some(h) if h.inode == inode => Ok(h.clone()),
+            _ => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    /// Closes `handle` (once every request using it is done).
+    pub fn remove(&self, handle: u64, inode: u64) -> io::Result<()> {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        match inner.0.get(&handle) {
+            Some(h) if h.inode == inode => {
+                inner.0.remove(&handle);
+                Ok(())
+            }
+            _ => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    /// Closes everything (end of a FUSE session).
+    pub fn clear(&self) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clear();
+    }
+}

@@ -1,0 +1,194 @@
+//! `sm-vhost-user-fs`: parses flags, binds the vhost-user socket, enters the sandbox, opens
+//! the shared directory from inside it, then serves frontends until killed. Errors are one
+//! line on stderr and a non-zero exit; stdout stays silent.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use sm_vhost_user_fs::config::{ConfigError, DeviceConfig};
+use sm_vhost_user_fs::confine::{confine, raise_fd_limit, ConfineError, Confined, Isolation};
+use sm_vhost_user_fs::fs::FsConfig;
+use sm_vhost_user_fs::policy::{CacheMode, SymlinkPolicy};
+use sm_vhost_user_fs::serve::{self, ServeError, Share};
+use tracing::info;
+
+/// Share a host directory with a guest as a virtio-fs device over vhost-user.
+#[derive(Parser, Debug)]
+#[command(name = "sm-vhost-user-fs", version)]
+struct Args {
+    /// vhost-user socket to listen on (created; a stale socket is replaced).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Directory to share; the guest sees nothing outside it.
+    #[arg(long)]
+    shared_dir: PathBuf,
+    /// Tag announced in the device config (frontends such as QEMU bring their own).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Symlink policy.
+    #[arg(long, value_enum, default_value_t = Symlinks::Opaque)]
+    symlinks: Symlinks,
+    /// Refuse every change (EROFS).
+    #[arg(long)]
+    read_only: bool,
+    /// Guest caching: `auto` (host changes visible within 1 s), `always`, `never`.
+    #[arg(long, value_enum, default_value_t = Cache::Auto)]
+    cache: Cache,
+    /// Process isolation.
+    #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
+    sandbox: SandboxMode,
+    /// Worker threads per request queue (0: requests run on the queue's own thread).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    thread_pool_size: u16,
+}
+
+/// The `--symlinks` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Symlinks {
+    /// The guest may not create symlinks or hard links; escaping host symlinks are hidden.
+    Deny,
+    /// Symlinks are stored byte for byte and never followed on the host.
+    Opaque,
+    /// Host symlinks are followed on the host (trusted single tenant).
+    Follow,
+}
+
+/// The `--cache` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Cache {
+    /// Short timeouts; host changes show within a second.
+    Auto,
+    /// Long timeouts; for trees only the guest changes.
+    Always,
+    /// No caching, direct I/O.
+    Never,
+}
+
+/// The `--sandbox` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SandboxMode {
+    /// Namespaces, the shared directory as the only tree, Landlock, seccomp, few capabilities.
+    Namespace,
+    /// chroot into the shared directory, Landlock, seccomp, few capabilities.
+    Chroot,
+    /// No isolation at all.
+    None,
+}
+
+/// Everything that stops the backend.
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error("--shared-dir {path}: {source}")]
+    SharedDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--shared-dir {0}: not a directory")]
+    NotADir(PathBuf),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Confine(#[from] ConfineError),
+}
+
+fn run(args: Args) -> Result<(), MainError> {
+    let shared = args
+        .shared_dir
+        .canonicalize()
+        .map_err(|source| MainError::SharedDir {
+            path: args.shared_dir.clone(),
+            source,
+        })?;
+    if !shared.is_dir() {
+        return Err(MainError::NotADir(args.shared_dir));
+    }
+    let device = DeviceConfig::new(args.tag.as_deref())?;
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    let fs = FsConfig {
+        symlinks: match args.symlinks {
+            Symlinks::Deny => SymlinkPolicy::Deny,
+            Symlinks::Opaque => SymlinkPolicy::Opaque,
+            Symlinks::Follow => SymlinkPolicy::Follow,
+        },
+        read_only: args.read_only,
+        cache: match args.cache {
+            Cache::Auto => CacheMode::Auto,
+            Cache::Always => CacheMode::Always,
+            Cache::Never => CacheMode::Never,
+        },
+        chown_new: root_user,
+    };
+    let listener = serve::bind(&args.socket)?;
+    raise_fd_limit();
+    info!(
+        "serving {} ({:?} symlinks{}, cache {:?}) on {}",
+        shared.display(),
+        args.symlinks,
+        if args.read_only { ", read-only" } else { "" },
+        args.cache,
+        args.socket.display()
+    );
+    let isolation = match args.sandbox {
+        SandboxMode::Namespace => Isolation::Namespace,
+        SandboxMode::Chroot => Isolation::Chroot,
+        SandboxMode::None => Isolation::None,
+    };
+    let Confined { root, proc } = confine(isolation, &shared, args.read_only)?;
+    serve::serve(
+        listener,
+        Share {
+            root,
+            proc,
+            fs,
+            device,
+            pool_size: args.thread_pool_size.into(),
+            // inotify names directories through /proc/self/fd, which a chroot does not hold.
+            watch: args.sandbox != SandboxMode::Chroot,
+        },
+    )?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    sm_sandbox::close_inherited_fds();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // clap's message spans lines (details, then usage): keep the part before the
+            // first blank line, joined into one.
+            let msg = e.to_string();
+            let summary: Vec<&str> = msg
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = summary.join(" ");
+            eprintln!("sm-vhost-user-fs: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // fuse-backend-rs logs every FUSE INIT over several lines at info.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,fuse_backend_rs=warn")
+                }),
+        )
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sm-vhost-user-fs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
