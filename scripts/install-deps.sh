@@ -10,7 +10,7 @@ done
 dpkg -s libseccomp-dev libcap-ng-dev libaio-dev zlib1g-dev >/dev/null 2>&1 || need_apt=1
 # sm-oci's tests and benchmark: a local registry, skopeo/umoci as peers, mkfs.erofs, htpasswd,
 # openssl (signs the test token server's JWTs).
-for bin in docker-registry skopeo umoci mkfs.erofs fsck.erofs htpasswd openssl; do
+for bin in docker-registry skopeo umoci mkfs.erofs fsck.erofs htpasswd openssl curl mkfs.ext4; do
   command -v "$bin" >/dev/null || need_apt=1
 done
 if [ "$need_apt" = 1 ]; then
@@ -22,7 +22,7 @@ if [ "$need_apt" = 1 ]; then
   apt-get install -y -q --allow-downgrades \
     "qemu-system-x86=$v" "qemu-utils=$v" "qemu-block-extra=$v" "qemu-system-common=$v" "qemu-system-data" \
     busybox-static cpio kmod binutils xz-utils libseccomp-dev libcap-ng-dev \
-    libaio-dev zlib1g-dev make \
+    libaio-dev zlib1g-dev make curl e2fsprogs \
     docker-registry skopeo umoci erofs-utils apache2-utils openssl
 fi
 # The Rust virtiofsd shares the host root into the test VM (Debian 7.2's C virtiofsd cannot

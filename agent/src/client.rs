@@ -171,9 +171,8 @@ impl Agent {
             }
         };
         let _ = s.shutdown(std::net::Shutdown::Both);
-        if let Some(t) = feeder {
-            let _ = t.join();
-        }
+        // Not joined: the feeder may sit in a read of a terminal; its next write fails.
+        drop(feeder);
         match result? {
             Response::Exited(info) => Ok(info),
             other => Err(AgentError::Protocol(format!("exec answered {other:?}"))),

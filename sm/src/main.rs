@@ -4,6 +4,7 @@
 mod images;
 mod pull;
 mod rmi;
+mod run;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ enum Command {
     Images(images::Args),
     /// Remove an image reference and garbage-collect blobs nothing else uses.
     Rmi(rmi::Args),
+    /// Run a command in a new microVM (with live mounts, volumes and forwarded ports).
+    Run(run::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,10 @@ fn main() -> ExitCode {
         Command::Pull(a) => pull::run(a).map_err(|e| e.to_string()),
         Command::Images(a) => images::run(a).map_err(|e| e.to_string()),
         Command::Rmi(a) => rmi::run(a).map_err(|e| e.to_string()),
+        Command::Run(a) => match run::run(a) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

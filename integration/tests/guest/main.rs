@@ -7,3 +7,4 @@ mod blk;
 mod boot;
 mod common;
 mod fs;
+mod run;

@@ -1,0 +1,153 @@
+//! `sm run`, the front door: every backend and sm-vmm started and stopped for the user,
+//! mounts and volumes end to end, forwarded ports, the exit code, and nothing left behind.
+
+use crate::common::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `sm` with its own runtime directory (so leftovers are this test's).
+fn sm(runtime: &Path) -> Command {
+    require_kvm();
+    let mut c = Command::new(sm_integration::bin_dir().join("sm"));
+    c.env("XDG_RUNTIME_DIR", runtime)
+        .env("SM_BIN_DIR", sm_integration::bin_dir())
+        .stdin(Stdio::null());
+    c
+}
+
+/// Processes whose command line mentions `needle` (other than this test).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+fn assert_nothing_left(runtime: &Path) {
+    let sm_dir = runtime.join("sm");
+    let left: Vec<_> = std::fs::read_dir(&sm_dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runtime files left behind: {left:?}");
+    let procs = processes_mentioning(&sm_dir.to_string_lossy());
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
+}
+
+#[test]
+fn sm_run_returns_the_command_code_and_leaves_nothing() {
+    let runtime = tempfile::tempdir().unwrap();
+    let mut cmd = sm(runtime.path());
+    cmd.args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "uname -sr; echo to-stderr >&2; exit 7",
+    ]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
+    assert!(stdout(&out).starts_with("Linux 6.1.0-"), "{}", stdout(&out));
+    assert_eq!(stderr(&out), "to-stderr\n");
+    assert_nothing_left(runtime.path());
+}
+
+#[test]
+fn mounts_and_volumes_reach_the_host_and_persist() {
+    let runtime = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("greeting"), "hello from the host\n").unwrap();
+    let volume = work.path().join("cache.img");
+    let mount = format!("{}:/work", work.path().display());
+    let vol = format!("{}:/work/node_modules:size=64M", volume.display());
+    let mut cmd = sm(runtime.path());
+    cmd.args([
+        "run",
+        "--mount",
+        &mount,
+        "--volume",
+        &vol,
+        "-w",
+        "/work",
+        "-e",
+        "WHO=guest",
+        "--",
+    ])
+    .args([
+        "sh",
+        "-c",
+        "cat greeting && echo \"written by the $WHO\" > from-guest && echo kept > node_modules/x",
+    ]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "hello from the host\n");
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("from-guest")).unwrap(),
+        "written by the guest\n"
+    );
+    assert_eq!(std::fs::metadata(&volume).unwrap().len(), 64 << 20);
+    assert_nothing_left(runtime.path());
+
+    // The volume is kept: a second run sees what the first wrote.
+    let vol = format!("{}:/data", volume.display());
+    let mut cmd = sm(runtime.path());
+    cmd.args(["run", "--volume", &vol, "--", "cat", "/data/x"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "kept\n");
+    assert_nothing_left(runtime.path());
+}
+
+#[test]
+fn a_published_port_serves_curl_and_ctrl_c_cleans_up() {
+    let runtime = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "served from the guest\n").unwrap();
+    let mount = format!("{}:/srv:ro", site.path().display());
+    let mut child = sm(runtime.path())
+        .args(["run", "-p", "18080:80", "--mount", &mount, "--"])
+        .args(["httpd", "-f", "-p", "80", "-h", "/srv"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let body = loop {
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                "--max-time",
+                "10",
+                "http://127.0.0.1:18080/index.html",
+            ])
+            .output()
+            .expect("curl");
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        if start.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("never served; sm stderr: {}", stderr(&out));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(body, "served from the guest\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", stderr(&out));
+    assert_nothing_left(runtime.path());
+}

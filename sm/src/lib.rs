@@ -1,0 +1,9 @@
+//! The front door of sm as a library: start a microVM with live host mounts, block
+//! volumes and forwarded ports ([`vm::Vm`]), run commands in it, move files in and out,
+//! and stop it. The `sm` command is a thin layer over this.
+
+pub mod vm;
+
+pub use sm_agent::client::ExecOutput;
+pub use sm_agent::message::ExitInfo;
+pub use vm::{ExecBuilder, Vm, VmConfig, VmError};

@@ -1,0 +1,126 @@
+//! `sm run`: start a VM with its mounts, volumes and ports, run one command in it with
+//! stdin, stdout and stderr attached, exit with the command's code and leave nothing
+//! behind, also when interrupted.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::Pid;
+use sm::vm::{Mount, PortMap, Volume};
+use sm::{Vm, VmConfig};
+
+/// `sm run` flags.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    mem: u64,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// A live host directory: HOST:GUEST[:ro][:symlinks=deny|opaque|follow] (repeatable).
+    #[arg(long = "mount", value_name = "HOST:GUEST[:OPTS]")]
+    mounts: Vec<Mount>,
+    /// A block volume: FILE:GUEST[:size=N] (created and formatted ext4 on first use).
+    #[arg(long = "volume", value_name = "FILE:GUEST[:size=N]")]
+    volumes: Vec<Volume>,
+    /// Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:GUESTPORT")]
+    ports: Vec<PortMap>,
+    /// An environment variable for the command: KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// The command's working directory in the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// A name for the VM (its runtime directory).
+    #[arg(long)]
+    name: Option<String>,
+    /// The command and its arguments (default: a shell).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn parse_env(v: &str) -> Result<(String, String), String> {
+    match v.split_once('=') {
+        Some((k, val)) if !k.is_empty() => Ok((k.into(), val.into())),
+        _ => Err(format!("{v:?} is not KEY=VALUE")),
+    }
+}
+
+/// sm-vmm's PID once the VM runs, for the signal thread.
+static VMM_PID: AtomicI32 = AtomicI32::new(0);
+/// The stop signal that arrived, if any.
+static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
+
+/// Runs the command; returns its exit code (128 + N if signal N ended it).
+pub fn run(args: Args) -> Result<u8, String> {
+    watch_stop_signals()?;
+    let config = VmConfig {
+        name: args.name,
+        mem_mib: args.mem,
+        vcpus: args.vcpus,
+        mounts: args.mounts,
+        volumes: args.volumes,
+        ports: args.ports,
+    };
+    let vm = Vm::start(&config).map_err(|e| e.to_string())?;
+    if let Some(pid) = vm.vmm_pid() {
+        VMM_PID.store(pid, Ordering::SeqCst);
+    }
+    if STOPPED_BY.load(Ordering::SeqCst) != 0 {
+        vm.stop();
+        return Ok(128 + STOPPED_BY.load(Ordering::SeqCst) as u8);
+    }
+    let argv = if args.command.is_empty() {
+        vec!["sh".to_owned()]
+    } else {
+        args.command
+    };
+    let mut exec = vm.exec(&argv);
+    for (k, v) in &args.env {
+        exec = exec.env(k, v);
+    }
+    if let Some(dir) = &args.workdir {
+        exec = exec.cwd(dir);
+    }
+    let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let result = exec.stream(Some(stdin), &mut out, &mut err);
+    let stopped = STOPPED_BY.load(Ordering::SeqCst);
+    vm.stop();
+    if stopped != 0 {
+        return Ok(128 + stopped as u8);
+    }
+    let exit = result.map_err(|e| e.to_string())?;
+    Ok(match (exit.code, exit.signal) {
+        (Some(c), _) => c as u8,
+        (None, Some(s)) => 128 + s as u8,
+        _ => 255,
+    })
+}
+
+/// Takes SIGINT, SIGTERM and SIGHUP on a thread: the VM is stopped (sm-vmm first), which
+/// ends the command, and `run` then cleans up as usual and exits 128 + signal.
+fn watch_stop_signals() -> Result<(), String> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    // Blocked here, before any thread exists, so every thread inherits it; children get
+    // an empty mask (std resets it) and their own process group.
+    set.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let Ok(sig) = set.wait() else { continue };
+            STOPPED_BY.store(sig as i32, Ordering::SeqCst);
+            let pid = VMM_PID.load(Ordering::SeqCst);
+            if pid > 0 {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
+    Ok(())
+}

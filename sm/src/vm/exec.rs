@@ -1,0 +1,75 @@
+//! [`ExecBuilder`]: a command to run in the guest, built up and then run to completion
+//! ([`ExecBuilder::output`]) or with its streams attached ([`ExecBuilder::stream`]).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use sm_agent::client::{Agent, AgentError, ExecOutput};
+use sm_agent::message::{ExecRequest, ExitInfo};
+
+/// A command to run in the guest.
+pub struct ExecBuilder<'a> {
+    agent: &'a Agent,
+    req: ExecRequest,
+}
+
+impl<'a> ExecBuilder<'a> {
+    /// A builder for `req` on `agent`.
+    pub fn new(agent: &'a Agent, req: ExecRequest) -> Self {
+        ExecBuilder { agent, req }
+    }
+
+    /// Sets an environment variable (the first one replaces the default environment's
+    /// variables except `PATH`, which is kept unless set).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        let env = self.req.env.get_or_insert_with(|| {
+            vec![(
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            )]
+        });
+        env.retain(|(k, _)| k != key);
+        env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs in `dir`.
+    pub fn cwd(mut self, dir: &str) -> Self {
+        self.req.cwd = Some(dir.into());
+        self
+    }
+
+    /// Runs as `uid`:`gid`.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.req.uid = Some(uid);
+        self.req.gid = Some(gid);
+        self
+    }
+
+    /// Kills the command (SIGKILL to its process group) after `limit`.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.req.timeout_ms = Some(limit.as_millis().try_into().unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Runs to completion with `stdin` (none: `/dev/null`) and collects the output.
+    pub fn output_with_stdin(self, stdin: Option<&[u8]>) -> Result<ExecOutput, AgentError> {
+        self.agent.exec(&self.req, stdin)
+    }
+
+    /// Runs to completion with stdin from `/dev/null` and collects the output.
+    pub fn output(self) -> Result<ExecOutput, AgentError> {
+        self.output_with_stdin(None)
+    }
+
+    /// Runs with `stdin` copied in and the output copied out as it comes.
+    pub fn stream(
+        mut self,
+        stdin: Option<Box<dyn Read + Send>>,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<ExitInfo, AgentError> {
+        self.req.stdin = stdin.is_some();
+        self.agent.exec_streaming(&self.req, stdin, stdout, stderr)
+    }
+}

@@ -1,0 +1,363 @@
+//! A running microVM and everything behind it: one sm-vhost-user-fs per mount, one
+//! sm-vhost-user-blk per volume, vhost-device-vsock for the agent, and sm-vmm, all under
+//! one runtime directory; the guest agent mounts what was asked, runs commands, moves
+//! files and forwards ports. Dropping a [`Vm`] stops every process and removes the directory.
+
+pub mod exec;
+pub mod ports;
+pub mod process;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sm_agent::client::{Agent, AgentError, ReadySignal};
+use sm_agent::message::ExecRequest;
+
+pub use exec::ExecBuilder;
+pub use ports::PortForwarder;
+use process::{tool, Proc, ProcessError};
+pub use spec::{Mount, PortMap, SpecError, Symlinks, Volume};
+
+/// How long the guest may take to boot and start its agent.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Errors starting or driving a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A mount, volume or port value is malformed.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A backend or sm-vmm failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// The guest agent failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// A host file operation failed.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// Something asked of the guest failed (one line saying what).
+    #[error("{0}")]
+    Guest(String),
+    /// The VM's name is taken by a running VM.
+    #[error("a VM named {0} is already running (sm stop {0})")]
+    NameTaken(String),
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Name (the runtime directory's); a unique one is made up when `None`.
+    pub name: Option<String>,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Host directories shared live.
+    pub mounts: Vec<Mount>,
+    /// Block volumes.
+    pub volumes: Vec<Volume>,
+    /// Host ports forwarded to guest ports.
+    pub ports: Vec<PortMap>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            name: None,
+            mem_mib: 512,
+            vcpus: 1,
+            mounts: vec![],
+            volumes: vec![],
+            ports: vec![],
+        }
+    }
+}
+
+/// Where sm keeps its running VMs: `$XDG_RUNTIME_DIR/sm`, else `/run/sm`.
+pub fn runtime_root() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(|d| PathBuf::from(d).join("sm"))
+        .unwrap_or_else(|| PathBuf::from("/run/sm"))
+}
+
+/// A running VM.
+pub struct Vm {
+    name: String,
+    dir: PathBuf,
+    vmm: Option<Proc>,
+    backends: Vec<Proc>,
+    agent: Agent,
+    forwarders: Vec<PortForwarder>,
+    volume_mounts: Vec<String>,
+}
+
+/// How long the guest may take to unmount volumes and sync at stop.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Vm {
+    /// Starts the backends and sm-vmm, waits for the guest agent, mounts the mounts and
+    /// volumes and opens the port forwards.
+    pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("vm-{}-{}", std::process::id(), unique()));
+        let dir = runtime_root().join(&name);
+        if dir.join("vm.vsock").exists() {
+            return Err(VmError::NameTaken(name));
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| VmError::Io(format!("creating {}", dir.display()), e))?;
+        let mut vm = Vm {
+            name,
+            agent: Agent::new(dir.join("vm.vsock")),
+            dir,
+            vmm: None,
+            backends: vec![],
+            forwarders: vec![],
+            volume_mounts: vec![],
+        };
+        vm.boot(config)?;
+        Ok(vm)
+    }
+
+    fn boot(&mut self, config: &VmConfig) -> Result<(), VmError> {
+        let dir = self.dir.clone();
+        let mut vmm = Command::new(tool("sm-vmm"));
+        vmm.arg("--mem")
+            .arg(config.mem_mib.to_string())
+            .arg("--vcpus")
+            .arg(config.vcpus.to_string());
+        for (i, m) in config.mounts.iter().enumerate() {
+            if !m.host.is_dir() {
+                return Err(VmError::Guest(format!(
+                    "--mount: {} is not a directory",
+                    m.host.display()
+                )));
+            }
+            let socket = dir.join(format!("fs-{i}.sock"));
+            let mut cmd = Command::new(tool("sm-vhost-user-fs"));
+            cmd.arg("--socket")
+                .arg(&socket)
+                .arg("--shared-dir")
+                .arg(&m.host)
+                .args(["--tag", &format!("m{i}"), "--symlinks", m.symlinks.as_str()]);
+            if m.read_only {
+                cmd.arg("--read-only");
+            }
+            self.backend(
+                &format!("fs backend for {}", m.host.display()),
+                cmd,
+                &socket,
+            )?;
+            vmm.arg("--fs-socket")
+                .arg(format!("m{i}={}", socket.display()));
+        }
+        for (i, v) in config.volumes.iter().enumerate() {
+            let size = prepare_volume(v)?;
+            let socket = dir.join(format!("blk-{i}.sock"));
+            let mut cmd = Command::new(tool("sm-vhost-user-blk"));
+            cmd.arg("--socket")
+                .arg(&socket)
+                .arg("--file")
+                .arg(&v.file)
+                .args(["--size-mib", &size.to_string()]);
+            self.backend(&format!("volume {}", v.file.display()), cmd, &socket)?;
+            vmm.arg("--blk-socket").arg(&socket);
+        }
+        let vsock = dir.join("vsock.sock");
+        let mut cmd = Command::new(tool("vhost-device-vsock"));
+        cmd.args(["--guest-cid", "3", "--socket"])
+            .arg(&vsock)
+            .arg("--uds-path")
+            .arg(self.agent.socket());
+        self.backend("vhost-device-vsock", cmd, &vsock)?;
+        let ready = ReadySignal::bind(self.agent.socket())?;
+        vmm.arg("--vsock-socket")
+            .arg(&vsock)
+            .args(["--", "sleep", "2147483647"]);
+        self.vmm = Some(Proc::spawn("sm-vmm", vmm, dir.join("sm-vmm.log"))?);
+        let start = Instant::now();
+        loop {
+            if ready.wait(Duration::from_millis(100)).is_ok() {
+                break;
+            }
+            self.vmm.as_mut().expect("started").check_alive()?;
+            if start.elapsed() > BOOT_TIMEOUT {
+                return Err(ProcessError::Timeout("the guest agent".into(), BOOT_TIMEOUT).into());
+            }
+        }
+        for (i, m) in config.mounts.iter().enumerate() {
+            let opts = if m.read_only { "ro" } else { "rw" };
+            self.guest_mount(&m.guest, &["-t", "virtiofs", "-o", opts, &format!("m{i}")])?;
+        }
+        for (i, v) in config.volumes.iter().enumerate() {
+            let dev = format!("/dev/vd{}", (b'a' + i as u8) as char);
+            self.guest_mount(&v.guest, &["-t", "ext4", &dev])?;
+            self.volume_mounts.push(v.guest.clone());
+        }
+        for p in &config.ports {
+            self.expose_tcp(*p)?;
+        }
+        Ok(())
+    }
+
+    fn backend(&mut self, name: &str, cmd: Command, socket: &Path) -> Result<(), VmError> {
+        let log = self
+            .dir
+            .join(format!("backend-{}.log", self.backends.len()));
+        let mut p = Proc::spawn(name, cmd, log)?;
+        let ready = p.wait_for_socket(socket);
+        self.backends.push(p);
+        Ok(ready?)
+    }
+
+    /// Mounts in the guest: `mount ARGS... TARGET` after creating TARGET.
+    fn guest_mount(&self, target: &str, args: &[&str]) -> Result<(), VmError> {
+        let mut argv = vec![
+            "sh",
+            "-c",
+            "t=$1; shift; mkdir -p \"$t\" && mount \"$@\" \"$t\"",
+            "sh",
+            target,
+        ];
+        argv.extend_from_slice(args);
+        let out = self.exec(&argv).output()?;
+        if out.exit.code != Some(0) {
+            return Err(VmError::Guest(format!(
+                "mounting {target} in the guest failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The VM's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The VM's runtime directory (sockets and logs).
+    pub fn runtime_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The guest agent.
+    pub fn agent(&self) -> &Agent {
+        &self.agent
+    }
+
+    /// sm-vmm's process ID.
+    pub fn vmm_pid(&self) -> Option<i32> {
+        self.vmm.as_ref().map(|p| p.pid().as_raw())
+    }
+
+    /// A command to run in the guest.
+    pub fn exec<S: AsRef<str>>(&self, argv: &[S]) -> ExecBuilder<'_> {
+        ExecBuilder::new(
+            &self.agent,
+            ExecRequest {
+                argv: argv.iter().map(|s| s.as_ref().to_owned()).collect(),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Writes `data` to `path` in the guest (atomically; parents created).
+    pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), VmError> {
+        self.agent.write_file(path, data, mode)?;
+        Ok(())
+    }
+
+    /// Reads the guest file at `path`, refusing files over `max_bytes`.
+    pub fn read_file(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, VmError> {
+        Ok(self.agent.read_file(path, max_bytes)?)
+    }
+
+    /// Forwards host 127.0.0.1:`map.host` to guest port `map.guest`.
+    pub fn expose_tcp(&mut self, map: PortMap) -> Result<(), VmError> {
+        let f = PortForwarder::start(self.agent.clone(), map).map_err(|e| {
+            VmError::Io(
+                format!(
+                    "-p {}:{}: listening on 127.0.0.1:{}",
+                    map.host, map.guest, map.host
+                ),
+                e,
+            )
+        })?;
+        self.forwarders.push(f);
+        Ok(())
+    }
+
+    /// Stops the VM: sm-vmm first (the guest powers off), then the backends.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.forwarders.clear();
+        if self.vmm.as_mut().is_some_and(|v| v.check_alive().is_ok()) {
+            // Volumes are ext4 in the guest: unmount them (newest first) so that everything
+            // written reaches the backends before the VM goes away.
+            let script = "for t in \"$@\"; do umount \"$t\" 2>/dev/null; done; sync";
+            let mut argv = vec!["sh", "-c", script, "sh"];
+            argv.extend(self.volume_mounts.iter().rev().map(String::as_str));
+            let _ = self.exec(&argv).timeout(SYNC_TIMEOUT).output();
+        }
+        if let Some(mut vmm) = self.vmm.take() {
+            vmm.stop(Duration::from_secs(5));
+        }
+        for mut b in self.backends.drain(..).rev() {
+            b.stop(Duration::from_secs(2));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Creates a missing volume sparse and formats it ext4 (kept afterwards); returns the size
+/// in MiB to serve (an existing file keeps its own size).
+fn prepare_volume(v: &Volume) -> Result<u64, VmError> {
+    let what = || format!("--volume {}", v.file.display());
+    match std::fs::metadata(&v.file) {
+        Ok(m) => return Ok(m.len().div_ceil(1 << 20).max(1)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(VmError::Io(what(), e)),
+        Err(_) => {}
+    }
+    let tmp = v.file.with_extension("sm-new");
+    let f = std::fs::File::create(&tmp).map_err(|e| VmError::Io(what(), e))?;
+    f.set_len(v.size_mib << 20)
+        .map_err(|e| VmError::Io(what(), e))?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "nodiscard"])
+        .arg(&tmp)
+        .output()
+        .map_err(|e| VmError::Io("running mkfs.ext4 (apt-get install e2fsprogs)".into(), e))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(VmError::Guest(format!(
+            "mkfs.ext4 {}: {}",
+            v.file.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    std::fs::rename(&tmp, &v.file).map_err(|e| VmError::Io(what(), e))?;
+    Ok(v.size_mib)
+}
+
+/// A short unique suffix (time-based).
+fn unique() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}", t & 0xffff_ffff)
+}

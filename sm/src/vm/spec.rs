@@ -1,0 +1,220 @@
+//! What a VM is made of, parsed from the command line's shapes: `--mount`, `--volume`, `-p`.
+
+use std::path::PathBuf;
+
+/// Errors in a `--mount`, `--volume` or `-p` value.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The value does not have the documented shape.
+    #[error("{flag} {value:?}: {why}")]
+    Bad {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+fn bad(flag: &'static str, value: &str, why: impl Into<String>) -> SpecError {
+    SpecError::Bad {
+        flag,
+        value: value.to_owned(),
+        why: why.into(),
+    }
+}
+
+/// How the fs backend treats symlinks (sm-vhost-user-fs `--symlinks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Symlinks {
+    /// No symlinks or hard links created by the guest; escaping host links refused.
+    Deny,
+    /// Stored byte for byte, never followed on the host (the default).
+    Opaque,
+    /// Followed on the host (trusted single tenant).
+    Follow,
+}
+
+impl Symlinks {
+    /// The backend's flag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Symlinks::Deny => "deny",
+            Symlinks::Opaque => "opaque",
+            Symlinks::Follow => "follow",
+        }
+    }
+}
+
+/// A live host directory in the guest: `HOST:GUEST[:ro][:symlinks=deny|opaque|follow]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// Host directory.
+    pub host: PathBuf,
+    /// Absolute guest path.
+    pub guest: String,
+    /// Read-only in the guest.
+    pub read_only: bool,
+    /// Symlink policy.
+    pub symlinks: Symlinks,
+}
+
+/// A writable block volume: `FILE:GUEST[:size=N]` (N in MiB, or with a K/M/G/T suffix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    /// Host image file (created sparse and formatted ext4 on first use, kept after).
+    pub file: PathBuf,
+    /// Absolute guest path.
+    pub guest: String,
+    /// Size of a new volume in MiB.
+    pub size_mib: u64,
+}
+
+/// A forwarded port: host 127.0.0.1:`host` to guest 127.0.0.1:`guest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortMap {
+    /// Host port.
+    pub host: u16,
+    /// Guest port.
+    pub guest: u16,
+}
+
+fn guest_path(flag: &'static str, value: &str, p: &str) -> Result<String, SpecError> {
+    if !p.starts_with('/') || p.contains('\0') {
+        return Err(bad(flag, value, "the guest path must be absolute"));
+    }
+    Ok(p.to_owned())
+}
+
+impl std::str::FromStr for Mount {
+    type Err = SpecError;
+    fn from_str(v: &str) -> Result<Self, SpecError> {
+        let mut parts = v.split(':');
+        let (Some(host), Some(guest)) = (parts.next(), parts.next()) else {
+            return Err(bad("--mount", v, "expected HOST:GUEST[:ro][:symlinks=...]"));
+        };
+        if host.is_empty() {
+            return Err(bad("--mount", v, "the host directory is empty"));
+        }
+        let mut m = Mount {
+            host: PathBuf::from(host),
+            guest: guest_path("--mount", v, guest)?,
+            read_only: false,
+            symlinks: Symlinks::Opaque,
+        };
+        for opt in parts {
+            match opt {
+                "ro" => m.read_only = true,
+                "rw" => m.read_only = false,
+                "symlinks=deny" => m.symlinks = Symlinks::Deny,
+                "symlinks=opaque" => m.symlinks = Symlinks::Opaque,
+                "symlinks=follow" => m.symlinks = Symlinks::Follow,
+                o => return Err(bad("--mount", v, format!("unknown option {o:?}"))),
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// Parses a size: plain MiB, or a number with K, M, G or T (powers of 1024).
+fn size_mib(s: &str) -> Option<u64> {
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 0),
+        (i, 'M' | 'm') => (&s[..i], 1),
+        (i, 'G' | 'g') => (&s[..i], 1024),
+        (i, 'T' | 't') => (&s[..i], 1024 * 1024),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().ok()?;
+    if mult == 0 {
+        return (n % 1024 == 0 && n > 0).then_some(n / 1024);
+    }
+    n.checked_mul(mult).filter(|m| *m > 0)
+}
+
+impl std::str::FromStr for Volume {
+    type Err = SpecError;
+    fn from_str(v: &str) -> Result<Self, SpecError> {
+        let mut parts = v.split(':');
+        let (Some(file), Some(guest)) = (parts.next(), parts.next()) else {
+            return Err(bad("--volume", v, "expected FILE:GUEST[:size=N]"));
+        };
+        if file.is_empty() {
+            return Err(bad("--volume", v, "the volume file is empty"));
+        }
+        let mut vol = Volume {
+            file: PathBuf::from(file),
+            guest: guest_path("--volume", v, guest)?,
+            size_mib: 1024,
+        };
+        for opt in parts {
+            match opt.strip_prefix("size=") {
+                Some(s) => {
+                    vol.size_mib =
+                        size_mib(s).ok_or_else(|| bad("--volume", v, format!("bad size {s:?}")))?
+                }
+                None => return Err(bad("--volume", v, format!("unknown option {opt:?}"))),
+            }
+        }
+        Ok(vol)
+    }
+}
+
+impl std::str::FromStr for PortMap {
+    type Err = SpecError;
+    fn from_str(v: &str) -> Result<Self, SpecError> {
+        let (h, g) = v
+            .split_once(':')
+            .ok_or_else(|| bad("-p", v, "expected HOSTPORT:GUESTPORT"))?;
+        let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p > 0);
+        match (port(h), port(g)) {
+            (Some(host), Some(guest)) => Ok(PortMap { host, guest }),
+            _ => Err(bad("-p", v, "ports are 1 to 65535")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_volumes_and_ports_parse() {
+        let m: Mount = "/src:/work:ro:symlinks=deny".parse().unwrap();
+        assert_eq!(
+            (m.host.to_str(), m.guest.as_str(), m.read_only, m.symlinks),
+            (Some("/src"), "/work", true, Symlinks::Deny)
+        );
+        let m: Mount = "/src:/work".parse().unwrap();
+        assert_eq!((m.read_only, m.symlinks), (false, Symlinks::Opaque));
+        let v: Volume = "/c.img:/work/node_modules:size=1G".parse().unwrap();
+        assert_eq!(v.size_mib, 1024);
+        let v: Volume = "/c.img:/data:size=64".parse().unwrap();
+        assert_eq!(v.size_mib, 64);
+        let p: PortMap = "8080:80".parse().unwrap();
+        assert_eq!((p.host, p.guest), (8080, 80));
+    }
+
+    #[test]
+    fn bad_shapes_say_what_is_wrong() {
+        for (v, why) in [
+            ("/src", "expected HOST:GUEST"),
+            ("/src:work", "must be absolute"),
+            ("/src:/w:rx", "unknown option \"rx\""),
+        ] {
+            let e = v.parse::<Mount>().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        for v in [
+            "/c.img:/d:size=0",
+            "/c.img:/d:size=1X",
+            "/c.img:/d:size=1000K",
+        ] {
+            assert!(v.parse::<Volume>().is_err(), "{v}");
+        }
+        for v in ["80", "0:80", "80:70000", "a:b"] {
+            assert!(v.parse::<PortMap>().is_err(), "{v}");
+        }
+    }
+}
