@@ -26,6 +26,9 @@ pub struct ExecRequest {
     pub timeout_ms: Option<u64>,
     /// Whether the host sends stdin frames; otherwise stdin is `/dev/null`.
     pub stdin: bool,
+    /// Run chrooted into this guest directory (an image's root); `cwd` is inside it.
+    #[serde(default)]
+    pub root: Option<String>,
 }
 
 /// What the host asks for; one per connection.

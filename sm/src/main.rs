@@ -1,6 +1,7 @@
 //! `sm`: the front door. One module per subcommand; this file only parses flags, dispatches
 //! and turns any error into one line on stderr and a non-zero exit.
 
+mod image;
 mod images;
 mod pull;
 mod rmi;

@@ -36,7 +36,15 @@ pub struct Args {
     /// A name for the VM (its runtime directory).
     #[arg(long)]
     name: Option<String>,
-    /// The command and its arguments (default: a shell).
+    /// Plain HTTP to a registry that is not on a loopback address (when pulling IMAGE).
+    #[arg(long)]
+    insecure: bool,
+    /// An image to run (pulled if needed): a registry reference, oci-layout:PATH[:TAG],
+    /// oci-archive:PATH or docker-archive:PATH. Without it the command runs in the guest's
+    /// own minimal root.
+    #[arg(value_name = "IMAGE")]
+    image: Option<String>,
+    /// The command and its arguments (default: the image's Entrypoint and Cmd, or a shell).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
 }
@@ -56,6 +64,10 @@ static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
 /// Runs the command; returns its exit code (128 + N if signal N ended it).
 pub fn run(args: Args) -> Result<u8, String> {
     watch_stop_signals()?;
+    let image = match &args.image {
+        Some(r) => Some(crate::image::resolve(r, args.insecure)?),
+        None => None,
+    };
     let config = VmConfig {
         name: args.name,
         mem_mib: args.mem,
@@ -63,6 +75,7 @@ pub fn run(args: Args) -> Result<u8, String> {
         mounts: args.mounts,
         volumes: args.volumes,
         ports: args.ports,
+        root_image: image.as_ref().map(|i| i.rootfs.clone()),
     };
     let vm = Vm::start(&config).map_err(|e| e.to_string())?;
     if let Some(pid) = vm.vmm_pid() {
@@ -72,17 +85,16 @@ pub fn run(args: Args) -> Result<u8, String> {
         vm.stop();
         return Ok(128 + STOPPED_BY.load(Ordering::SeqCst) as u8);
     }
-    let argv = if args.command.is_empty() {
-        vec!["sh".to_owned()]
-    } else {
-        args.command
-    };
-    let mut exec = vm.exec(&argv);
-    for (k, v) in &args.env {
+    let plan = crate::image::plan(image.as_ref(), args.command, &vm)?;
+    let mut exec = vm.exec(&plan.argv);
+    for (k, v) in plan.env.iter().chain(&args.env) {
         exec = exec.env(k, v);
     }
-    if let Some(dir) = &args.workdir {
+    if let Some(dir) = args.workdir.as_ref().or(plan.workdir.as_ref()) {
         exec = exec.cwd(dir);
+    }
+    if let Some((uid, gid)) = plan.user {
+        exec = exec.user(uid, gid);
     }
     let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());

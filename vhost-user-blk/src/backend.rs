@@ -6,42 +6,29 @@
 //! after notifications are re-enabled, so no kick is lost.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
-use tracing::{debug, warn};
+use sm_vhost_user_common::queue::{handle_queue_event, one_queue_per_thread, QueueState};
+use sm_vhost_user_common::serve::ServedBackend;
+use tracing::warn;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::QueueOwnedT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::{DeviceConfig, MAX_QUEUE_SIZE};
 use crate::image::Image;
 use crate::request::{self, Segment};
 
-/// Guest memory as the backend sees it.
-pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
-/// One virtqueue with its kick and call eventfds.
-pub type Vring = VringRwLock<GuestMem>;
-
-/// Lowest descriptor number for the queue threads' exit eventfds. vhost-user-backend 0.22
-/// turns each into a raw fd it never closes (one leak per queue per connection); keeping them
-/// above every other descriptor this process opens lets [`BlkBackend::close_exit_events`]
-/// close them without any risk of hitting a number reused for something else.
-const EXIT_FD_BASE: RawFd = 512;
+pub use sm_vhost_user_common::queue::{GuestMem, Vring};
 
 /// The virtio-blk device state for one frontend connection.
 pub struct BlkBackend {
     image: Arc<Image>,
     config: DeviceConfig,
-    event_idx: AtomicBool,
-    mem: RwLock<Option<GuestMem>>,
-    exit_fds: Mutex<Vec<RawFd>>,
+    queues: QueueState,
 }
 
 impl BlkBackend {
@@ -55,37 +42,7 @@ impl BlkBackend {
         BlkBackend {
             image,
             config,
-            event_idx: AtomicBool::new(false),
-            mem: RwLock::new(None),
-            exit_fds: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Closes the exit eventfds the library leaked; call once its daemon is dropped (every
-    /// queue thread joined), before the next connection.
-    pub fn close_exit_events(&self) {
-        let fds = std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|e| e.into_inner()));
-        for fd in fds {
-            // SAFETY: `fd` was duplicated above EXIT_FD_BASE by `exit_event` for a daemon
-            // that is gone; nothing else uses it, and no other descriptor can have its number.
-            unsafe { libc::close(fd) };
-        }
-    }
-
-    /// Drains one queue, re-checking after re-enabling notifications under EVENT_IDX.
-    fn process_queue(&self, vring: &Vring) -> io::Result<()> {
-        let Some(atomic) = self.mem.read().map_err(|_| poisoned())?.clone() else {
-            return Ok(()); // No memory table yet: nothing can be in the ring.
-        };
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
-        loop {
-            if event_idx {
-                vring.disable_notification().map_err(queue_err)?;
-            }
-            self.process_available(vring, &atomic)?;
-            if !event_idx || !vring.enable_notification().map_err(queue_err)? {
-                return Ok(());
-            }
+            queues: QueueState::new(),
         }
     }
 
@@ -115,19 +72,17 @@ impl BlkBackend {
                 warn!("cannot return descriptor {head} to the guest: {e}");
             }
         }
-        if vring.needs_notification().map_err(queue_err)? {
+        if vring.needs_notification().map_err(io::Error::other)? {
             vring.signal_used_queue()?;
         }
         Ok(())
     }
 }
 
-fn poisoned() -> io::Error {
-    io::Error::other("guest memory lock poisoned")
-}
-
-fn queue_err(e: virtio_queue::Error) -> io::Error {
-    io::Error::other(e)
+impl ServedBackend for BlkBackend {
+    fn queue_state(&self) -> &QueueState {
+        &self.queues
+    }
 }
 
 impl VhostUserBackend for BlkBackend {
@@ -153,7 +108,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.queues.set_event_idx(enabled);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -161,30 +116,15 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        *self.mem.write().map_err(|_| poisoned())? = Some(mem);
-        Ok(())
+        self.queues.update_memory(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.config.num_queues).map(|q| 1u64 << q).collect()
+        one_queue_per_thread(self.config.num_queues.into())
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        // Without an exit event the library cannot stop (or join) the worker threads.
-        let (consumer, notifier) =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
-        // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own; no memory is involved.
-        let high =
-            unsafe { libc::fcntl(consumer.as_raw_fd(), libc::F_DUPFD_CLOEXEC, EXIT_FD_BASE) };
-        if high < 0 {
-            return Some((consumer, notifier)); // Over the fd limit: leak rather than fail.
-        }
-        self.exit_fds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(high);
-        // SAFETY: `high` is a new descriptor that nothing else owns.
-        Some((unsafe { EventConsumer::from_raw_fd(high) }, notifier))
+        self.queues.exit_events().create()
     }
 
     fn handle_event(
@@ -194,21 +134,10 @@ impl VhostUserBackend for BlkBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            debug!("queue thread {thread_id}: ignoring event set {evset:?}");
-            return Ok(());
-        }
-        // Each thread owns exactly one queue, so the event is that queue's kick.
-        // Errors are logged, never returned: an error would end this queue's thread.
-        match vrings.get(usize::from(device_event)) {
-            Some(vring) => {
-                if let Err(e) = self.process_queue(vring) {
-                    warn!("queue thread {thread_id}: {e}");
-                }
-            }
-            None => debug!("queue thread {thread_id}: unknown event {device_event}"),
-        }
-        Ok(())
+        handle_queue_event(device_event, evset, vrings, thread_id, |vring, _| {
+            self.queues
+                .drain(vring, |mem| self.process_available(vring, mem))
+        })
     }
 }
 
@@ -220,7 +149,7 @@ mod tests {
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;

@@ -2,7 +2,6 @@
 //! enters the sandbox, then serves frontends until killed. Errors are one line on stderr and
 //! a non-zero exit; stdout stays silent.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -89,37 +88,5 @@ fn run(args: Args) -> Result<(), MainError> {
 }
 
 fn main() -> ExitCode {
-    sm_sandbox::close_inherited_fds();
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
-        Err(e) => {
-            // clap's message spans lines (details, then usage): keep the part before the
-            // first blank line, joined into one.
-            let msg = e.to_string();
-            let summary: Vec<&str> = msg
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let line = summary.join(" ");
-            eprintln!("sm-vhost-user-blk: {}", line.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sm-vhost-user-blk: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    sm_vhost_user_common::startup::main("sm-vhost-user-blk", "info", run)
 }

@@ -3,36 +3,19 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use common::{bin, proc_status, Backend};
+use common::{proc_status, Backend, Blk, Program};
+use sm_test_support::cli::survives_garbage;
+use sm_test_support::s;
 
 fn run(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run sm-vhost-user-blk")
+    Blk::run(args)
 }
 
-/// Asserts a failed run with exactly one stderr line that contains every one of `words`.
 fn assert_one_line_error(out: &Output, words: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "succeeded: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "not one line:\n{stderr}");
-    assert!(stderr.starts_with("sm-vhost-user-blk: "), "{stderr}");
-    for w in words {
-        assert!(stderr.contains(w), "{w:?} missing from: {stderr}");
-    }
-    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    Blk::assert_one_line_error(out, words)
 }
 
 #[test]
@@ -148,24 +131,6 @@ fn sandbox_none_warns_loudly_and_stays_unconfined() {
     assert!(b.sandboxed_pid().is_none());
 }
 
-/// A vhost-user message header: request, flags (version 1), payload size.
-fn header(request: u32, size: u32) -> Vec<u8> {
-    [request, 1, size]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect()
-}
-
-/// Sends VHOST_USER_GET_FEATURES and returns the feature bits.
-fn get_features(sock: &Path) -> u64 {
-    let mut c = UnixStream::connect(sock).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    c.write_all(&header(1, 0)).unwrap();
-    let mut reply = [0u8; 20];
-    c.read_exact(&mut reply).unwrap();
-    u64::from_le_bytes(reply[12..20].try_into().unwrap())
-}
-
 #[test]
 fn garbage_from_a_frontend_does_not_stop_the_backend() {
     let dir = tempfile::tempdir().unwrap();
@@ -175,31 +140,7 @@ fn garbage_from_a_frontend_does_not_stop_the_backend() {
         "b",
         &["--file", s(&img), "--size-mib", "4", "--num-queues", "4"],
     );
-    let pid = b.sandboxed_pid().unwrap();
-    let fds = || {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
-    // Let the first connection's state settle, then count descriptors.
-    drop(UnixStream::connect(&b.socket).unwrap());
-    std::thread::sleep(Duration::from_millis(100));
-    let fds_before = fds();
-    // An unknown request, a huge payload size, a truncated header, a bogus memory table.
-    for msg in [
-        header(9999, 0),
-        header(1, u32::MAX),
-        vec![1, 2, 3],
-        [header(5, 8), vec![0xff; 8]].concat(),
-    ] {
-        let mut c = UnixStream::connect(&b.socket).unwrap();
-        let _ = c.write_all(&msg);
-        drop(c);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Still the same sandboxed process, and it answers a well-formed request.
-    assert_eq!(b.sandboxed_pid(), Some(pid), "{}", b.log());
-    let features = get_features(&b.socket);
+    let features = survives_garbage(&b);
     assert_ne!(
         features & (1 << 32),
         0,
@@ -210,11 +151,4 @@ fn garbage_from_a_frontend_does_not_stop_the_backend() {
         0,
         "vhost-user protocol features bit missing"
     );
-    // Connections come and go without leaking descriptors.
-    for _ in 0..10 {
-        drop(UnixStream::connect(&b.socket).unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(fds(), fds_before, "descriptors leaked across connections");
 }

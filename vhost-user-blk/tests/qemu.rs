@@ -5,10 +5,10 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
 use common::{blocks, proc_status, run_guest, sha256_range, Backend};
+use sm_test_support::assert_own_namespaces;
 
 const MIB: u64 = 1 << 20;
 
@@ -44,11 +44,7 @@ fn sandboxed_backend_serves_qemu_with_two_queues() {
     ] {
         assert!(status.contains(line), "missing {line:?} in\n{status}");
     }
-    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
-        assert_ne!(theirs, ours, "{ns} namespace is shared with the host");
-    }
+    assert_own_namespaces(pid);
     let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
         .unwrap()
         .collect();
@@ -81,15 +77,7 @@ fn sandboxed_backend_serves_qemu_with_two_queues() {
         run.value("written")
     );
 
-    assert_eq!(
-        backend.sandboxed_pid(),
-        Some(pid),
-        "the serving process changed"
-    );
-    assert_eq!(backend.stdout(), "", "stdout must stay silent");
-    let log = backend.log();
-    let exit = backend.stop();
-    assert_eq!(exit.signal(), Some(libc::SIGTERM), "{exit:?}\n{log}");
+    backend.assert_stops_cleanly(pid);
 }
 
 #[test]

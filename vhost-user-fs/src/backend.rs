@@ -6,21 +6,19 @@
 //! returned with no reply bytes; nothing a guest sends ends a queue thread.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use sm_vhost_user_common::queue::{handle_queue_event, one_queue_per_thread, QueueState};
+use sm_vhost_user_common::serve::ServedBackend;
 use tracing::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::{DeviceConfig, MAX_QUEUE_SIZE, NUM_QUEUES};
 use crate::fs::SharedFs;
@@ -29,27 +27,16 @@ use crate::pool::Pool;
 /// Index of the high-priority queue (FORGET, INTERRUPT); always served inline.
 const HIPRIO_QUEUE: usize = 0;
 
-/// Guest memory as the backend sees it.
-pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
-/// One virtqueue with its kick and call eventfds.
-pub type Vring = VringRwLock<GuestMem>;
+pub use sm_vhost_user_common::queue::{GuestMem, Vring};
 /// A descriptor chain holding its own snapshot of guest memory.
 type Chain = DescriptorChain<Arc<GuestMemoryMmap>>;
-
-/// Lowest descriptor number for the queue threads' exit eventfds. vhost-user-backend 0.22
-/// turns each into a raw fd it never closes (one leak per queue per connection); keeping them
-/// above every other descriptor this process opens lets [`FsBackend::close_exit_events`]
-/// close them safely. (The same workaround as sm-vhost-user-blk's.)
-const EXIT_FD_BASE: RawFd = 512;
 
 /// The virtio-fs device state for one frontend connection.
 pub struct FsBackend {
     server: Arc<Server<Arc<SharedFs>>>,
     pool: Option<Pool>,
     config: DeviceConfig,
-    event_idx: AtomicBool,
-    mem: RwLock<Option<GuestMem>>,
-    exit_fds: Mutex<Vec<RawFd>>,
+    queues: QueueState,
 }
 
 impl FsBackend {
@@ -64,37 +51,8 @@ impl FsBackend {
             server: Arc::new(Server::new(fs)),
             pool,
             config,
-            event_idx: AtomicBool::new(false),
-            mem: RwLock::new(None),
-            exit_fds: Mutex::new(Vec::new()),
+            queues: QueueState::new(),
         })
-    }
-
-    /// Closes the exit eventfds the library leaked; call once its daemon is dropped.
-    pub fn close_exit_events(&self) {
-        let fds = std::mem::take(&mut *self.exit_fds.lock().unwrap_or_else(|e| e.into_inner()));
-        for fd in fds {
-            // SAFETY: `fd` was duplicated above EXIT_FD_BASE by `exit_event` for a daemon
-            // that is gone; nothing else uses it.
-            unsafe { libc::close(fd) };
-        }
-    }
-
-    /// Drains one queue, re-checking after re-enabling notifications under EVENT_IDX.
-    fn process_queue(&self, vring: &Vring, queue: usize) -> io::Result<()> {
-        let Some(atomic) = self.mem.read().map_err(|_| poisoned())?.clone() else {
-            return Ok(());
-        };
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
-        loop {
-            if event_idx {
-                vring.disable_notification().map_err(io::Error::other)?;
-            }
-            self.process_available(vring, &atomic, queue)?;
-            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
-                return Ok(());
-            }
-        }
     }
 
     /// Runs every request in the available ring (or hands it to the pool) and notifies
@@ -169,8 +127,10 @@ fn complete(vring: &Vring, head: u16, used: u32) {
     }
 }
 
-fn poisoned() -> io::Error {
-    io::Error::other("guest memory lock poisoned")
+impl ServedBackend for FsBackend {
+    fn queue_state(&self) -> &QueueState {
+        &self.queues
+    }
 }
 
 impl VhostUserBackend for FsBackend {
@@ -201,7 +161,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
+        self.queues.set_event_idx(enabled);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
@@ -209,29 +169,15 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
-        *self.mem.write().map_err(|_| poisoned())? = Some(mem);
-        Ok(())
+        self.queues.update_memory(mem)
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..NUM_QUEUES).map(|q| 1u64 << q).collect()
+        one_queue_per_thread(NUM_QUEUES)
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (consumer, notifier) =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
-        // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own; no memory is involved.
-        let high =
-            unsafe { libc::fcntl(consumer.as_raw_fd(), libc::F_DUPFD_CLOEXEC, EXIT_FD_BASE) };
-        if high < 0 {
-            return Some((consumer, notifier));
-        }
-        self.exit_fds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(high);
-        // SAFETY: `high` is a new descriptor that nothing else owns.
-        Some((unsafe { EventConsumer::from_raw_fd(high) }, notifier))
+        self.queues.exit_events().create()
     }
 
     fn handle_event(
@@ -241,19 +187,10 @@ impl VhostUserBackend for FsBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            debug!("queue thread {thread_id}: ignoring event set {evset:?}");
-            return Ok(());
-        }
-        match vrings.get(usize::from(device_event)) {
-            Some(vring) => {
-                if let Err(e) = self.process_queue(vring, usize::from(device_event)) {
-                    warn!("queue thread {thread_id}: {e}");
-                }
-            }
-            None => debug!("queue thread {thread_id}: unknown event {device_event}"),
-        }
-        Ok(())
+        handle_queue_event(device_event, evset, vrings, thread_id, |vring, queue| {
+            self.queues
+                .drain(vring, |mem| self.process_available(vring, mem, queue))
+        })
     }
 }
 
@@ -266,7 +203,7 @@ mod tests {
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
 
     /// Thousands of random FUSE requests (valid headers, random opcodes, node IDs and
     /// bodies) through the real queue loop: every chain comes back, nothing panics, and

@@ -2,7 +2,6 @@
 //! the shared directory from inside it, then serves frontends until killed. Errors are one
 //! line on stderr and a non-zero exit; stdout stays silent.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -155,40 +154,6 @@ fn run(args: Args) -> Result<(), MainError> {
 }
 
 fn main() -> ExitCode {
-    sm_sandbox::close_inherited_fds();
-    let args = match Args::try_parse() {
-        Ok(a) => a,
-        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
-        Err(e) => {
-            // clap's message spans lines (details, then usage): keep the part before the
-            // first blank line, joined into one.
-            let msg = e.to_string();
-            let summary: Vec<&str> = msg
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let line = summary.join(" ");
-            eprintln!("sm-vhost-user-fs: {}", line.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // fuse-backend-rs logs every FUSE INIT over several lines at info.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("info,fuse_backend_rs=warn")
-                }),
-        )
-        .init();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sm-vhost-user-fs: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    // fuse-backend-rs logs every FUSE INIT over several lines at info.
+    sm_vhost_user_common::startup::main("sm-vhost-user-fs", "info,fuse_backend_rs=warn", run)
 }

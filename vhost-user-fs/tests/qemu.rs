@@ -6,11 +6,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{proc_status, run_guest, sha256_file, wait_for, Backend, GuestRun};
+use sm_test_support::assert_own_namespaces;
 
 /// Prints `KEY=ok` when the command succeeds, `KEY=fail` when it does not.
 const PRELUDE: &str = r#"
@@ -128,11 +128,7 @@ fn opaque_share_serves_posix_and_npm_and_contains_escapes() {
         let line = format!("{set}:\t{expected_caps}");
         assert!(status.contains(&line), "missing {line:?} in\n{status}");
     }
-    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
-        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
-        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).unwrap();
-        assert_ne!(theirs, ours, "{ns} namespace is shared with the host");
-    }
+    assert_own_namespaces(pid);
     let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     assert_eq!(
         mounts.lines().count(),
@@ -242,15 +238,7 @@ cd /; umount /mnt; echo umount=ok
     );
     tree.assert_outside_untouched();
 
-    assert_eq!(
-        backend.sandboxed_pid(),
-        Some(pid),
-        "the serving process changed"
-    );
-    assert_eq!(backend.stdout(), "", "stdout must stay silent");
-    let log = backend.log();
-    let exit = backend.stop();
-    assert_eq!(exit.signal(), Some(libc::SIGTERM), "{exit:?}\n{log}");
+    backend.assert_stops_cleanly(pid);
 }
 
 #[test]
@@ -504,10 +492,10 @@ ln -s ../packages/x ws/node_modules/x; echo npm=$(cat ws/node_modules/x/index.js
 #[test]
 fn unprivileged_backend_serves() {
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 || !Path::new("/usr/bin/setpriv").exists() {
-        eprintln!("needs root and setpriv to switch to an unprivileged user; skipping");
-        return;
-    }
+    assert!(
+        unsafe { libc::geteuid() } == 0 && Path::new("/usr/bin/setpriv").exists(),
+        "this test needs root and setpriv (util-linux) to switch to an unprivileged user"
+    );
     let tree = Tree::new();
     let nobody = 65534;
     std::fs::set_permissions(tree.path(), std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -1,6 +1,7 @@
 //! Exec: runs a command with its stdout and stderr streamed back as separate frames,
 //! stdin fed from the host, signals forwarded, and a timeout that kills its process group.
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
@@ -23,7 +24,6 @@ pub fn run(conn: &mut File, req: ExecRequest) -> Response {
     };
     let mut cmd = Command::new(program);
     cmd.args(&req.argv[1..])
-        .current_dir(req.cwd.as_deref().unwrap_or("/"))
         .stdin(if req.stdin {
             Stdio::piped()
         } else {
@@ -43,11 +43,31 @@ pub fn run(conn: &mut File, req: ExecRequest) -> Response {
                 .env("TERM", "linux");
         }
     }
-    if let Some(gid) = req.gid {
-        cmd.gid(gid);
-    }
-    if let Some(uid) = req.uid {
-        cmd.uid(uid);
+    let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
+    match &req.root {
+        // std changes directory and user before pre_exec runs: inside a root, all of that
+        // has to happen after the chroot, in this order.
+        Some(root) => {
+            let (root, cwd) = match (CString::new(root.as_str()), CString::new(cwd)) {
+                (Ok(r), Ok(c)) => (r, c),
+                _ => return Response::Failed("exec: a path contains NUL".into()),
+            };
+            let (uid, gid) = (req.uid, req.gid);
+            // SAFETY: between fork and exec the closure only makes async-signal-safe system
+            // calls (chroot, chdir, setgroups, setgid, setuid) on data prepared beforehand.
+            unsafe {
+                cmd.pre_exec(move || enter_root(&root, &cwd, uid, gid));
+            }
+        }
+        None => {
+            cmd.current_dir(cwd);
+            if let Some(gid) = req.gid {
+                cmd.gid(gid);
+            }
+            if let Some(uid) = req.uid {
+                cmd.uid(uid);
+            }
+        }
     }
     let start = Instant::now();
     let (mut child, exited) = match crate::reaper::spawn(&mut cmd) {
@@ -118,6 +138,30 @@ pub fn run(conn: &mut File, req: ExecRequest) -> Response {
         timed_out,
         duration_us: start.elapsed().as_micros() as u64,
     })
+}
+
+/// In the child: chroot into `root`, change to `cwd` there, then drop to `gid`/`uid`.
+fn enter_root(root: &CStr, cwd: &CStr, uid: Option<u32>, gid: Option<u32>) -> std::io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain system calls on NUL-terminated strings that outlive them.
+    unsafe {
+        check(libc::chroot(root.as_ptr()))?;
+        check(libc::chdir(cwd.as_ptr()))?;
+        if let Some(g) = gid {
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(g))?;
+        }
+        if let Some(u) = uid {
+            check(libc::setuid(u))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies one output pipe into frames of `kind` until end of file.

@@ -7,4 +7,5 @@ mod blk;
 mod boot;
 mod common;
 mod fs;
+mod image;
 mod run;

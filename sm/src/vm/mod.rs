@@ -61,6 +61,9 @@ pub struct VmConfig {
     pub volumes: Vec<Volume>,
     /// Host ports forwarded to guest ports.
     pub ports: Vec<PortMap>,
+    /// A read-only root file system image (erofs) to run commands in, under a writable
+    /// tmpfs overlay; `None` runs them in the guest's own initramfs root.
+    pub root_image: Option<PathBuf>,
 }
 
 impl Default for VmConfig {
@@ -72,9 +75,21 @@ impl Default for VmConfig {
             mounts: vec![],
             volumes: vec![],
             ports: vec![],
+            root_image: None,
         }
     }
 }
+
+/// Where the guest assembles an image's root (erofs lower, tmpfs upper).
+const GUEST_ROOT: &str = "/sm/root";
+/// Sets up [`GUEST_ROOT`] from the image on `$1`, with /proc, /sys and /dev inside.
+const ROOT_SCRIPT: &str = "set -e; mkdir -p /sm/ro /sm/rw /sm/root; \
+    mount -t erofs -o ro \"$1\" /sm/ro; mount -t tmpfs -o mode=0755 tmpfs /sm/rw; \
+    mkdir -p /sm/rw/upper /sm/rw/work; \
+    mount -t overlay overlay -o lowerdir=/sm/ro,upperdir=/sm/rw/upper,workdir=/sm/rw/work /sm/root; \
+    for d in proc sys dev tmp; do mkdir -p /sm/root/$d; done; \
+    mount -t proc proc /sm/root/proc; mount -t sysfs sysfs /sm/root/sys; \
+    mount -o rbind /dev /sm/root/dev; mount -t tmpfs -o mode=1777 tmpfs /sm/root/tmp";
 
 /// Where sm keeps its running VMs: `$XDG_RUNTIME_DIR/sm`, else `/run/sm`.
 pub fn runtime_root() -> PathBuf {
@@ -92,6 +107,7 @@ pub struct Vm {
     agent: Agent,
     forwarders: Vec<PortForwarder>,
     volume_mounts: Vec<String>,
+    root: Option<String>,
 }
 
 /// How long the guest may take to unmount volumes and sync at stop.
@@ -119,6 +135,7 @@ impl Vm {
             backends: vec![],
             forwarders: vec![],
             volume_mounts: vec![],
+            root: None,
         };
         vm.boot(config)?;
         Ok(vm)
@@ -156,6 +173,18 @@ impl Vm {
             vmm.arg("--fs-socket")
                 .arg(format!("m{i}={}", socket.display()));
         }
+        if let Some(image) = &config.root_image {
+            let socket = dir.join("root.sock");
+            let mut cmd = Command::new(tool("sm-vhost-user-blk"));
+            cmd.arg("--socket")
+                .arg(&socket)
+                .arg("--file")
+                .arg(image)
+                .arg("--read-only");
+            self.backend(&format!("root image {}", image.display()), cmd, &socket)?;
+            vmm.arg("--blk-socket").arg(&socket);
+        }
+        let first_volume = usize::from(config.root_image.is_some());
         for (i, v) in config.volumes.iter().enumerate() {
             let size = prepare_volume(v)?;
             let socket = dir.join(format!("blk-{i}.sock"));
@@ -190,14 +219,35 @@ impl Vm {
                 return Err(ProcessError::Timeout("the guest agent".into(), BOOT_TIMEOUT).into());
             }
         }
+        if config.root_image.is_some() {
+            let out = self
+                .exec(&["sh", "-c", ROOT_SCRIPT, "sh", "/dev/vda"])
+                .output()?;
+            if out.exit.code != Some(0) {
+                return Err(VmError::Guest(format!(
+                    "assembling the image's root in the guest failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let prefix = if config.root_image.is_some() {
+            GUEST_ROOT
+        } else {
+            ""
+        };
         for (i, m) in config.mounts.iter().enumerate() {
             let opts = if m.read_only { "ro" } else { "rw" };
-            self.guest_mount(&m.guest, &["-t", "virtiofs", "-o", opts, &format!("m{i}")])?;
+            let target = format!("{prefix}{}", m.guest);
+            self.guest_mount(&target, &["-t", "virtiofs", "-o", opts, &format!("m{i}")])?;
         }
         for (i, v) in config.volumes.iter().enumerate() {
-            let dev = format!("/dev/vd{}", (b'a' + i as u8) as char);
-            self.guest_mount(&v.guest, &["-t", "ext4", &dev])?;
-            self.volume_mounts.push(v.guest.clone());
+            let dev = format!("/dev/vd{}", (b'a' + (first_volume + i) as u8) as char);
+            let target = format!("{prefix}{}", v.guest);
+            self.guest_mount(&target, &["-t", "ext4", &dev])?;
+            self.volume_mounts.push(target);
+        }
+        if config.root_image.is_some() {
+            self.root = Some(GUEST_ROOT.into());
         }
         for p in &config.ports {
             self.expose_tcp(*p)?;
@@ -255,15 +305,21 @@ impl Vm {
         self.vmm.as_ref().map(|p| p.pid().as_raw())
     }
 
-    /// A command to run in the guest.
+    /// A command to run in the guest (inside the image's root when there is one).
     pub fn exec<S: AsRef<str>>(&self, argv: &[S]) -> ExecBuilder<'_> {
         ExecBuilder::new(
             &self.agent,
             ExecRequest {
                 argv: argv.iter().map(|s| s.as_ref().to_owned()).collect(),
+                root: self.root.clone(),
                 ..Default::default()
             },
         )
+    }
+
+    /// The guest path of the image's root, if the VM runs an image.
+    pub fn guest_root(&self) -> Option<&str> {
+        self.root.as_deref()
     }
 
     /// Writes `data` to `path` in the guest (atomically; parents created).
@@ -305,7 +361,13 @@ impl Vm {
             let script = "for t in \"$@\"; do umount \"$t\" 2>/dev/null; done; sync";
             let mut argv = vec!["sh", "-c", script, "sh"];
             argv.extend(self.volume_mounts.iter().rev().map(String::as_str));
-            let _ = self.exec(&argv).timeout(SYNC_TIMEOUT).output();
+            let req = ExecRequest {
+                argv: argv.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            };
+            let _ = ExecBuilder::new(&self.agent, req)
+                .timeout(SYNC_TIMEOUT)
+                .output();
         }
         if let Some(mut vmm) = self.vmm.take() {
             vmm.stop(Duration::from_secs(5));

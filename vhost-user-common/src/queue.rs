@@ -1,0 +1,204 @@
+//! Device glue shared by the backends' queue loops: the guest memory and vring types, the
+//! per-connection queue state with its EVENT_IDX drain loop, the queue event dispatch, and
+//! the queue threads' exit eventfds.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use tracing::{debug, warn};
+
+use vhost_user_backend::{VringRwLock, VringT};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+/// Guest memory as the backend sees it.
+pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
+/// One virtqueue with its kick and call eventfds.
+pub type Vring = VringRwLock<GuestMem>;
+
+/// Lowest descriptor number for the queue threads' exit eventfds. vhost-user-backend 0.22
+/// turns each into a raw fd it never closes (one leak per queue per connection); keeping them
+/// above every other descriptor this process opens lets [`ExitEvents::close_all`] close them
+/// without any risk of hitting a number reused for something else.
+const EXIT_FD_BASE: RawFd = 512;
+
+/// The exit eventfds handed to one connection's queue threads, closed once they are gone.
+#[derive(Debug, Default)]
+pub struct ExitEvents {
+    fds: Mutex<Vec<RawFd>>,
+}
+
+impl ExitEvents {
+    /// No exit eventfds yet.
+    pub fn new() -> ExitEvents {
+        ExitEvents::default()
+    }
+
+    /// A new exit event for a queue thread: the answer to
+    /// [`VhostUserBackend::exit_event`](vhost_user_backend::VhostUserBackend::exit_event).
+    pub fn create(&self) -> Option<(EventConsumer, EventNotifier)> {
+        // Without an exit event the library cannot stop (or join) the worker threads.
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()?;
+        // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we own; no memory is involved.
+        let high =
+            unsafe { libc::fcntl(consumer.as_raw_fd(), libc::F_DUPFD_CLOEXEC, EXIT_FD_BASE) };
+        if high < 0 {
+            return Some((consumer, notifier)); // Over the fd limit: leak rather than fail.
+        }
+        self.fds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(high);
+        // SAFETY: `high` is a new descriptor that nothing else owns.
+        Some((unsafe { EventConsumer::from_raw_fd(high) }, notifier))
+    }
+
+    /// Closes the exit eventfds the library leaked; call once its daemon is dropped (every
+    /// queue thread joined), before the next connection.
+    pub fn close_all(&self) {
+        let fds = std::mem::take(&mut *self.fds.lock().unwrap_or_else(|e| e.into_inner()));
+        for fd in fds {
+            // SAFETY: `fd` was duplicated above EXIT_FD_BASE by `create` for a daemon that
+            // is gone; nothing else uses it, and no other descriptor can have its number.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// What every device keeps per frontend connection for its queues: the guest memory, whether
+/// VIRTIO_RING_F_EVENT_IDX was negotiated, and the queue threads' exit events.
+#[derive(Debug, Default)]
+pub struct QueueState {
+    mem: RwLock<Option<GuestMem>>,
+    event_idx: AtomicBool,
+    exit_events: ExitEvents,
+}
+
+impl QueueState {
+    /// No memory table yet, no EVENT_IDX.
+    pub fn new() -> QueueState {
+        QueueState::default()
+    }
+
+    /// The answer to
+    /// [`VhostUserBackend::set_event_idx`](vhost_user_backend::VhostUserBackend::set_event_idx).
+    pub fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Replaces the guest memory: the answer to
+    /// [`VhostUserBackend::update_memory`](vhost_user_backend::VhostUserBackend::update_memory).
+    pub fn update_memory(&self, mem: GuestMem) -> io::Result<()> {
+        *self.mem.write().map_err(|_| poisoned())? = Some(mem);
+        Ok(())
+    }
+
+    /// The exit events handed to this connection's queue threads.
+    pub fn exit_events(&self) -> &ExitEvents {
+        &self.exit_events
+    }
+
+    /// Drains one queue with `process` (which runs what is in the available ring, in the
+    /// guest memory it is given), re-checking after re-enabling notifications under
+    /// EVENT_IDX so that no kick is lost. Before a memory table nothing can be in the ring.
+    pub fn drain(
+        &self,
+        vring: &Vring,
+        mut process: impl FnMut(&GuestMem) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let Some(mem) = self.mem.read().map_err(|_| poisoned())?.clone() else {
+            return Ok(());
+        };
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        loop {
+            if event_idx {
+                vring.disable_notification().map_err(io::Error::other)?;
+            }
+            process(&mem)?;
+            if !event_idx || !vring.enable_notification().map_err(io::Error::other)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("guest memory lock poisoned")
+}
+
+/// The body of
+/// [`VhostUserBackend::handle_event`](vhost_user_backend::VhostUserBackend::handle_event) for
+/// a device with one queue per thread: a kick of queue `device_event` runs `process` on that
+/// queue's vring. Errors are logged, never returned: an error would end the queue's thread.
+pub fn handle_queue_event(
+    device_event: u16,
+    evset: EventSet,
+    vrings: &[Vring],
+    thread_id: usize,
+    process: impl FnOnce(&Vring, usize) -> io::Result<()>,
+) -> io::Result<()> {
+    if evset != EventSet::IN {
+        debug!("queue thread {thread_id}: ignoring event set {evset:?}");
+        return Ok(());
+    }
+    // Each thread owns exactly one queue, so the event is that queue's kick.
+    let queue = usize::from(device_event);
+    match vrings.get(queue) {
+        Some(vring) => {
+            if let Err(e) = process(vring, queue) {
+                warn!("queue thread {thread_id}: {e}");
+            }
+        }
+        None => debug!("queue thread {thread_id}: unknown event {device_event}"),
+    }
+    Ok(())
+}
+
+/// A queue mask per worker thread, one queue each, so queues never contend for a lock.
+pub fn one_queue_per_thread(num_queues: usize) -> Vec<u64> {
+    (0..num_queues).map(|q| 1u64 << q).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    /// Exit eventfds sit at or above the base, stay open when their owner forgets them (as
+    /// vhost-user-backend 0.22 does), and are closed by `close_all`.
+    #[test]
+    fn exit_events_are_high_and_closed_after_the_connection() {
+        let events = ExitEvents::new();
+        let fds: Vec<RawFd> = (0..3)
+            .map(|_| {
+                let (consumer, _notifier) = events.create().unwrap();
+                let fd = consumer.as_raw_fd();
+                std::mem::forget(consumer);
+                fd
+            })
+            .collect();
+        for &fd in &fds {
+            assert!(fd >= EXIT_FD_BASE, "exit eventfd {fd} below the base");
+            assert!(is_open(fd));
+        }
+        events.close_all();
+        for &fd in &fds {
+            assert!(!is_open(fd), "exit eventfd {fd} still open");
+        }
+    }
+
+    #[test]
+    fn one_queue_per_thread_masks() {
+        assert_eq!(one_queue_per_thread(3), [1, 2, 4]);
+    }
+}
