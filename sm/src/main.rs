@@ -1,6 +1,7 @@
 //! `sm`: the front door. One module per subcommand; this file only parses flags, dispatches
 //! and turns any error into one line on stderr and a non-zero exit.
 
+mod detach;
 mod image;
 mod images;
 mod pull;
@@ -30,6 +31,12 @@ enum Command {
     Rmi(rmi::Args),
     /// Run a command in a new microVM (with live mounts, volumes and forwarded ports).
     Run(run::Args),
+    /// Run a command in a running (detached) VM.
+    Exec(detach::ExecArgs),
+    /// List running VMs.
+    Ps,
+    /// Stop a running VM.
+    Stop(detach::StopArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +66,12 @@ fn main() -> ExitCode {
             Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
         },
+        Command::Exec(a) => match detach::exec(a) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
+        Command::Ps => detach::ps(),
+        Command::Stop(a) => detach::stop(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,9 +33,16 @@ pub struct Args {
     /// The command's working directory in the guest.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     workdir: Option<String>,
-    /// A name for the VM (its runtime directory).
+    /// A name for the VM (its runtime directory); `sm exec/stop NAME` use it.
     #[arg(long)]
     name: Option<String>,
+    /// Start in the background and print the VM's name; the VM stops when the command ends
+    /// or on `sm stop NAME`.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Internal: the background half of `--detach`.
+    #[arg(long, hide = true)]
+    supervise: bool,
     /// Plain HTTP to a registry that is not on a loopback address (when pulling IMAGE).
     #[arg(long)]
     insecure: bool,
@@ -63,6 +70,9 @@ static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
 
 /// Runs the command; returns its exit code (128 + N if signal N ended it).
 pub fn run(args: Args) -> Result<u8, String> {
+    if args.detach {
+        return crate::detach::start();
+    }
     watch_stop_signals()?;
     let image = match &args.image {
         Some(r) => Some(crate::image::resolve(r, args.insecure)?),
@@ -96,9 +106,15 @@ pub fn run(args: Args) -> Result<u8, String> {
     if let Some((uid, gid)) = plan.user {
         exec = exec.user(uid, gid);
     }
-    let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
-    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    let result = exec.stream(Some(stdin), &mut out, &mut err);
+    let result = if args.supervise {
+        crate::detach::announce(&vm).map_err(|e| e.to_string())?;
+        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        exec.stream(None, &mut out, &mut err)
+    } else {
+        let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
+        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        exec.stream(Some(stdin), &mut out, &mut err)
+    };
     let stopped = STOPPED_BY.load(Ordering::SeqCst);
     vm.stop();
     if stopped != 0 {

@@ -151,3 +151,63 @@ fn a_published_port_serves_curl_and_ctrl_c_cleans_up() {
     assert_eq!(out.status.code(), Some(130), "stderr: {}", stderr(&out));
     assert_nothing_left(runtime.path());
 }
+
+#[test]
+fn a_detached_vm_serves_until_sm_stop() {
+    let runtime = tempfile::tempdir().unwrap();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "detached\n").unwrap();
+    let mount = format!("{}:/srv:ro", site.path().display());
+    let mut cmd = sm(runtime.path());
+    cmd.args([
+        "run", "--detach", "--name", "web", "-p", "18081:80", "--mount", &mount, "--",
+    ])
+    .args(["httpd", "-f", "-p", "80", "-h", "/srv"]);
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(180));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "web\n");
+
+    let page = Command::new("curl")
+        .args([
+            "-sf",
+            "--max-time",
+            "20",
+            "http://127.0.0.1:18081/index.html",
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&page.stdout), "detached\n");
+
+    let out = run_with_timeout(sm(runtime.path()).arg("ps"), Duration::from_secs(30));
+    assert!(
+        stdout(&out).lines().any(|l| l.starts_with("web ")),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_with_timeout(
+        sm(runtime.path()).args([
+            "exec",
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "cat /srv/index.html; exit 5",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(5), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "detached\n");
+
+    let out = run_with_timeout(
+        sm(runtime.path()).args(["stop", "web"]),
+        Duration::from_secs(90),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_nothing_left(runtime.path());
+    let out = run_with_timeout(
+        sm(runtime.path()).args(["exec", "web", "--", "true"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out), "sm: no running VM named web\n");
+}

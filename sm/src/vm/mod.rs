@@ -285,6 +285,18 @@ impl Vm {
         Ok(())
     }
 
+    /// The agent of the running VM called `name` (started by another `sm` process), and the
+    /// guest root its commands run in.
+    pub fn attach(name: &str) -> Option<(Agent, Option<String>)> {
+        let dir = runtime_root().join(name);
+        let uds = dir.join("vm.vsock");
+        if !uds.exists() {
+            return None;
+        }
+        let root = std::fs::read_to_string(dir.join("guest-root")).ok();
+        Some((Agent::new(uds), root.filter(|r| !r.is_empty())))
+    }
+
     /// The VM's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -1,0 +1,201 @@
+//! Detached VMs: `sm run --detach` re-runs itself in the background (`--supervise`) and
+//! returns once the VM is up; the supervisor owns the VM until its command ends or
+//! `sm stop` signals it. `sm exec`, `sm ps` and `sm stop` find VMs by name under the
+//! runtime directory (`supervisor.pid`, `ready`, `guest-root`).
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sm::vm::runtime_root;
+use sm::Vm;
+use sm_agent::message::ExecRequest;
+
+/// How long a detached VM may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Starts the supervisor with this process's arguments and waits until the VM is up.
+pub fn start() -> Result<u8, String> {
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    // Only flags before `--` are sm's; the command after it is passed on untouched.
+    let split = all.iter().position(|a| a == "--").unwrap_or(all.len());
+    let (mut args, command) = (all[..split].to_vec(), all[split..].to_vec());
+    let name = match args.iter().position(|a| a == "--name") {
+        Some(i) => args.get(i + 1).cloned().ok_or("--name needs a value")?,
+        None => {
+            let n = format!("vm-{}", std::process::id());
+            args.insert(1, n.clone());
+            args.insert(1, "--name".into());
+            n
+        }
+    };
+    args.retain(|a| a != "--detach" && a != "-d");
+    args.insert(1, "--supervise".into());
+    args.extend(command);
+    let dir = runtime_root().join(&name);
+    if dir.join("vm.vsock").exists() {
+        return Err(format!(
+            "a VM named {name} is already running (sm stop {name})"
+        ));
+    }
+    std::fs::create_dir_all(runtime_root())
+        .map_err(|e| format!("creating the runtime dir: {e}"))?;
+    let log_path = runtime_root().join(format!("{name}.log"));
+    let log =
+        std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("finding sm: {e}"))?;
+    let mut child = Command::new(exe)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting the supervisor: {e}"))?;
+    let start = Instant::now();
+    loop {
+        if dir.join("ready").exists() {
+            println!("{name}");
+            return Ok(0);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let _ = std::fs::remove_file(&log_path);
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(format!("the VM did not start ({status}): {last}"));
+        }
+        if start.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            return Err(format!("the VM did not start within {START_TIMEOUT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Called by the supervisor once the VM is up: records who owns it, then signals ready.
+pub fn announce(vm: &Vm) -> std::io::Result<()> {
+    let dir = vm.runtime_dir();
+    std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string())?;
+    std::fs::write(dir.join("guest-root"), vm.guest_root().unwrap_or(""))?;
+    std::fs::write(dir.join("ready"), "")
+}
+
+/// `sm exec NAME -- CMD`.
+#[derive(clap::Args, Debug)]
+pub struct ExecArgs {
+    /// An environment variable: KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// The VM's name.
+    name: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// Runs a command in a running VM with stdin, stdout and stderr attached.
+pub fn exec(a: ExecArgs) -> Result<u8, String> {
+    let (agent, root) = Vm::attach(&a.name).ok_or(format!("no running VM named {}", a.name))?;
+    let mut env = vec![];
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or(format!("-e {kv:?} is not KEY=VALUE"))?;
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    if !env.is_empty() && !env.iter().any(|(k, _)| k == "PATH") {
+        env.push((
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ));
+    }
+    let req = ExecRequest {
+        argv: a.command,
+        env: (!env.is_empty()).then_some(env),
+        cwd: a.workdir,
+        root,
+        stdin: true,
+        ..Default::default()
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let exit = agent
+        .exec_streaming(&req, Some(Box::new(std::io::stdin())), &mut out, &mut err)
+        .map_err(|e| e.to_string())?;
+    Ok(match (exit.code, exit.signal) {
+        (Some(c), _) => c as u8,
+        (None, Some(s)) => 128 + s as u8,
+        _ => 255,
+    })
+}
+
+/// The supervisor PID of a VM directory, if it is alive.
+fn supervisor(dir: &Path) -> Option<Pid> {
+    let pid: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let pid = Pid::from_raw(pid);
+    alive(pid).then_some(pid)
+}
+
+/// Whether `pid` runs (an exited process waiting to be reaped does not count).
+fn alive(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// `sm ps`: the running detached VMs.
+pub fn ps() -> Result<(), String> {
+    println!("{:<24} {:>8}", "NAME", "PID");
+    let Ok(entries) = std::fs::read_dir(runtime_root()) else {
+        return Ok(());
+    };
+    let mut rows: Vec<(String, i32)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = supervisor(&e.path())?;
+            Some((e.file_name().to_string_lossy().into_owned(), pid.as_raw()))
+        })
+        .collect();
+    rows.sort();
+    for (name, pid) in rows {
+        println!("{name:<24} {pid:>8}");
+    }
+    Ok(())
+}
+
+/// `sm stop NAME`.
+#[derive(clap::Args, Debug)]
+pub struct StopArgs {
+    /// The VM's name.
+    name: String,
+}
+
+/// Stops a detached VM and waits until everything it started is gone.
+pub fn stop(a: StopArgs) -> Result<(), String> {
+    let dir = runtime_root().join(&a.name);
+    let pid = supervisor(&dir).ok_or(format!("no running VM named {}", a.name))?;
+    kill(pid, Signal::SIGTERM).map_err(|e| format!("stopping {}: {e}", a.name))?;
+    let start = Instant::now();
+    while alive(pid) {
+        if start.elapsed() > Duration::from_secs(60) {
+            return Err(format!("{} did not stop within 60 s", a.name));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(runtime_root().join(format!("{}.log", a.name)));
+    Ok(())
+}
