@@ -53,7 +53,6 @@ pub struct ExecOutput {
 pub struct Agent {
     uds: PathBuf,
     port: u32,
-    io_timeout: Option<Duration>,
 }
 
 impl Agent {
@@ -62,15 +61,7 @@ impl Agent {
         Agent {
             uds: uds.into(),
             port: AGENT_PORT,
-            io_timeout: None,
         }
-    }
-
-    /// Fails any request on which the guest sends nothing for `limit` (default: wait as
-    /// long as the command runs).
-    pub fn with_io_timeout(mut self, limit: Duration) -> Self {
-        self.io_timeout = Some(limit);
-        self
     }
 
     /// The vsock backend's Unix socket.
@@ -133,8 +124,7 @@ impl Agent {
                 theirs.version
             )));
         }
-        s.set_read_timeout(self.io_timeout)
-            .map_err(FrameError::Io)?;
+        s.set_read_timeout(None).map_err(FrameError::Io)?;
         Ok(s)
     }
 

@@ -192,7 +192,6 @@ fn a_second_vm_cannot_open_a_volume_another_vm_writes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let _deadline = kill_after(vm.id(), std::time::Duration::from_secs(180));
     let mut vm_out = std::io::BufReader::new(vm.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut vm_out, &mut line).unwrap();

@@ -143,7 +143,6 @@ fn stdin_reaches_the_command_and_ends() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let _deadline = kill_after(child.id(), Duration::from_secs(120));
     let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
