@@ -51,13 +51,18 @@ pub fn start(verbose: bool) {
     }
 }
 
-fn listen_vsock() -> nix::Result<OwnedFd> {
-    let fd = socket(
+/// A new vsock stream socket (close-on-exec).
+fn vsock_socket() -> nix::Result<OwnedFd> {
+    socket(
         AddressFamily::Vsock,
         SockType::Stream,
         SockFlag::SOCK_CLOEXEC,
         None,
-    )?;
+    )
+}
+
+fn listen_vsock() -> nix::Result<OwnedFd> {
+    let fd = vsock_socket()?;
     bind(fd.as_raw_fd(), &VsockAddr::new(VMADDR_CID_ANY, AGENT_PORT))?;
     listen(&fd, Backlog::new(128)?)?;
     Ok(fd)
@@ -65,12 +70,7 @@ fn listen_vsock() -> nix::Result<OwnedFd> {
 
 /// Tells the host the agent listens (a connection to its [`READY_PORT`] carrying one line).
 fn signal_ready() -> std::io::Result<()> {
-    let fd = socket(
-        AddressFamily::Vsock,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = vsock_socket()?;
     nix::sys::socket::connect(fd.as_raw_fd(), &VsockAddr::new(VMADDR_CID_HOST, READY_PORT))?;
     let mut conn = File::from(fd);
     std::io::Write::write_all(&mut conn, READY_LINE)
