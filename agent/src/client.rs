@@ -83,7 +83,7 @@ impl Agent {
     }
 
     /// A new connection past the vsock and agent handshakes.
-    fn open(&self) -> Result<UnixStream, AgentError> {
+    pub(crate) fn open(&self) -> Result<UnixStream, AgentError> {
         let name = self.uds.display().to_string();
         let mut s = UnixStream::connect(&self.uds).map_err(|e| AgentError::Connect(name, e))?;
         // A guest still booting leaves CONNECT unanswered: bound the handshake.
@@ -260,7 +260,7 @@ impl Agent {
 }
 
 /// A `Failed` response as an error.
-fn done(r: Response) -> Result<Response, AgentError> {
+pub(crate) fn done(r: Response) -> Result<Response, AgentError> {
     match r {
         Response::Failed(why) => Err(AgentError::Remote(why)),
         r => Ok(r),

@@ -4,6 +4,7 @@
 //! hybrid-vsock Unix socket (vhost-device-vsock's `CONNECT <port>` handshake). Every
 //! request runs on its own connection, so any number run at once.
 
+pub mod child;
 pub mod client;
 pub mod frame;
 pub mod message;
@@ -16,5 +17,7 @@ pub const AGENT_PORT: u32 = 1024;
 pub const READY_PORT: u32 = 1025;
 /// What the agent writes on the ready connection.
 pub const READY_LINE: &[u8] = b"sm-agent ready\n";
+/// `PATH` for commands run without an environment of their own.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The protocol version this crate speaks (sent in both `Hello`s).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -29,6 +29,19 @@ pub struct ExecRequest {
     /// Run chrooted into this guest directory (an image's root); `cwd` is inside it.
     #[serde(default)]
     pub root: Option<String>,
+    /// Run on a new pseudo-terminal of this size (stdin, stdout and stderr all on it, so
+    /// the output comes back as stdout only); `None` uses pipes.
+    #[serde(default)]
+    pub tty: Option<WindowSize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
 }
 
 /// What the host asks for; one per connection.
@@ -66,6 +79,8 @@ pub enum Request {
 pub enum Control {
     /// Send this signal number to the command.
     Signal(i32),
+    /// Resize the command's terminal (it gets SIGWINCH); ignored without a tty.
+    Resize(WindowSize),
 }
 
 /// How a request ended; the guest's last frame on the connection.
@@ -101,4 +116,16 @@ pub struct ExitInfo {
     pub timed_out: bool,
     /// Microseconds from start to end.
     pub duration_us: u64,
+}
+
+impl ExitInfo {
+    /// The exit status a shell would report: the code, 128 + N if signal N ended it, or
+    /// 255 if neither is known.
+    pub fn shell_code(&self) -> u8 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c as u8,
+            (None, Some(s)) => 128u8.wrapping_add(s as u8),
+            _ => 255,
+        }
+    }
 }

@@ -22,7 +22,7 @@ const ENV_PATH: &str = "/sm/env";
 const CONSOLE_TTY: &str = "/dev/ttyS0";
 /// The stderr port.
 const STDERR_TTY: &str = "/dev/ttyS1";
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub use sm_agent::DEFAULT_PATH;
 
 /// What to run and with which environment.
 pub struct Launch {

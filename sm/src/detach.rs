@@ -106,6 +106,10 @@ pub struct ExecArgs {
 /// Runs a command in a running VM with stdin, stdout and stderr attached.
 pub fn exec(a: ExecArgs) -> Result<u8, String> {
     let (agent, root) = Vm::attach(&a.name).ok_or(format!("no running VM named {}", a.name))?;
+    let tty = crate::terminal::attached();
+    if tty {
+        crate::terminal::watch_window_changes()?;
+    }
     let mut env = vec![];
     for kv in &a.env {
         let (k, v) = kv
@@ -114,10 +118,7 @@ pub fn exec(a: ExecArgs) -> Result<u8, String> {
         env.push((k.to_owned(), v.to_owned()));
     }
     if !env.is_empty() && !env.iter().any(|(k, _)| k == "PATH") {
-        env.push((
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        ));
+        env.push(("PATH".into(), sm_agent::DEFAULT_PATH.into()));
     }
     let req = ExecRequest {
         argv: a.command,
@@ -127,15 +128,15 @@ pub fn exec(a: ExecArgs) -> Result<u8, String> {
         stdin: true,
         ..Default::default()
     };
-    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    let exit = agent
-        .exec_streaming(&req, Some(Box::new(std::io::stdin())), &mut out, &mut err)
-        .map_err(|e| e.to_string())?;
-    Ok(match (exit.code, exit.signal) {
-        (Some(c), _) => c as u8,
-        (None, Some(s)) => 128 + s as u8,
-        _ => 255,
-    })
+    let exit = if tty {
+        crate::terminal::run(sm::ExecBuilder::new(&agent, req))?
+    } else {
+        let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+        agent
+            .exec_streaming(&req, Some(Box::new(std::io::stdin())), &mut out, &mut err)
+            .map_err(|e| e.to_string())?
+    };
+    Ok(exit.shell_code())
 }
 
 /// The supervisor PID of a VM directory, if it is alive.

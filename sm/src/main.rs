@@ -7,6 +7,7 @@ mod images;
 mod pull;
 mod rmi;
 mod run;
+mod terminal;
 
 use std::process::ExitCode;
 

@@ -106,33 +106,38 @@ pub fn run(args: Args) -> Result<u8, String> {
     if let Some((uid, gid)) = plan.user {
         exec = exec.user(uid, gid);
     }
+    sm::trace::step(format_args!("running {:?}", plan.argv));
     let result = if args.supervise {
         crate::detach::announce(&vm).map_err(|e| e.to_string())?;
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
         exec.stream(None, &mut out, &mut err)
+    } else if crate::terminal::attached() {
+        crate::terminal::run(exec).map_err(sm::AgentError::Remote)
     } else {
         let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
         exec.stream(Some(stdin), &mut out, &mut err)
     };
+    sm::trace::step(format_args!("the command ended: {result:?}"));
     let stopped = STOPPED_BY.load(Ordering::SeqCst);
     vm.stop();
     if stopped != 0 {
         return Ok(128 + stopped as u8);
     }
     let exit = result.map_err(|e| e.to_string())?;
-    Ok(match (exit.code, exit.signal) {
-        (Some(c), _) => c as u8,
-        (None, Some(s)) => 128 + s as u8,
-        _ => 255,
-    })
+    Ok(exit.shell_code())
 }
 
 /// Takes SIGINT, SIGTERM and SIGHUP on a thread: the VM is stopped (sm-vmm first), which
 /// ends the command, and `run` then cleans up as usual and exits 128 + signal.
 fn watch_stop_signals() -> Result<(), String> {
     let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGWINCH,
+    ] {
         set.add(s);
     }
     // Blocked here, before any thread exists, so every thread inherits it; children get
@@ -143,6 +148,10 @@ fn watch_stop_signals() -> Result<(), String> {
         .name("signals".into())
         .spawn(move || loop {
             let Ok(sig) = set.wait() else { continue };
+            if sig == Signal::SIGWINCH {
+                crate::terminal::window_changed();
+                continue;
+            }
             STOPPED_BY.store(sig as i32, Ordering::SeqCst);
             let pid = VMM_PID.load(Ordering::SeqCst);
             if pid > 0 {

@@ -4,6 +4,7 @@
 mod exec;
 mod files;
 mod tcp;
+mod tty;
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

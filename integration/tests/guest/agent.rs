@@ -305,3 +305,69 @@ fn a_cid_the_backend_does_not_serve_is_one_clear_error() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// Reads `r` until what was read contains `needle` (or it ends); returns all of it.
+fn read_until(r: &mut impl Read, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        match r.read(&mut buf).unwrap() {
+            0 => break,
+            n => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn a_spawned_child_is_driven_while_it_runs_and_gets_a_sized_tty() {
+    let vm = RunningVm::boot(&[]);
+
+    // Streams flow while the command runs: an echo comes back before stdin closes.
+    let mut req = request(&["cat"]);
+    req.stdin = true;
+    let mut child = vm.agent.spawn(&req).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    stdin.write_all(b"first line\n").unwrap();
+    assert_eq!(read_until(&mut stdout, "\n"), "first line\n");
+    assert_eq!(child.try_wait().unwrap(), None, "cat ended with stdin open");
+    stdin.close().unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!((rest.as_str(), child.wait().unwrap().code), ("", Some(0)));
+
+    // A signal from the host ends it, and wait says which.
+    let mut child = vm.agent.spawn(&request(&["sleep", "60"])).unwrap();
+    assert_eq!(
+        child.wait_timeout(Duration::from_millis(300)).unwrap(),
+        None
+    );
+    child.signal(15).unwrap();
+    let exit = child.wait_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(exit.map(|e| (e.code, e.signal)), Some((None, Some(15))));
+
+    // A tty of the asked size, its controlling terminal, and a resize while it runs.
+    let mut req = request(&["sh", "-c", "tty; stty size; read x; stty size"]);
+    req.tty = Some(sm_agent::message::WindowSize { rows: 24, cols: 80 });
+    let mut child = vm.agent.spawn(&req).unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let first = read_until(&mut stdout, "24 80");
+    assert!(first.starts_with("/dev/pts/"), "{first:?}");
+    assert!(first.contains("\r\n24 80"), "{first:?}");
+    child
+        .resize(sm_agent::message::WindowSize {
+            rows: 50,
+            cols: 132,
+        })
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("50 132"), "{rest:?}");
+    assert_eq!(child.wait().unwrap().code, Some(0));
+    let mut errors = String::new();
+    stderr.read_to_string(&mut errors).unwrap();
+    assert_eq!(errors, "", "a tty's output all comes as stdout");
+}

@@ -50,7 +50,32 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
 
 /// Waits for `child` with a deadline, collecting whatever of its stdout/stderr pipes the
 /// caller has not taken; kills it and fails the test on a hang.
-pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
+pub fn wait_with_timeout(child: Child, limit: Duration) -> Output {
+    wait_with_timeout_explained(child, limit, String::new)
+}
+
+/// [`run_with_timeout`], with `explain` adding what to look at (logs, processes) to the
+/// failure of a hang.
+pub fn run_with_timeout_explained(
+    cmd: &mut Command,
+    limit: Duration,
+    explain: impl FnOnce() -> String,
+) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_with_timeout_explained(child, limit, explain)
+}
+
+/// [`wait_with_timeout`], with `explain` run before a hung child is stopped (SIGTERM, then
+/// SIGKILL after 10 s) and its words added to the failure.
+pub fn wait_with_timeout_explained(
+    mut child: Child,
+    limit: Duration,
+    explain: impl FnOnce() -> String,
+) -> Output {
     let start = Instant::now();
     let read = |p: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
@@ -68,10 +93,18 @@ pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
             break s;
         }
         if start.elapsed() > limit {
+            let explained = explain();
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let stopping = Instant::now();
+            while child.try_wait().unwrap().is_none() && stopping.elapsed().as_secs() < 10 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "sm-vmm did not finish within {limit:?}; stderr so far: {}",
+                "the command (pid {}) did not finish within {limit:?}; stderr so far: {}\n{explained}",
+                child.id(),
                 String::from_utf8_lossy(&e.join().unwrap())
             );
         }

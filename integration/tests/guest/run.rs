@@ -33,6 +33,32 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
     found
 }
 
+/// Runs an `sm` command with a 120 s deadline; a hang fails with every log of the VM
+/// (sm's steps, sm-vmm's and the backends' output) and the processes still running.
+fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output {
+    let sm_dir = runtime.join("sm");
+    run_with_timeout_explained(cmd, Duration::from_secs(120), || {
+        let mut report = String::new();
+        let vms = std::fs::read_dir(&sm_dir).into_iter().flatten().flatten();
+        for log in vms.flat_map(|vm| std::fs::read_dir(vm.path()).into_iter().flatten().flatten()) {
+            if log.path().extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                let tail: Vec<_> = text.lines().rev().take(40).collect();
+                report += &format!("---- {} ----\n", log.path().display());
+                for line in tail.into_iter().rev() {
+                    report += line;
+                    report.push('\n');
+                }
+            }
+        }
+        report += &format!(
+            "---- processes ----\n{}",
+            processes_mentioning(&sm_dir.to_string_lossy()).join("\n")
+        );
+        report
+    })
+}
+
 fn assert_nothing_left(runtime: &Path) {
     let sm_dir = runtime.join("sm");
     let left: Vec<_> = std::fs::read_dir(&sm_dir)
@@ -54,7 +80,7 @@ fn sm_run_returns_the_command_code_and_leaves_nothing() {
         "-c",
         "uname -sr; echo to-stderr >&2; exit 7",
     ]);
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let out = run_sm(&mut cmd, runtime.path());
     assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
     assert!(stdout(&out).starts_with("Linux 6.1.0-"), "{}", stdout(&out));
     assert_eq!(stderr(&out), "to-stderr\n");
@@ -87,7 +113,7 @@ fn mounts_and_volumes_reach_the_host_and_persist() {
         "-c",
         "cat greeting && echo \"written by the $WHO\" > from-guest && echo kept > node_modules/x",
     ]);
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let out = run_sm(&mut cmd, runtime.path());
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "hello from the host\n");
     assert_eq!(
@@ -101,7 +127,7 @@ fn mounts_and_volumes_reach_the_host_and_persist() {
     let vol = format!("{}:/data", volume.display());
     let mut cmd = sm(runtime.path());
     cmd.args(["run", "--volume", &vol, "--", "cat", "/data/x"]);
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let out = run_sm(&mut cmd, runtime.path());
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "kept\n");
     assert_nothing_left(runtime.path());
@@ -210,4 +236,27 @@ fn a_detached_vm_serves_until_sm_stop() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out), "sm: no running VM named web\n");
+}
+
+#[test]
+fn a_terminal_on_stdin_gives_the_command_a_tty_of_its_size() {
+    let runtime = tempfile::tempdir().unwrap();
+    let sm_bin = sm_integration::bin_dir().join("sm");
+    // script(1) runs sm on a pseudo-terminal, as a user's shell would.
+    let line = format!(
+        "stty rows 30 cols 100; exec {} run -- sh -c 'tty; stty size; exit 3'",
+        sm_bin.display()
+    );
+    require_kvm();
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env("SM_BIN_DIR", sm_integration::bin_dir())
+        .stdin(Stdio::null());
+    let out = run_sm(&mut cmd, runtime.path());
+    let shown = stdout(&out);
+    assert_eq!(out.status.code(), Some(3), "{shown:?} {}", stderr(&out));
+    assert!(shown.contains("/dev/pts/"), "{shown:?}");
+    assert!(shown.contains("30 100"), "{shown:?}");
+    assert_nothing_left(runtime.path());
 }

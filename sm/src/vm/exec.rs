@@ -1,11 +1,13 @@
 //! [`ExecBuilder`]: a command to run in the guest, built up and then run to completion
-//! ([`ExecBuilder::output`]) or with its streams attached ([`ExecBuilder::stream`]).
+//! ([`ExecBuilder::output`]), with its streams attached ([`ExecBuilder::stream`]), or
+//! started and driven while it runs ([`ExecBuilder::spawn`]: a [`Child`]).
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use sm_agent::child::Child;
 use sm_agent::client::{Agent, AgentError, ExecOutput};
-use sm_agent::message::{ExecRequest, ExitInfo};
+use sm_agent::message::{ExecRequest, ExitInfo, WindowSize};
 
 /// A command to run in the guest.
 pub struct ExecBuilder<'a> {
@@ -22,12 +24,10 @@ impl<'a> ExecBuilder<'a> {
     /// Sets an environment variable (the first one replaces the default environment's
     /// variables except `PATH`, which is kept unless set).
     pub fn env(mut self, key: &str, value: &str) -> Self {
-        let env = self.req.env.get_or_insert_with(|| {
-            vec![(
-                "PATH".into(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-            )]
-        });
+        let env = self
+            .req
+            .env
+            .get_or_insert_with(|| vec![("PATH".into(), sm_agent::DEFAULT_PATH.into())]);
         env.retain(|(k, _)| k != key);
         env.push((key.into(), value.into()));
         self
@@ -50,6 +50,24 @@ impl<'a> ExecBuilder<'a> {
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.req.timeout_ms = Some(limit.as_millis().try_into().unwrap_or(u64::MAX));
         self
+    }
+
+    /// Runs on a new pseudo-terminal of `size` (stdout then carries everything the
+    /// terminal shows; stderr stays empty).
+    pub fn tty(mut self, size: WindowSize) -> Self {
+        self.req.tty = Some(size);
+        self
+    }
+
+    /// Gives the command a stdin to write to (see [`Child::stdin`]) instead of `/dev/null`.
+    pub fn stdin(mut self) -> Self {
+        self.req.stdin = true;
+        self
+    }
+
+    /// Starts the command and returns at once; drive it through the [`Child`].
+    pub fn spawn(self) -> Result<Child, AgentError> {
+        self.agent.spawn(&self.req)
     }
 
     /// Runs to completion with `stdin` (none: `/dev/null`) and collects the output.

@@ -127,6 +127,8 @@ impl Vm {
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| VmError::Io(format!("creating {}", dir.display()), e))?;
+        crate::trace::log_to(&dir.join("sm.log"));
+        crate::trace::step(format_args!("starting VM {name}"));
         let mut vm = Vm {
             name,
             agent: Agent::new(dir.join("vm.vsock")),
@@ -205,9 +207,13 @@ impl Vm {
             .arg(self.agent.socket());
         self.backend("vhost-device-vsock", cmd, &vsock)?;
         let ready = ReadySignal::bind(self.agent.socket())?;
+        if crate::trace::enabled() {
+            vmm.arg("--verbose");
+        }
         vmm.arg("--vsock-socket")
             .arg(&vsock)
             .args(["--", "sleep", "2147483647"]);
+        crate::trace::step("backends ready; starting sm-vmm");
         self.vmm = Some(Proc::spawn("sm-vmm", vmm, dir.join("sm-vmm.log"))?);
         let start = Instant::now();
         loop {
@@ -219,6 +225,7 @@ impl Vm {
                 return Err(ProcessError::Timeout("the guest agent".into(), BOOT_TIMEOUT).into());
             }
         }
+        crate::trace::step("the guest agent is ready");
         if config.root_image.is_some() {
             let out = self
                 .exec(&["sh", "-c", ROOT_SCRIPT, "sh", "/dev/vda"])
@@ -252,6 +259,7 @@ impl Vm {
         for p in &config.ports {
             self.expose_tcp(*p)?;
         }
+        crate::trace::step("mounts, volumes and ports are set up");
         Ok(())
     }
 
@@ -259,6 +267,7 @@ impl Vm {
         let log = self
             .dir
             .join(format!("backend-{}.log", self.backends.len()));
+        crate::trace::step(format_args!("starting {name}"));
         let mut p = Proc::spawn(name, cmd, log)?;
         let ready = p.wait_for_socket(socket);
         self.backends.push(p);
@@ -275,6 +284,7 @@ impl Vm {
             target,
         ];
         argv.extend_from_slice(args);
+        crate::trace::step(format_args!("mounting {target} in the guest"));
         let out = self.exec(&argv).output()?;
         if out.exit.code != Some(0) {
             return Err(VmError::Guest(format!(
@@ -329,6 +339,12 @@ impl Vm {
         )
     }
 
+    /// Starts `argv` in the guest with a stdin to write to and returns at once (for
+    /// options such as a tty, use [`Vm::exec`] and [`ExecBuilder::spawn`]).
+    pub fn spawn<S: AsRef<str>>(&self, argv: &[S]) -> Result<crate::Child, VmError> {
+        Ok(self.exec(argv).stdin().spawn()?)
+    }
+
     /// The guest path of the image's root, if the VM runs an image.
     pub fn guest_root(&self) -> Option<&str> {
         self.root.as_deref()
@@ -366,6 +382,7 @@ impl Vm {
     }
 
     fn shutdown(&mut self) {
+        crate::trace::step("stopping the VM");
         self.forwarders.clear();
         if self.vmm.as_mut().is_some_and(|v| v.check_alive().is_ok()) {
             // Volumes are ext4 in the guest: unmount them (newest first) so that everything
@@ -381,12 +398,15 @@ impl Vm {
                 .timeout(SYNC_TIMEOUT)
                 .output();
         }
+        crate::trace::step("stopping sm-vmm");
         if let Some(mut vmm) = self.vmm.take() {
             vmm.stop(Duration::from_secs(5));
         }
         for mut b in self.backends.drain(..).rev() {
             b.stop(Duration::from_secs(2));
         }
+        crate::trace::step("backends stopped");
+        crate::trace::dump_logs(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

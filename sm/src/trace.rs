@@ -1,0 +1,60 @@
+//! Progress lines: each step of starting, driving and stopping a VM, with the time since
+//! the process started, so a slow or stuck step can be named. They go to `sm.log` in the
+//! VM's runtime directory (left there if sm is killed or hangs), and to stderr when
+//! `SM_DEBUG` is set; `SM_DEBUG` also makes sm-vmm log the guest kernel's and sm-init's
+//! messages (into `sm-vmm.log` there).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+fn start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// Where steps are logged once a VM has a runtime directory.
+static LOG: Mutex<Option<File>> = Mutex::new(None);
+
+/// Whether `SM_DEBUG` is set.
+pub fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var_os("SM_DEBUG").is_some())
+}
+
+/// Logs steps to `path` from now on (the VM's `sm.log`).
+pub fn log_to(path: &Path) {
+    let file = File::options().create(true).append(true).open(path).ok();
+    *LOG.lock().unwrap_or_else(|e| e.into_inner()) = file;
+}
+
+/// Records one step: `[+S.mmms] what`.
+pub fn step(what: impl std::fmt::Display) {
+    let line = format!("[+{:.3}s] {what}", start().elapsed().as_secs_f64());
+    if let Some(f) = LOG.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        let _ = writeln!(f, "{line}");
+    }
+    if enabled() {
+        eprintln!("sm: {line}");
+    }
+}
+
+/// Copies every `*.log` in a VM's runtime directory to stderr when `SM_DEBUG` is set
+/// (called just before the directory is removed).
+pub fn dump_logs(dir: &Path) {
+    LOG.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if !enabled() {
+        return;
+    }
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    logs.sort();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!("sm: ---- {} ----\n{}", log.display(), text.trim_end());
+    }
+}
