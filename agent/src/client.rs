@@ -53,6 +53,7 @@ pub struct ExecOutput {
 pub struct Agent {
     uds: PathBuf,
     port: u32,
+    io_timeout: Option<Duration>,
 }
 
 impl Agent {
@@ -61,7 +62,15 @@ impl Agent {
         Agent {
             uds: uds.into(),
             port: AGENT_PORT,
+            io_timeout: None,
         }
+    }
+
+    /// Fails any request on which the guest sends nothing for `limit` (by default a
+    /// request waits as long as its command runs).
+    pub fn with_io_timeout(mut self, limit: Duration) -> Self {
+        self.io_timeout = Some(limit);
+        self
     }
 
     /// The vsock backend's Unix socket.
@@ -124,7 +133,8 @@ impl Agent {
                 theirs.version
             )));
         }
-        s.set_read_timeout(None).map_err(FrameError::Io)?;
+        s.set_read_timeout(self.io_timeout)
+            .map_err(FrameError::Io)?;
         Ok(s)
     }
 

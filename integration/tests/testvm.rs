@@ -42,3 +42,25 @@ fn output_keeps_a_slow_command_alive() {
     assert_eq!(out.status.code(), Some(3), "stderr: {stderr}");
     assert_eq!(stderr, "1\n2\n3\n4\n");
 }
+
+#[test]
+fn a_test_vm_whose_heartbeat_stops_is_stopped_as_frozen() {
+    // Stopping the heartbeat process stands in for a livelocked test VM, where no
+    // userspace runs at all; the command itself stays quiet but alive.
+    let out = Command::new(sm_testvm())
+        .args(["--cpus", "1", "--freeze-timeout", "8", "--"])
+        .args([
+            "sh",
+            "-c",
+            "kill -STOP $(cat /run/sm-testvm/heartbeat.pid) && echo paused; sleep 600",
+        ])
+        .output()
+        .expect("running sm-testvm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "paused\n");
+    assert!(
+        stderr.contains("the test VM stalled: the test VM froze (no heartbeat) for"),
+        "stderr: {stderr}"
+    );
+}

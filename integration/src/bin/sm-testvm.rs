@@ -2,7 +2,7 @@
 //! `kvm_amd` gives a hardware-style `/dev/kvm`. Also usable as a cargo test runner.
 
 use clap::Parser;
-use sm_integration::testvm::{run, Options, Outcome};
+use sm_integration::testvm::{run, Options, Outcome, Stall};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,10 @@ struct Cli {
     /// stalled and is stopped (exit code 124).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     stall_timeout: u64,
+    /// Seconds the test VM's heartbeat (its userspace writes one every 2 s) may stop
+    /// before the test VM counts as frozen and is stopped (exit code 124).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    freeze_timeout: u64,
     /// The command to run and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         verbose: cli.verbose,
         boot_timeout: Duration::from_secs(cli.boot_timeout),
         stall_timeout: Duration::from_secs(cli.stall_timeout),
+        freeze_timeout: Duration::from_secs(cli.freeze_timeout),
         command: cli.command,
     };
     match run(&opts) {
@@ -66,9 +71,17 @@ fn main() -> ExitCode {
             eprintln!("sm-testvm: stopped the test VM on {sig}");
             ExitCode::from(128 + sig as u8)
         }
-        Ok(Outcome::Stalled { idle, console }) => {
+        Ok(Outcome::Stalled {
+            what,
+            idle,
+            console,
+        }) => {
+            let why = match what {
+                Stall::Silent => "the command wrote nothing",
+                Stall::Frozen => "the test VM froze (no heartbeat)",
+            };
             eprintln!(
-                "sm-testvm: the test VM stalled: the command wrote nothing for {} s; stopped it",
+                "sm-testvm: the test VM stalled: {why} for {} s; stopped it",
                 idle.as_secs()
             );
             if !console.is_empty() {

@@ -18,3 +18,4 @@ mod watch;
 
 pub use error::{Context, Error, Result};
 pub use run::{run, Options, Outcome};
+pub use watch::Stall;

@@ -33,6 +33,8 @@ pub struct Options {
     pub boot_timeout: Duration,
     /// How long the command may write nothing before the test VM counts as stalled.
     pub stall_timeout: Duration,
+    /// How long the test VM's heartbeat may stop before it counts as frozen (stalled).
+    pub freeze_timeout: Duration,
     /// The command and its arguments.
     pub command: Vec<OsString>,
 }
@@ -44,10 +46,13 @@ pub enum Outcome {
     Exited(u8),
     /// The runner was asked to stop by this signal and stopped the test VM.
     Interrupted(Signal),
-    /// The command wrote nothing for `idle`; the test VM was stopped. `console` is the end
-    /// of the L1 kernel console (empty with --verbose, where it was shown as it came).
+    /// The command wrote nothing, or the test VM's heartbeat stopped, for `idle`; the test
+    /// VM was stopped. `console` is the end of the L1 kernel console (empty with --verbose,
+    /// where it was shown as it came).
     Stalled {
-        /// How long the command had been silent.
+        /// Which of the two stopped.
+        what: super::watch::Stall,
+        /// For how long.
         idle: Duration,
         /// The last lines of the L1 kernel console.
         console: String,
@@ -106,20 +111,25 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     let mut vm = Vm::start(&tools, opts, &fsds, &nonce, run_dir.path())?;
     let watch = Watch {
         started: ctl.join(format!("started-{nonce}")),
+        alive: ctl.join(format!("alive-{nonce}")),
         launched,
         opts,
     };
     let status = match watch.until_exit(&signals, &mut vm, &mut fsds)? {
         End::Exited(status) => status,
         End::Stopped(sig) => return Ok(Outcome::Interrupted(sig)),
-        End::Stalled(idle) => {
+        End::Stalled(what, idle) => {
             let console = vm
                 .console_log
                 .as_ref()
                 .and_then(|p| fs::read(p).ok())
                 .map(|b| tail(&String::from_utf8_lossy(&b), 40))
                 .unwrap_or_default();
-            return Ok(Outcome::Stalled { idle, console });
+            return Ok(Outcome::Stalled {
+                what,
+                idle,
+                console,
+            });
         }
     };
     vm.finish();

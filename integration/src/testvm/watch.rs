@@ -20,14 +20,43 @@ pub enum End {
     Exited(ExitStatus),
     /// A stop signal arrived; QEMU is still running.
     Stopped(Signal),
-    /// The command wrote nothing for this long; QEMU is still running.
-    Stalled(Duration),
+    /// The command wrote nothing, or the heartbeat stopped, for this long; QEMU is still
+    /// running.
+    Stalled(Stall, Duration),
+}
+
+/// What showed the test VM stalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// The command wrote nothing to stdout or stderr.
+    Silent,
+    /// The test VM's heartbeat stopped: its userspace stopped running.
+    Frozen,
+}
+
+/// The test VM's heartbeat file, and when its content last changed.
+struct Heartbeat {
+    last: Option<(Vec<u8>, Instant)>,
+}
+
+impl Heartbeat {
+    /// How long since the heartbeat last changed (`None` before the first beat).
+    fn silence(&mut self, file: &std::path::Path) -> Option<Duration> {
+        if let Ok(beat) = fs::read(file) {
+            if !beat.is_empty() && self.last.as_ref().is_none_or(|(b, _)| *b != beat) {
+                self.last = Some((beat, Instant::now()));
+            }
+        }
+        self.last.as_ref().map(|(_, at)| at.elapsed())
+    }
 }
 
 /// Watches a running test VM: boot timeout, dead virtiofsd, stop signals.
 pub struct Watch<'a> {
     /// The file the guest creates when it starts the command.
     pub started: PathBuf,
+    /// The file the guest rewrites every 2 s while it runs.
+    pub alive: PathBuf,
     /// When the runner started.
     pub launched: (Instant, SystemTime),
     /// The run's options (verbosity, boot timeout).
@@ -44,6 +73,7 @@ impl Watch<'_> {
     ) -> Result<End> {
         let mut started = false;
         let mut fsd_died: Option<(Instant, Error)> = None;
+        let mut heartbeat = Heartbeat { last: None };
         loop {
             if let Some(status) = vm
                 .child
@@ -66,7 +96,12 @@ impl Watch<'_> {
                 }
             }
             if started && vm.activity.idle() > self.opts.stall_timeout {
-                return Ok(End::Stalled(vm.activity.idle()));
+                return Ok(End::Stalled(Stall::Silent, vm.activity.idle()));
+            }
+            if let Some(silence) = heartbeat.silence(&self.alive) {
+                if silence > self.opts.freeze_timeout {
+                    return Ok(End::Stalled(Stall::Frozen, silence));
+                }
             }
             let poll = if !started || fsd_died.is_some() {
                 Duration::from_millis(50)

@@ -382,6 +382,9 @@ impl Vm {
     }
 
     fn shutdown(&mut self) {
+        if self.vmm.is_none() && self.backends.is_empty() && !self.dir.exists() {
+            return; // Already stopped (stop, then drop).
+        }
         crate::trace::step("stopping the VM");
         self.forwarders.clear();
         if self.vmm.as_mut().is_some_and(|v| v.check_alive().is_ok()) {
