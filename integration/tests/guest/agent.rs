@@ -38,7 +38,8 @@ impl RunningVm {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let agent = Agent::new(&uds);
+        // A hang fails the test (the test VM freezing is caught sooner, by sm-testvm).
+        let agent = Agent::new(&uds).with_io_timeout(Duration::from_secs(120));
         let mut running = RunningVm {
             vm: Some(vm),
             _vsock: vsock,
