@@ -1,0 +1,205 @@
+//! File-system throughput: the same guest workload on a virtio-fs mount served by
+//! sm-vhost-user-fs and by virtiofsd behind the same sm-vmm, interleaved over rounds:
+//! (a) 1 MiB sequential reads of a large file, (b) 4 KiB random reads of it (fio, direct=1,
+//! so every read reaches the backend), and (c) a small-file tree: create 10,000 files of
+//! 1 KiB in 100 directories, stat all, read all, delete all (the guest's caches dropped
+//! between phases). Both backends run with their defaults (sandboxed, cache auto). Needs
+//! hardware-style KVM: `scripts/bench fs` runs it inside the test VM where the host's KVM
+//! is PVM.
+//!
+//! Environment: `SM_BENCH_DIR` (where the shared directory lives; default the temp dir),
+//! `SM_BENCH_RUNS` (rounds, default 3), `SM_FIO_RUNTIME` (seconds per fio job, default 5),
+//! `SM_BENCH_FS_MIB` (size of the large file, default 1024).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sm_integration::bin_dir;
+
+/// Labels of the figures one guest run produces, in order, and their units.
+const FIGURES: [(&str, &str); 7] = [
+    ("seq read 1M", "MB/s"),
+    ("rand read 4k", "IOPS"),
+    ("tree: create 10k", "s"),
+    ("tree: stat all", "s"),
+    ("tree: read all", "s"),
+    ("tree: delete all", "s"),
+    ("tree: total", "s"),
+];
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The guest's script: mount, fio on the large file, then the small-file tree, printing
+/// `fio` terse lines and `phase SECONDS` lines.
+fn guest_script(mib: u64, runtime: u64) -> String {
+    let fio = |name: &str, rw: &str, bs: &str| {
+        format!(
+            "fio --name={name} --filename=/mnt/big.bin --size={mib}M --rw={rw} --bs={bs} \
+             --ioengine=psync --direct=1 --time_based --runtime={runtime} --ramp_time=1 \
+             --output-format=terse --terse-version=3 || exit 1"
+        )
+    };
+    format!(
+        "set -e; mount -t virtiofs bench /mnt; {seq}; {rand}; \
+         up() {{ cut -d' ' -f1 /proc/uptime; }}; \
+         phase() {{ echo \"phase $(awk -v a=$1 -v b=$(up) 'BEGIN{{print b-a}}')\"; }}; \
+         kb=$(head -c 1023 /dev/zero | tr '\\0' x); \
+         drop() {{ sync; echo 3 > /proc/sys/vm/drop_caches; }}; \
+         drop; t=$(up); mkdir /mnt/tree; \
+         for d in $(seq 100); do mkdir /mnt/tree/d$d; \
+           for f in $(seq 100); do echo \"$kb\" > /mnt/tree/d$d/f$f; done; done; \
+         sync; phase $t; drop; t=$(up); ls -lR /mnt/tree > /dev/null; phase $t; \
+         drop; t=$(up); for d in $(seq 100); do cat /mnt/tree/d$d/* > /dev/null; done; phase $t; \
+         drop; t=$(up); rm -rf /mnt/tree; sync; phase $t",
+        seq = fio("seq", "read", "1M"),
+        rand = fio("rand", "randread", "4k"),
+    )
+}
+
+/// Parses one guest run's output into the [`FIGURES`] values.
+fn parse(out: &str) -> Vec<f64> {
+    let fio: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.starts_with("3;"))
+        .map(|l| l.split(';').collect())
+        .collect();
+    assert_eq!(fio.len(), 2, "fio output:\n{out}");
+    for f in &fio {
+        assert_eq!(f[4], "0", "a fio job reported an error: {}", f.join(";"));
+    }
+    let num = |s: &str| -> f64 { s.parse().expect("a number") };
+    let mut v = vec![num(fio[0][6]) * 1024.0 / 1e6, num(fio[1][7])];
+    let phases: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("phase "))
+        .map(num)
+        .collect();
+    assert_eq!(phases.len(), 4, "guest output:\n{out}");
+    v.extend(&phases);
+    v.push(phases.iter().sum());
+    v
+}
+
+/// Starts a backend and waits for its socket.
+fn start_backend(mut cmd: Command, socket: &Path) -> Child {
+    let _ = std::fs::remove_file(socket);
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting a backend");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "backend exited early");
+        assert!(Instant::now() < deadline, "backend never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn backend(which: usize, shared: &Path, socket: &Path) -> Child {
+    let mut cmd = if which == 0 {
+        let mut c = Command::new(bin_dir().join("sm-vhost-user-fs"));
+        c.arg("--socket").arg(socket).args(["--tag", "bench"]);
+        c
+    } else {
+        let mut c = Command::new("virtiofsd");
+        c.arg("--socket-path").arg(socket);
+        c
+    };
+    cmd.arg("--shared-dir").arg(shared);
+    start_backend(cmd, socket)
+}
+
+/// Runs the workload in a guest on the backend listening at `socket`.
+fn guest_run(socket: &Path, script: &str) -> Vec<f64> {
+    let out = Command::new(bin_dir().join("sm-vmm"))
+        .args(["--mem", "512", "--fs-socket"])
+        .arg(format!("bench={}", socket.display()))
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running sm-vmm");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "guest workload failed: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse(&text)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // cargo bench --list / test discovery.
+    }
+    let runs: usize = env_or("SM_BENCH_RUNS", 3);
+    let runtime: u64 = env_or("SM_FIO_RUNTIME", 5);
+    let mib: u64 = env_or("SM_BENCH_FS_MIB", 1024);
+    let base = std::env::var_os("SM_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let work = tempfile::tempdir_in(&base).expect("tempdir");
+    let shared = work.path().join("shared");
+    std::fs::create_dir(&shared).expect("shared dir");
+    let chunk: Vec<u8> = (0..1u64 << 20).map(|i| (i * 31 + i / 4096) as u8).collect();
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(shared.join("big.bin")).expect("big.bin");
+        for _ in 0..mib {
+            f.write_all(&chunk).expect("writing big.bin");
+        }
+    }
+    let socket = work.path().join("fs.sock");
+    let script = guest_script(mib, runtime);
+
+    let names = ["sm-vhost-user-fs", "virtiofsd"];
+    // results[contender][figure] = one value per round.
+    let mut results = vec![vec![Vec::<f64>::new(); FIGURES.len()]; names.len()];
+    for round in 0..runs {
+        eprintln!("round {}/{runs}", round + 1);
+        for (c, name) in names.iter().enumerate() {
+            let mut b = backend(c, &shared, &socket);
+            let figures = guest_run(&socket, &script);
+            let _ = b.kill();
+            let _ = b.wait();
+            eprintln!("  {name}: {figures:.2?}");
+            for (i, f) in figures.into_iter().enumerate() {
+                results[c][i].push(f);
+            }
+        }
+    }
+
+    println!(
+        "virtio-fs, shared dir in {} ({mib} MiB file), fio psync direct=1 {runtime} s per job, \
+         median of {runs} interleaved rounds; guest: 1 vCPU, 512 MiB; both backends default \
+         (sandboxed, cache auto)",
+        base.display()
+    );
+    println!(
+        "{:<18} {:>18} {:>18} {:>12}",
+        "", names[0], names[1], "sm/virtiofsd"
+    );
+    for (i, (label, unit)) in FIGURES.iter().enumerate() {
+        let (ours, peer) = (median(results[0][i].clone()), median(results[1][i].clone()));
+        // Higher is better for rates, lower for times: the ratio is always "how many
+        // times virtiofsd's performance", so > 1 means sm is ahead.
+        let ratio = if *unit == "s" {
+            peer / ours
+        } else {
+            ours / peer
+        };
+        println!("{label:<18} {ours:>13.2} {unit:<4} {peer:>13.2} {unit:<4} {ratio:>12.2}");
+    }
+}
