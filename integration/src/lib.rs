@@ -13,6 +13,5 @@ pub fn bin_dir() -> PathBuf {
 
 /// Whether this host's KVM is PVM-only, so stock guest kernels must boot in the test VM.
 pub fn host_kvm_is_pvm_only() -> bool {
-    let m = Path::new("/sys/module");
-    m.join("kvm_pvm").exists() && !m.join("kvm_amd").exists() && !m.join("kvm_intel").exists()
+    sm_vmm::kvm::is_pvm_only(Path::new("/sys/module"))
 }
