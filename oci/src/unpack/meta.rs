@@ -46,6 +46,22 @@ pub(super) fn owner(h: &tar::Header) -> (Uid, Gid) {
     )
 }
 
+/// Gives the entry `name` in `dir` (never followed if a symlink) the owner in `h`.
+pub(super) fn chown_nofollow(
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    h: &tar::Header,
+) -> nix::Result<()> {
+    let (uid, gid) = owner(h);
+    nix::unistd::fchownat(
+        dir,
+        name,
+        Some(uid),
+        Some(gid),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+}
+
 /// `SCHILY.xattr.*` PAX records of an entry.
 pub(super) fn pax_xattrs<R: Read>(
     entry: &mut tar::Entry<'_, R>,

@@ -22,12 +22,12 @@ use nix::sys::stat::{
     UtimensatFlags,
 };
 use nix::sys::time::TimeSpec;
-use nix::unistd::{fchownat, linkat, symlinkat};
+use nix::unistd::{linkat, symlinkat};
 
 mod meta;
 mod tree;
 
-use meta::{owner, pax_xattrs, set_meta, Xattr};
+use meta::{chown_nofollow, pax_xattrs, set_meta, Xattr};
 use tree::{clear_dir, remove};
 
 /// Prefix of a whiteout file.
@@ -216,15 +216,7 @@ impl Unpacker {
                 })?;
                 remove(dir, name, &p.raw)?;
                 symlinkat(target.as_ref(), dir, name).map_err(fs("symlink"))?;
-                let (uid, gid) = owner(entry.header());
-                fchownat(
-                    dir,
-                    name,
-                    Some(uid),
-                    Some(gid),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(fs("chown"))?;
+                chown_nofollow(dir, name, entry.header()).map_err(fs("chown"))?;
                 if let Ok(mtime) = entry.header().mtime() {
                     let t = TimeSpec::new(mtime as i64, 0);
                     utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
@@ -273,15 +265,7 @@ impl Unpacker {
                 remove(dir, name, &p.raw)?;
                 mknodat(dir, name, sflag, Mode::from_bits_truncate(0o600), dev)
                     .map_err(fs("mknod"))?;
-                let (uid, gid) = owner(entry.header());
-                fchownat(
-                    dir,
-                    name,
-                    Some(uid),
-                    Some(gid),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(fs("chown"))?;
+                chown_nofollow(dir, name, entry.header()).map_err(fs("chown"))?;
                 let mode = Mode::from_bits_truncate(h.mode()? & 0o7777);
                 fchmodat(dir, name, mode, FchmodatFlags::FollowSymlink).map_err(fs("chmod"))?;
             }
