@@ -1,5 +1,6 @@
-//! Host directories through sm-vmm's generic vhost-user frontend, with virtiofsd (the Rust
-//! virtio-fs daemon, a backend nobody here wrote) on the other end of the socket.
+//! Host directories through sm-vmm's generic vhost-user frontend: with virtiofsd (the Rust
+//! virtio-fs daemon, a backend nobody here wrote) on the other end of the socket, and with
+//! our own sm-vhost-user-fs, sandboxed as it runs by default.
 
 use crate::common::*;
 use std::process::Command;
@@ -54,5 +55,94 @@ fn block_and_file_system_devices_attach_together() {
     assert_eq!(
         std::fs::read_to_string(shared.join("sectors")).unwrap(),
         "16384\n"
+    );
+}
+
+/// `key=value` lines of a guest script's output.
+fn values(out: &str) -> std::collections::HashMap<String, String> {
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn our_backend_serves_posix_operations_and_big_files_to_an_sm_vmm_guest() {
+    let work = tempfile::tempdir().unwrap();
+    let shared = work.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello"), "hello from the host\n").unwrap();
+    let big: Vec<u8> = (0..100u64 << 20)
+        .map(|i| (i * 7 + i / 4099) as u8)
+        .collect();
+    std::fs::write(shared.join("big.bin"), &big).unwrap();
+    let socket = work.path().join("fs.sock");
+    let mut cmd = Command::new(sm_integration::bin_dir().join("sm-vhost-user-fs"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(&shared)
+        .args(["--tag", "work"]);
+    let fs = Backend::start(cmd, &socket);
+    let script = r#"set -e; mount -t virtiofs work /mnt; cd /mnt
+t() { n=$1; shift; if "$@" >/dev/null 2>&1; then echo "$n=ok"; else echo "$n=fail"; fi; }
+echo hello=$(cat hello)
+echo big=$(sha256sum big.bin | cut -d' ' -f1)
+printf 'one\n' > f; printf 'two\n' >> f; echo append=$(tr '\n' , < f)
+truncate -s 3 f; echo truncated=$(cat f)
+mv f f2; echo renamed=$(cat f2); t oldname test -e f
+mkdir -p d/e; echo x > d/e/y; echo listing=$(ls d/e); t rmdir_full rmdir d/e
+rm d/e/y; rmdir d/e; echo left=$(ls d | wc -l)
+chmod 640 f2; echo mode=$(stat -c %a f2)
+ln f2 hard; echo nlink=$(stat -c %h f2); rm hard; echo nlink_after=$(stat -c %h f2)
+ln -s ../f2 d/link; echo link=$(readlink d/link); echo through=$(cat d/link)
+echo readdir=$(ls | tr '\n' ,)
+dd if=/dev/urandom of=out.bin bs=1M count=20 2>/dev/null
+echo out=$(sha256sum out.bin | cut -d' ' -f1)
+cd /; umount /mnt; echo umount=ok
+"#;
+    let flag = format!("work={}", fs.socket_str());
+    let out = boot(&["--fs-socket", &flag], &["sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let v = values(&stdout(&out));
+    let get = |k: &str| v.get(k).map(String::as_str).unwrap_or("<missing>");
+    let big_sum = sha256(&big);
+    let expected = [
+        ("hello", "hello from the host"),
+        ("big", big_sum.as_str()),
+        ("append", "one,two,"),
+        ("truncated", "one"),
+        ("renamed", "one"),
+        ("oldname", "fail"),
+        ("listing", "y"),
+        ("rmdir_full", "fail"),
+        ("left", "0"),
+        ("mode", "640"),
+        ("nlink", "2"),
+        ("nlink_after", "1"),
+        ("link", "../f2"),
+        ("through", "one"),
+        ("readdir", "big.bin,d,f2,hello,"),
+        ("umount", "ok"),
+    ];
+    for (k, want) in expected {
+        assert_eq!(get(k), want, "{k}; guest output:\n{}", stdout(&out));
+    }
+    // What the guest wrote is on the host, byte for byte.
+    let written = std::fs::read(shared.join("out.bin")).unwrap();
+    assert_eq!(written.len(), 20 << 20);
+    assert_eq!(get("out"), sha256(&written));
+    assert_eq!(std::fs::read(shared.join("f2")).unwrap(), b"one");
+    assert_eq!(
+        std::fs::read_link(shared.join("d/link")).unwrap(),
+        std::path::Path::new("../f2")
     );
 }
