@@ -142,8 +142,7 @@ impl Read for ChildOutput {
 impl Agent {
     /// Starts `req` and returns at once with a [`Child`] to drive it.
     pub fn spawn(&self, req: &ExecRequest) -> Result<Child, AgentError> {
-        let mut conn = self.open()?;
-        write_json(&mut conn, Kind::Request, &Request::Exec(req.clone()))?;
+        let conn = self.open(Some(&Request::Exec(req.clone())))?;
         let (out_tx, out_rx) = sync_channel(BUFFERED_CHUNKS);
         let (err_tx, err_rx) = sync_channel(BUFFERED_CHUNKS);
         let (end_tx, end_rx) = sync_channel(1);
