@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use nix::sys::termios::{self, InputFlags, LocalFlags, OutputFlags, SetArg};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::setup::{log_error, log_verbose};
@@ -155,12 +155,12 @@ impl Launch {
 /// the agent's commands their statuses.
 fn reap_until(main: Pid) -> u8 {
     loop {
-        match waitpid(None::<Pid>, None) {
-            Ok(WaitStatus::Exited(pid, code)) if pid == main => return code as u8,
-            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => {
+        match crate::reaper::reap_next() {
+            Ok(Some(WaitStatus::Exited(pid, code))) if pid == main => return code as u8,
+            Ok(Some(WaitStatus::Signaled(pid, sig, _))) if pid == main => {
                 return 128u8.wrapping_add(sig as u8)
             }
-            Ok(other) => crate::reaper::dispatch(other),
+            Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => {
                 log_error(&format!("waitpid: {e}"));

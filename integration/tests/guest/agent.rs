@@ -105,12 +105,16 @@ fn exec_keeps_streams_apart_and_reports_how_commands_end() {
         "hello there\n/tmp\n1000\n100\n"
     );
 
-    // A missing program is a clear error, and the agent keeps serving.
-    match vm.agent.exec(&request(&["/no/such/program"]), None) {
-        Err(AgentError::Remote(why)) => {
-            assert!(why.contains("cannot run '/no/such/program'"), "{why}")
+    // A missing program is a clear error, and the agent keeps serving. Many times over: the
+    // failed spawn reaps its own child while PID 1 reaps everything, and losing that race
+    // once used to take PID 1 down.
+    for i in 0..40 {
+        match vm.agent.exec(&request(&["/no/such/program"]), None) {
+            Err(AgentError::Remote(why)) => {
+                assert!(why.contains("cannot run '/no/such/program'"), "{why}")
+            }
+            other => panic!("attempt {i}: expected a remote error, got {other:?}"),
         }
-        other => panic!("expected a remote error, got {other:?}"),
     }
 
     // A timeout kills the command (and its process group) and says so.
