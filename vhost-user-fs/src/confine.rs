@@ -130,23 +130,43 @@ fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Raises the soft descriptor limit to the hard one: the backend holds one `O_PATH`
-/// descriptor per inode the guest knows, and 1024 (a common soft default) runs out fast.
+/// The most descriptors the backend asks for (virtiofsd's choice too: a guest walking a
+/// large tree keeps one `O_PATH` descriptor per inode it knows alive here).
+const WANTED_FDS: libc::rlim_t = 1 << 20;
+
+/// Raises the descriptor limit: both limits to `min(fs.nr_open, 2^20)` when allowed (root),
+/// else the soft limit to the hard one. The backend holds one `O_PATH` descriptor per inode
+/// the guest knows, and 1024, or the 4096 hard limit a process may inherit, runs out at the
+/// first `npm install`.
 pub fn raise_fd_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(WANTED_FDS);
+    let want = nr_open.min(WANTED_FDS);
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit and setrlimit read and write one rlimit struct we own.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                warn!(
-                    "cannot raise the descriptor limit: {}",
-                    io::Error::last_os_error()
-                );
-            }
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= want {
+            return;
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max.max(want),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return;
+        }
+        // Not allowed to raise the hard limit: take what it allows.
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            warn!(
+                "cannot raise the descriptor limit: {}",
+                io::Error::last_os_error()
+            );
         }
     }
 }

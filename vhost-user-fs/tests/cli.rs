@@ -163,3 +163,49 @@ fn tag_is_served_as_device_config() {
     let proto = u64::from_le_bytes(exchange(&mut c, 15, &[], 8).try_into().unwrap());
     assert_eq!(proto & CONFIG, 0, "CONFIG offered without a tag");
 }
+
+#[test]
+fn the_descriptor_limit_is_raised_for_large_trees() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::start(dir.path(), "b", &["--shared-dir", s(dir.path())]);
+    let open_files = || -> (u64, u64, String) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", b.pid())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("a Max open files line")
+            .to_owned();
+        let nums: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (nums[0], nums[1], line)
+    };
+    // Raising the hard limit takes CAP_SYS_RESOURCE (root on a user's host has it; some
+    // containers' root does not): with it, the backend asks for min(nr_open, 2^20).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let want = if cap_eff & (1 << CAP_SYS_RESOURCE) != 0 {
+        let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        nr_open.min(1 << 20)
+    } else {
+        open_files().1
+    };
+    // The socket is up a moment before the limit is raised: give it a few seconds.
+    let started = std::time::Instant::now();
+    let mut last = open_files();
+    while last.0 != want && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+        last = open_files();
+    }
+    assert_eq!(last.0, want, "{}", last.2);
+}
