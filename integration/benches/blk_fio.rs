@@ -13,8 +13,8 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use sm_integration::bench::{env_or, median, start_backend};
 use sm_integration::bin_dir;
 
 /// Image size: the region every job works on.
@@ -32,13 +32,6 @@ const JOBS: [(&str, &str, &str); 4] = [
 struct Figures {
     iops: f64,
     mb_s: f64,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// The fio command line for all jobs on `filename`, one terse line per job.
@@ -104,23 +97,6 @@ fn supports_direct(dir: &Path) -> bool {
     ok
 }
 
-/// Starts a backend and waits for its socket.
-fn start_backend(mut cmd: Command, socket: &Path) -> Child {
-    let _ = std::fs::remove_file(socket);
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting a backend");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "backend exited early");
-        assert!(Instant::now() < deadline, "backend never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 fn sm_backend(image: &Path, socket: &Path) -> Child {
     let mut cmd = Command::new(bin_dir().join("sm-vhost-user-blk"));
     cmd.arg("--socket").arg(socket).arg("--file").arg(image);
@@ -174,11 +150,6 @@ fn host_run(fio: &Path, image: &Path, direct: bool, runtime: u64) -> Vec<Figures
         String::from_utf8_lossy(&out.stderr)
     );
     parse_terse(&text)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {

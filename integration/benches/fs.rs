@@ -13,8 +13,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use sm_integration::bench::{env_or, median, start_backend};
 use sm_integration::bin_dir;
 
 /// Labels of the figures one guest run produces, in order, and their units.
@@ -27,13 +27,6 @@ const FIGURES: [(&str, &str); 7] = [
     ("tree: delete all", "s"),
     ("tree: total", "s"),
 ];
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The guest's script: mount, fio on the large file, then the small-file tree, printing
 /// `fio` terse lines and `phase SECONDS` lines.
@@ -56,7 +49,8 @@ fn guest_script(mib: u64, runtime: u64) -> String {
            for f in $(seq 100); do echo \"$kb\" > /mnt/tree/d$d/f$f; done; done; \
          sync; phase $t; drop; t=$(up); ls -lR /mnt/tree > /dev/null; phase $t; \
          drop; t=$(up); for d in $(seq 100); do cat /mnt/tree/d$d/* > /dev/null; done; phase $t; \
-         drop; t=$(up); rm -rf /mnt/tree; sync; phase $t",
+         drop; t=$(up); for d in $(seq 100); do rm /mnt/tree/d$d/*; rmdir /mnt/tree/d$d; done; \
+         rmdir /mnt/tree; sync; phase $t",
         seq = fio("seq", "read", "1M"),
         rand = fio("rand", "randread", "4k"),
     )
@@ -84,23 +78,6 @@ fn parse(out: &str) -> Vec<f64> {
     v.extend(&phases);
     v.push(phases.iter().sum());
     v
-}
-
-/// Starts a backend and waits for its socket.
-fn start_backend(mut cmd: Command, socket: &Path) -> Child {
-    let _ = std::fs::remove_file(socket);
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting a backend");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !socket.exists() {
-        assert!(child.try_wait().unwrap().is_none(), "backend exited early");
-        assert!(Instant::now() < deadline, "backend never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
 }
 
 fn backend(which: usize, shared: &Path, socket: &Path) -> Child {
@@ -133,11 +110,6 @@ fn guest_run(socket: &Path, script: &str) -> Vec<f64> {
         String::from_utf8_lossy(&out.stderr)
     );
     parse(&text)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 fn main() {

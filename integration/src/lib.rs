@@ -1,5 +1,6 @@
 //! Test VM runner and helpers for sm's real-guest integration tests and benchmarks.
 
+pub mod bench;
 pub mod testvm;
 
 use std::path::{Path, PathBuf};
