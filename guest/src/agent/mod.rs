@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::sys::socket::{
-    accept, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+    accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
 };
 use sm_agent::frame::{read_frame, write_json, FrameError, Kind};
 use sm_agent::message::{Hello, Request, Response};
@@ -79,9 +79,11 @@ fn signal_ready() -> std::io::Result<()> {
 
 fn serve(listener: OwnedFd) {
     loop {
-        match accept(listener.as_raw_fd()) {
+        // Close-on-exec: a command must not inherit other requests' connections (a
+        // daemon holding one would keep its peer from ever seeing the end).
+        match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
             Ok(fd) => {
-                // SAFETY: accept returned a new descriptor that nothing else owns.
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
                 let conn = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
                 let _ = std::thread::Builder::new()
                     .name("agent-conn".into())
