@@ -96,6 +96,18 @@ fn backend(which: usize, shared: &Path, socket: &Path) -> Child {
 
 /// Runs the workload in a guest on the backend listening at `socket`.
 fn guest_run(socket: &Path, script: &str) -> Vec<f64> {
+    // The guest prints only at the end and a run takes minutes here: say it is alive, so
+    // the test VM's stall watch (which counts silence) does not stop it.
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    let ticker = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        while done
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .is_err()
+        {
+            eprintln!("    ... {} s", start.elapsed().as_secs());
+        }
+    });
     let out = Command::new(bin_dir().join("sm-vmm"))
         .args(["--mem", "512", "--fs-socket"])
         .arg(format!("bench={}", socket.display()))
@@ -103,6 +115,8 @@ fn guest_run(socket: &Path, script: &str) -> Vec<f64> {
         .stdin(Stdio::null())
         .output()
         .expect("running sm-vmm");
+    let _ = done_tx.send(());
+    let _ = ticker.join();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
