@@ -60,7 +60,7 @@ fn worker(t: usize, agent: &sm_agent::client::Agent, n: usize) {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
             3 => agent
-                .read_file(&path, 1 << 20)
+                .read_file(&path, 64 << 20)
                 .map(|d| assert_eq!(d.len(), data.len()))
                 .map_err(|e| e.to_string()),
             _ => {

@@ -105,9 +105,10 @@ fn exec_keeps_streams_apart_and_reports_how_commands_end() {
         "hello there\n/tmp\n1000\n100\n"
     );
 
-    // A command inherits nothing but its three streams (no agent connection).
-    let out = vm.exec(&["sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "0 1 2 ");
+    // A command inherits nothing but its three streams (no agent connection): ls sees
+    // those and the directory it is listing.
+    let out = vm.exec(&["ls", "/proc/self/fd"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0\n1\n2\n3\n");
 
     // A missing program is a clear error, and the agent keeps serving. Many times over: the
     // failed spawn reaps its own child while PID 1 reaps everything, and losing that race
