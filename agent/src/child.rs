@@ -7,9 +7,9 @@ use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::Duration;
 
-use crate::client::{done, Agent, AgentError};
-use crate::frame::{read_frame, write_frame, write_json, FrameError, Kind, DATA_CHUNK};
-use crate::message::{Control, ExecRequest, ExitInfo, Request, Response, WindowSize};
+use crate::client::{read_exec_frame, Agent, AgentError, ExecFrame};
+use crate::frame::{write_chunk, write_frame, write_json, FrameError, Kind};
+use crate::message::{Control, ExecRequest, ExitInfo, Request, WindowSize};
 
 /// Output chunks buffered per stream before the reader waits for the caller to read.
 const BUFFERED_CHUNKS: usize = 64;
@@ -30,23 +30,11 @@ pub struct Child {
     exit: Option<ExitInfo>,
 }
 
-/// Sends signals and window sizes to a running [`Child`]; cloneable, so another thread
-/// (a signal handler's, say) can use it.
+/// Sends signals and window sizes to a running [`Child`], from any thread (a signal
+/// handler's, say): [`Child::control`] hands out more.
 #[derive(Debug)]
 pub struct ChildControl {
     conn: UnixStream,
-}
-
-impl Clone for ChildControl {
-    fn clone(&self) -> Self {
-        ChildControl {
-            // A failed clone leaves a closed socket: later controls report the error.
-            conn: self.conn.try_clone().unwrap_or_else(|_| {
-                let (a, _) = UnixStream::pair().expect("socketpair");
-                a
-            }),
-        }
-    }
 }
 
 impl ChildControl {
@@ -93,12 +81,7 @@ impl ChildStdin {
 
 impl Write for ChildStdin {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = buf.len().min(DATA_CHUNK);
-        write_frame(&mut self.conn, Kind::Stdin, &buf[..n]).map_err(io::Error::other)?;
-        Ok(n)
+        write_chunk(&mut self.conn, Kind::Stdin, buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -185,31 +168,26 @@ fn demux(
     stderr: SyncSender<Vec<u8>>,
 ) -> Result<ExitInfo, AgentError> {
     loop {
-        let f = read_frame(&mut conn)?;
         // A stream whose reader is gone is drained and dropped, so the command never
         // stalls on output nobody reads.
-        match f.kind {
-            Kind::Stdout => {
-                let _ = stdout.send(f.body);
+        match read_exec_frame(&mut conn)? {
+            ExecFrame::Stdout(b) => {
+                let _ = stdout.send(b);
             }
-            Kind::Stderr => {
-                let _ = stderr.send(f.body);
+            ExecFrame::Stderr(b) => {
+                let _ = stderr.send(b);
             }
-            Kind::Done => {
-                return match done(f.json()?)? {
-                    Response::Exited(info) => Ok(info),
-                    other => Err(AgentError::Protocol(format!("exec answered {other:?}"))),
-                }
-            }
-            k => return Err(AgentError::Protocol(format!("unexpected {k:?} frame"))),
+            ExecFrame::Exited(info) => return Ok(info),
         }
     }
 }
 
 impl Child {
-    /// A handle for signals and window sizes, usable from other threads.
-    pub fn control(&self) -> ChildControl {
-        self.control.clone()
+    /// Another handle for signals and window sizes, for other threads.
+    pub fn control(&self) -> Result<ChildControl, AgentError> {
+        Ok(ChildControl {
+            conn: self.control.conn.try_clone().map_err(FrameError::Io)?,
+        })
     }
 
     /// Sends signal number `signal` to the command.

@@ -7,8 +7,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::frame::{read_frame, write_frame, write_json, FrameError, Kind, DATA_CHUNK};
-use crate::message::{Control, ExecRequest, ExitInfo, Hello, Request, Response};
+use crate::frame::{
+    read_frame, write_chunk, write_frame, write_json, FrameError, Kind, DATA_CHUNK,
+};
+use crate::message::{ExecRequest, ExitInfo, Hello, Request, Response};
 use crate::{AGENT_PORT, PROTOCOL_VERSION, READY_LINE, READY_PORT};
 
 /// Errors talking to the agent.
@@ -178,21 +180,17 @@ impl Agent {
             _ => None,
         };
         let result = loop {
-            let f = read_frame(&mut s)?;
-            match f.kind {
-                Kind::Stdout => stdout.write_all(&f.body).map_err(FrameError::Io)?,
-                Kind::Stderr => stderr.write_all(&f.body).map_err(FrameError::Io)?,
-                Kind::Done => break done(f.json()?),
-                k => break Err(AgentError::Protocol(format!("unexpected {k:?} frame"))),
+            match read_exec_frame(&mut s) {
+                Ok(ExecFrame::Stdout(b)) => stdout.write_all(&b).map_err(FrameError::Io)?,
+                Ok(ExecFrame::Stderr(b)) => stderr.write_all(&b).map_err(FrameError::Io)?,
+                Ok(ExecFrame::Exited(info)) => break Ok(info),
+                Err(e) => break Err(e),
             }
         };
         let _ = s.shutdown(std::net::Shutdown::Both);
         // Not joined: the feeder may sit in a read of a terminal; its next write fails.
         drop(feeder);
-        match result? {
-            Response::Exited(info) => Ok(info),
-            other => Err(AgentError::Protocol(format!("exec answered {other:?}"))),
-        }
+        result
     }
 
     /// Writes `data` to `path` in the guest atomically with permission bits `mode`,
@@ -265,15 +263,34 @@ impl Agent {
             ))),
         }
     }
+}
 
-    /// Sends `signal` to the command running on `conn` (for callers driving a raw stream).
-    pub fn signal(conn: &mut UnixStream, signal: i32) -> Result<(), AgentError> {
-        Ok(write_json(conn, Kind::Control, &Control::Signal(signal))?)
+/// What a running exec sends: output, then how it ended.
+pub(crate) enum ExecFrame {
+    /// Bytes the command wrote to stdout (or its terminal).
+    Stdout(Vec<u8>),
+    /// Bytes the command wrote to stderr.
+    Stderr(Vec<u8>),
+    /// The command ended.
+    Exited(ExitInfo),
+}
+
+/// Reads the next frame of an exec's connection.
+pub(crate) fn read_exec_frame(conn: &mut UnixStream) -> Result<ExecFrame, AgentError> {
+    let f = read_frame(conn)?;
+    match f.kind {
+        Kind::Stdout => Ok(ExecFrame::Stdout(f.body)),
+        Kind::Stderr => Ok(ExecFrame::Stderr(f.body)),
+        Kind::Done => match done(f.json()?)? {
+            Response::Exited(info) => Ok(ExecFrame::Exited(info)),
+            other => Err(AgentError::Protocol(format!("exec answered {other:?}"))),
+        },
+        k => Err(AgentError::Protocol(format!("unexpected {k:?} frame"))),
     }
 }
 
 /// A `Failed` response as an error.
-pub(crate) fn done(r: Response) -> Result<Response, AgentError> {
+fn done(r: Response) -> Result<Response, AgentError> {
     match r {
         Response::Failed(why) => Err(AgentError::Remote(why)),
         r => Ok(r),
@@ -424,12 +441,7 @@ impl Read for TcpTunnel {
 
 impl Write for TcpTunnel {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = buf.len().min(DATA_CHUNK);
-        write_frame(&mut self.conn, Kind::Data, &buf[..n]).map_err(io::Error::other)?;
-        Ok(n)
+        write_chunk(&mut self.conn, Kind::Data, buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {

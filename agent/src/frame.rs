@@ -76,6 +76,17 @@ pub struct Frame {
     pub body: Vec<u8>,
 }
 
+/// Writes the start of `buf` (at most [`DATA_CHUNK`] bytes) as one frame of `kind`; the
+/// `io::Write::write` of the byte streams carried in frames (stdin, tunnels).
+pub fn write_chunk(w: &mut impl Write, kind: Kind, buf: &[u8]) -> io::Result<usize> {
+    if buf.is_empty() {
+        return Ok(0);
+    }
+    let n = buf.len().min(DATA_CHUNK);
+    write_frame(w, kind, &buf[..n]).map_err(io::Error::other)?;
+    Ok(n)
+}
+
 /// Writes one frame (header and body in one write where the body is small).
 pub fn write_frame(w: &mut impl Write, kind: Kind, body: &[u8]) -> Result<(), FrameError> {
     let len = u32::try_from(body.len())

@@ -110,30 +110,24 @@ pub fn exec(a: ExecArgs) -> Result<u8, String> {
     if tty {
         crate::terminal::watch_window_changes()?;
     }
-    let mut env = vec![];
+    let req = ExecRequest {
+        argv: a.command,
+        cwd: a.workdir,
+        root,
+        ..Default::default()
+    };
+    let mut exec = sm::ExecBuilder::new(&agent, req);
     for kv in &a.env {
         let (k, v) = kv
             .split_once('=')
             .ok_or(format!("-e {kv:?} is not KEY=VALUE"))?;
-        env.push((k.to_owned(), v.to_owned()));
+        exec = exec.env(k, v);
     }
-    if !env.is_empty() && !env.iter().any(|(k, _)| k == "PATH") {
-        env.push(("PATH".into(), sm_agent::DEFAULT_PATH.into()));
-    }
-    let req = ExecRequest {
-        argv: a.command,
-        env: (!env.is_empty()).then_some(env),
-        cwd: a.workdir,
-        root,
-        stdin: true,
-        ..Default::default()
-    };
     let exit = if tty {
-        crate::terminal::run(sm::ExecBuilder::new(&agent, req))?
+        crate::terminal::run(exec)?
     } else {
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-        agent
-            .exec_streaming(&req, Some(Box::new(std::io::stdin())), &mut out, &mut err)
+        exec.stream(Some(Box::new(std::io::stdin())), &mut out, &mut err)
             .map_err(|e| e.to_string())?
     };
     Ok(exit.shell_code())

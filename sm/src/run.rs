@@ -111,12 +111,14 @@ pub fn run(args: Args) -> Result<u8, String> {
         crate::detach::announce(&vm).map_err(|e| e.to_string())?;
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
         exec.stream(None, &mut out, &mut err)
+            .map_err(|e| e.to_string())
     } else if crate::terminal::attached() {
-        crate::terminal::run(exec).map_err(sm::AgentError::Remote)
+        crate::terminal::run(exec)
     } else {
         let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
         exec.stream(Some(stdin), &mut out, &mut err)
+            .map_err(|e| e.to_string())
     };
     sm::trace::step(format_args!("the command ended: {result:?}"));
     let stopped = STOPPED_BY.load(Ordering::SeqCst);
@@ -124,7 +126,7 @@ pub fn run(args: Args) -> Result<u8, String> {
     if stopped != 0 {
         return Ok(128 + stopped as u8);
     }
-    let exit = result.map_err(|e| e.to_string())?;
+    let exit = result?;
     Ok(exit.shell_code())
 }
 

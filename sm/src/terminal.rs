@@ -87,7 +87,8 @@ impl Drop for RawMode {
 /// Runs `exec` on a guest tty wired to this terminal; returns how it ended.
 pub fn run(exec: ExecBuilder<'_>) -> Result<ExitInfo, String> {
     let mut child = exec.tty(window_size()).spawn().map_err(|e| e.to_string())?;
-    *CONTROL.lock().unwrap_or_else(|e| e.into_inner()) = Some(child.control());
+    *CONTROL.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(child.control().map_err(|e| e.to_string())?);
     let raw = RawMode::enter()?;
     if let Some(mut input) = child.stdin.take() {
         // Not joined: it sits in a read of the terminal; its next write fails.
