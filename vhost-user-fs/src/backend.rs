@@ -9,11 +9,12 @@ use std::io;
 use std::sync::Arc;
 
 use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter};
 use sm_vhost_user_common::queue::{handle_queue_event, one_queue_per_thread, QueueState};
 use sm_vhost_user_common::serve::ServedBackend;
 use tracing::{debug, warn};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig};
+use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
@@ -21,6 +22,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
 use crate::config::{DeviceConfig, MAX_QUEUE_SIZE, NUM_QUEUES};
+use crate::dax::DaxWindow;
 use crate::fs::SharedFs;
 use crate::pool::Pool;
 
@@ -37,6 +39,7 @@ pub struct FsBackend {
     pool: Option<Pool>,
     config: DeviceConfig,
     queues: QueueState,
+    dax: Option<DaxWindow>,
 }
 
 impl FsBackend {
@@ -47,11 +50,13 @@ impl FsBackend {
             0 => None,
             n => Some(Pool::new(n)?),
         };
+        let dax = config.dax_window().map(DaxWindow::new);
         Ok(FsBackend {
             server: Arc::new(Server::new(fs)),
             pool,
             config,
             queues: QueueState::new(),
+            dax,
         })
     }
 
@@ -76,8 +81,9 @@ impl FsBackend {
             match pool {
                 Some(pool) => {
                     let (server, vring) = (self.server.clone(), vring.clone());
+                    let dax = self.dax.clone();
                     pool.submit(Box::new(move || {
-                        let used = run_request(&server, chain);
+                        let used = run_request(&server, chain, dax.as_ref());
                         complete(&vring, head, used);
                         if vring.needs_notification().unwrap_or(true) {
                             if let Err(e) = vring.signal_used_queue() {
@@ -87,7 +93,7 @@ impl FsBackend {
                     }));
                 }
                 None => {
-                    let used = run_request(&self.server, chain);
+                    let used = run_request(&self.server, chain, self.dax.as_ref());
                     complete(vring, head, used);
                 }
             }
@@ -99,14 +105,17 @@ impl FsBackend {
     }
 }
 
-/// One descriptor chain through the FUSE server; returns the bytes written for the guest.
-fn run_request(server: &Server<Arc<SharedFs>>, chain: Chain) -> u32 {
+/// One descriptor chain through the FUSE server (with the DAX window's mapper, if the
+/// frontend opened one); returns the bytes written for the guest.
+fn run_request(server: &Server<Arc<SharedFs>>, chain: Chain, dax: Option<&DaxWindow>) -> u32 {
     let head = chain.head_index();
     let mem = chain.memory();
     let reader = Reader::from_descriptor_chain(mem, chain.clone());
     let writer = VirtioFsWriter::new(mem, chain.clone());
+    let mut mapper = dax.and_then(DaxWindow::mapper);
+    let mapper = mapper.as_mut().map(|m| m as &mut dyn FsCacheReqHandler);
     match (reader, writer) {
-        (Ok(r), Ok(w)) => match server.handle_message(r, w.into(), None, None) {
+        (Ok(r), Ok(w)) => match server.handle_message(r, w.into(), mapper, None) {
             Ok(n) => n as u32,
             Err(e) => {
                 debug!("request {head}: {e}");
@@ -157,7 +166,30 @@ impl VhostUserBackend for FsBackend {
         } else {
             VhostUserProtocolFeatures::empty()
         };
-        config | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+        // The DAX window is a shared memory region the frontend maps files into on
+        // request, over the backend-request channel.
+        let dax = if self.dax.is_some() {
+            VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ
+        } else {
+            VhostUserProtocolFeatures::empty()
+        };
+        config | dax | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        match &self.dax {
+            Some(dax) => Ok(dax.shmem_config()),
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no DAX window (--dax-window-mib)",
+            )),
+        }
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        if let Some(dax) = &self.dax {
+            dax.set_channel(backend);
+        }
     }
 
     fn set_event_idx(&self, enabled: bool) {

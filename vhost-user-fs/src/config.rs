@@ -20,12 +20,20 @@ pub enum ConfigError {
     /// The tag is empty or longer than 36 bytes.
     #[error("--tag must be 1 to {TAG_MAX} bytes, got {0}")]
     TagLength(usize),
+    /// The DAX window is not a positive multiple of 2 MiB, or too large.
+    #[error("--dax-window-mib must be a multiple of 2 from 2 to {DAX_WINDOW_MAX_MIB}, got {0}")]
+    DaxWindow(u64),
 }
+
+/// Largest DAX window, in MiB (64 GiB: far more than any guest maps at once, small enough
+/// to fit any host's address space and a guest's physical address width).
+pub const DAX_WINDOW_MAX_MIB: u64 = 64 << 10;
 
 /// The device's shape, fixed for the life of the process.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceConfig {
     tag: Option<Vec<u8>>,
+    dax_window: Option<u64>,
 }
 
 impl DeviceConfig {
@@ -38,7 +46,30 @@ impl DeviceConfig {
         }
         Ok(DeviceConfig {
             tag: tag.map(|t| t.as_bytes().to_vec()),
+            dax_window: None,
         })
+    }
+
+    /// The same device with a DAX window of `mib` MiB (0: none).
+    pub fn with_dax_window(self, mib: u64) -> Result<DeviceConfig, ConfigError> {
+        if mib == 0 {
+            return Ok(DeviceConfig {
+                dax_window: None,
+                ..self
+            });
+        }
+        if mib % 2 != 0 || mib > DAX_WINDOW_MAX_MIB {
+            return Err(ConfigError::DaxWindow(mib));
+        }
+        Ok(DeviceConfig {
+            dax_window: Some(mib << 20),
+            ..self
+        })
+    }
+
+    /// Size of the DAX window in bytes, if there is one.
+    pub fn dax_window(&self) -> Option<u64> {
+        self.dax_window
     }
 
     /// Whether there is a config space worth offering (a tag was given).
@@ -99,5 +130,21 @@ mod tests {
         assert!(DeviceConfig::new(None).unwrap().to_bytes()[..TAG_MAX]
             .iter()
             .all(|x| *x == 0));
+    }
+
+    #[test]
+    fn dax_window_is_whole_2_mib_granules() {
+        let c = || DeviceConfig::new(None).unwrap();
+        assert_eq!(c().with_dax_window(0).unwrap().dax_window(), None);
+        assert_eq!(
+            c().with_dax_window(1024).unwrap().dax_window(),
+            Some(1 << 30)
+        );
+        assert_eq!(c().with_dax_window(3), Err(ConfigError::DaxWindow(3)));
+        let too_big = DAX_WINDOW_MAX_MIB + 2;
+        assert_eq!(
+            c().with_dax_window(too_big),
+            Err(ConfigError::DaxWindow(too_big))
+        );
     }
 }

@@ -6,8 +6,9 @@
 //!
 //! [`policy`] holds the rules as pure functions, [`sys`] the system call wrappers,
 //! [`inode`] and [`handle`] the tables of host descriptors, [`fs`] the FUSE operations,
-//! [`watch`] notices host changes, [`config`] is what the device advertises, [`backend`]
-//! the vhost-user device and its queue loop (with [`pool`] for `--thread-pool-size`),
+//! [`watch`] notices host changes, [`config`] is what the device advertises, [`dax`] the
+//! DAX window's map requests to the frontend, [`backend`] the vhost-user device and its
+//! queue loop (with [`pool`] for `--thread-pool-size`),
 //! [`confine`] enters the sandbox, and [`serve`] binds the socket and serves frontends.
 
 #![warn(missing_docs)]
@@ -15,6 +16,7 @@
 pub mod backend;
 pub mod config;
 pub mod confine;
+pub mod dax;
 pub mod fs;
 pub mod handle;
 pub mod inode;

@@ -38,6 +38,10 @@ struct Args {
     /// Process isolation.
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
     sandbox: SandboxMode,
+    /// Size of the DAX window in MiB (0: no DAX), a multiple of 2: the guest can then mount
+    /// with `-o dax=always` and map the host's page cache directly.
+    #[arg(long, default_value_t = 0)]
+    dax_window_mib: u64,
     /// Worker threads per request queue (0: requests run on the queue's own thread).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     thread_pool_size: u16,
@@ -105,7 +109,7 @@ fn run(args: Args) -> Result<(), MainError> {
     if !shared.is_dir() {
         return Err(MainError::NotADir(args.shared_dir));
     }
-    let device = DeviceConfig::new(args.tag.as_deref())?;
+    let device = DeviceConfig::new(args.tag.as_deref())?.with_dax_window(args.dax_window_mib)?;
     // SAFETY: geteuid has no arguments and cannot fail.
     let root_user = unsafe { libc::geteuid() } == 0;
     let fs = FsConfig {

@@ -52,6 +52,15 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64, u64)> {
     }
 }
 
+/// First guest-physical address past the RAM of a `mem_bytes` guest.
+pub fn ram_end(mem_bytes: u64) -> u64 {
+    ram_ranges(mem_bytes)
+        .iter()
+        .map(|(addr, len, _)| addr + len)
+        .max()
+        .unwrap_or(0)
+}
+
 /// The e820 map the guest sees: low RAM, the reserved BIOS/ACPI area, and RAM from 1 MiB up,
 /// split around the MMIO gap.
 pub fn e820_map(mem_bytes: u64) -> Vec<E820Entry> {

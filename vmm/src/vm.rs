@@ -22,9 +22,10 @@ use crate::devices::{GuestStop, MmioBus, PioBus};
 use crate::initcfg::{InitConfig, InitConfigError};
 use crate::kvm::{self, KvmError};
 use crate::layout::*;
-use crate::memory::{GuestRam, MemoryError};
+use crate::memory::{ram_end, GuestRam, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError, VcpuEvent};
-use crate::vhost_user::{DeviceConfig, DeviceKind, VhostUserDevice, VhostUserError};
+use crate::vhost_user::shmem::SharedMemoryRegion;
+use crate::vhost_user::{DeviceConfig, DeviceKind, VhostUserDevice, VhostUserError, SHMEM_ALIGN};
 
 /// Where the identity-map page and TSS go (Intel needs them below 4 GiB, outside RAM).
 const TSS_ADDRESS: usize = 0xfffb_d000;
@@ -123,6 +124,26 @@ fn create_vm(kvm: &kvm_ioctls::Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
     Ok(vm)
 }
 
+/// Gives the guest a device's shared memory region as memory slot `slot`.
+fn add_shared_memory_slot(
+    vm: &VmFd,
+    slot: u32,
+    region: &Arc<SharedMemoryRegion>,
+) -> Result<(), VmError> {
+    let region_desc = kvm_userspace_memory_region {
+        slot,
+        guest_phys_addr: region.guest_addr(),
+        memory_size: region.len(),
+        userspace_addr: region.host_addr(),
+        flags: 0,
+    };
+    // SAFETY: the region's reservation lives as long as its device, which the MMIO bus
+    // holds for the life of the VM (run() never drops it); regions are placed above RAM
+    // and after one another, so slots never overlap.
+    unsafe { vm.set_user_memory_region(region_desc) }
+        .map_err(|e| VmError::VmIoctl("KVM_SET_USER_MEMORY_REGION", e))
+}
+
 fn serial(vm: &VmFd, gsi: u32, out: std::os::fd::BorrowedFd<'_>) -> Result<SerialPort, VmError> {
     let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| VmError::Host("eventfd", e))?;
     vm.register_irqfd(&irq, gsi)
@@ -142,6 +163,11 @@ fn attach_devices(
 ) -> Result<(MmioBus, Vec<acpi::VirtioMmioSlot>), VmError> {
     let mut bus = MmioBus::default();
     let mut slots = Vec::new();
+    // Shared memory regions go above RAM (and above the 32-bit MMIO gap).
+    let mut shmem_next = ram_end(ram.size)
+        .max(MMIO_GAP_END)
+        .next_multiple_of(SHMEM_ALIGN);
+    let mut memory_slot = ram.memory.num_regions() as u32;
     let blk = config
         .blk_sockets
         .iter()
@@ -157,13 +183,19 @@ fn attach_devices(
     for (i, (socket, kind, source)) in blk.chain(fs).chain(vsock).enumerate() {
         let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_GSI_START + i as u32;
-        let device = VhostUserDevice::connect(
+        let mut device = VhostUserDevice::connect(
             socket,
             kind,
             &source,
             ram.memory.clone(),
             ram.memfd.as_raw_fd(),
         )?;
+        let span = device.shared_memory_span();
+        for region in device.attach_shared_memory(shmem_next)? {
+            add_shared_memory_slot(vm, memory_slot, &region)?;
+            memory_slot += 1;
+        }
+        shmem_next += span;
         if kind == DeviceKind::VSOCK {
             check_cid(&device, config.cid)?;
         }

@@ -146,3 +146,102 @@ cd /; umount /mnt; echo umount=ok
         std::path::Path::new("../f2")
     );
 }
+
+#[test]
+fn a_dax_mount_reads_and_maps_the_host_page_cache() {
+    let work = tempfile::tempdir().unwrap();
+    let shared = work.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let big: Vec<u8> = (0..64u64 << 20)
+        .map(|i| (i * 13 + i / 4093) as u8)
+        .collect();
+    std::fs::write(shared.join("big.bin"), &big).unwrap();
+    let start = |name: &str, dax_mib: &str| {
+        let socket = work.path().join(format!("{name}.sock"));
+        let mut cmd = Command::new(sm_integration::bin_dir().join("sm-vhost-user-fs"));
+        cmd.arg("--socket")
+            .arg(&socket)
+            .arg("--shared-dir")
+            .arg(&shared)
+            .args(["--tag", name, "--dax-window-mib", dax_mib]);
+        Backend::start(cmd, &socket)
+    };
+    let (dax, plain) = (start("dax", "256"), start("plain", "0"));
+    // Page-cache growth while reading the file shows whether reads bypassed the guest's
+    // page cache (DAX) or filled it (no DAX); fio's mmap engine writes a file through a
+    // shared mapping of the window and verifies it by reading it back the same way.
+    let script = r#"set -e
+cached() { awk '/^Cached:/{print $2}' /proc/meminfo; }
+mkdir -p /p /d
+if mount -t virtiofs -o dax=always plain /p 2>/dev/null; then echo plain_dax=ok; else echo plain_dax=refused; fi
+mount -t virtiofs plain /p
+mount -t virtiofs -o dax=always dax /d
+echo options=$(grep ' /d ' /proc/mounts | grep -o 'dax=always')
+sync; echo 3 > /proc/sys/vm/drop_caches; c0=$(cached)
+echo big=$(sha256sum /d/big.bin | cut -d' ' -f1)
+c1=$(cached); echo dax_cached_kib=$((c1 - c0))
+sync; echo 3 > /proc/sys/vm/drop_caches; c0=$(cached)
+cat /p/big.bin > /dev/null
+c1=$(cached); echo plain_cached_kib=$((c1 - c0))
+fio --name=m --filename=/d/mapped.bin --size=8M --bs=64k --rw=write --ioengine=mmap \
+    --verify=sha256 --do_verify=1 --output-format=terse >/dev/null
+echo mmap=ok
+echo mapped=$(sha256sum /d/mapped.bin | cut -d' ' -f1)
+umount /d; umount /p; echo umount=ok
+"#;
+    let out = boot(
+        &[
+            "--mem",
+            "512",
+            "--fs-socket",
+            &format!("dax={}", dax.socket_str()),
+            "--fs-socket",
+            &format!("plain={}", plain.socket_str()),
+        ],
+        &["sh", "-c", script],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}\nstdout: {}",
+        stderr(&out),
+        stdout(&out)
+    );
+    let v = values(&stdout(&out));
+    let get = |k: &str| v.get(k).map(String::as_str).unwrap_or("<missing>");
+    let kib = |k: &str| -> i64 {
+        get(k)
+            .parse()
+            .unwrap_or_else(|_| panic!("{k}: {}", stdout(&out)))
+    };
+    assert_eq!(
+        get("plain_dax"),
+        "refused",
+        "a backend without a window offered DAX"
+    );
+    assert_eq!(get("options"), "dax=always");
+    assert_eq!(get("big"), sha256(&big), "DAX read of the 64 MiB file");
+    assert!(
+        kib("dax_cached_kib") < 16 << 10,
+        "reading 64 MiB through DAX grew the guest page cache by {} KiB",
+        kib("dax_cached_kib")
+    );
+    assert!(
+        kib("plain_cached_kib") > 48 << 10,
+        "the control read without DAX grew the page cache by only {} KiB",
+        kib("plain_cached_kib")
+    );
+    assert_eq!(get("mmap"), "ok");
+    let mapped = std::fs::read(shared.join("mapped.bin")).unwrap();
+    assert_eq!(
+        mapped.len(),
+        8 << 20,
+        "the file written through the mapping"
+    );
+    assert_eq!(
+        get("mapped"),
+        sha256(&mapped),
+        "guest and host see the same bytes"
+    );
+    assert_eq!(get("umount"), "ok");
+}

@@ -13,6 +13,8 @@ use fuse_backend_rs::api::filesystem::{
     Context, Entry, OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 
+use fuse_backend_rs::transport::FsCacheReqHandler;
+
 use super::{errno, SharedFs};
 use crate::policy::CacheMode;
 use crate::sys::{self, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS};
@@ -67,6 +69,31 @@ impl SharedFs {
             CacheMode::Always => OpenOptions::KEEP_CACHE,
             CacheMode::Never => OpenOptions::DIRECT_IO,
         }
+    }
+
+    /// SETUPMAPPING: maps `len` bytes of the file at `foffset` into the DAX window at
+    /// `moffset`. The Linux driver sends no file handle, so the file is reopened here,
+    /// read-write only when the guest will write through the mapping.
+    pub(super) fn do_setupmapping(
+        &self,
+        inode: u64,
+        foffset: u64,
+        len: u64,
+        flags: u64,
+        moffset: u64,
+        vu_req: &mut dyn FsCacheReqHandler,
+    ) -> io::Result<()> {
+        let write = crate::dax::wants_write(flags);
+        if write {
+            self.writable()?;
+        }
+        let node = self.inodes.get(inode)?;
+        if !node.is_file() {
+            return Err(errno(libc::EINVAL));
+        }
+        let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+        let file = self.proc.reopen(node.fd(), mode)?;
+        vu_req.map(foffset, moffset, len, flags, file.as_raw_fd())
     }
 
     /// OPEN: a regular file, reopened from its `O_PATH` descriptor.

@@ -29,6 +29,9 @@ use fuse_backend_rs::api::filesystem::{
     SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 
+use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::transport::FsCacheReqHandler;
+
 use crate::handle::HandleTable;
 use crate::inode::{InodeData, InodeKey, InodeTable};
 use crate::policy::{self, CacheMode, SymlinkPolicy, ALWAYS_TIMEOUT_SECS, AUTO_TIMEOUT_MS};
@@ -370,6 +373,30 @@ impl FileSystem for SharedFs {
         _flags: u32,
     ) -> io::Result<usize> {
         self.do_read(inode, handle, w, size, offset)
+    }
+
+    fn setupmapping(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        foffset: u64,
+        len: u64,
+        flags: u64,
+        moffset: u64,
+        vu_req: &mut dyn FsCacheReqHandler,
+    ) -> io::Result<()> {
+        self.do_setupmapping(inode, foffset, len, flags, moffset, vu_req)
+    }
+
+    fn removemapping(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        requests: Vec<RemovemappingOne>,
+        vu_req: &mut dyn FsCacheReqHandler,
+    ) -> io::Result<()> {
+        vu_req.unmap(requests)
     }
 
     fn write(

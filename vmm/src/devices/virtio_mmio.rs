@@ -58,6 +58,10 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), String>;
     /// Stops the device (driver reset).
     fn reset(&mut self);
+    /// Guest-physical base and length of shared memory region `id`, if the device has it.
+    fn shared_memory_region(&self, _id: u8) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The register state of one virtio-mmio device.
@@ -68,6 +72,7 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     queues: Vec<QueueConfig>,
+    shm_sel: u32,
     status: u32,
     config_generation: u32,
     active: bool,
@@ -99,6 +104,7 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             queues,
+            shm_sel: 0,
             status: 0,
             config_generation: 0,
             active: false,
@@ -145,9 +151,21 @@ impl MmioTransport {
             // fired: report a used-buffer notification and let the driver check its rings.
             0x60 if self.active => INT_VRING,
             0x70 => self.status,
-            // SHMLen/SHMBase: all ones means "no shared memory region" (a length of 0
-            // would claim an empty region, which virtio-fs then fails to reserve).
-            0xb0 | 0xb4 | 0xb8 | 0xbc => u32::MAX,
+            // SHMLen/SHMBase of the region SHMSel names; all ones means "no such region"
+            // (a length of 0 would claim an empty region, which virtio-fs then fails to
+            // reserve).
+            0xb0 | 0xb4 | 0xb8 | 0xbc => {
+                let region = u8::try_from(self.shm_sel)
+                    .ok()
+                    .and_then(|id| self.device.shared_memory_region(id));
+                match region {
+                    Some((base, len)) => {
+                        let v = if offset < 0xb8 { len } else { base };
+                        (v >> if offset & 4 != 0 { 32 } else { 0 }) as u32
+                    }
+                    None => u32::MAX,
+                }
+            }
             0xfc => self.config_generation,
             _ => 0,
         };
@@ -175,6 +193,7 @@ impl MmioTransport {
             },
             0x24 => self.driver_features_sel = v,
             0x30 => self.queue_sel = v,
+            0xac => self.shm_sel = v,
             0x38 => {
                 if let Some(q) = self.queue() {
                     q.size = v.min(u32::from(q.max_size)) as u16;
@@ -211,6 +230,7 @@ impl MmioTransport {
             self.driver_features_sel = 0;
             self.driver_features = 0;
             self.queue_sel = 0;
+            self.shm_sel = 0;
             for q in &mut self.queues {
                 *q = QueueConfig {
                     max_size: q.max_size,
@@ -291,6 +311,30 @@ mod tests {
         }
     }
 
+    /// A device with one shared memory region, ID 1.
+    struct WithWindow;
+
+    impl VirtioDevice for WithWindow {
+        fn device_type(&self) -> u32 {
+            26
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![256]
+        }
+        fn read_config(&mut self, _: u64, _: &mut [u8]) {}
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(&mut self, _: u64, _: &[QueueConfig]) -> Result<(), String> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+        fn shared_memory_region(&self, id: u8) -> Option<(u64, u64)> {
+            (id == 1).then_some((0x1_4000_0000, 0x2_4000_0000))
+        }
+    }
+
     fn rd(t: &mut MmioTransport, off: u64) -> u32 {
         let mut b = [0u8; 4];
         t.read(off, &mut b);
@@ -337,6 +381,17 @@ mod tests {
             (u32::MAX, u32::MAX),
             "no shared memory"
         );
+    }
+
+    #[test]
+    fn shared_memory_registers_describe_the_selected_region() {
+        let mut t = MmioTransport::new(Box::new(WithWindow));
+        let region = |t: &mut MmioTransport| [0xb0, 0xb4, 0xb8, 0xbc].map(|off| rd(t, off));
+        assert_eq!(region(&mut t), [u32::MAX; 4], "region 0 does not exist");
+        wr(&mut t, 0xac, 1);
+        assert_eq!(region(&mut t), [0x4000_0000, 2, 0x4000_0000, 1]);
+        wr(&mut t, 0xac, 256);
+        assert_eq!(region(&mut t), [u32::MAX; 4], "IDs are 8 bits");
     }
 
     #[test]

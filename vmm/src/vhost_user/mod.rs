@@ -1,12 +1,17 @@
 //! The generic vhost-user frontend: one virtio device whose work is done by a backend
 //! process on a Unix socket. sm-vmm negotiates features, hands the backend the guest memory
 //! (the memfd) and the rings, and wires the queue kick ioeventfds and the interrupt irqfd
-//! straight to it; config space goes through GET_CONFIG/SET_CONFIG. Written once for every
-//! device type (block now, file system and vsock next).
+//! straight to it; config space goes through GET_CONFIG/SET_CONFIG. A backend that offers
+//! shared memory regions (virtio-fs DAX) gets them as guest-physical windows it fills
+//! through its backend-request channel ([`shmem`]). Written once for every device type.
+
+pub mod shmem;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use shmem::{SharedMemoryRegion, ShmemError};
 
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -33,6 +38,9 @@ pub enum VhostUserError {
     /// The backend cannot serve a modern virtio device the way sm-vmm drives it.
     #[error("vhost-user backend at {0} {1}")]
     Unsupported(String, &'static str),
+    /// A shared memory region the backend asks for cannot be set up.
+    #[error("vhost-user backend at {0}: {1}")]
+    SharedMemory(String, ShmemError),
 }
 
 /// What kind of device a backend serves, and what the VMM may pass through of it.
@@ -101,6 +109,9 @@ const TRANSPORT_FEATURES: u64 = (1 << 28) | (1 << 29) | VIRTIO_F_VERSION_1;
 const DEVICE_FEATURES: u64 = (1 << 24) - 1;
 /// Size of every queue sm-vmm offers.
 const QUEUE_SIZE: u16 = 256;
+/// Guest-physical alignment of each shared memory region (so the guest can map it with
+/// large pages and its memory hotplug code accepts it).
+pub const SHMEM_ALIGN: u64 = 1 << 30;
 
 /// A virtio device served by a vhost-user backend.
 pub struct VhostUserDevice {
@@ -117,6 +128,11 @@ pub struct VhostUserDevice {
     kicks: Vec<EventFd>,
     irq: EventFd,
     started: Vec<usize>,
+    /// Sizes of the shared memory regions the backend asks for, by ID (0: none).
+    shmem_sizes: Vec<u64>,
+    /// The regions, once placed in the guest-physical address space.
+    shmem: Vec<Option<Arc<SharedMemoryRegion>>>,
+    reply_ack: bool,
 }
 
 impl VhostUserDevice {
@@ -161,6 +177,11 @@ impl VhostUserDevice {
         if backend_config {
             wanted |= VhostUserProtocolFeatures::CONFIG;
         }
+        // Shared memory regions need the backend-request channel for their map requests.
+        let shmem = VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ;
+        if offered.contains(shmem) {
+            wanted |= shmem;
+        }
         let protocol_features = offered & wanted;
         if backend_config && !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
             return Err(VhostUserError::Unsupported(name, "does not offer VHOST_USER_PROTOCOL_F_CONFIG (needed for the device's config space)"));
@@ -188,6 +209,15 @@ impl VhostUserDevice {
                     .1
             }
         };
+        let shmem_sizes = if protocol_features.contains(VhostUserProtocolFeatures::SHMEM) {
+            let c = frontend
+                .get_shmem_config()
+                .map_err(err("GET_SHMEM_CONFIG"))?;
+            let n = (c.nregions as usize).min(c.memory_sizes.len());
+            c.memory_sizes[..n].to_vec()
+        } else {
+            vec![]
+        };
         let kicks = (0..queues)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -210,7 +240,59 @@ impl VhostUserDevice {
             kicks,
             irq,
             started: vec![],
+            shmem_sizes,
+            shmem: vec![],
+            reply_ack: protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK),
         })
+    }
+
+    /// Guest-physical space the device's shared memory regions take, each aligned to
+    /// [`SHMEM_ALIGN`] (0: the device has none).
+    pub fn shared_memory_span(&self) -> u64 {
+        self.shmem_sizes
+            .iter()
+            .filter(|s| **s > 0)
+            .map(|s| s.div_ceil(SHMEM_ALIGN) * SHMEM_ALIGN)
+            .sum()
+    }
+
+    /// Places the device's shared memory regions from guest-physical address `base` on
+    /// (a [`SHMEM_ALIGN`]-aligned span of [`Self::shared_memory_span`] bytes), opens the
+    /// backend-request channel the backend maps files through, and returns the regions for
+    /// the VMM to register as memory slots.
+    pub fn attach_shared_memory(
+        &mut self,
+        base: u64,
+    ) -> Result<Vec<Arc<SharedMemoryRegion>>, VhostUserError> {
+        let mut next = base;
+        let mut placed = Vec::new();
+        for size in self.shmem_sizes.clone() {
+            if size == 0 {
+                self.shmem.push(None);
+                continue;
+            }
+            let region = SharedMemoryRegion::new(next, size)
+                .map_err(|e| VhostUserError::SharedMemory(self.name.clone(), e))?;
+            let region = Arc::new(region);
+            next += size.div_ceil(SHMEM_ALIGN) * SHMEM_ALIGN;
+            self.shmem.push(Some(region.clone()));
+            placed.push(region);
+        }
+        if placed.is_empty() {
+            return Ok(placed);
+        }
+        let channel = shmem::serve_backend_requests(&self.name, self.shmem.clone(), self.reply_ack)
+            .map_err(|e| {
+                VhostUserError::Protocol(
+                    self.name.clone(),
+                    "backend channel",
+                    vhost::Error::IOError(e),
+                )
+            })?;
+        self.frontend
+            .set_backend_request_fd(&channel)
+            .map_err(|e| VhostUserError::Protocol(self.name.clone(), "SET_BACKEND_REQ_FD", e))?;
+        Ok(placed)
     }
 
     /// The eventfds the guest's QueueNotify writes signal (register them as ioeventfds).
@@ -346,6 +428,11 @@ impl VirtioDevice for VhostUserDevice {
     fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), String> {
         self.start(features, queues)
             .map_err(|e| format!("vhost-user backend at {}: {e}", self.name))
+    }
+
+    fn shared_memory_region(&self, id: u8) -> Option<(u64, u64)> {
+        let region = self.shmem.get(usize::from(id))?.as_ref()?;
+        Some((region.guest_addr(), region.len()))
     }
 
     fn reset(&mut self) {
