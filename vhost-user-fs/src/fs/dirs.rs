@@ -1,17 +1,18 @@
 //! Directory listing: OPENDIR reopens the directory with `.` relative to its `O_PATH`
 //! descriptor, READDIR runs getdents64 from the guest's offset and hides symlinks whose
-//! target leaves the tree (unless `--symlinks follow`).
+//! target leaves the tree (unless `--symlinks follow`). READDIRPLUS lists the same names and
+//! adds to each what LOOKUP would answer for it.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use fuse_backend_rs::api::filesystem::DirEntry;
+use fuse_backend_rs::api::filesystem::{DirEntry, Entry, ROOT_ID};
 
 use super::{errno, SharedFs};
 use crate::inode::InodeData;
-use crate::sys;
+use crate::{policy, sys};
 
 /// Bytes of getdents64 output read at a time.
 const DIRENT_BUF: usize = 8192;
@@ -80,6 +81,67 @@ impl SharedFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        self.list(inode, handle, offset, &mut |_, d| add_entry(d))
+    }
+
+    /// READDIRPLUS from `offset`: READDIR's names, each with LOOKUP's answer for it. A name
+    /// LOOKUP refuses, `.` and `..` get node ID 0 (the kernel instantiates nothing, and a
+    /// later LOOKUP meets the policy); every other node ID is one kernel reference, taken back
+    /// here if the entry does not reach the guest.
+    pub(super) fn do_readdirplus(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        // Node IDs in the reply so far: an error reply delivers none of them.
+        let mut given = Vec::new();
+        let r = self.list(inode, handle, offset, &mut |dir, d| {
+            let entry = self.plus_entry(dir, d.name);
+            let id = entry.inode;
+            let added = add_entry(d, entry);
+            if id != 0 {
+                match added {
+                    Ok(n) if n > 0 => given.push(id),
+                    _ => self.inodes.forget(id, 1), // Did not fit, or failed.
+                }
+            }
+            added
+        });
+        if r.is_err() {
+            for id in given {
+                self.inodes.forget(id, 1);
+            }
+        }
+        r
+    }
+
+    /// What READDIRPLUS says about `name` in `dir`: LOOKUP's entry, or one with node ID 0.
+    fn plus_entry(&self, dir: &InodeData, name: &[u8]) -> Entry {
+        if name == b"." || name == b".." {
+            return Entry::default(); // Never looked up: the kernel ignores them.
+        }
+        let looked = policy::validate_name(name)
+            .and_then(|()| CString::new(name).map_err(|_| errno(libc::EINVAL)))
+            .and_then(|name| self.lookup_in(dir, &name));
+        match looked {
+            // The kernel refuses the root's ID here (EIO); the table never drops the root, so
+            // that reference needs no FORGET (`--symlinks follow` and `up -> ..`).
+            Ok(entry) if entry.inode != ROOT_ID => entry,
+            _ => Entry::default(),
+        }
+    }
+
+    /// Lists directory `inode` from `offset` through its handle, giving `emit` each entry
+    /// READDIR shows until `emit` reports the guest's buffer full (0).
+    fn list(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        emit: &mut dyn FnMut(&InodeData, DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
         let h = self.handles.get(handle, inode)?;
         let dir = self.dir(inode)?;
         let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
@@ -106,12 +168,15 @@ impl SharedFs {
                         continue;
                     }
                 }
-                let added = add_entry(DirEntry {
-                    ino: d.ino,
-                    offset: d.off,
-                    type_: d.kind.into(),
-                    name: d.name,
-                })?;
+                let added = emit(
+                    &dir,
+                    DirEntry {
+                        ino: d.ino,
+                        offset: d.off,
+                        type_: d.kind.into(),
+                        name: d.name,
+                    },
+                )?;
                 if added == 0 {
                     return Ok(()); // The guest's buffer is full.
                 }
