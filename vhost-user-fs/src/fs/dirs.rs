@@ -188,6 +188,141 @@ impl SharedFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::FsConfig;
+    use crate::policy::SymlinkPolicy;
+    use crate::sys::ProcFds;
+    use fuse_backend_rs::api::filesystem::{Context, FileSystem};
+
+    fn open_fs(dir: &std::path::Path, symlinks: SymlinkPolicy) -> SharedFs {
+        let root = std::fs::File::open(dir).unwrap().into();
+        let proc = ProcFds::open(c"/proc/self/fd").unwrap();
+        let cfg = FsConfig {
+            symlinks,
+            ..FsConfig::default()
+        };
+        SharedFs::new(root, proc, cfg).unwrap()
+    }
+
+    /// READDIRPLUS of `dir` with a guest buffer taking `room` entries (`fail` fails the one
+    /// after): the call's result and the (name, node ID) pairs the guest got.
+    fn plus(
+        fs: &SharedFs,
+        dir: u64,
+        room: usize,
+        fail: bool,
+    ) -> (io::Result<()>, Vec<(Vec<u8>, u64)>) {
+        let ctx = Context::new();
+        let h = fs.opendir(&ctx, dir, 0).unwrap().0.unwrap();
+        let mut got = Vec::new();
+        let r = fs.readdirplus(&ctx, dir, h, 4096, 0, &mut |d, e| {
+            if got.len() == room {
+                return if fail { Err(errno(libc::EIO)) } else { Ok(0) };
+            }
+            got.push((d.name.to_vec(), e.inode));
+            Ok(1)
+        });
+        fs.releasedir(&ctx, dir, 0, h).unwrap();
+        (r, got)
+    }
+
+    /// Every node ID READDIRPLUS hands out is one reference that one FORGET undoes; one that
+    /// never reaches the guest (buffer full, or an error reply) is none; `.`, `..` and the
+    /// root are never handed out.
+    #[test]
+    fn readdirplus_references_balance() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir_all(shared.join("d/sub")).unwrap();
+        std::fs::write(tmp.path().join("outside"), b"x").unwrap();
+        std::fs::write(shared.join("f"), b"x").unwrap();
+        std::fs::hard_link(shared.join("f"), shared.join("hard")).unwrap();
+        std::os::unix::fs::symlink("f", shared.join("in")).unwrap();
+        std::os::unix::fs::symlink("../outside", shared.join("out")).unwrap();
+        std::os::unix::fs::symlink("..", shared.join("d/up")).unwrap();
+        let ctx = Context::new();
+        for policy in [
+            SymlinkPolicy::Deny,
+            SymlinkPolicy::Opaque,
+            SymlinkPolicy::Follow,
+        ] {
+            let fs = open_fs(&shared, policy);
+            let forget_all = |got: &[(Vec<u8>, u64)]| {
+                for (_, id) in got.iter().filter(|(_, id)| *id != 0) {
+                    fs.forget(&ctx, *id, 1);
+                }
+            };
+            assert_eq!(fs.inodes.count(), 1);
+            let (r, got) = plus(&fs, ROOT_ID, usize::MAX, false);
+            r.unwrap();
+            let mut names: Vec<_> = got.iter().map(|(n, _)| n.as_slice()).collect();
+            names.sort();
+            let mut want = vec![&b"."[..], b"..", b"d", b"f", b"hard", b"in"];
+            if policy.follows() {
+                want.push(b"out");
+            }
+            assert_eq!(names, want, "{policy:?}");
+            for (name, id) in &got {
+                assert_eq!(
+                    *id == 0,
+                    name == b"." || name == b"..",
+                    "{policy:?} {name:?}"
+                );
+            }
+            let mut ids: Vec<_> = got
+                .iter()
+                .map(|(_, id)| *id)
+                .filter(|id| *id != 0)
+                .collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(fs.inodes.count(), 1 + ids.len(), "{policy:?}");
+            forget_all(&got);
+            assert_eq!(fs.inodes.count(), 1, "{policy:?}: one FORGET each");
+
+            // A LOOKUP's own reference outlives the listing's.
+            let f = fs.lookup(&ctx, ROOT_ID, c"f").unwrap().inode;
+            let (r, got) = plus(&fs, ROOT_ID, usize::MAX, false);
+            r.unwrap();
+            forget_all(&got);
+            assert_eq!(fs.inodes.count(), 2);
+            fs.forget(&ctx, f, 1);
+            assert_eq!(fs.inodes.count(), 1);
+
+            // The guest's buffer fills after 3 entries: the 4th was looked up, then undone.
+            let (r, got) = plus(&fs, ROOT_ID, 3, false);
+            r.unwrap();
+            assert_eq!(got.len(), 3);
+            forget_all(&got);
+            assert_eq!(fs.inodes.count(), 1, "{policy:?}: full buffer");
+
+            // An error reply delivers nothing, so nothing is left referenced.
+            let (r, got) = plus(&fs, ROOT_ID, 4, true);
+            assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+            assert_eq!(got.len(), 4);
+            assert_eq!(fs.inodes.count(), 1, "{policy:?}: error reply");
+
+            // `d` holds `.`, `..`, `sub` and `up -> ..` (the root itself when followed).
+            let d = fs.lookup(&ctx, ROOT_ID, c"d").unwrap().inode;
+            let (r, got) = plus(&fs, d, usize::MAX, false);
+            r.unwrap();
+            for (name, id) in &got {
+                let none = matches!(&name[..], b"." | b"..") || (policy.follows() && name == b"up");
+                assert_eq!(*id == 0, none, "{policy:?} {name:?}");
+            }
+            assert_eq!(got.len(), 4, "{policy:?}");
+            forget_all(&got);
+            assert_eq!(fs.inodes.count(), 2, "{policy:?}: only `d` is left");
+            let sub = fs.lookup(&ctx, d, c"sub").unwrap().inode;
+            let (r, got) = plus(&fs, sub, usize::MAX, false);
+            r.unwrap();
+            assert!(got.iter().all(|(_, id)| *id == 0));
+            assert_eq!(
+                fs.inodes.count(),
+                3,
+                "{policy:?}: `.` and `..` take nothing"
+            );
+        }
+    }
 
     fn record(ino: u64, off: u64, kind: u8, name: &[u8]) -> Vec<u8> {
         let len = (19 + name.len() + 1).next_multiple_of(8);
