@@ -1,15 +1,17 @@
 //! The file system driven directly through `fuse_backend_rs`'s `FileSystem` trait on a real
 //! directory (no guest): extended attributes (busybox in the guest has no getfattr), names
-//! the guest kernel would never send, stale node IDs, and read-only.
+//! the guest kernel would never send, stale node IDs, read-only, and READDIRPLUS against
+//! READDIR and LOOKUP.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use fuse_backend_rs::api::filesystem::{
-    Context, FileSystem, GetxattrReply, ListxattrReply, ROOT_ID,
+    Context, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, ROOT_ID,
 };
 use sm_vhost_user_fs::fs::{FsConfig, SharedFs};
-use sm_vhost_user_fs::policy::SymlinkPolicy;
+use sm_vhost_user_fs::policy::{CacheMode, SymlinkPolicy};
 use sm_vhost_user_fs::sys::ProcFds;
 
 fn open_fs(dir: &std::path::Path, cfg: FsConfig) -> SharedFs {
@@ -251,4 +253,256 @@ fn mknod_refuses_device_nodes() {
         );
     }
     assert!(!dir.path().join("dev").exists());
+}
+
+/// One READDIR listing of `dir` from offset 0: the names.
+fn readdir_names(fs: &SharedFs, dir: u64) -> Vec<Vec<u8>> {
+    let ctx = Context::new();
+    let (h, _) = fs.opendir(&ctx, dir, 0).unwrap();
+    let h = h.unwrap();
+    let mut names = Vec::new();
+    fs.readdir(&ctx, dir, h, 4096, 0, &mut |d| {
+        names.push(d.name.to_vec());
+        Ok(1)
+    })
+    .unwrap();
+    fs.releasedir(&ctx, dir, 0, h).unwrap();
+    names.sort();
+    names
+}
+
+/// One READDIRPLUS listing of `dir` from offset 0: name, `d_ino` and entry, by name (the
+/// first if a name a host change re-created shows up twice); `during` runs once, after the
+/// first entry was looked up and before the others are.
+fn readdirplus_entries(
+    fs: &SharedFs,
+    dir: u64,
+    mut during: impl FnMut(&[u8]),
+) -> std::collections::BTreeMap<Vec<u8>, (u64, Entry)> {
+    let ctx = Context::new();
+    let (h, _) = fs.opendir(&ctx, dir, 0).unwrap();
+    let h = h.unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    fs.readdirplus(&ctx, dir, h, 4096, 0, &mut |d, e| {
+        if out.is_empty() {
+            during(d.name);
+        }
+        out.entry(d.name.to_vec()).or_insert((d.ino, e));
+        Ok(1)
+    })
+    .unwrap();
+    fs.releasedir(&ctx, dir, 0, h).unwrap();
+    out
+}
+
+/// INIT asks for READDIRPLUS (adaptive) only when the kernel offers it.
+#[test]
+fn init_requests_readdirplus() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = open_fs(dir.path(), FsConfig::default());
+    let plus = FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
+    assert!(fs.init(FsOptions::all()).unwrap().contains(plus));
+    assert!(!fs.init(FsOptions::all() - plus).unwrap().intersects(plus));
+}
+
+/// READDIRPLUS lists READDIR's names, each with LOOKUP's answer (same node, attributes and
+/// timeouts), under every symlink policy; `.` and `..` carry no node, and after one FORGET
+/// per node returned the nodes are gone (each entry was exactly one reference).
+#[test]
+fn readdirplus_is_readdir_plus_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("sub")).unwrap();
+    std::fs::write(dir.path().join("outside"), b"outside!").unwrap();
+    std::fs::write(shared.join("f"), b"hello").unwrap();
+    std::fs::set_permissions(shared.join("f"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::hard_link(shared.join("f"), shared.join("hard")).unwrap();
+    std::os::unix::fs::symlink("f", shared.join("in")).unwrap();
+    std::os::unix::fs::symlink("../outside", shared.join("out")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("outside"), shared.join("abs")).unwrap();
+    std::os::unix::fs::symlink("missing", shared.join("dangling")).unwrap();
+    let ctx = Context::new();
+    for (policy, cache) in [
+        (SymlinkPolicy::Deny, CacheMode::Auto),
+        (SymlinkPolicy::Opaque, CacheMode::Always),
+        (SymlinkPolicy::Follow, CacheMode::Never),
+    ] {
+        let cfg = FsConfig {
+            symlinks: policy,
+            cache,
+            ..FsConfig::default()
+        };
+        let fs = open_fs(&shared, cfg);
+        let sub = fs.lookup(&ctx, ROOT_ID, n(c"sub")).unwrap().inode;
+        for (dir_id, host_dir) in [(ROOT_ID, shared.clone()), (sub, shared.join("sub"))] {
+            let plus = readdirplus_entries(&fs, dir_id, |_| {});
+            let names: Vec<_> = plus.keys().cloned().collect();
+            assert_eq!(names, readdir_names(&fs, dir_id), "{policy:?}");
+            for (name, (d_ino, e)) in &plus {
+                let shown = String::from_utf8_lossy(name);
+                if name == b"." || name == b".." {
+                    assert_eq!(e.inode, 0, "{policy:?} {shown}");
+                    continue;
+                }
+                let path = host_dir.join(std::str::from_utf8(name).unwrap());
+                let lookup = fs.lookup(&ctx, dir_id, &CString::new(name.clone()).unwrap());
+                let Ok(lookup) = lookup else {
+                    // Followed, the dangling symlink is ENOENT (else it is the link itself).
+                    assert_eq!(
+                        (policy, &name[..]),
+                        (SymlinkPolicy::Follow, &b"dangling"[..])
+                    );
+                    assert_eq!(e.inode, 0);
+                    continue;
+                };
+                assert_eq!(e.inode, lookup.inode, "{policy:?} {shown}");
+                fs.forget(&ctx, lookup.inode, 1);
+                let meta = if policy == SymlinkPolicy::Follow {
+                    std::fs::metadata(&path).unwrap()
+                } else {
+                    std::fs::symlink_metadata(&path).unwrap()
+                };
+                assert_eq!(e.attr.st_ino, meta.ino(), "{policy:?} {shown}");
+                assert_eq!(e.attr.st_size as u64, meta.size(), "{policy:?} {shown}");
+                assert_eq!(e.attr.st_mode, meta.mode(), "{policy:?} {shown}");
+                assert_eq!(
+                    e.attr.st_nlink,
+                    meta.nlink() as libc::nlink_t,
+                    "{policy:?} {shown}"
+                );
+                assert_eq!(
+                    *d_ino,
+                    std::fs::symlink_metadata(&path).unwrap().ino(),
+                    "d_ino is READDIR's"
+                );
+                assert_eq!(
+                    (e.entry_timeout, e.attr_timeout),
+                    (lookup.entry_timeout, lookup.attr_timeout)
+                );
+            }
+            if dir_id == ROOT_ID {
+                let has = |n: &[u8]| plus.contains_key(n);
+                assert!(has(b"f") && has(b"hard") && has(b"in") && has(b"dangling"));
+                assert_eq!(has(b"out") && has(b"abs"), policy.follows(), "{policy:?}");
+                let f = &plus[&b"f"[..]].1;
+                assert_eq!((f.attr.st_size, f.attr.st_mode & 0o7777), (5, 0o640));
+                assert_eq!(
+                    f.inode,
+                    plus[&b"hard"[..]].1.inode,
+                    "one node per host inode"
+                );
+                if policy.follows() {
+                    assert_eq!(
+                        plus[&b"out"[..]].1.attr.st_size,
+                        8,
+                        "the target's attributes"
+                    );
+                }
+            }
+            // One FORGET per entry returned, and nothing is left of them: each was one
+            // reference (stale node IDs answer EBADF).
+            for (_, e) in plus.values() {
+                if e.inode != 0 {
+                    fs.forget(&ctx, e.inode, 1);
+                }
+            }
+            for (name, (_, e)) in &plus {
+                if e.inode != 0 && e.inode != sub {
+                    assert_eq!(
+                        errno(fs.getattr(&ctx, e.inode, None)),
+                        libc::EBADF,
+                        "{policy:?} {}",
+                        String::from_utf8_lossy(name)
+                    );
+                }
+            }
+        }
+        assert!(
+            fs.getattr(&ctx, sub, None).is_ok(),
+            "LOOKUP's reference stays"
+        );
+    }
+}
+
+/// A name listed by READDIR that LOOKUP then refuses (it became a symlink leaving the tree,
+/// or vanished, after getdents read it) is listed with node ID 0, and LOOKUP gives the error.
+#[test]
+fn readdirplus_gives_no_node_where_lookup_fails() {
+    for policy in [SymlinkPolicy::Deny, SymlinkPolicy::Opaque] {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(dir.path().join("outside"), b"secret").unwrap();
+        let names = ["esc1", "esc2", "gone1", "gone2", "keep1", "keep2", "inlink"];
+        for name in names {
+            std::fs::write(shared.join(name), b"x").unwrap();
+        }
+        let fs = open_fs(
+            &shared,
+            FsConfig {
+                symlinks: policy,
+                ..FsConfig::default()
+            },
+        );
+        let ctx = Context::new();
+        let mut first = Vec::new();
+        let plus = readdirplus_entries(&fs, ROOT_ID, |name| {
+            first = name.to_vec();
+            for other in names.iter().filter(|o| o.as_bytes() != name) {
+                let path = shared.join(other);
+                if other.starts_with("esc") {
+                    std::fs::remove_file(&path).unwrap();
+                    std::os::unix::fs::symlink("../outside", &path).unwrap();
+                } else if other.starts_with("gone") {
+                    std::fs::remove_file(&path).unwrap();
+                } else if *other == "inlink" {
+                    std::fs::remove_file(&path).unwrap();
+                    std::os::unix::fs::symlink("keep1", &path).unwrap();
+                }
+            }
+        });
+        let mut listed: Vec<_> = plus.keys().map(|k| k.as_slice()).collect();
+        listed.retain(|k| *k != b"." && *k != b"..");
+        let mut all: Vec<_> = names.iter().map(|n| n.as_bytes()).collect();
+        all.sort();
+        assert_eq!(listed, all, "{policy:?}: every name is listed");
+        for name in names {
+            let (_, e) = &plus[name.as_bytes()];
+            if name.as_bytes() == first {
+                continue; // Looked up before anything changed.
+            }
+            let c = CString::new(name).unwrap();
+            match name {
+                n if n.starts_with("esc") => {
+                    assert_eq!(e.inode, 0, "{policy:?} {n}");
+                    assert_eq!(errno(fs.lookup(&ctx, ROOT_ID, &c)), libc::EACCES);
+                }
+                n if n.starts_with("gone") => {
+                    assert_eq!(e.inode, 0, "{policy:?} {n}");
+                    assert_eq!(errno(fs.lookup(&ctx, ROOT_ID, &c)), libc::ENOENT);
+                }
+                n => {
+                    assert_ne!(e.inode, 0, "{policy:?} {n}");
+                    let want = if n == "inlink" {
+                        libc::S_IFLNK
+                    } else {
+                        libc::S_IFREG
+                    };
+                    assert_eq!(e.attr.st_mode & libc::S_IFMT, want, "{policy:?} {n}");
+                }
+            }
+        }
+        // And a symlink already leaving the tree is hidden from both listings alike.
+        for esc in ["esc1", "esc2"] {
+            let path = shared.join(esc);
+            if !path.is_symlink() {
+                std::fs::remove_file(&path).unwrap();
+                std::os::unix::fs::symlink("../outside", &path).unwrap();
+            }
+        }
+        let plus = readdirplus_entries(&fs, ROOT_ID, |_| {});
+        assert!(!plus.keys().any(|k| k.starts_with(b"esc")), "{policy:?}");
+        let names: Vec<_> = plus.keys().cloned().collect();
+        assert_eq!(names, readdir_names(&fs, ROOT_ID));
+    }
 }

@@ -1,17 +1,18 @@
 //! Directory listing: OPENDIR reopens the directory with `.` relative to its `O_PATH`
 //! descriptor, READDIR runs getdents64 from the guest's offset and hides symlinks whose
-//! target leaves the tree (unless `--symlinks follow`).
+//! target leaves the tree (unless `--symlinks follow`). READDIRPLUS lists the same names and
+//! adds to each what LOOKUP would answer for it.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use fuse_backend_rs::api::filesystem::DirEntry;
+use fuse_backend_rs::api::filesystem::{DirEntry, Entry, ROOT_ID};
 
 use super::{errno, SharedFs};
 use crate::inode::InodeData;
-use crate::sys;
+use crate::{policy, sys};
 
 /// Bytes of getdents64 output read at a time.
 const DIRENT_BUF: usize = 8192;
@@ -80,6 +81,67 @@ impl SharedFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        self.list(inode, handle, offset, &mut |_, d| add_entry(d))
+    }
+
+    /// READDIRPLUS from `offset`: READDIR's names, each with LOOKUP's answer for it. A name
+    /// LOOKUP refuses, `.` and `..` get node ID 0 (the kernel instantiates nothing, and a
+    /// later LOOKUP meets the policy); every other node ID is one kernel reference, taken back
+    /// here if the entry does not reach the guest.
+    pub(super) fn do_readdirplus(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        // Node IDs in the reply so far: an error reply delivers none of them.
+        let mut given = Vec::new();
+        let r = self.list(inode, handle, offset, &mut |dir, d| {
+            let entry = self.plus_entry(dir, d.name);
+            let id = entry.inode;
+            let added = add_entry(d, entry);
+            if id != 0 {
+                match added {
+                    Ok(n) if n > 0 => given.push(id),
+                    _ => self.inodes.forget(id, 1), // Did not fit, or failed.
+                }
+            }
+            added
+        });
+        if r.is_err() {
+            for id in given {
+                self.inodes.forget(id, 1);
+            }
+        }
+        r
+    }
+
+    /// What READDIRPLUS says about `name` in `dir`: LOOKUP's entry, or one with node ID 0.
+    fn plus_entry(&self, dir: &InodeData, name: &[u8]) -> Entry {
+        if name == b"." || name == b".." {
+            return Entry::default(); // Never looked up: the kernel ignores them.
+        }
+        let looked = policy::validate_name(name)
+            .and_then(|()| CString::new(name).map_err(|_| errno(libc::EINVAL)))
+            .and_then(|name| self.lookup_in(dir, &name));
+        match looked {
+            // The kernel refuses the root's ID here (EIO); the table never drops the root, so
+            // that reference needs no FORGET (`--symlinks follow` and `up -> ..`).
+            Ok(entry) if entry.inode != ROOT_ID => entry,
+            _ => Entry::default(),
+        }
+    }
+
+    /// Lists directory `inode` from `offset` through its handle, giving `emit` each entry
+    /// READDIR shows until `emit` reports the guest's buffer full (0).
+    fn list(
+        &self,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        emit: &mut dyn FnMut(&InodeData, DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
         let h = self.handles.get(handle, inode)?;
         let dir = self.dir(inode)?;
         let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
@@ -106,12 +168,15 @@ impl SharedFs {
                         continue;
                     }
                 }
-                let added = add_entry(DirEntry {
-                    ino: d.ino,
-                    offset: d.off,
-                    type_: d.kind.into(),
-                    name: d.name,
-                })?;
+                let added = emit(
+                    &dir,
+                    DirEntry {
+                        ino: d.ino,
+                        offset: d.off,
+                        type_: d.kind.into(),
+                        name: d.name,
+                    },
+                )?;
                 if added == 0 {
                     return Ok(()); // The guest's buffer is full.
                 }
@@ -123,6 +188,141 @@ impl SharedFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::FsConfig;
+    use crate::policy::SymlinkPolicy;
+    use crate::sys::ProcFds;
+    use fuse_backend_rs::api::filesystem::{Context, FileSystem};
+
+    fn open_fs(dir: &std::path::Path, symlinks: SymlinkPolicy) -> SharedFs {
+        let root = std::fs::File::open(dir).unwrap().into();
+        let proc = ProcFds::open(c"/proc/self/fd").unwrap();
+        let cfg = FsConfig {
+            symlinks,
+            ..FsConfig::default()
+        };
+        SharedFs::new(root, proc, cfg).unwrap()
+    }
+
+    /// READDIRPLUS of `dir` with a guest buffer taking `room` entries (`fail` fails the one
+    /// after): the call's result and the (name, node ID) pairs the guest got.
+    fn plus(
+        fs: &SharedFs,
+        dir: u64,
+        room: usize,
+        fail: bool,
+    ) -> (io::Result<()>, Vec<(Vec<u8>, u64)>) {
+        let ctx = Context::new();
+        let h = fs.opendir(&ctx, dir, 0).unwrap().0.unwrap();
+        let mut got = Vec::new();
+        let r = fs.readdirplus(&ctx, dir, h, 4096, 0, &mut |d, e| {
+            if got.len() == room {
+                return if fail { Err(errno(libc::EIO)) } else { Ok(0) };
+            }
+            got.push((d.name.to_vec(), e.inode));
+            Ok(1)
+        });
+        fs.releasedir(&ctx, dir, 0, h).unwrap();
+        (r, got)
+    }
+
+    /// Every node ID READDIRPLUS hands out is one reference that one FORGET undoes; one that
+    /// never reaches the guest (buffer full, or an error reply) is none; `.`, `..` and the
+    /// root are never handed out.
+    #[test]
+    fn readdirplus_references_balance() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir_all(shared.join("d/sub")).unwrap();
+        std::fs::write(tmp.path().join("outside"), b"x").unwrap();
+        std::fs::write(shared.join("f"), b"x").unwrap();
+        std::fs::hard_link(shared.join("f"), shared.join("hard")).unwrap();
+        std::os::unix::fs::symlink("f", shared.join("in")).unwrap();
+        std::os::unix::fs::symlink("../outside", shared.join("out")).unwrap();
+        std::os::unix::fs::symlink("..", shared.join("d/up")).unwrap();
+        let ctx = Context::new();
+        for policy in [
+            SymlinkPolicy::Deny,
+            SymlinkPolicy::Opaque,
+            SymlinkPolicy::Follow,
+        ] {
+            let fs = open_fs(&shared, policy);
+            let forget_all = |got: &[(Vec<u8>, u64)]| {
+                for (_, id) in got.iter().filter(|(_, id)| *id != 0) {
+                    fs.forget(&ctx, *id, 1);
+                }
+            };
+            assert_eq!(fs.inodes.count(), 1);
+            let (r, got) = plus(&fs, ROOT_ID, usize::MAX, false);
+            r.unwrap();
+            let mut names: Vec<_> = got.iter().map(|(n, _)| n.as_slice()).collect();
+            names.sort();
+            let mut want = vec![&b"."[..], b"..", b"d", b"f", b"hard", b"in"];
+            if policy.follows() {
+                want.push(b"out");
+            }
+            assert_eq!(names, want, "{policy:?}");
+            for (name, id) in &got {
+                assert_eq!(
+                    *id == 0,
+                    name == b"." || name == b"..",
+                    "{policy:?} {name:?}"
+                );
+            }
+            let mut ids: Vec<_> = got
+                .iter()
+                .map(|(_, id)| *id)
+                .filter(|id| *id != 0)
+                .collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(fs.inodes.count(), 1 + ids.len(), "{policy:?}");
+            forget_all(&got);
+            assert_eq!(fs.inodes.count(), 1, "{policy:?}: one FORGET each");
+
+            // A LOOKUP's own reference outlives the listing's.
+            let f = fs.lookup(&ctx, ROOT_ID, c"f").unwrap().inode;
+            let (r, got) = plus(&fs, ROOT_ID, usize::MAX, false);
+            r.unwrap();
+            forget_all(&got);
+            assert_eq!(fs.inodes.count(), 2);
+            fs.forget(&ctx, f, 1);
+            assert_eq!(fs.inodes.count(), 1);
+
+            // The guest's buffer fills after 3 entries: the 4th was looked up, then undone.
+            let (r, got) = plus(&fs, ROOT_ID, 3, false);
+            r.unwrap();
+            assert_eq!(got.len(), 3);
+            forget_all(&got);
+            assert_eq!(fs.inodes.count(), 1, "{policy:?}: full buffer");
+
+            // An error reply delivers nothing, so nothing is left referenced.
+            let (r, got) = plus(&fs, ROOT_ID, 4, true);
+            assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+            assert_eq!(got.len(), 4);
+            assert_eq!(fs.inodes.count(), 1, "{policy:?}: error reply");
+
+            // `d` holds `.`, `..`, `sub` and `up -> ..` (the root itself when followed).
+            let d = fs.lookup(&ctx, ROOT_ID, c"d").unwrap().inode;
+            let (r, got) = plus(&fs, d, usize::MAX, false);
+            r.unwrap();
+            for (name, id) in &got {
+                let none = matches!(&name[..], b"." | b"..") || (policy.follows() && name == b"up");
+                assert_eq!(*id == 0, none, "{policy:?} {name:?}");
+            }
+            assert_eq!(got.len(), 4, "{policy:?}");
+            forget_all(&got);
+            assert_eq!(fs.inodes.count(), 2, "{policy:?}: only `d` is left");
+            let sub = fs.lookup(&ctx, d, c"sub").unwrap().inode;
+            let (r, got) = plus(&fs, sub, usize::MAX, false);
+            r.unwrap();
+            assert!(got.iter().all(|(_, id)| *id == 0));
+            assert_eq!(
+                fs.inodes.count(),
+                3,
+                "{policy:?}: `.` and `..` take nothing"
+            );
+        }
+    }
 
     fn record(ino: u64, off: u64, kind: u8, name: &[u8]) -> Vec<u8> {
         let len = (19 + name.len() + 1).next_multiple_of(8);

@@ -18,10 +18,16 @@ impl SharedFs {
     /// LOOKUP: finds `name` in `parent` under the symlink policy.
     pub(super) fn do_lookup(&self, parent: u64, name: &CStr) -> io::Result<Entry> {
         let dir = self.dir(parent)?;
+        self.lookup_in(&dir, name)
+    }
+
+    /// LOOKUP of the validated `name` in the directory `dir`; an entry returned is one more
+    /// kernel reference to its node (undone by FORGET).
+    pub(super) fn lookup_in(&self, dir: &InodeData, name: &CStr) -> io::Result<Entry> {
         let fd = sys::open_path(dir.fd(), name, self.cfg.symlinks.follows())?;
         let st = sys::fstat(fd.as_fd())?;
         if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            let inside = self.symlink_inside(&dir, &fd)?;
+            let inside = self.symlink_inside(dir, &fd)?;
             self.cfg.symlinks.check_lookup_symlink(inside)?;
         }
         self.entry(fd, false)

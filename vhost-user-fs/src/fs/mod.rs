@@ -8,7 +8,7 @@
 //! directory. Files are reopened for I/O through `/proc/self/fd` ([`ProcFds`]), never by path.
 //!
 //! The operations are split by concern: [`entries`] (names: lookup, create, remove, rename,
-//! links), [`files`] (open files and attributes), [`dirs`] (directory listing) and
+//! links), [`files`] (open files and attributes), [`dirs`] (directory listing, with LOOKUP's answers for READDIRPLUS) and
 //! [`xattrs`]; this module holds the shared state and the trait's dispatch.
 
 mod dirs;
@@ -231,7 +231,9 @@ impl FileSystem for SharedFs {
             | FsOptions::BIG_WRITES
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::MAX_PAGES
-            | FsOptions::ATOMIC_O_TRUNC;
+            | FsOptions::ATOMIC_O_TRUNC
+            | FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO;
         if self.cfg.cache == CacheMode::Auto {
             want |= FsOptions::AUTO_INVAL_DATA;
         }
@@ -510,6 +512,18 @@ impl FileSystem for SharedFs {
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
         self.do_readdir(inode, handle, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.do_readdirplus(inode, handle, offset, add_entry)
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
