@@ -3,7 +3,9 @@
 //! (a) 1 MiB sequential reads of a large file, (b) 4 KiB random reads of it (fio, direct=1,
 //! so every read reaches the backend), and (c) a small-file tree: create 10,000 files of
 //! 1 KiB in 100 directories, stat all, read all, delete all (the guest's caches dropped
-//! between phases). Both backends run with their defaults (sandboxed, cache auto). Needs
+//! between phases). Both backends run with their defaults (sandboxed, cache auto); a
+//! third contender is sm-vhost-user-fs with a DAX window as large as the file, mounted
+//! `-o dax=always`, so reads are loads from the host's page cache. Needs
 //! hardware-style KVM: `scripts/bench fs` runs it inside the test VM where the host's KVM
 //! is PVM.
 //!
@@ -28,9 +30,14 @@ const FIGURES: [(&str, &str); 7] = [
     ("tree: total", "s"),
 ];
 
+/// The contenders: sm-vhost-user-fs, virtiofsd, and sm-vhost-user-fs with DAX.
+const NAMES: [&str; 3] = ["sm-vhost-user-fs", "virtiofsd", "sm DAX"];
+/// Index of the DAX contender.
+const DAX: usize = 2;
+
 /// The guest's script: mount, fio on the large file, then the small-file tree, printing
 /// `fio` terse lines and `phase SECONDS` lines.
-fn guest_script(mib: u64, runtime: u64) -> String {
+fn guest_script(mib: u64, runtime: u64, dax: bool) -> String {
     let fio = |name: &str, rw: &str, bs: &str| {
         format!(
             "fio --name={name} --filename=/mnt/big.bin --size={mib}M --rw={rw} --bs={bs} \
@@ -39,7 +46,7 @@ fn guest_script(mib: u64, runtime: u64) -> String {
         )
     };
     format!(
-        "set -e; mount -t virtiofs bench /mnt; {seq}; {rand}; \
+        "set -e; mount -t virtiofs {opts} bench /mnt; {seq}; {rand}; \
          up() {{ cut -d' ' -f1 /proc/uptime; }}; \
          phase() {{ echo \"phase $(awk -v a=$1 -v b=$(up) 'BEGIN{{print b-a}}')\"; }}; \
          kb=$(head -c 1023 /dev/zero | tr '\\0' x); \
@@ -51,6 +58,7 @@ fn guest_script(mib: u64, runtime: u64) -> String {
          drop; t=$(up); for d in $(seq 100); do cat /mnt/tree/d$d/* > /dev/null; done; phase $t; \
          drop; t=$(up); for d in $(seq 100); do rm /mnt/tree/d$d/*; rmdir /mnt/tree/d$d; done; \
          rmdir /mnt/tree; sync; phase $t",
+        opts = if dax { "-o dax=always" } else { "" },
         seq = fio("seq", "read", "1M"),
         rand = fio("rand", "randread", "4k"),
     )
@@ -80,10 +88,14 @@ fn parse(out: &str) -> Vec<f64> {
     v
 }
 
-fn backend(which: usize, shared: &Path, socket: &Path) -> Child {
-    let mut cmd = if which == 0 {
+fn backend(which: usize, shared: &Path, socket: &Path, mib: u64) -> Child {
+    let mut cmd = if which != 1 {
         let mut c = Command::new(bin_dir().join("sm-vhost-user-fs"));
         c.arg("--socket").arg(socket).args(["--tag", "bench"]);
+        if which == DAX {
+            c.arg("--dax-window-mib")
+                .arg(mib.next_multiple_of(2).to_string());
+        }
         c
     } else {
         let mut c = Command::new("virtiofsd");
@@ -148,16 +160,15 @@ fn main() {
         }
     }
     let socket = work.path().join("fs.sock");
-    let script = guest_script(mib, runtime);
+    let scripts = [false, false, true].map(|dax| guest_script(mib, runtime, dax));
 
-    let names = ["sm-vhost-user-fs", "virtiofsd"];
     // results[contender][figure] = one value per round.
-    let mut results = vec![vec![Vec::<f64>::new(); FIGURES.len()]; names.len()];
+    let mut results = vec![vec![Vec::<f64>::new(); FIGURES.len()]; NAMES.len()];
     for round in 0..runs {
         eprintln!("round {}/{runs}", round + 1);
-        for (c, name) in names.iter().enumerate() {
-            let mut b = backend(c, &shared, &socket);
-            let figures = guest_run(&socket, &script);
+        for (c, name) in NAMES.iter().enumerate() {
+            let mut b = backend(c, &shared, &socket, mib);
+            let figures = guest_run(&socket, &scripts[c]);
             let _ = b.kill();
             let _ = b.wait();
             eprintln!("  {name}: {figures:.2?}");
@@ -169,23 +180,23 @@ fn main() {
 
     println!(
         "virtio-fs, shared dir in {} ({mib} MiB file), fio psync direct=1 {runtime} s per job, \
-         median of {runs} interleaved rounds; guest: 1 vCPU, 512 MiB; both backends default \
-         (sandboxed, cache auto)",
+         median of {runs} interleaved rounds; guest: 1 vCPU, 512 MiB; backends default \
+         (sandboxed, cache auto); sm DAX: {mib} MiB window, mount -o dax=always",
         base.display()
     );
     println!(
-        "{:<18} {:>18} {:>18} {:>12}",
-        "", names[0], names[1], "sm/virtiofsd"
+        "{:<18} {:>18} {:>18} {:>18} {:>12} {:>8}",
+        "", NAMES[0], NAMES[1], NAMES[2], "sm/virtiofsd", "DAX/sm"
     );
     for (i, (label, unit)) in FIGURES.iter().enumerate() {
-        let (ours, peer) = (median(results[0][i].clone()), median(results[1][i].clone()));
-        // Higher is better for rates, lower for times: the ratio is always "how many
-        // times virtiofsd's performance", so > 1 means sm is ahead.
-        let ratio = if *unit == "s" {
-            peer / ours
-        } else {
-            ours / peer
-        };
-        println!("{label:<18} {ours:>13.2} {unit:<4} {peer:>13.2} {unit:<4} {ratio:>12.2}");
+        let [ours, peer, dax] = [0, 1, 2].map(|c| median(results[c][i].clone()));
+        // Higher is better for rates, lower for times: a ratio is always "how many times
+        // the second one's performance", so > 1 means the first is ahead.
+        let ratio = |a: f64, b: f64| if *unit == "s" { b / a } else { a / b };
+        println!(
+            "{label:<18} {ours:>13.2} {unit:<4} {peer:>13.2} {unit:<4} {dax:>13.2} {unit:<4} {:>12.2} {:>8.2}",
+            ratio(ours, peer),
+            ratio(dax, ours)
+        );
     }
 }

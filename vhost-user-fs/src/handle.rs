@@ -11,8 +11,20 @@ pub struct HandleData {
     /// Node ID it was opened from.
     pub inode: u64,
     file: File,
-    /// Serialises seek + getdents on directory handles.
-    dir_pos: Mutex<()>,
+    /// Serialises seek + getdents on directory handles, and keeps their read-ahead.
+    dir_pos: Mutex<DirCursor>,
+}
+
+/// Where a directory handle's descriptor stands: getdents64 records read from the host but
+/// not yet given to the guest, and the guest offset they follow. Continuing from there
+/// needs no seek, which matters where directory offsets are positions (tmpfs): seeking
+/// back after the guest removed entries would skip as many others.
+#[derive(Debug, Default)]
+pub struct DirCursor {
+    /// The offset a READDIR continuing this listing asks for.
+    pub at: Option<u64>,
+    /// Raw getdents64 records after that offset, read but not delivered.
+    pub pending: Vec<u8>,
 }
 
 impl HandleData {
@@ -21,8 +33,8 @@ impl HandleData {
         &self.file
     }
 
-    /// Exclusive use of the descriptor's position (directories).
-    pub fn lock_position(&self) -> MutexGuard<'_, ()> {
+    /// Exclusive use of the descriptor's position and read-ahead (directories).
+    pub fn lock_position(&self) -> MutexGuard<'_, DirCursor> {
         self.dir_pos.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -42,7 +54,7 @@ impl HandleTable {
         let data = Arc::new(HandleData {
             inode,
             file,
-            dir_pos: Mutex::new(()),
+            dir_pos: Mutex::new(DirCursor::default()),
         });
         inner.0.insert(id, data);
         id
