@@ -11,7 +11,8 @@
 //!
 //! Environment: `SM_BENCH_DIR` (where the shared directory lives; default the temp dir),
 //! `SM_BENCH_RUNS` (rounds, default 3), `SM_FIO_RUNTIME` (seconds per fio job, default 5),
-//! `SM_BENCH_FS_MIB` (size of the large file, default 1024).
+//! `SM_BENCH_FS_MIB` (size of the large file, default 1024), `SM_BENCH_GUEST_TIMEOUT`
+//! (seconds one guest run may take, default 1200).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -106,8 +107,9 @@ fn backend(which: usize, shared: &Path, socket: &Path, mib: u64) -> Child {
     start_backend(cmd, socket)
 }
 
-/// Runs the workload in a guest on the backend listening at `socket`.
-fn guest_run(socket: &Path, script: &str) -> Vec<f64> {
+/// Runs the workload in a guest on the backend listening at `socket`; a guest still
+/// running after `limit` seconds is killed and the benchmark fails saying so.
+fn guest_run(socket: &Path, script: &str, limit: u64) -> Vec<f64> {
     // The guest prints only at the end and a run takes minutes here: say it is alive, so
     // the test VM's stall watch (which counts silence) does not stop it.
     let (done_tx, done) = std::sync::mpsc::channel::<()>();
@@ -120,13 +122,25 @@ fn guest_run(socket: &Path, script: &str) -> Vec<f64> {
             eprintln!("    ... {} s", start.elapsed().as_secs());
         }
     });
-    let out = Command::new(bin_dir().join("sm-vmm"))
+    let mut vmm = Command::new(bin_dir().join("sm-vmm"))
         .args(["--mem", "512", "--fs-socket"])
         .arg(format!("bench={}", socket.display()))
         .args(["--", "sh", "-c", script])
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("running sm-vmm");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit);
+    while vmm.try_wait().expect("waiting for sm-vmm").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            panic!("the guest workload did not finish in {limit} s (SM_BENCH_GUEST_TIMEOUT)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = vmm.wait_with_output().expect("sm-vmm output");
     let _ = done_tx.send(());
     let _ = ticker.join();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -145,6 +159,7 @@ fn main() {
     let runs: usize = env_or("SM_BENCH_RUNS", 3);
     let runtime: u64 = env_or("SM_FIO_RUNTIME", 5);
     let mib: u64 = env_or("SM_BENCH_FS_MIB", 1024);
+    let limit: u64 = env_or("SM_BENCH_GUEST_TIMEOUT", 1200);
     let base = std::env::var_os("SM_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
@@ -168,7 +183,7 @@ fn main() {
         eprintln!("round {}/{runs}", round + 1);
         for (c, name) in NAMES.iter().enumerate() {
             let mut b = backend(c, &shared, &socket, mib);
-            let figures = guest_run(&socket, &scripts[c]);
+            let figures = guest_run(&socket, &scripts[c], limit);
             let _ = b.kill();
             let _ = b.wait();
             eprintln!("  {name}: {figures:.2?}");
