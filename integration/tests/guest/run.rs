@@ -138,7 +138,8 @@ fn a_published_port_serves_curl_and_ctrl_c_cleans_up() {
     let runtime = tempfile::tempdir().unwrap();
     let site = tempfile::tempdir().unwrap();
     std::fs::write(site.path().join("index.html"), "served from the guest\n").unwrap();
-    let mount = format!("{}:/srv:ro", site.path().display());
+    // Read-only and DAX: httpd reads the page through the host's page cache.
+    let mount = format!("{}:/srv:ro:dax", site.path().display());
     let mut child = sm(runtime.path())
         .args(["run", "-p", "18080:80", "--mount", &mount, "--"])
         .args(["httpd", "-f", "-p", "80", "-h", "/srv"])

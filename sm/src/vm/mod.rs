@@ -82,6 +82,9 @@ impl Default for VmConfig {
 
 /// Where the guest assembles an image's root (erofs lower, tmpfs upper).
 const GUEST_ROOT: &str = "/sm/root";
+/// DAX window of a `:dax` mount: address space only (no memory until the guest maps
+/// files), enough for the Linux driver to keep 512 2 MiB ranges mapped at once.
+const DAX_WINDOW_MIB: u64 = 1024;
 /// Sets up [`GUEST_ROOT`] from the image on `$1`, with /proc, /sys and /dev inside.
 const ROOT_SCRIPT: &str = "set -e; mkdir -p /sm/ro /sm/rw /sm/root; \
     mount -t erofs -o ro \"$1\" /sm/ro; mount -t tmpfs -o mode=0755 tmpfs /sm/rw; \
@@ -167,6 +170,9 @@ impl Vm {
             if m.read_only {
                 cmd.arg("--read-only");
             }
+            if m.dax {
+                cmd.args(["--dax-window-mib", &DAX_WINDOW_MIB.to_string()]);
+            }
             self.backend(
                 &format!("fs backend for {}", m.host.display()),
                 cmd,
@@ -243,9 +249,12 @@ impl Vm {
             ""
         };
         for (i, m) in config.mounts.iter().enumerate() {
-            let opts = if m.read_only { "ro" } else { "rw" };
+            let mut opts = String::from(if m.read_only { "ro" } else { "rw" });
+            if m.dax {
+                opts.push_str(",dax=always");
+            }
             let target = format!("{prefix}{}", m.guest);
-            self.guest_mount(&target, &["-t", "virtiofs", "-o", opts, &format!("m{i}")])?;
+            self.guest_mount(&target, &["-t", "virtiofs", "-o", &opts, &format!("m{i}")])?;
         }
         for (i, v) in config.volumes.iter().enumerate() {
             let dev = format!("/dev/vd{}", (b'a' + (first_volume + i) as u8) as char);

@@ -47,7 +47,7 @@ impl Symlinks {
     }
 }
 
-/// A live host directory in the guest: `HOST:GUEST[:ro][:symlinks=deny|opaque|follow]`.
+/// A live host directory in the guest: `HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     /// Host directory.
@@ -58,6 +58,8 @@ pub struct Mount {
     pub read_only: bool,
     /// Symlink policy.
     pub symlinks: Symlinks,
+    /// Map files from the host's page cache (a DAX window) instead of copying them.
+    pub dax: bool,
 }
 
 /// A writable block volume: `FILE:GUEST[:size=N]` (N in MiB, or with a K/M/G/T suffix).
@@ -92,7 +94,11 @@ impl std::str::FromStr for Mount {
     fn from_str(v: &str) -> Result<Self, SpecError> {
         let mut parts = v.split(':');
         let (Some(host), Some(guest)) = (parts.next(), parts.next()) else {
-            return Err(bad("--mount", v, "expected HOST:GUEST[:ro][:symlinks=...]"));
+            return Err(bad(
+                "--mount",
+                v,
+                "expected HOST:GUEST[:ro][:symlinks=...][:dax]",
+            ));
         };
         if host.is_empty() {
             return Err(bad("--mount", v, "the host directory is empty"));
@@ -102,6 +108,7 @@ impl std::str::FromStr for Mount {
             guest: guest_path("--mount", v, guest)?,
             read_only: false,
             symlinks: Symlinks::Opaque,
+            dax: false,
         };
         for opt in parts {
             match opt {
@@ -110,6 +117,7 @@ impl std::str::FromStr for Mount {
                 "symlinks=deny" => m.symlinks = Symlinks::Deny,
                 "symlinks=opaque" => m.symlinks = Symlinks::Opaque,
                 "symlinks=follow" => m.symlinks = Symlinks::Follow,
+                "dax" => m.dax = true,
                 o => return Err(bad("--mount", v, format!("unknown option {o:?}"))),
             }
         }
@@ -187,7 +195,12 @@ mod tests {
             (Some("/src"), "/work", true, Symlinks::Deny)
         );
         let m: Mount = "/src:/work".parse().unwrap();
-        assert_eq!((m.read_only, m.symlinks), (false, Symlinks::Opaque));
+        assert_eq!(
+            (m.read_only, m.symlinks, m.dax),
+            (false, Symlinks::Opaque, false)
+        );
+        let m: Mount = "/src:/work:dax:ro".parse().unwrap();
+        assert_eq!((m.read_only, m.dax), (true, true));
         let v: Volume = "/c.img:/work/node_modules:size=1G".parse().unwrap();
         assert_eq!(v.size_mib, 1024);
         let v: Volume = "/c.img:/data:size=64".parse().unwrap();
