@@ -57,6 +57,16 @@ pub enum VmError {
     /// A VM-level KVM ioctl failed.
     #[error("{0} failed: {1}")]
     VmIoctl(&'static str, kvm_ioctls::Error),
+    /// A device's shared memory does not fit below the guest's physical address limit.
+    #[error("the shared memory of the backend at {socket} ends at {end:#x}, beyond the guest's {bits}-bit physical address space (use a smaller window)")]
+    AddressSpace {
+        /// Backend socket.
+        socket: String,
+        /// First address past the regions.
+        end: u64,
+        /// Physical address bits the vCPUs report.
+        bits: u32,
+    },
     /// Host resources (fds, threads) ran out.
     #[error("{0}: {1}")]
     Host(&'static str, std::io::Error),
@@ -160,6 +170,7 @@ fn attach_devices(
     vm: &VmFd,
     ram: &GuestRam,
     config: &VmConfig,
+    phys_bits: u32,
 ) -> Result<(MmioBus, Vec<acpi::VirtioMmioSlot>), VmError> {
     let mut bus = MmioBus::default();
     let mut slots = Vec::new();
@@ -191,6 +202,14 @@ fn attach_devices(
             ram.memfd.as_raw_fd(),
         )?;
         let span = device.shared_memory_span();
+        let end = shmem_next.saturating_add(span);
+        if span > 0 && end > 1u64 << phys_bits {
+            return Err(VmError::AddressSpace {
+                socket: device.socket().display().to_string(),
+                end,
+                bits: phys_bits,
+            });
+        }
         for region in device.attach_shared_memory(shmem_next)? {
             add_shared_memory_slot(vm, memory_slot, &region)?;
             memory_slot += 1;
@@ -217,6 +236,20 @@ fn attach_devices(
         });
     }
     Ok((bus, slots))
+}
+
+/// Physical address bits the vCPUs will report (CPUID 0x80000008), 36 if KVM does not say.
+fn guest_phys_bits(kvm: &kvm_ioctls::Kvm) -> u32 {
+    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .ok()
+        .and_then(|c| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == 0x8000_0008)
+                .map(|e| e.eax & 0xff)
+        })
+        .filter(|bits| (32..=52).contains(bits))
+        .unwrap_or(36)
 }
 
 /// Refuses a vsock backend serving another CID than `--cid` asks for (the guest would
@@ -267,7 +300,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
     let initrd = boot::load_initrd(&ram.memory, ram.size, &kernel, &config.initrd, &init)?;
     let cmdline = boot::kernel_cmdline(config.verbose, config.cmdline_append.as_deref())?;
     boot::write_boot_params(&ram.memory, ram.size, &kernel, &cmdline, initrd)?;
-    let (mmio, slots) = attach_devices(&vm, &ram, config)?;
+    let (mmio, slots) = attach_devices(&vm, &ram, config, guest_phys_bits(&kvm))?;
     let mmio = Arc::new(mmio);
     boot::write_acpi(&ram.memory, &acpi::build_tables(config.vcpus, &slots)?)?;
     boot::write_boot_structures(&ram.memory)?;
