@@ -125,6 +125,7 @@ fn with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
+    let _deadline = kill_after(child.id(), Duration::from_secs(120));
     child.stdin.take().unwrap().write_all(input).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -143,6 +144,7 @@ fn stdin_reaches_the_command_and_ends() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _deadline = kill_after(child.id(), Duration::from_secs(120));
     let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut reader, &mut line).unwrap();

@@ -205,3 +205,33 @@ pub fn storage_daemon(
         ));
     Backend::start(cmd, socket)
 }
+/// Kills process `pid` if the guard is still alive after `limit`, so a test that talks to
+/// a VM interactively fails (its reads see end of file) instead of hanging the suite.
+pub struct KillAfter(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+/// Arms a [`KillAfter`] for `pid`.
+pub fn kill_after(pid: u32, limit: Duration) -> KillAfter {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("killing pid {pid}: still running after {limit:?}");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    KillAfter(done)
+}
+
+impl Drop for KillAfter {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
