@@ -297,12 +297,15 @@ fn readdirplus_entries(
 
 /// INIT asks for READDIRPLUS (adaptive) only when the kernel offers it.
 #[test]
-fn init_requests_readdirplus() {
+fn init_requests_readdirplus_and_async_direct_io() {
     let dir = tempfile::tempdir().unwrap();
     let fs = open_fs(dir.path(), FsConfig::default());
-    let plus = FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO;
-    assert!(fs.init(FsOptions::all()).unwrap().contains(plus));
-    assert!(!fs.init(FsOptions::all() - plus).unwrap().intersects(plus));
+    let wanted = FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO | FsOptions::ASYNC_DIO;
+    assert!(fs.init(FsOptions::all()).unwrap().contains(wanted));
+    assert!(!fs
+        .init(FsOptions::all() - wanted)
+        .unwrap()
+        .intersects(wanted));
 }
 
 /// READDIRPLUS lists READDIR's names, each with LOOKUP's answer (same node, attributes and
