@@ -140,8 +140,9 @@ fn warm_up_script(mib: u64, dax: bool) -> String {
 }
 
 /// Runs `script` in a guest on the backend listening at `socket` and returns its stdout;
-/// a guest still running after `limit` seconds is killed and the benchmark fails.
-fn guest_run(socket: &Path, script: &str, limit: u64) -> String {
+/// a guest that fails, or is still running after `limit` seconds, is an error carrying the
+/// end of its kernel log (sm-vmm runs with `--verbose`, into a file).
+fn guest_run(socket: &Path, script: &str, limit: u64) -> Result<String, String> {
     // The guest prints only at the end and a run takes minutes here: say it is alive, so
     // the test VM's stall watch (which counts silence) does not stop it.
     let (done_tx, done) = std::sync::mpsc::channel::<()>();
@@ -154,21 +155,22 @@ fn guest_run(socket: &Path, script: &str, limit: u64) -> String {
             eprintln!("    ... {} s", start.elapsed().as_secs());
         }
     });
+    let log = tempfile::NamedTempFile::new().expect("a log file");
     let mut vmm = Command::new(bin_dir().join("sm-vmm"))
-        .args(["--mem", "512", "--fs-socket"])
+        .args(["--verbose", "--mem", "512", "--fs-socket"])
         .arg(format!("bench={}", socket.display()))
         .args(["--", "sh", "-c", script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(log.reopen().expect("the log file"))
         .spawn()
         .expect("running sm-vmm");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit);
+    let mut timed_out = false;
     while vmm.try_wait().expect("waiting for sm-vmm").is_none() {
         if std::time::Instant::now() > deadline {
             let _ = vmm.kill();
-            let _ = vmm.wait();
-            panic!("the guest workload did not finish in {limit} s (SM_BENCH_GUEST_TIMEOUT)");
+            timed_out = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -176,12 +178,36 @@ fn guest_run(socket: &Path, script: &str, limit: u64) -> String {
     let _ = done_tx.send(());
     let _ = ticker.join();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "guest workload failed: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    if out.status.success() && !timed_out {
+        return Ok(text);
+    }
+    let log = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    let what = if timed_out {
+        format!("did not finish in {limit} s (SM_BENCH_GUEST_TIMEOUT)")
+    } else {
+        format!("failed ({})", out.status)
+    };
+    Err(format!(
+        "the guest workload {what}; its output:\n{text}\nend of its log:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    ))
+}
+
+/// Runs `script` on contender `c` (a fresh backend each time). A failed guest is run once
+/// more, loudly: the nested emulator this runs in stops a guest now and then.
+fn measure(c: usize, shared: &Path, socket: &Path, mib: u64, script: &str, limit: u64) -> String {
+    let attempt = || {
+        let mut b = backend(c, shared, socket, mib);
+        let r = guest_run(socket, script, limit);
+        let _ = b.kill();
+        let _ = b.wait();
+        r
+    };
+    attempt().unwrap_or_else(|e| {
+        eprintln!("RETRY: {}: {e}", NAMES[c]);
+        attempt().unwrap_or_else(|e| panic!("{}, twice: {e}", NAMES[c]))
+    })
 }
 
 fn main() {
@@ -211,22 +237,24 @@ fn main() {
 
     eprintln!("warm-up");
     for (c, name) in NAMES.iter().enumerate() {
-        let mut b = backend(c, &shared, &socket, mib);
-        guest_run(&socket, &warm_up_script(mib, c == DAX), limit);
-        let _ = b.kill();
-        let _ = b.wait();
+        measure(
+            c,
+            &shared,
+            &socket,
+            mib,
+            &warm_up_script(mib, c == DAX),
+            limit,
+        );
         eprintln!("  {name}: warmed up");
     }
     // results[contender][figure] = one value per round.
     let mut results = vec![vec![Vec::<f64>::new(); FIGURES.len()]; NAMES.len()];
     for round in 0..runs {
         eprintln!("round {}/{runs}", round + 1);
-        for (c, name) in NAMES.iter().enumerate() {
-            let mut b = backend(c, &shared, &socket, mib);
-            let figures = parse(&guest_run(&socket, &scripts[c], limit));
-            let _ = b.kill();
-            let _ = b.wait();
-            eprintln!("  {name}: {figures:.2?}");
+        // Each round starts with the next contender, so none always runs first.
+        for c in (0..NAMES.len()).map(|i| (i + round) % NAMES.len()) {
+            let figures = parse(&measure(c, &shared, &socket, mib, &scripts[c], limit));
+            eprintln!("  {}: {figures:.2?}", NAMES[c]);
             for (i, f) in figures.into_iter().enumerate() {
                 results[c][i].push(f);
             }
@@ -235,8 +263,9 @@ fn main() {
 
     println!(
         "virtio-fs, shared dir in {} ({mib} MiB file), fio psync direct=1 {runtime} s per job, \
-         median of {runs} interleaved rounds; guest: 1 vCPU, 512 MiB; backends default \
-         (sandboxed, cache auto); sm DAX: {} MiB window, mount -o dax=always",
+         median of {runs} interleaved rounds (each starting with the next contender); guest: \
+         1 vCPU, 512 MiB; backends default (sandboxed, cache auto); sm DAX: {} MiB window, \
+         mount -o dax=always",
         base.display(),
         2 * mib
     );
