@@ -8,7 +8,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
-use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::abi::virtio_fs::{RemovemappingOne, SetupmappingFlags};
 use fuse_backend_rs::transport::FsCacheReqHandler;
 use tracing::warn;
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags, VhostUserShMemConfig};
@@ -18,8 +18,6 @@ use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
 pub const DAX_SHMID: u8 = 0;
 /// Granule the Linux driver maps in (`FUSE_DAX_SZ`); the window is a multiple of it.
 pub const DAX_GRANULE: u64 = 2 << 20;
-/// FUSE SETUPMAPPING flag: the guest will write through the mapping.
-const SETUPMAPPING_WRITE: u64 = 1;
 
 /// The window's size and, once the frontend has opened it, the channel map requests go
 /// through. Shared by every queue thread.
@@ -90,7 +88,7 @@ impl FsCacheReqHandler for DaxMapper {
         fd: RawFd,
     ) -> io::Result<()> {
         self.check(moffset, len)?;
-        let flags = if flags & SETUPMAPPING_WRITE != 0 {
+        let flags = if wants_write(flags) {
             VhostUserMMapFlags::WRITABLE
         } else {
             VhostUserMMapFlags::empty()
@@ -134,7 +132,7 @@ impl FsCacheReqHandler for DaxMapper {
 
 /// Whether a SETUPMAPPING asks for a writable mapping.
 pub fn wants_write(flags: u64) -> bool {
-    flags & SETUPMAPPING_WRITE != 0
+    SetupmappingFlags::from_bits_truncate(flags).contains(SetupmappingFlags::WRITE)
 }
 
 #[cfg(test)]
@@ -184,13 +182,17 @@ mod tests {
         let mut m = window.mapper().unwrap();
         let file = tempfile::tempfile().unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        m.map(0, 2 * DAX_GRANULE, DAX_GRANULE, 2 | SETUPMAPPING_WRITE, fd)
+        let read_write = SetupmappingFlags::READ | SetupmappingFlags::WRITE;
+        m.map(0, 2 * DAX_GRANULE, DAX_GRANULE, read_write.bits(), fd)
             .unwrap();
         assert_eq!(rx.recv().unwrap(), ("map", 2 * DAX_GRANULE, DAX_GRANULE, 1));
-        m.map(0, 0, DAX_GRANULE, 2, fd).unwrap();
+        m.map(0, 0, DAX_GRANULE, SetupmappingFlags::READ.bits(), fd)
+            .unwrap();
         assert_eq!(rx.recv().unwrap(), ("map", 0, DAX_GRANULE, 0), "read-only");
         for (moffset, len) in [(7 * DAX_GRANULE, 2 * DAX_GRANULE), (u64::MAX, 2), (0, 0)] {
-            let e = m.map(0, moffset, len, 2, fd).unwrap_err();
+            let e = m
+                .map(0, moffset, len, SetupmappingFlags::READ.bits(), fd)
+                .unwrap_err();
             assert_eq!(
                 e.raw_os_error(),
                 Some(libc::EINVAL),

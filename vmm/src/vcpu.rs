@@ -4,10 +4,8 @@
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
-use kvm_bindings::{
-    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
-};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::boot::BOOT_GDT;
 use crate::devices::{GuestStop, MmioBus, PioBus};
@@ -117,16 +115,14 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    /// Creates vCPU `id` of `count` with CPUID, MSRs and LAPIC set up.
-    pub fn new(kvm: &Kvm, vm: &VmFd, id: u32, count: u32) -> Result<Self, VcpuError> {
+    /// Creates vCPU `id` of `count` with CPUID (from `base`, KVM's supported CPUID), MSRs
+    /// and LAPIC set up.
+    pub fn new(base: &CpuId, vm: &VmFd, id: u32, count: u32) -> Result<Self, VcpuError> {
         let err = |what| move |e| VcpuError::Kvm(id, what, e);
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(err("KVM_CREATE_VCPU"))?;
-        let base = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(err("KVM_GET_SUPPORTED_CPUID"))?;
-        fd.set_cpuid2(&vcpu_cpuid(&base, id, count))
+        fd.set_cpuid2(&vcpu_cpuid(base, id, count))
             .map_err(err("KVM_SET_CPUID2"))?;
         let msr = |index, data| kvm_msr_entry {
             index,

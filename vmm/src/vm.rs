@@ -6,7 +6,10 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use nix::sys::signal::{SigSet, Signal};
 use vm_memory::{GuestMemory, GuestMemoryRegion};
@@ -24,7 +27,6 @@ use crate::kvm::{self, KvmError};
 use crate::layout::*;
 use crate::memory::{ram_end, GuestRam, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError, VcpuEvent};
-use crate::vhost_user::shmem::SharedMemoryRegion;
 use crate::vhost_user::{DeviceConfig, DeviceKind, VhostUserDevice, VhostUserError, SHMEM_ALIGN};
 
 /// Where the identity-map page and TSS go (Intel needs them below 4 GiB, outside RAM).
@@ -119,37 +121,43 @@ fn create_vm(kvm: &kvm_ioctls::Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
     vm.create_pit2(pit)
         .map_err(|e| VmError::VmIoctl("KVM_CREATE_PIT2", e))?;
     for (slot, region) in ram.memory.iter().enumerate() {
-        let region_desc = kvm_userspace_memory_region {
-            slot: slot as u32,
-            guest_phys_addr: region.start_addr().0,
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-            flags: 0,
-        };
         // SAFETY: the region is a live mapping owned by `ram`, which outlives the VM (run()
         // keeps it until the process exits), and regions never overlap.
-        unsafe { vm.set_user_memory_region(region_desc) }
-            .map_err(|e| VmError::VmIoctl("KVM_SET_USER_MEMORY_REGION", e))?;
+        unsafe {
+            add_memory_slot(
+                &vm,
+                slot as u32,
+                region.start_addr().0,
+                region.len(),
+                region.as_ptr() as u64,
+            )
+        }?;
     }
     Ok(vm)
 }
 
-/// Gives the guest a device's shared memory region as memory slot `slot`.
-fn add_shared_memory_slot(
+/// Maps `size` bytes of this process at `host_addr` into the guest at `guest_addr`, as
+/// memory slot `slot`.
+///
+/// # Safety
+/// The host range must stay mapped for as long as the VM runs and must not overlap another
+/// slot's guest range.
+unsafe fn add_memory_slot(
     vm: &VmFd,
     slot: u32,
-    region: &Arc<SharedMemoryRegion>,
+    guest_addr: u64,
+    size: u64,
+    host_addr: u64,
 ) -> Result<(), VmError> {
     let region_desc = kvm_userspace_memory_region {
         slot,
-        guest_phys_addr: region.guest_addr(),
-        memory_size: region.len(),
-        userspace_addr: region.host_addr(),
+        guest_phys_addr: guest_addr,
+        memory_size: size,
+        userspace_addr: host_addr,
         flags: 0,
     };
-    // SAFETY: the region's reservation lives as long as its device, which the MMIO bus
-    // holds for the life of the VM (run() never drops it); regions are placed above RAM
-    // and after one another, so slots never overlap.
+    // SAFETY: the caller keeps the host range mapped for the VM's life and the guest
+    // ranges apart.
     unsafe { vm.set_user_memory_region(region_desc) }
         .map_err(|e| VmError::VmIoctl("KVM_SET_USER_MEMORY_REGION", e))
 }
@@ -211,7 +219,18 @@ fn attach_devices(
             });
         }
         for region in device.attach_shared_memory(shmem_next)? {
-            add_shared_memory_slot(vm, memory_slot, &region)?;
+            // SAFETY: the region's reservation lives as long as its device, which the MMIO
+            // bus holds for the life of the VM (run() never drops it); regions are placed
+            // above RAM and after one another, so slots never overlap.
+            unsafe {
+                add_memory_slot(
+                    vm,
+                    memory_slot,
+                    region.guest_addr(),
+                    region.len(),
+                    region.host_addr(),
+                )
+            }?;
             memory_slot += 1;
         }
         shmem_next += span;
@@ -238,16 +257,14 @@ fn attach_devices(
     Ok((bus, slots))
 }
 
-/// Physical address bits the vCPUs will report (CPUID 0x80000008), 36 if KVM does not say.
-fn guest_phys_bits(kvm: &kvm_ioctls::Kvm) -> u32 {
-    kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .ok()
-        .and_then(|c| {
-            c.as_slice()
-                .iter()
-                .find(|e| e.function == 0x8000_0008)
-                .map(|e| e.eax & 0xff)
-        })
+/// Physical address bits the vCPUs will report (CPUID 0x80000008 of `cpuid`), 36 if it
+/// does not say.
+fn guest_phys_bits(cpuid: &CpuId) -> u32 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map(|e| e.eax & 0xff)
         .filter(|bits| (32..=52).contains(bits))
         .unwrap_or(36)
 }
@@ -300,7 +317,11 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
     let initrd = boot::load_initrd(&ram.memory, ram.size, &kernel, &config.initrd, &init)?;
     let cmdline = boot::kernel_cmdline(config.verbose, config.cmdline_append.as_deref())?;
     boot::write_boot_params(&ram.memory, ram.size, &kernel, &cmdline, initrd)?;
-    let (mmio, slots) = attach_devices(&vm, &ram, config, guest_phys_bits(&kvm))?;
+    // Fetched once: it shapes every vCPU's CPUID and where shared memory may go.
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmError::VmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
+    let (mmio, slots) = attach_devices(&vm, &ram, config, guest_phys_bits(&cpuid))?;
     let mmio = Arc::new(mmio);
     boot::write_acpi(&ram.memory, &acpi::build_tables(config.vcpus, &slots)?)?;
     boot::write_boot_structures(&ram.memory)?;
@@ -310,7 +331,7 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
     let bus = Arc::new(PioBus::new(com1, com2));
 
     let vcpus = (0..config.vcpus)
-        .map(|id| Vcpu::new(&kvm, &vm, id, config.vcpus))
+        .map(|id| Vcpu::new(&cpuid, &vm, id, config.vcpus))
         .collect::<Result<Vec<_>, _>>()?;
     vcpus[0].set_boot_state(kernel.entry)?;
 

@@ -205,6 +205,7 @@ pub fn storage_daemon(
         ));
     Backend::start(cmd, socket)
 }
+
 /// Kills process `pid` if the guard is still alive after `limit`, so a test that talks to
 /// a VM interactively fails (its reads see end of file) instead of hanging the suite.
 pub struct KillAfter(std::sync::Arc<std::sync::atomic::AtomicBool>);

@@ -113,6 +113,11 @@ const QUEUE_SIZE: u16 = 256;
 /// large pages and its memory hotplug code accepts it).
 pub const SHMEM_ALIGN: u64 = 1 << 30;
 
+/// Guest-physical space a region of `size` bytes takes: whole [`SHMEM_ALIGN`] units.
+fn placed_size(size: u64) -> u64 {
+    size.next_multiple_of(SHMEM_ALIGN)
+}
+
 /// A virtio device served by a vhost-user backend.
 pub struct VhostUserDevice {
     name: String,
@@ -249,11 +254,7 @@ impl VhostUserDevice {
     /// Guest-physical space the device's shared memory regions take, each aligned to
     /// [`SHMEM_ALIGN`] (0: the device has none).
     pub fn shared_memory_span(&self) -> u64 {
-        self.shmem_sizes
-            .iter()
-            .filter(|s| **s > 0)
-            .map(|s| s.div_ceil(SHMEM_ALIGN) * SHMEM_ALIGN)
-            .sum()
+        self.shmem_sizes.iter().map(|s| placed_size(*s)).sum()
     }
 
     /// Places the device's shared memory regions from guest-physical address `base` on
@@ -274,7 +275,7 @@ impl VhostUserDevice {
             let region = SharedMemoryRegion::new(next, size)
                 .map_err(|e| VhostUserError::SharedMemory(self.name.clone(), e))?;
             let region = Arc::new(region);
-            next += size.div_ceil(SHMEM_ALIGN) * SHMEM_ALIGN;
+            next += placed_size(size);
             self.shmem.push(Some(region.clone()));
             placed.push(region);
         }
