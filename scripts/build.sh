@@ -8,5 +8,5 @@ RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p sm-guest --ta
 guest/assets/fetch-kernel.sh >/dev/null
 fio=$(guest/assets/build-fio.sh)
 guest/assets/build-initramfs.sh target/x86_64-unknown-linux-gnu/release/sm-init "$fio" >/dev/null
-integration/testvm/build-initramfs.sh >/dev/null
+testvm/build-initramfs.sh >/dev/null
 echo "built: target/release/{sm-vmm,sm-testvm}, ${SM_DATA_DIR:-/usr/local/share/sm}/{kernel,guest,testvm}"

@@ -1,7 +1,7 @@
-//! Test VM runner and helpers for sm's real-guest integration tests and benchmarks.
+//! Helpers for sm's real-guest integration tests and benchmarks (the test VM runner they
+//! run in is the `sm-testvm` crate).
 
 pub mod bench;
-pub mod testvm;
 
 use std::path::{Path, PathBuf};
 

@@ -1,15 +1,15 @@
 //! One test VM run: start the virtiofsd instances and QEMU, relay the command's output,
 //! wait for the guest to power off and return the command's exit code.
 
-use super::guest_files::{mounts_file, nonce, run_script};
-use super::run_dir;
-use super::shares::{default_share, plan};
-use super::signals::Signals;
-use super::tools::Tools;
-use super::virtiofsd::{Mode, Virtiofsd};
-use super::vm::Vm;
-use super::watch::{End, Watch};
-use super::{Context, Error, Result};
+use crate::guest_files::{mounts_file, nonce, run_script};
+use crate::run_dir;
+use crate::shares::{default_share, plan};
+use crate::signals::Signals;
+use crate::tools::Tools;
+use crate::virtiofsd::{Mode, Virtiofsd};
+use crate::vm::Vm;
+use crate::watch::{End, Watch};
+use crate::{Context, Error, Result};
 use nix::sys::signal::Signal;
 use std::env;
 use std::ffi::OsString;
@@ -51,7 +51,7 @@ pub enum Outcome {
     /// where it was shown as it came).
     Stalled {
         /// Which of the two stopped.
-        what: super::watch::Stall,
+        what: crate::watch::Stall,
         /// For how long.
         idle: Duration,
         /// The last lines of the L1 kernel console.

@@ -1,11 +1,11 @@
 //! The running QEMU of one test VM and the threads relaying its output ports.
 
-use super::process::supervise;
-use super::qemu::{self, kernel_cmdline, Console};
-use super::relay::{self, Activity, Sink};
-use super::tools::Tools;
-use super::virtiofsd::Virtiofsd;
-use super::{Context, Options, Result};
+use crate::process::supervise;
+use crate::qemu::{self, kernel_cmdline, Console};
+use crate::relay::{self, Activity, Sink};
+use crate::tools::Tools;
+use crate::virtiofsd::Virtiofsd;
+use crate::{Context, Options, Result};
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 use std::fs::File;

@@ -1,6 +1,6 @@
 //! Which host directories the test VM may write, mounted in the guest at their host paths.
 
-use super::{Context, Error, Result};
+use crate::{Context, Error, Result};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

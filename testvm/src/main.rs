@@ -2,7 +2,7 @@
 //! `kvm_amd` gives a hardware-style `/dev/kvm`. Also usable as a cargo test runner.
 
 use clap::Parser;
-use sm_integration::testvm::{run, Options, Outcome, Stall};
+use sm_testvm::{run, Options, Outcome, Stall};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
-//! The test VM ("L1"): a QEMU TCG guest with SVM+NPT whose `kvm_amd` gives a hardware-style
-//! `/dev/kvm`, running one host command over the host's root (read-only overlay) and writable
-//! shares at their host paths. See DESIGN.md, "Where VMs run on these machines".
+//! sm-testvm: the test VM ("L1"), a QEMU TCG guest with SVM+NPT whose `kvm_amd` gives a
+//! hardware-style `/dev/kvm`, running one host command over the host's root (read-only overlay)
+//! and writable shares at their host paths. See DESIGN.md, "Where VMs run on these machines".
 
 mod error;
 pub mod guest_files;

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn sm_testvm() -> PathBuf {
-    sm_integration::bin_dir().join("sm-testvm")
+    PathBuf::from(env!("CARGO_BIN_EXE_sm-testvm"))
 }
 
 #[test]

@@ -1,8 +1,8 @@
-//! What the host puts on the control share for the guest init (see `integration/testvm/init`):
+//! What the host puts on the control share for the guest init (see `testvm/init`):
 //! `run.sh` (the command with the caller's cwd, umask and environment) and `mounts`.
 
-use super::shares::Share;
-use super::{Context, Result};
+use crate::shares::Share;
+use crate::{Context, Result};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;

@@ -1,7 +1,7 @@
 //! Signals as file-descriptor events: SIGINT/SIGTERM/SIGHUP ask the runner to stop,
 //! SIGCHLD says a child may have exited.
 
-use super::{Context, Result};
+use crate::{Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};

@@ -1,7 +1,7 @@
 //! The per-run host directory (sockets, logs and the `ctl` share), removed when dropped.
 //! A runner killed by SIGKILL cannot remove its own, so each run sweeps those of dead runners.
 
-use super::{Context, Result};
+use crate::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;

@@ -3,7 +3,7 @@
 //! and the command's stdout/stderr on the virtio-serial ports `sm.stdout`/`sm.stderr`
 //! (the ISA UART costs QEMU one write(2) per byte).
 
-use super::tools::Tools;
+use crate::tools::Tools;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,10 +1,10 @@
 //! Watches a running test VM until QEMU exits: boot timeout, a dead virtiofsd, stop signals,
 //! and a stalled test VM (the nested emulation has been seen to livelock).
 
-use super::signals::{Event, Signals};
-use super::virtiofsd::Virtiofsd;
-use super::vm::Vm;
-use super::{Context, Error, Options, Result};
+use crate::signals::{Event, Signals};
+use crate::virtiofsd::Virtiofsd;
+use crate::vm::Vm;
+use crate::{Context, Error, Options, Result};
 use nix::sys::signal::Signal;
 use std::fs;
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! One Rust virtiofsd per shared directory, each on its own vhost-user socket.
 
-use super::process::supervise;
-use super::{Context, Error, Result};
+use crate::process::supervise;
+use crate::{Context, Error, Result};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,6 +1,6 @@
 //! Locates QEMU, the Rust virtiofsd, the L1 kernel and the test VM initramfs.
 
-use super::{Error, Result};
+use crate::{Error, Result};
 use std::env;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -34,7 +34,7 @@ impl Tools {
         }
         let initramfs = var_or("SM_TESTVM_INITRAMFS", data.join("testvm/initramfs.img"));
         if !initramfs.is_file() {
-            let script = "integration/testvm/build-initramfs.sh";
+            let script = "testvm/build-initramfs.sh";
             return Err(missing(&initramfs, "test VM initramfs", script));
         }
         let virtiofsd = program("SM_VIRTIOFSD", &["/usr/local/bin/virtiofsd"], "virtiofsd")
