@@ -14,8 +14,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use sm_integration::bench::{env_or, median, start_backend};
+use sm_integration::bench::{env_or, median};
 use sm_integration::bin_dir;
+use sm_test_support::process::spawn_listening;
 
 /// Image size: the region every job works on.
 const SIZE_MIB: u64 = 256;
@@ -100,7 +101,7 @@ fn supports_direct(dir: &Path) -> bool {
 fn sm_backend(image: &Path, socket: &Path) -> Child {
     let mut cmd = Command::new(bin_dir().join("sm-vhost-user-blk"));
     cmd.arg("--socket").arg(socket).arg("--file").arg(image);
-    start_backend(cmd, socket)
+    spawn_listening(cmd.stdout(Stdio::null()), socket)
 }
 
 fn qsd_backend(image: &Path, socket: &Path) -> Child {
@@ -112,7 +113,7 @@ fn qsd_backend(image: &Path, socket: &Path) -> Child {
             "type=vhost-user-blk,id=e,node-name=d,addr.type=unix,addr.path={},writable=on",
             socket.display()
         ));
-    start_backend(cmd, socket)
+    spawn_listening(cmd.stdout(Stdio::null()), socket)
 }
 
 /// Runs the jobs in a guest on the backend listening at `socket`.

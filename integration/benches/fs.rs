@@ -19,8 +19,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use sm_integration::bench::{env_or, median, start_backend};
+use sm_integration::bench::{env_or, median};
 use sm_integration::bin_dir;
+use sm_test_support::process::{spawn_listening, wait_timeout};
 
 /// Labels of the figures one guest run produces, in order, and their units.
 const FIGURES: [(&str, &str); 8] = [
@@ -129,7 +130,7 @@ fn backend(which: usize, shared: &Path, socket: &Path, mib: u64) -> Child {
         c
     };
     cmd.arg("--shared-dir").arg(shared);
-    start_backend(cmd, socket)
+    spawn_listening(cmd.stdout(Stdio::null()), socket)
 }
 
 /// The untimed warm-up: both fio jobs for a second. The first VM a test VM runs pays for
@@ -165,14 +166,9 @@ fn guest_run(socket: &Path, script: &str, limit: u64) -> Result<String, String> 
         .stderr(log.reopen().expect("the log file"))
         .spawn()
         .expect("running sm-vmm");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit);
-    let mut timed_out = false;
-    while vmm.try_wait().expect("waiting for sm-vmm").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = vmm.kill();
-            timed_out = true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+    let timed_out = wait_timeout(&mut vmm, std::time::Duration::from_secs(limit)).is_none();
+    if timed_out {
+        let _ = vmm.kill();
     }
     let out = vmm.wait_with_output().expect("sm-vmm output");
     let _ = done_tx.send(());

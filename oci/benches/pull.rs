@@ -6,16 +6,13 @@
 //! Run: `cargo bench -p sm-oci --bench pull` (as root, with the packages from
 //! scripts/install-deps.sh).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
 use sm_oci::progress::Progress;
 use sm_oci::{Cache, ImageRef, PullOptions};
+use sm_test_support::oci::*;
 
 const RUNS: usize = 5;
 

@@ -1,14 +1,12 @@
 //! Local sources: OCI layout directories, OCI archives and docker-archive tars (written by
 //! skopeo and by hand in `docker save`'s legacy shape), each checked blob by blob.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use sm_oci::progress::Progress;
 use sm_oci::{Cache, ImageRef, PullOptions};
+use sm_test_support::oci::*;
 
 fn import(
     cache: &Cache,

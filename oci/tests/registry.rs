@@ -2,13 +2,11 @@
 //! form, platform selection, digest pinning, a corrupted blob, concurrent pulls, and the
 //! EROFS root image built from the result.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::*;
 use sm_oci::progress::Progress;
 use sm_oci::{Cache, ImageRef, Platform, PullOptions};
+use sm_test_support::oci::*;
 
 fn pull(cache: &Cache, r: &str, platform: &str) -> Result<sm_oci::ImageRecord, sm_oci::PullError> {
     let opts = PullOptions {

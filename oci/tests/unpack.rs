@@ -1,12 +1,10 @@
 //! Layer application: metadata (modes, owners, xattrs, links) and a corpus of hostile layers
 //! that must be refused with nothing written outside the root.
 
-mod common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::*;
 use sm_oci::unpack::{UnpackError, Unpacker};
+use sm_test_support::oci::*;
 use tar::EntryType as T;
 
 #[test]

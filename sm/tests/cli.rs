@@ -2,15 +2,12 @@
 //! auth from a docker config, an interrupted pull that resumes, concurrent pulls into one
 //! cache, and one clear error line for bad input.
 
-#[path = "../../oci/tests/common/mod.rs"]
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::*;
+use sm_test_support::oci::*;
 
 fn sm(cache: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sm"));

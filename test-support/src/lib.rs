@@ -1,8 +1,10 @@
 //! sm-test-support holds the helpers that the integration tests of sm's vhost-user backends
 //! (sm-vhost-user-blk, sm-vhost-user-fs) share instead of copying: starting a backend binary
 //! and waiting until its sandbox is in force ([`Backend`]), checks of its command line and of
-//! the vhost-user socket ([`cli`]), and booting the project's guest in QEMU against it
-//! ([`qemu`]). It is a dev-dependency only and never published.
+//! the vhost-user socket ([`cli`]), booting the project's guest in QEMU against it
+//! ([`qemu`]), starting and stopping any server process ([`process`]), the registry, token
+//! server and image layout builders of the image tests ([`oci`]), and skipping a test loudly
+//! ([`skip`]). It is a test helper only and never published.
 //!
 //! Each test crate names its binary once with a [`Program`] and uses
 //! `Backend<ThatProgram>`; what is particular to a device (QEMU's `-device`, image or share
@@ -11,7 +13,12 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod oci;
+pub mod process;
 pub mod qemu;
+pub mod skip;
+
+pub use skip::{is_root, require, skip_or_fail};
 
 use std::marker::PhantomData;
 use std::os::unix::process::ExitStatusExt;
@@ -129,7 +136,7 @@ impl<P: Program> Backend<P> {
             }
             None => Command::new(P::path()),
         };
-        let child = cmd
+        let mut child = cmd
             .arg("--socket")
             .arg(&socket)
             .args(args)
@@ -138,24 +145,25 @@ impl<P: Program> Backend<P> {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", P::name()));
-        let mut b = Backend {
-            child: Some(child),
-            socket,
-            log,
-            program: PhantomData,
-        };
         // `none` and `chroot` do not fork a sandboxed child.
         let sandboxed = !args
             .windows(2)
             .any(|w| w == ["--sandbox", "none"] || w == ["--sandbox", "chroot"]);
-        wait_for("the backend to listen", 10, || {
-            if let Some(status) = b.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("backend exited early ({status}): {}", b.log());
-            }
-            let ready = b.socket.exists() && (!sandboxed || b.sandboxed_pid().is_some());
-            ready.then_some(())
-        });
-        b
+        let pid = child.id() as i32;
+        process::wait_listening(
+            &mut child,
+            P::name(),
+            &socket,
+            Duration::from_secs(10),
+            || !sandboxed || sandboxed_child(pid).is_some(),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
+        Backend {
+            child: Some(child),
+            socket,
+            log,
+            program: PhantomData,
+        }
     }
 
     /// PID of the process started.
@@ -165,12 +173,7 @@ impl<P: Program> Backend<P> {
 
     /// PID of the sandboxed serving process, once it is under seccomp.
     pub fn sandboxed_pid(&self) -> Option<i32> {
-        let pid = self.pid();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-        let child: i32 = children.split_whitespace().next()?.parse().ok()?;
-        proc_status(child)
-            .contains("\nSeccomp:\t2\n")
-            .then_some(child)
+        sandboxed_child(self.pid())
     }
 
     /// What the backend wrote to stdout so far (it should write nothing).
@@ -204,20 +207,18 @@ impl<P: Program> Backend<P> {
 
     fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill(); // The sandboxed child follows (PDEATHSIG).
-                return child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // On SIGKILL the sandboxed child follows (PDEATHSIG).
+        process::signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(5)).status
     }
+}
+
+/// The first child of `pid`, once it is under seccomp (a backend's sandboxed server).
+fn sandboxed_child(pid: i32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    let child: i32 = children.split_whitespace().next()?.parse().ok()?;
+    proc_status(child)
+        .contains("\nSeccomp:\t2\n")
+        .then_some(child)
 }
 
 impl<P: Program> Drop for Backend<P> {

@@ -182,12 +182,12 @@ fn boot(
         .stderr(std::fs::File::create(&qemu_log).expect("creating the QEMU log"))
         .spawn()
         .expect("spawn qemu-system-x86_64");
-    let deadline = Instant::now() + Duration::from_secs(GUEST_TIMEOUT_SECS);
-    let status = loop {
-        if let Some(s) = qemu.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
+    let status = match crate::process::wait_timeout(
+        &mut qemu,
+        Duration::from_secs(GUEST_TIMEOUT_SECS),
+    ) {
+        Some(status) => status,
+        None => {
             let _ = qemu.kill();
             let _ = qemu.wait();
             let stdout = std::fs::read_to_string(&out).unwrap_or_default();
@@ -195,7 +195,6 @@ fn boot(
             let log = std::fs::read_to_string(&qemu_log).unwrap_or_default();
             return Err(format!("guest did not finish within {GUEST_TIMEOUT_SECS} s\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- qemu\n{log}"));
         }
-        std::thread::sleep(Duration::from_millis(50));
     };
     let qemu_err = std::fs::read_to_string(&qemu_log).unwrap_or_default();
     let run = GuestRun {

@@ -2,6 +2,7 @@
 //! command. Run through `scripts/test` (inside sm-testvm where the host KVM is PVM).
 
 use crate::common::*;
+use sm_test_support::process::signal_and_wait;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -207,19 +208,9 @@ fn sigterm_and_sigint_stop_sm_vmm() {
         )
         .unwrap();
         assert_eq!(line, "ready\n");
-        // SAFETY: kill() on a child we own.
-        unsafe { libc::kill(child.id() as i32, sig) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sm-vmm ignored signal {sig}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let stopped = signal_and_wait(&mut child, sig, Duration::from_secs(10));
+        assert!(stopped.in_time, "sm-vmm ignored signal {sig}");
+        let status = stopped.status;
         assert_eq!(
             status.code(),
             Some(code),

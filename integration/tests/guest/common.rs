@@ -1,6 +1,7 @@
 //! Shared helpers for tests that boot real guests with sm-vmm.
 
 use sm_integration::bin_dir;
+use sm_test_support::process::{signal_and_wait, spawn_listening, wait_timeout};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,7 +77,6 @@ pub fn wait_with_timeout_explained(
     limit: Duration,
     explain: impl FnOnce() -> String,
 ) -> Output {
-    let start = Instant::now();
     let read = |p: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
             let mut v = Vec::new();
@@ -88,27 +88,14 @@ pub fn wait_with_timeout_explained(
     };
     let o = read(child.stdout.take().map(|p| Box::new(p) as _));
     let e = read(child.stderr.take().map(|p| Box::new(p) as _));
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let explained = explain();
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let stopping = Instant::now();
-            while child.try_wait().unwrap().is_none() && stopping.elapsed().as_secs() < 10 {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the command (pid {}) did not finish within {limit:?}; stderr so far: {}\n{explained}",
-                child.id(),
-                String::from_utf8_lossy(&e.join().unwrap())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_timeout(&mut child, limit) else {
+        let explained = explain();
+        signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(10));
+        panic!(
+            "the command (pid {}) did not finish within {limit:?}; stderr so far: {}\n{explained}",
+            child.id(),
+            String::from_utf8_lossy(&e.join().unwrap())
+        );
     };
     Output {
         status,
@@ -146,29 +133,7 @@ pub struct Backend {
 impl Backend {
     /// Starts `cmd` and waits (bounded) for it to create `socket`.
     pub fn start(mut cmd: Command, socket: &std::path::Path) -> Self {
-        let name = cmd.get_program().to_string_lossy().into_owned();
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {name} ({e}): scripts/install-deps.sh installs it")
-            });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "{name} exited ({status}) before creating {}",
-                    socket.display()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{name} never created {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_listening(cmd.stdout(Stdio::null()).stderr(Stdio::null()), socket);
         Backend {
             child,
             socket: socket.to_path_buf(),

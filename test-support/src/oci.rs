@@ -1,6 +1,6 @@
-//! Test harness shared by sm-oci's and sm's tests: a real `docker-registry` on a random
-//! loopback port, an OCI image layout writer for test images, and `skopeo copy` to push them.
-#![allow(dead_code)]
+//! The image tests' harness, shared by sm-oci's and sm's tests: a real `docker-registry` on
+//! a random loopback port (basic or token auth), a docker token server, an OCI image layout
+//! writer for test images, `skopeo copy` to push them, and views of EROFS images.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -459,6 +459,28 @@ pub fn write_test_layout(dir: &Path) -> Layout {
     l
 }
 
+/// A one-layer image at `dir` (anything there before is removed) tagged `v1`, whose file
+/// `version` holds `version`; returns the layout and the manifest digest. Calling it again
+/// with another version is a rebuild of the same image at the same path and tag.
+pub fn versioned_layout(dir: &Path, version: &str) -> (Layout, String) {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut l = Layout::new(dir);
+    let layer = layer_tar(&[Entry::File(
+        "version".into(),
+        version.as_bytes().to_vec(),
+        0o644,
+        0,
+        0,
+    )]);
+    let m = l.image(
+        "amd64",
+        &[(layer, Compression::Gzip)],
+        json!({"Cmd": ["/bin/cat", "/version"]}),
+    );
+    l.tag(&m, "v1");
+    (l, m["digest"].as_str().unwrap().to_string())
+}
+
 /// The contents of an EROFS image: mounted read-only with `mount -t erofs -o loop` when that
 /// works (root), else extracted with `fsck.erofs --extract` (which drops set-id bits).
 pub struct ErofsView {
@@ -534,7 +556,7 @@ pub struct TokenServer {
     pub cert: PathBuf,
     /// Request lines received (with query strings), for assertions.
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl TokenServer {
@@ -613,7 +635,7 @@ impl TokenServer {
             addr,
             cert,
             requests,
-            dir,
+            _dir: dir,
         }
     }
 }
