@@ -9,6 +9,7 @@
 //! binds the socket and serves frontends.
 
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod image;
 pub mod request;

@@ -4,11 +4,12 @@
 //! ACPI tables, and emulates only what a Linux guest needs to boot quickly: two 8250 UARTs
 //! (COM1 for the console / command stdout, COM2 for command stderr), a CMOS RTC, and the ACPI
 //! sleep/reset registers. Devices with real work behind them are vhost-user backends in their
-//! own processes (see DESIGN.md); a backend's shared memory regions (the virtio-fs DAX
+//! own processes (see docs/architecture.md); a backend's shared memory regions (the virtio-fs DAX
 //! window) become guest-physical windows above RAM that the backend fills with file mappings.
 
 pub mod acpi;
 pub mod boot;
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod devices;

@@ -4,6 +4,7 @@
 //! files and forwards ports. Dropping a [`Vm`] stops every process and removes the directory.
 
 pub mod exec;
+pub mod layout;
 pub mod ports;
 pub mod process;
 pub mod spec;
@@ -16,8 +17,10 @@ use sm_agent::client::{Agent, AgentError, ReadySignal};
 use sm_agent::message::ExecRequest;
 
 pub use exec::ExecBuilder;
+use layout::{DeviceLayout, DiskRole};
 pub use ports::PortForwarder;
 use process::{tool, Proc, ProcessError};
+use sm_launch::CommandLine;
 pub use spec::{Mount, PortMap, SpecError, Symlinks, Volume};
 
 /// How long the guest may take to boot and start its agent.
@@ -82,9 +85,6 @@ impl Default for VmConfig {
 
 /// Where the guest assembles an image's root (erofs lower, tmpfs upper).
 const GUEST_ROOT: &str = "/sm/root";
-/// DAX window of a `:dax` mount: address space only (no memory until the guest maps
-/// files), enough for the Linux driver to keep 512 2 MiB ranges mapped at once.
-const DAX_WINDOW_MIB: u64 = 1024;
 /// Sets up [`GUEST_ROOT`] from the image on `$1`, with /proc, /sys and /dev inside.
 const ROOT_SCRIPT: &str = "set -e; mkdir -p /sm/ro /sm/rw /sm/root; \
     mount -t erofs -o ro \"$1\" /sm/ro; mount -t tmpfs -o mode=0755 tmpfs /sm/rw; \
@@ -146,129 +146,98 @@ impl Vm {
         Ok(vm)
     }
 
+    /// Starts every process of `config`'s layout, waits for the guest agent, then sets up
+    /// what the guest sees: the image's root, the mounts, the volumes and the ports.
     fn boot(&mut self, config: &VmConfig) -> Result<(), VmError> {
-        let dir = self.dir.clone();
-        let mut vmm = Command::new(tool("sm-vmm"));
-        vmm.arg("--mem")
-            .arg(config.mem_mib.to_string())
-            .arg("--vcpus")
-            .arg(config.vcpus.to_string());
-        for (i, m) in config.mounts.iter().enumerate() {
-            if !m.host.is_dir() {
-                return Err(VmError::Guest(format!(
-                    "--mount: {} is not a directory",
-                    m.host.display()
-                )));
-            }
-            let socket = dir.join(format!("fs-{i}.sock"));
-            let mut cmd = Command::new(tool("sm-vhost-user-fs"));
-            cmd.arg("--socket")
-                .arg(&socket)
-                .arg("--shared-dir")
-                .arg(&m.host)
-                .args(["--tag", &format!("m{i}"), "--symlinks", m.symlinks.as_str()]);
-            if m.read_only {
-                cmd.arg("--read-only");
-            }
-            if m.dax {
-                cmd.args(["--dax-window-mib", &DAX_WINDOW_MIB.to_string()]);
-            }
-            self.backend(
-                &format!("fs backend for {}", m.host.display()),
-                cmd,
-                &socket,
-            )?;
-            vmm.arg("--fs-socket")
-                .arg(format!("m{i}={}", socket.display()));
+        let layout = DeviceLayout::new(config, &self.dir);
+        self.start_backends(&layout)?;
+        self.start_vmm(&layout, config)?;
+        if let Some(root) = layout.root_disk() {
+            self.assemble_root(&root.guest_dev)?;
         }
-        if let Some(image) = &config.root_image {
-            let socket = dir.join("root.sock");
-            let mut cmd = Command::new(tool("sm-vhost-user-blk"));
-            cmd.arg("--socket")
-                .arg(&socket)
-                .arg("--file")
-                .arg(image)
-                .arg("--read-only");
-            self.backend(&format!("root image {}", image.display()), cmd, &socket)?;
-            vmm.arg("--blk-socket").arg(&socket);
-        }
-        let first_volume = usize::from(config.root_image.is_some());
-        for (i, v) in config.volumes.iter().enumerate() {
-            let size = prepare_volume(v)?;
-            let socket = dir.join(format!("blk-{i}.sock"));
-            let mut cmd = Command::new(tool("sm-vhost-user-blk"));
-            cmd.arg("--socket")
-                .arg(&socket)
-                .arg("--file")
-                .arg(&v.file)
-                .args(["--size-mib", &size.to_string()]);
-            self.backend(&format!("volume {}", v.file.display()), cmd, &socket)?;
-            vmm.arg("--blk-socket").arg(&socket);
-        }
-        let vsock = dir.join("vsock.sock");
-        let mut cmd = Command::new(tool("vhost-device-vsock"));
-        cmd.args(["--guest-cid", "3", "--socket"])
-            .arg(&vsock)
-            .arg("--uds-path")
-            .arg(self.agent.socket());
-        self.backend("vhost-device-vsock", cmd, &vsock)?;
-        let ready = ReadySignal::bind(self.agent.socket())?;
-        if crate::trace::enabled() {
-            vmm.arg("--verbose");
-        }
-        vmm.arg("--vsock-socket")
-            .arg(&vsock)
-            .args(["--", "sleep", "2147483647"]);
-        crate::trace::step("backends ready; starting sm-vmm");
-        self.vmm = Some(Proc::spawn("sm-vmm", vmm, dir.join("sm-vmm.log"))?);
-        let start = Instant::now();
-        loop {
-            if ready.wait(Duration::from_millis(100)).is_ok() {
-                break;
-            }
-            self.vmm.as_mut().expect("started").check_alive()?;
-            if start.elapsed() > BOOT_TIMEOUT {
-                return Err(ProcessError::Timeout("the guest agent".into(), BOOT_TIMEOUT).into());
-            }
-        }
-        crate::trace::step("the guest agent is ready");
-        if config.root_image.is_some() {
-            let out = self
-                .exec(&["sh", "-c", ROOT_SCRIPT, "sh", "/dev/vda"])
-                .output()?;
-            if out.exit.code != Some(0) {
-                return Err(VmError::Guest(format!(
-                    "assembling the image's root in the guest failed: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-        }
-        let prefix = if config.root_image.is_some() {
-            GUEST_ROOT
-        } else {
-            ""
-        };
-        for (i, m) in config.mounts.iter().enumerate() {
+        let prefix = self.root.clone().unwrap_or_default();
+        for share in &layout.shares {
+            let m = &share.mount;
             let mut opts = String::from(if m.read_only { "ro" } else { "rw" });
             if m.dax {
                 opts.push_str(",dax=always");
             }
             let target = format!("{prefix}{}", m.guest);
-            self.guest_mount(&target, &["-t", "virtiofs", "-o", &opts, &format!("m{i}")])?;
+            self.guest_mount(&target, &["-t", "virtiofs", "-o", &opts, &share.tag])?;
         }
-        for (i, v) in config.volumes.iter().enumerate() {
-            let dev = format!("/dev/vd{}", (b'a' + (first_volume + i) as u8) as char);
+        for (disk, v) in layout.volume_disks() {
             let target = format!("{prefix}{}", v.guest);
-            self.guest_mount(&target, &["-t", "ext4", &dev])?;
+            self.guest_mount(&target, &["-t", "ext4", &disk.guest_dev])?;
             self.volume_mounts.push(target);
-        }
-        if config.root_image.is_some() {
-            self.root = Some(GUEST_ROOT.into());
         }
         for p in &config.ports {
             self.expose_tcp(*p)?;
         }
         crate::trace::step("mounts, volumes and ports are set up");
+        Ok(())
+    }
+
+    /// Starts one backend per share and disk, and vhost-device-vsock, each waited for by
+    /// its socket.
+    fn start_backends(&mut self, layout: &DeviceLayout) -> Result<(), VmError> {
+        for share in &layout.shares {
+            let host = &share.mount.host;
+            if !host.is_dir() {
+                return Err(VmError::Guest(format!(
+                    "--mount: {} is not a directory",
+                    host.display()
+                )));
+            }
+            let name = format!("fs backend for {}", host.display());
+            self.backend(&name, share.backend_command(), &share.socket)?;
+        }
+        for disk in &layout.disks {
+            let (name, size) = match &disk.role {
+                DiskRole::Root(image) => (format!("root image {}", image.display()), None),
+                DiskRole::Volume(v) => (
+                    format!("volume {}", v.file.display()),
+                    Some(prepare_volume(v)?),
+                ),
+            };
+            self.backend(&name, disk.backend_command(size), &disk.socket)?;
+        }
+        self.backend(
+            "vhost-device-vsock",
+            layout::vsock_backend_command(layout),
+            &layout.vsock,
+        )
+    }
+
+    /// Starts sm-vmm and waits for the guest agent's ready signal.
+    fn start_vmm(&mut self, layout: &DeviceLayout, config: &VmConfig) -> Result<(), VmError> {
+        let ready = ReadySignal::bind(self.agent.socket())?;
+        let args = layout.vmm_args(config, crate::trace::enabled());
+        crate::trace::step("backends ready; starting sm-vmm");
+        let cmd = args.to_command(tool("sm-vmm"));
+        let vmm = self
+            .vmm
+            .insert(Proc::spawn("sm-vmm", cmd, self.dir.join("sm-vmm.log"))?);
+        let start = Instant::now();
+        while ready.wait(Duration::from_millis(100)).is_err() {
+            vmm.check_alive()?;
+            if start.elapsed() > BOOT_TIMEOUT {
+                return Err(ProcessError::Timeout("the guest agent".into(), BOOT_TIMEOUT).into());
+            }
+        }
+        crate::trace::step("the guest agent is ready");
+        Ok(())
+    }
+
+    /// Assembles the image's root in the guest from the erofs disk `dev`.
+    fn assemble_root(&mut self, dev: &str) -> Result<(), VmError> {
+        let out = self.exec(&["sh", "-c", ROOT_SCRIPT, "sh", dev]).output()?;
+        if out.exit.code != Some(0) {
+            return Err(VmError::Guest(format!(
+                "assembling the image's root in the guest failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        self.root = Some(GUEST_ROOT.into());
         Ok(())
     }
 

@@ -47,7 +47,8 @@ impl Symlinks {
     }
 }
 
-/// A live host directory in the guest: `HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax]`.
+/// A live host directory in the guest:
+/// `HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax][:devices]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     /// Host directory.
@@ -60,6 +61,9 @@ pub struct Mount {
     pub symlinks: Symlinks,
     /// Map files from the host's page cache (a DAX window) instead of copying them.
     pub dax: bool,
+    /// The guest may make device nodes in the share (sm-vhost-user-fs `--allow-devices`);
+    /// for trusted guests only, refused by default.
+    pub devices: bool,
 }
 
 /// A writable block volume: `FILE:GUEST[:size=N]` (N in MiB, or with a K/M/G/T suffix).
@@ -97,7 +101,7 @@ impl std::str::FromStr for Mount {
             return Err(bad(
                 "--mount",
                 v,
-                "expected HOST:GUEST[:ro][:symlinks=...][:dax]",
+                "expected HOST:GUEST[:ro][:symlinks=...][:dax][:devices]",
             ));
         };
         if host.is_empty() {
@@ -109,6 +113,7 @@ impl std::str::FromStr for Mount {
             read_only: false,
             symlinks: Symlinks::Opaque,
             dax: false,
+            devices: false,
         };
         for opt in parts {
             match opt {
@@ -118,6 +123,7 @@ impl std::str::FromStr for Mount {
                 "symlinks=opaque" => m.symlinks = Symlinks::Opaque,
                 "symlinks=follow" => m.symlinks = Symlinks::Follow,
                 "dax" => m.dax = true,
+                "devices" => m.devices = true,
                 o => return Err(bad("--mount", v, format!("unknown option {o:?}"))),
             }
         }
@@ -200,7 +206,9 @@ mod tests {
             (false, Symlinks::Opaque, false)
         );
         let m: Mount = "/src:/work:dax:ro".parse().unwrap();
-        assert_eq!((m.read_only, m.dax), (true, true));
+        assert_eq!((m.read_only, m.dax, m.devices), (true, true, false));
+        let m: Mount = "/src:/work:devices".parse().unwrap();
+        assert_eq!((m.read_only, m.devices), (false, true));
         let v: Volume = "/c.img:/work/node_modules:size=1G".parse().unwrap();
         assert_eq!(v.size_mib, 1024);
         let v: Volume = "/c.img:/data:size=64".parse().unwrap();

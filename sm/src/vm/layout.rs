@@ -1,0 +1,286 @@
+//! Every process and device of one VM, decided in one place: which backends run with which
+//! flags, and the order sm-vmm attaches their devices in, which fixes the virtio-mmio slots
+//! and the guest's `/dev/vdX` names. Command lines are built from the binaries' own flag
+//! types ([`sm_launch::CommandLine`]), so a renamed flag does not compile.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sm_launch::CommandLine;
+use sm_vhost_user_blk::cli::BlkArgs;
+use sm_vmm::cli::{blk_device_name, FsSocket, VmmArgs};
+
+use super::process::tool;
+use super::spec::{Mount, Volume};
+use super::VmConfig;
+
+/// DAX window of a `:dax` mount: address space only (no memory until the guest maps
+/// files), enough for the Linux driver to keep 512 2 MiB ranges mapped at once.
+pub const DAX_WINDOW_MIB: u64 = 1024;
+
+/// The guest CID vhost-device-vsock serves (the guest's only vsock address).
+pub const GUEST_CID: u64 = 3;
+
+/// One virtio-fs share: a host directory behind an sm-vhost-user-fs.
+#[derive(Clone, Debug)]
+pub struct Share {
+    /// The mount it serves.
+    pub mount: Mount,
+    /// The tag the guest mounts (`mount -t virtiofs TAG`).
+    pub tag: String,
+    /// The backend's vhost-user socket.
+    pub socket: PathBuf,
+}
+
+/// What a disk holds.
+#[derive(Clone, Debug)]
+pub enum DiskRole {
+    /// The image's read-only root file system (erofs).
+    Root(PathBuf),
+    /// A writable volume.
+    Volume(Volume),
+}
+
+/// One virtio-blk disk behind an sm-vhost-user-blk.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    /// What it holds.
+    pub role: DiskRole,
+    /// The backend's vhost-user socket.
+    pub socket: PathBuf,
+    /// The guest's device node (`/dev/vda`, ...).
+    pub guest_dev: String,
+}
+
+/// Every device of a VM, in the order sm-vmm attaches them.
+#[derive(Clone, Debug)]
+pub struct DeviceLayout {
+    /// Disks, in `--blk-socket` order: the root image first, then the volumes.
+    pub disks: Vec<Disk>,
+    /// Shares, in `--fs-socket` order.
+    pub shares: Vec<Share>,
+    /// vhost-device-vsock's socket.
+    pub vsock: PathBuf,
+    /// The Unix socket the guest agent's vsock ports appear on (`<path>_<port>`).
+    pub agent: PathBuf,
+}
+
+impl DeviceLayout {
+    /// The layout of `config`'s devices, with every socket under the runtime directory `dir`.
+    pub fn new(config: &VmConfig, dir: &Path) -> DeviceLayout {
+        let root = config
+            .root_image
+            .iter()
+            .map(|image| (DiskRole::Root(image.clone()), dir.join("root.sock")));
+        let volumes = config.volumes.iter().enumerate().map(|(i, v)| {
+            (
+                DiskRole::Volume(v.clone()),
+                dir.join(format!("blk-{i}.sock")),
+            )
+        });
+        let disks = root
+            .chain(volumes)
+            .enumerate()
+            .map(|(i, (role, socket))| Disk {
+                role,
+                socket,
+                guest_dev: format!("/dev/{}", blk_device_name(i)),
+            })
+            .collect();
+        let shares = config
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Share {
+                mount: m.clone(),
+                tag: format!("m{i}"),
+                socket: dir.join(format!("fs-{i}.sock")),
+            })
+            .collect();
+        DeviceLayout {
+            disks,
+            shares,
+            vsock: dir.join("vsock.sock"),
+            agent: dir.join("vm.vsock"),
+        }
+    }
+
+    /// The root image's disk, if the VM runs an image.
+    pub fn root_disk(&self) -> Option<&Disk> {
+        self.disks
+            .iter()
+            .find(|d| matches!(d.role, DiskRole::Root(_)))
+    }
+
+    /// The volumes' disks with their volumes, in order.
+    pub fn volume_disks(&self) -> impl Iterator<Item = (&Disk, &Volume)> {
+        self.disks.iter().filter_map(|d| match &d.role {
+            DiskRole::Volume(v) => Some((d, v)),
+            DiskRole::Root(_) => None,
+        })
+    }
+
+    /// sm-vmm's flags: every device in layout order, the agent's vsock, and a guest command
+    /// that keeps the VM up until sm stops it (the agent runs the real commands).
+    pub fn vmm_args(&self, config: &VmConfig, verbose: bool) -> VmmArgs {
+        let mut args = VmmArgs::new(config.vcpus, config.mem_mib);
+        args.blk_socket = self.disks.iter().map(|d| d.socket.clone()).collect();
+        args.fs_socket = self
+            .shares
+            .iter()
+            .map(|s| FsSocket {
+                tag: s.tag.clone(),
+                path: s.socket.clone(),
+            })
+            .collect();
+        args.vsock_socket = Some(self.vsock.clone());
+        args.verbose = verbose;
+        args.command = vec!["sleep".into(), "2147483647".into()];
+        args
+    }
+}
+
+impl Disk {
+    /// The backend's flags: the root image read-only, a volume at its size (`size_mib`).
+    pub fn backend_args(&self, size_mib: Option<u64>) -> BlkArgs {
+        match &self.role {
+            DiskRole::Root(image) => BlkArgs {
+                read_only: true,
+                ..BlkArgs::new(&self.socket, image)
+            },
+            DiskRole::Volume(v) => BlkArgs {
+                size_mib,
+                ..BlkArgs::new(&self.socket, &v.file)
+            },
+        }
+    }
+
+    /// The backend's command line.
+    pub fn backend_command(&self, size_mib: Option<u64>) -> Command {
+        self.backend_args(size_mib)
+            .to_command(tool("sm-vhost-user-blk"))
+    }
+}
+
+impl Share {
+    /// The backend's command line.
+    pub fn backend_command(&self) -> Command {
+        let m = &self.mount;
+        let mut cmd = Command::new(tool("sm-vhost-user-fs"));
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .arg("--shared-dir")
+            .arg(&m.host)
+            .args(["--tag", &self.tag, "--symlinks", m.symlinks.as_str()]);
+        if m.read_only {
+            cmd.arg("--read-only");
+        }
+        if m.dax {
+            cmd.args(["--dax-window-mib", &DAX_WINDOW_MIB.to_string()]);
+        }
+        if m.devices {
+            cmd.arg("--allow-devices");
+        }
+        cmd
+    }
+}
+
+/// vhost-device-vsock's command line (a peer's binary: its flags are its own).
+pub fn vsock_backend_command(layout: &DeviceLayout) -> Command {
+    let mut cmd = Command::new(tool("vhost-device-vsock"));
+    cmd.args(["--guest-cid", &GUEST_CID.to_string(), "--socket"])
+        .arg(&layout.vsock)
+        .arg("--uds-path")
+        .arg(&layout.agent);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::spec::Symlinks;
+
+    fn config(root: bool, volumes: usize, mounts: usize) -> VmConfig {
+        VmConfig {
+            root_image: root.then(|| PathBuf::from("/i/root.erofs")),
+            volumes: (0..volumes)
+                .map(|i| Volume {
+                    file: format!("/v/{i}.img").into(),
+                    guest: format!("/vol{i}"),
+                    size_mib: 64,
+                })
+                .collect(),
+            mounts: (0..mounts)
+                .map(|i| Mount {
+                    host: format!("/h/{i}").into(),
+                    guest: format!("/m{i}"),
+                    read_only: false,
+                    symlinks: Symlinks::Opaque,
+                    dax: false,
+                    devices: false,
+                })
+                .collect(),
+            ..VmConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_root_image_is_vda_and_volumes_follow() {
+        let l = DeviceLayout::new(&config(true, 2, 0), Path::new("/r"));
+        let devs: Vec<_> = l.disks.iter().map(|d| d.guest_dev.as_str()).collect();
+        assert_eq!(devs, ["/dev/vda", "/dev/vdb", "/dev/vdc"]);
+        assert_eq!(l.root_disk().unwrap().socket, Path::new("/r/root.sock"));
+        let vols: Vec<_> = l
+            .volume_disks()
+            .map(|(d, v)| (d.guest_dev.clone(), v.guest.clone()))
+            .collect();
+        assert_eq!(
+            vols,
+            [
+                ("/dev/vdb".into(), "/vol0".into()),
+                ("/dev/vdc".into(), "/vol1".into())
+            ]
+        );
+        let l = DeviceLayout::new(&config(false, 1, 0), Path::new("/r"));
+        assert_eq!(l.disks[0].guest_dev, "/dev/vda");
+        assert!(l.root_disk().is_none());
+    }
+
+    #[test]
+    fn sm_vmm_gets_the_disks_in_layout_order() {
+        let c = config(true, 2, 2);
+        let l = DeviceLayout::new(&c, Path::new("/r"));
+        let a = l.vmm_args(&c, false);
+        let sockets: Vec<_> = l.disks.iter().map(|d| d.socket.clone()).collect();
+        assert_eq!(a.blk_socket, sockets);
+        let tags: Vec<_> = a.fs_socket.iter().map(|f| f.tag.as_str()).collect();
+        assert_eq!(tags, ["m0", "m1"]);
+        assert_eq!(a.vsock_socket.as_deref(), Some(Path::new("/r/vsock.sock")));
+        sm_launch::assert_round_trip(&a);
+    }
+
+    #[test]
+    fn only_a_devices_mount_lets_its_backend_make_device_nodes() {
+        let mut c = config(false, 0, 2);
+        c.mounts[1].devices = true;
+        let l = DeviceLayout::new(&c, Path::new("/r"));
+        let allows = |s: &Share| {
+            s.backend_command()
+                .get_args()
+                .any(|a| a == "--allow-devices")
+        };
+        assert_eq!((allows(&l.shares[0]), allows(&l.shares[1])), (false, true));
+    }
+
+    #[test]
+    fn the_root_disk_is_read_only_and_volumes_carry_their_size() {
+        let l = DeviceLayout::new(&config(true, 1, 0), Path::new("/r"));
+        let root = l.disks[0].backend_args(None);
+        assert!(root.read_only);
+        assert_eq!(root.file, Path::new("/i/root.erofs"));
+        let vol = l.disks[1].backend_args(Some(64));
+        assert!(!vol.read_only);
+        assert_eq!(vol.size_mib, Some(64));
+        sm_launch::assert_round_trip(&vol);
+    }
+}

@@ -1,0 +1,220 @@
+//! sm-vmm's flags as a type: the binary parses them, and `sm` builds sm-vmm's command line
+//! from a value of it ([`sm_launch::CommandLine`]).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+use sm_launch::{ArgWriter, CommandLine};
+
+use crate::config::{self, VmConfig};
+
+/// Boot a Linux guest on KVM and run COMMAND in it, exiting with its status.
+/// Without COMMAND, an interactive shell on the serial console (Ctrl-A x quits).
+#[derive(Parser, Clone, Debug, PartialEq, Eq)]
+#[command(name = "sm-vmm", version)]
+pub struct VmmArgs {
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub mem: u64,
+    /// bzImage kernel [default: $SM_DATA_DIR/kernel/vmlinuz, SM_DATA_DIR=/usr/local/share/sm].
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs with sm-init [default: $SM_DATA_DIR/guest/initramfs.img].
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel command-line parameters.
+    #[arg(long, value_name = "PARAMS")]
+    pub cmdline_append: Option<String>,
+    /// Environment for the command, KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<OsString>,
+    /// A vhost-user-blk backend socket (repeatable: vda, vdb, ... in order).
+    #[arg(long = "blk-socket", value_name = "PATH")]
+    pub blk_socket: Vec<PathBuf>,
+    /// A vhost-user-fs backend: mount TAG in the guest with `mount -t virtiofs TAG DIR`
+    /// (repeatable).
+    #[arg(long = "fs-socket", value_name = "TAG=PATH", value_parser = parse_fs_socket)]
+    pub fs_socket: Vec<FsSocket>,
+    /// A vhost-user-vsock backend (e.g. vhost-device-vsock) for host-guest sockets.
+    #[arg(long = "vsock-socket", value_name = "PATH")]
+    pub vsock_socket: Option<PathBuf>,
+    /// The guest's vsock CID; must match what the vsock backend serves (default: its CID).
+    #[arg(long, value_name = "N", requires = "vsock_socket")]
+    pub cid: Option<u64>,
+    /// Show the kernel boot log and sm-init's messages on stderr.
+    #[arg(long)]
+    pub verbose: bool,
+    /// The command to run in the guest.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// One `--fs-socket TAG=PATH`: a virtio-fs backend and the tag the guest mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsSocket {
+    /// The tag in the device's config space.
+    pub tag: String,
+    /// The backend's vhost-user socket.
+    pub path: PathBuf,
+}
+
+/// Parses `TAG=PATH`: a non-empty tag of at most 36 bytes (the virtio-fs config field).
+fn parse_fs_socket(v: &str) -> Result<FsSocket, String> {
+    let (tag, path) = v.split_once('=').ok_or("expected TAG=PATH")?;
+    if tag.is_empty() || tag.len() > crate::vhost_user::FS_TAG_MAX || tag.contains('\0') {
+        return Err(format!(
+            "tag '{tag}' must be 1 to {} bytes",
+            crate::vhost_user::FS_TAG_MAX
+        ));
+    }
+    if path.is_empty() {
+        return Err("expected TAG=PATH".into());
+    }
+    Ok(FsSocket {
+        tag: tag.to_string(),
+        path: PathBuf::from(path),
+    })
+}
+
+/// The guest's name for the disk of the `index`-th `--blk-socket` (`vda`, ..., `vdz`, `vdaa`,
+/// ...): sm-vmm attaches block devices first and in flag order, so the guest kernel names
+/// them in that order.
+pub fn blk_device_name(index: usize) -> String {
+    // Linux's virtio_blk names disks like spreadsheet columns (drivers/block/virtio_blk.c).
+    let mut suffix = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        suffix.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    suffix.reverse();
+    format!("vd{}", String::from_utf8_lossy(&suffix))
+}
+
+impl VmmArgs {
+    /// Flags for a VM of `vcpus` and `mem` MiB, everything else at its default.
+    pub fn new(vcpus: u32, mem: u64) -> VmmArgs {
+        VmmArgs {
+            vcpus,
+            mem,
+            kernel: None,
+            initrd: None,
+            cmdline_append: None,
+            env: vec![],
+            blk_socket: vec![],
+            fs_socket: vec![],
+            vsock_socket: None,
+            cid: None,
+            verbose: false,
+            command: vec![],
+        }
+    }
+
+    /// The VM these flags describe (defaults filled in; not yet validated).
+    pub fn into_config(self) -> VmConfig {
+        let interactive = self.command.is_empty();
+        VmConfig {
+            vcpus: self.vcpus,
+            mem_mib: self.mem,
+            kernel: self.kernel.unwrap_or_else(config::default_kernel),
+            initrd: self.initrd.unwrap_or_else(config::default_initrd),
+            cmdline_append: self.cmdline_append,
+            verbose: self.verbose,
+            command: (!interactive).then_some(self.command),
+            env: self.env,
+            blk_sockets: self.blk_socket,
+            fs_sockets: self
+                .fs_socket
+                .into_iter()
+                .map(|f| (f.tag, f.path))
+                .collect(),
+            vsock_socket: self.vsock_socket,
+            cid: self.cid,
+        }
+    }
+}
+
+impl CommandLine for VmmArgs {
+    fn to_args(&self) -> Vec<OsString> {
+        let VmmArgs {
+            vcpus,
+            mem,
+            kernel,
+            initrd,
+            cmdline_append,
+            env,
+            blk_socket,
+            fs_socket,
+            vsock_socket,
+            cid,
+            verbose,
+            command,
+        } = self;
+        let fs = fs_socket.iter().map(|f| {
+            let mut v = OsString::from(format!("{}=", f.tag));
+            v.push(&f.path);
+            v
+        });
+        ArgWriter::new::<VmmArgs>()
+            .value("vcpus", vcpus.to_string())
+            .value("mem", mem.to_string())
+            .option("kernel", kernel.as_ref())
+            .option("initrd", initrd.as_ref())
+            .option("cmdline_append", cmdline_append.as_ref())
+            .values("env", env)
+            .values("blk_socket", blk_socket)
+            .values("fs_socket", fs)
+            .option("vsock_socket", vsock_socket.as_ref())
+            .option("cid", cid.map(|c| c.to_string()))
+            .switch("verbose", *verbose)
+            .trailing(command)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_round_trip() {
+        let mut a = VmmArgs::new(2, 512);
+        sm_launch::assert_round_trip(&a);
+        a.kernel = Some("/k/vmlinuz".into());
+        a.initrd = Some("/k/initrd".into());
+        a.cmdline_append = Some("quiet loglevel=0".into());
+        a.env = vec!["A=b c".into(), "-x=1".into()];
+        a.blk_socket = vec!["/r/root.sock".into(), "/r/blk 1.sock".into()];
+        a.fs_socket = vec![FsSocket {
+            tag: "m0".into(),
+            path: "/r/fs=0.sock".into(),
+        }];
+        a.vsock_socket = Some("/r/vsock.sock".into());
+        a.cid = Some(3);
+        a.verbose = true;
+        a.command = vec!["sh".into(), "-c".into(), "exit 3".into(), "--".into()];
+        sm_launch::assert_round_trip(&a);
+    }
+
+    #[test]
+    fn disks_are_named_as_linux_names_them() {
+        assert_eq!(blk_device_name(0), "vda");
+        assert_eq!(blk_device_name(25), "vdz");
+        assert_eq!(blk_device_name(26), "vdaa");
+        assert_eq!(blk_device_name(27), "vdab");
+        assert_eq!(blk_device_name(26 + 26 * 26), "vdaaa");
+    }
+
+    #[test]
+    fn a_bad_fs_socket_is_refused() {
+        assert!(parse_fs_socket("noequals").is_err());
+        assert!(parse_fs_socket("=/p").is_err());
+        assert!(parse_fs_socket("t=").is_err());
+        assert!(parse_fs_socket(&format!("{}=/p", "x".repeat(37))).is_err());
+    }
+}
