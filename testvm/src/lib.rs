@@ -1,6 +1,6 @@
 //! sm-testvm: the test VM ("L1"), a QEMU TCG guest with SVM+NPT whose `kvm_amd` gives a
 //! hardware-style `/dev/kvm`, running one host command over the host's root (read-only overlay)
-//! and writable shares at their host paths. See DESIGN.md, "Where VMs run on these machines".
+//! and writable shares at their host paths. See docs/architecture.md, "Where VMs run on these machines".
 
 mod error;
 pub mod guest_files;

@@ -8,4 +8,5 @@ mod boot;
 mod common;
 mod fs;
 mod image;
+mod readme;
 mod run;
