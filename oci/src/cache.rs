@@ -1,7 +1,8 @@
 //! The content-addressed store: `blobs/sha256/<hex>` (complete, verified blobs),
 //! `blobs/sha256/<hex>.partial` (interrupted downloads, resumed later), `refs/` (one JSON
 //! record per pulled reference, see [`crate::refs`]), `rootfs/<manifest hex>.erofs` (built
-//! root images) and `tmp/`. Every file appears by temp write + fsync + atomic rename; a blob being written
+//! root images), `rootfs/<manifest hex>.refused` (why a root image could not be built) and
+//! `tmp/`. It lives in `oci/` under sm's home ([`home`]). Every file appears by temp write + fsync + atomic rename; a blob being written
 //! is guarded by an exclusive lock on its `.partial` file, so concurrent pulls share work;
 //! pulls hold a shared lock on the cache and garbage collection an exclusive one.
 
@@ -17,8 +18,47 @@ use sha2::{Digest as _, Sha256};
 use crate::blob::{sync_dir, BlobWriter, HashWriter};
 use crate::digest::{Digest, DigestError};
 
-/// Cache location when `$SM_OCI_DIR` is not set.
-pub const DEFAULT_DIR: &str = "/var/lib/sm/oci";
+/// The variable that moves everything sm keeps (the `sm --root DIR` flag sets it).
+pub const HOME_ENV: &str = "SM_HOME";
+/// sm's home for root when [`HOME_ENV`] is not set.
+pub const SYSTEM_HOME: &str = "/var/lib/sm";
+/// The image store's directory inside sm's home.
+pub const STORE_DIR: &str = "oci";
+
+/// sm's home: `$SM_HOME` when set, else (as podman does) [`SYSTEM_HOME`] for root and
+/// `$XDG_DATA_HOME/sm` (else `~/.local/share/sm`) for other users.
+pub fn home() -> PathBuf {
+    match std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => default_home(),
+    }
+}
+
+/// sm's home when [`HOME_ENV`] is not set (see [`home`]).
+pub fn default_home() -> PathBuf {
+    let uid = nix::unistd::getuid();
+    if uid.is_root() {
+        return SYSTEM_HOME.into();
+    }
+    // The XDG base directory spec ignores a relative XDG_DATA_HOME.
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+    {
+        return data.join("sm");
+    }
+    let user_home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|d| d.is_absolute())
+        .or_else(|| {
+            nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+        .unwrap_or_else(|| PathBuf::from("/"));
+    user_home.join(".local/share/sm")
+}
 
 /// Errors from the cache.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +101,30 @@ pub enum CacheError {
         /// The limit.
         limit: u64,
     },
+    /// The image store cannot be created or written (a user without access to it).
+    #[error("cannot use the image store {}: {} (set SM_HOME or --root)", home.display(), reason(source))]
+    Store {
+        /// sm's home, the directory the user can move.
+        home: PathBuf,
+        /// Why it is unusable.
+        source: io::Error,
+    },
     /// A refs record that cannot be decoded.
     #[error("corrupt refs record {0}: {1}")]
     Record(PathBuf, serde_json::Error),
+}
+
+/// An OS error as a short lower-case phrase ("permission denied"), for one-line messages.
+fn reason(e: &io::Error) -> String {
+    let text = match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
 }
 
 pub(crate) fn io_err<'a>(
@@ -89,12 +150,27 @@ pub struct Cache {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Cache {
-    /// Opens (creating if needed) the cache at `$SM_OCI_DIR`, or [`DEFAULT_DIR`].
+    /// Opens (creating if needed) the image store in sm's [`home`]; a store this user cannot
+    /// create or write is [`CacheError::Store`].
     pub fn open_default() -> Result<Cache, CacheError> {
-        let dir = std::env::var_os("SM_OCI_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| DEFAULT_DIR.into());
-        Cache::open(dir)
+        Cache::open_in_home(&home())
+    }
+
+    /// Opens (creating if needed) the image store in the home directory `home`.
+    pub fn open_in_home(home: &Path) -> Result<Cache, CacheError> {
+        let unusable = |source| CacheError::Store {
+            home: home.to_path_buf(),
+            source,
+        };
+        let cache = Cache::open(home.join(STORE_DIR)).map_err(|e| match e {
+            CacheError::Io { source, .. } => unusable(source),
+            e => e,
+        })?;
+        // Directories that exist but belong to someone else open fine; say so now rather
+        // than at the first lock or blob write.
+        nix::unistd::access(cache.root(), nix::unistd::AccessFlags::W_OK)
+            .map_err(|e| unusable(e.into()))?;
+        Ok(cache)
     }
 
     /// Opens (creating if needed) the cache rooted at `root`.

@@ -31,7 +31,7 @@ pub mod unpack;
 pub use cache::Cache;
 pub use digest::Digest;
 pub use platform::Platform;
-pub use pull::{pull, PullError, PullOptions};
+pub use pull::{ensure, pull, PullError, PullOptions, PullPolicy};
 pub use reference::{ImageRef, RegistryRef};
 pub use refs::ImageRecord;
 pub use rootfs::{image_config, rootfs_image, RootfsError};

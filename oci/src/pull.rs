@@ -1,4 +1,5 @@
-//! `pull`: brings any [`ImageRef`] into the cache and records it in the refs index.
+//! `pull`: brings any [`ImageRef`] into the cache and records it in the refs index;
+//! [`ensure`] does so only when a [`PullPolicy`] says the cached record may be stale.
 
 use crate::cache::{Cache, CacheError};
 use crate::digest::Digest;
@@ -6,7 +7,7 @@ use crate::local::{self, LocalError};
 use crate::platform::Platform;
 use crate::progress::Progress;
 use crate::reference::ImageRef;
-use crate::refs::ImageRecord;
+use crate::refs::{ImageRecord, SourceStamp};
 use crate::registry::{self, RegistryError};
 use crate::spec::{ImageConfig, Manifest, SpecError, MAX_CONFIG};
 
@@ -25,6 +26,36 @@ pub enum PullError {
     /// The async runtime could not start.
     #[error("cannot start async runtime: {0}")]
     Runtime(std::io::Error),
+    /// The image is not in the store and the policy forbids reading its source.
+    #[error("image {0} is not in the image store (pull policy: never)")]
+    NotInStore(String),
+}
+
+/// When [`ensure`] reads an image's source, as docker's `--pull` says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Always: pull from the registry, re-read the local source.
+    Always,
+    /// When the store does not have it; a local source also when it changed.
+    #[default]
+    Missing,
+    /// Never: only what the store has.
+    Never,
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PullPolicy, String> {
+        match s {
+            "always" => Ok(PullPolicy::Always),
+            "missing" => Ok(PullPolicy::Missing),
+            "never" => Ok(PullPolicy::Never),
+            _ => Err(format!(
+                "{s:?} is not a pull policy (always, missing, never)"
+            )),
+        }
+    }
 }
 
 /// How to pull.
@@ -45,6 +76,9 @@ pub fn pull(
     progress: &Progress,
 ) -> Result<ImageRecord, PullError> {
     let _lock = cache.lock(false)?;
+    let stamp = |path: &std::path::Path| {
+        SourceStamp::of(path).map_err(|e| LocalError::Read(path.to_path_buf(), e))
+    };
     let mut rec = match image {
         ImageRef::Registry(r) => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -56,12 +90,57 @@ pub fn pull(
         ImageRef::OciLayout { path, tag } => {
             local::import_layout(cache, path, tag.as_deref(), &opts.platform)?
         }
-        ImageRef::OciArchive(path) => local::import_oci_archive(cache, path, &opts.platform)?,
-        ImageRef::DockerArchive(path) => local::import_docker_archive(cache, path)?,
+        // Stamped before reading: a file rewritten during the import is read again next time.
+        ImageRef::OciArchive(path) => {
+            let source = stamp(path)?;
+            ImageRecord {
+                source: Some(source),
+                ..local::import_oci_archive(cache, path, &opts.platform)?
+            }
+        }
+        ImageRef::DockerArchive(path) => {
+            let source = stamp(path)?;
+            ImageRecord {
+                source: Some(source),
+                ..local::import_docker_archive(cache, path)?
+            }
+        }
     };
     rec.reference = image.key();
     cache.put_record(&rec)?;
     Ok(rec)
+}
+
+/// Makes `image` available in `cache` as `policy` says and returns its record. A registry
+/// reference is pulled under [`PullPolicy::Always`], or under [`PullPolicy::Missing`] when
+/// the store has no record of it. A local source is read again under `Missing` when it may
+/// have changed: an OCI layout every time (its index.json names the manifest, and blobs
+/// the store has are not copied again), an archive when its file is not the one recorded
+/// ([`SourceStamp`]). [`PullPolicy::Never`] uses only the store.
+pub fn ensure(
+    cache: &Cache,
+    image: &ImageRef,
+    opts: &PullOptions,
+    policy: PullPolicy,
+    progress: &Progress,
+) -> Result<ImageRecord, PullError> {
+    let recorded = cache.record(&image.key())?;
+    let current = match (policy, recorded) {
+        (PullPolicy::Always, _) => None,
+        (PullPolicy::Never, None) => return Err(PullError::NotInStore(image.to_string())),
+        (PullPolicy::Never, Some(rec)) => Some(rec),
+        (PullPolicy::Missing, rec) => rec.filter(|rec| match image {
+            ImageRef::Registry(_) => true,
+            ImageRef::OciLayout { .. } => false,
+            ImageRef::OciArchive(path) | ImageRef::DockerArchive(path) => {
+                rec.source.is_some() && SourceStamp::of(path).ok() == rec.source
+            }
+        }),
+    };
+    match current {
+        Some(rec) => Ok(rec),
+        None => pull(cache, image, opts, progress),
+    }
 }
 
 /// Why a pulled image could not be recorded.
@@ -101,5 +180,6 @@ pub fn record_for(
             architecture: config.architecture,
             variant: config.variant,
         }),
+        source: None,
     })
 }

@@ -32,6 +32,41 @@ pub struct ImageRecord {
     /// The platform of the image.
     #[serde(default)]
     pub platform: Option<Platform>,
+    /// For an archive, the identity of the file it was imported from, to notice a rebuild.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStamp>,
+}
+
+/// Which file, in which state, an archive was imported from: a rewritten or replaced file
+/// changes at least one of these, so an unchanged stamp means there is nothing new to read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStamp {
+    /// Device of the file.
+    pub dev: u64,
+    /// Inode of the file.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+}
+
+impl SourceStamp {
+    /// The stamp of the file at `path` (following symlinks, as the import does).
+    pub fn of(path: &std::path::Path) -> io::Result<SourceStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path)?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Ok(SourceStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 impl ImageRecord {
@@ -151,6 +186,7 @@ impl Cache {
         sweep(self.blob_dir(), &|n| live.contains(n))?;
         sweep(self.rootfs_dir(), &|n| {
             n.strip_suffix(".erofs")
+                .or_else(|| n.strip_suffix(".refused"))
                 .is_some_and(|h| manifests.contains(h))
         })?;
         sweep(self.tmp_dir(), &|_| false)?;

@@ -1,6 +1,9 @@
 //! The read-only root image: layers applied in order into a scratch directory, checked
 //! against the config's `diff_ids`, then packed by Debian's `mkfs.erofs` into
 //! `rootfs/<manifest hex>.erofs`. A second request for the same manifest reuses the file.
+//! When the layers themselves are refused (an unsafe entry, a damaged stream, content that
+//! does not match its diff_id), the reason is kept as `rootfs/<manifest hex>.refused`, so
+//! `sm images` can say the image is unusable and why.
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
@@ -11,7 +14,7 @@ use std::process::Command;
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest as _, Sha256};
 
-use crate::blob::sync_dir;
+use crate::blob::{sync_dir, write_atomic};
 use crate::cache::{Cache, CacheError};
 use crate::digest::Digest;
 use crate::reference::ImageRef;
@@ -71,6 +74,35 @@ pub enum RootfsError {
     Mkfs(String),
 }
 
+impl RootfsError {
+    /// True when the image's own content was refused (it will not build anywhere), as
+    /// opposed to this host failing (I/O, a missing `mkfs.erofs`, no right to `mknod`).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            RootfsError::DiffId { .. }
+                | RootfsError::Layer {
+                    source: UnpackError::Unsafe { .. } | UnpackError::Read(_),
+                    ..
+                }
+        )
+    }
+}
+
+impl Cache {
+    fn refusal_path(&self, manifest: &Digest) -> PathBuf {
+        self.rootfs_dir()
+            .join(format!("{}.refused", manifest.hex()))
+    }
+
+    /// Why the root image of `manifest` could not be built, if its layers were refused.
+    pub fn refusal(&self, manifest: &Digest) -> Option<String> {
+        fs::read_to_string(self.refusal_path(manifest))
+            .ok()
+            .map(|s| s.trim_end().to_string())
+    }
+}
+
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RootfsError + 'a {
     move |source| RootfsError::Io {
         what,
@@ -121,7 +153,17 @@ pub fn build(cache: &Cache, rec: &ImageRecord) -> Result<PathBuf, RootfsError> {
         return Ok(out);
     }
     let work = TempDir::create(cache.tmp_path("unpack"))?;
-    unpack_layers(cache, rec, &work.0)?;
+    if let Err(e) = unpack_layers(cache, rec, &work.0) {
+        if e.is_refusal() {
+            // Best effort: the refusal itself is what the caller must hear about.
+            let _ = write_atomic(
+                &cache.tmp_path("refused"),
+                &cache.refusal_path(&rec.manifest),
+                format!("{e}\n").as_bytes(),
+            );
+        }
+        return Err(e);
+    }
     let img = TempFile(cache.tmp_path("erofs"));
     mkfs(&work.0, &img.0)?;
     drop(work);
@@ -129,6 +171,8 @@ pub fn build(cache: &Cache, rec: &ImageRecord) -> Result<PathBuf, RootfsError> {
         .and_then(|f| f.sync_all())
         .map_err(io_err("fsync", &img.0))?;
     fs::rename(&img.0, &out).map_err(io_err("rename into", &out))?;
+    // A refusal recorded by an older sm that this one no longer makes.
+    let _ = fs::remove_file(cache.refusal_path(&rec.manifest));
     sync_dir(&cache.rootfs_dir())?;
     Ok(out)
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use sm_oci::progress::Progress;
-use sm_oci::{Cache, ImageRef, PullOptions};
+use sm_oci::{Cache, ImageRecord, ImageRef, PullOptions, PullPolicy};
 use sm_test_support::oci::*;
 
 fn import(
@@ -236,11 +236,102 @@ fn hostile_image_gives_one_error_and_no_root_image() {
         "{e}"
     );
     assert!(!Path::new("/etc/pwned-by-sm-test").exists());
-    assert_eq!(std::fs::read_dir(cache.rootfs_dir()).unwrap().count(), 0);
+    // No root image; the refusal is kept, for `sm images` to show.
+    let in_rootfs: Vec<_> = std::fs::read_dir(cache.rootfs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let manifest: sm_oci::Digest = m["digest"].as_str().unwrap().parse().unwrap();
+    assert_eq!(in_rootfs, [format!("{}.refused", manifest.hex())]);
+    assert_eq!(cache.refusal(&manifest).as_deref(), Some(e.as_str()));
     let scratch: Vec<_> = std::fs::read_dir(cache.tmp_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| !n.ends_with(".lock"))
         .collect();
     assert!(scratch.is_empty(), "{scratch:?}");
+    // Garbage collection keeps it while the image is recorded, and drops it after.
+    cache.gc().unwrap();
+    assert!(cache.refusal(&manifest).is_some());
+    cache
+        .remove_record(&ImageRef::parse(&r).unwrap().key())
+        .unwrap();
+    cache.gc().unwrap();
+    assert_eq!(std::fs::read_dir(cache.rootfs_dir()).unwrap().count(), 0);
+}
+
+/// Packs a layout as an OCI archive at `path`.
+fn oci_archive_of(l: &Layout, path: &Path) {
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    b.append_dir_all(".", &l.dir).unwrap();
+    b.finish().unwrap();
+}
+
+/// Packs a layout's `v1` as a docker-archive at `path` with skopeo.
+fn docker_archive_of(l: &Layout, path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let o = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:v1", l.dir.display()))
+        .arg(format!("docker-archive:{}:test/img:v1", path.display()))
+        .output()
+        .expect("skopeo (apt-get install skopeo)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn ensure(cache: &Cache, r: &str, policy: PullPolicy) -> Result<ImageRecord, sm_oci::PullError> {
+    sm_oci::ensure(
+        cache,
+        &ImageRef::parse(r).unwrap(),
+        &PullOptions::default(),
+        policy,
+        &Progress::hidden(),
+    )
+}
+
+#[test]
+fn rebuilt_local_sources_are_read_again() {
+    let work = tempfile::tempdir().unwrap();
+    let cache = Cache::open(work.path().join("cache")).unwrap();
+    let layout_dir = work.path().join("layout");
+    let oci_tar = work.path().join("oci.tar");
+    let docker_tar = work.path().join("docker.tar");
+    let sources = [
+        format!("oci-layout:{}:v1", layout_dir.display()),
+        format!("oci-archive:{}", oci_tar.display()),
+        format!("docker-archive:{}", docker_tar.display()),
+    ];
+    let build = |version: &str| {
+        let (l, _) = versioned_layout(&layout_dir, version);
+        oci_archive_of(&l, &oci_tar);
+        docker_archive_of(&l, &docker_tar);
+    };
+
+    build("1\n");
+    for r in &sources {
+        let e = ensure(&cache, r, PullPolicy::Never)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not in the image store"), "{r}: {e}");
+        ensure(&cache, r, PullPolicy::Missing).unwrap();
+        assert_eq!(file_in_rootfs(&cache, r, "version"), b"1\n", "{r}");
+    }
+    // Unchanged sources give the same image.
+    let first: Vec<_> = sources
+        .iter()
+        .map(|r| ensure(&cache, r, PullPolicy::Missing).unwrap().manifest)
+        .collect();
+
+    // Rebuilt at the same path and tag: the next run uses the new content...
+    build("2\n");
+    for (r, old) in sources.iter().zip(&first) {
+        // ...unless the user said never to read the source.
+        let kept = ensure(&cache, r, PullPolicy::Never).unwrap();
+        assert_eq!(&kept.manifest, old, "{r}");
+        let rec = ensure(&cache, r, PullPolicy::Missing).unwrap();
+        assert_ne!(&rec.manifest, old, "{r}: the rebuilt source was not read");
+        assert_eq!(file_in_rootfs(&cache, r, "version"), b"2\n", "{r}");
+        let again = ensure(&cache, r, PullPolicy::Always).unwrap();
+        assert_eq!(again.manifest, rec.manifest, "{r}");
+    }
 }

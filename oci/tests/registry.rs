@@ -408,3 +408,56 @@ fn anonymous_bearer_token_auth() {
         "sm never asked the token server for a pull token: {reqs:?}"
     );
 }
+
+#[test]
+fn registry_images_keep_the_cache_unless_pull_always() {
+    let reg = Registry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    let cache = Cache::open(work.path().join("cache")).unwrap();
+    let r = format!("{}/test/tagged:v1", reg.addr);
+    let ensure = |policy| {
+        sm_oci::ensure(
+            &cache,
+            &ImageRef::parse(&r).unwrap(),
+            &PullOptions::default(),
+            policy,
+            &Progress::hidden(),
+        )
+    };
+    let push = |name: &str, content: &[u8]| {
+        let mut l = Layout::new(&work.path().join(name));
+        let layer = layer_tar(&[Entry::File("f".into(), content.to_vec(), 0o644, 0, 0)]);
+        let m = l.image(
+            "amd64",
+            &[(layer, Compression::Gzip)],
+            serde_json::json!({}),
+        );
+        l.tag(&m, "v1");
+        reg.push(&l.dir, "v1", "test/tagged", None);
+        m["digest"].as_str().unwrap().to_string()
+    };
+    let first = push("one", b"1");
+    let e = ensure(sm_oci::PullPolicy::Never).unwrap_err().to_string();
+    assert!(e.contains("not in the image store"), "{e}");
+    assert_eq!(
+        ensure(sm_oci::PullPolicy::Missing)
+            .unwrap()
+            .manifest
+            .to_string(),
+        first
+    );
+    // The tag moves in the registry: `missing` and `never` keep what the store has...
+    let second = push("two", b"2");
+    assert_ne!(first, second);
+    for policy in [sm_oci::PullPolicy::Missing, sm_oci::PullPolicy::Never] {
+        assert_eq!(ensure(policy).unwrap().manifest.to_string(), first);
+    }
+    // ...`always` asks the registry.
+    assert_eq!(
+        ensure(sm_oci::PullPolicy::Always)
+            .unwrap()
+            .manifest
+            .to_string(),
+        second
+    );
+}

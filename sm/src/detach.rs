@@ -23,6 +23,12 @@ pub fn start() -> Result<u8, String> {
     // Only flags before `--` are sm's; the command after it is passed on untouched.
     let split = all.iter().position(|a| a == "--").unwrap_or(all.len());
     let (mut args, command) = (all[..split].to_vec(), all[split..].to_vec());
+    // `--root DIR` before `run` would shift the inserts below; SM_HOME (set from it by
+    // main) carries it to the supervisor instead.
+    if let Some(i) = args.iter().position(|a| a == "--root") {
+        args.drain(i..(i + 2).min(args.len()));
+    }
+    args.retain(|a| !a.starts_with("--root="));
     let name = match args.iter().position(|a| a == "--name") {
         Some(i) => args.get(i + 1).cloned().ok_or("--name needs a value")?,
         None => {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use sm::Vm;
 use sm_oci::progress::Progress;
-use sm_oci::{Cache, ImageRef, PullOptions, RunConfig};
+use sm_oci::{Cache, ImageRef, PullOptions, PullPolicy, RunConfig};
 
 /// A pulled image ready to boot.
 pub struct Image {
@@ -15,17 +15,16 @@ pub struct Image {
     pub config: RunConfig,
 }
 
-/// Finds `reference` in the cache, pulling it first if it is not there.
-pub fn resolve(reference: &str, insecure: bool) -> Result<Image, String> {
+/// Finds `reference` in the image store, pulling or re-reading it first as `policy` says
+/// (a local layout or archive that changed since it was imported is read again).
+pub fn resolve(reference: &str, insecure: bool, policy: PullPolicy) -> Result<Image, String> {
     let image = ImageRef::parse(reference).map_err(|e| e.to_string())?;
     let cache = Cache::open_default().map_err(|e| e.to_string())?;
-    if sm_oci::image_config(&cache, &image).is_err() {
-        let opts = PullOptions {
-            platform: "linux/amd64".parse().map_err(|e| format!("{e}"))?,
-            insecure,
-        };
-        sm_oci::pull(&cache, &image, &opts, &Progress::auto()).map_err(|e| e.to_string())?;
-    }
+    let opts = PullOptions {
+        platform: "linux/amd64".parse().map_err(|e| format!("{e}"))?,
+        insecure,
+    };
+    sm_oci::ensure(&cache, &image, &opts, policy, &Progress::auto()).map_err(|e| e.to_string())?;
     let config = sm_oci::image_config(&cache, &image).map_err(|e| e.to_string())?;
     let rootfs = sm_oci::rootfs_image(&cache, &image).map_err(|e| e.to_string())?;
     Ok(Image { rootfs, config })

@@ -1,4 +1,5 @@
-//! `sm images`: a table of pulled images (reference, short digest, size).
+//! `sm images`: a table of pulled images (reference, short digest, size); an image whose
+//! layers were refused when its root was built ends its row with `unusable: WHY`.
 
 use sm_oci::Cache;
 
@@ -26,12 +27,16 @@ pub fn run(_: Args) -> Result<(), ImagesError> {
         .max("REFERENCE".len());
     println!("{:<width$}  {:<12}  {:>9}", "REFERENCE", "DIGEST", "SIZE");
     for r in recs {
-        println!(
+        let row = format!(
             "{:<width$}  {:<12}  {:>9}",
             r.reference,
             r.manifest.short(),
             human(r.size)
         );
+        match cache.refusal(&r.manifest) {
+            Some(why) => println!("{row}  unusable: {why}"),
+            None => println!("{row}"),
+        }
     }
     Ok(())
 }

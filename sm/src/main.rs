@@ -17,6 +17,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "sm", version)]
 struct Cli {
+    /// Where sm keeps its images (default: /var/lib/sm for root, else
+    /// $XDG_DATA_HOME/sm or ~/.local/share/sm); the same as setting SM_HOME.
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +63,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(root) = &cli.root {
+        // Through the environment, so a detached supervisor (a child sm) uses it too.
+        // Set before any thread exists.
+        std::env::set_var(sm_oci::cache::HOME_ENV, root);
+    }
     let res = match cli.command {
         Command::Pull(a) => pull::run(a).map_err(|e| e.to_string()),
         Command::Images(a) => images::run(a).map_err(|e| e.to_string()),

@@ -46,6 +46,10 @@ pub struct Args {
     /// Plain HTTP to a registry that is not on a loopback address (when pulling IMAGE).
     #[arg(long)]
     insecure: bool,
+    /// When to pull IMAGE: always, missing (registry images not in the store; local
+    /// layouts and archives also when they changed) or never.
+    #[arg(long, value_name = "POLICY", default_value = "missing")]
+    pull: sm_oci::PullPolicy,
     /// An image to run (pulled if needed): a registry reference, oci-layout:PATH[:TAG],
     /// oci-archive:PATH or docker-archive:PATH. Without it the command runs in the guest's
     /// own minimal root.
@@ -75,7 +79,7 @@ pub fn run(args: Args) -> Result<u8, String> {
     }
     watch_stop_signals()?;
     let image = match &args.image {
-        Some(r) => Some(crate::image::resolve(r, args.insecure)?),
+        Some(r) => Some(crate::image::resolve(r, args.insecure, args.pull)?),
         None => None,
     };
     let config = VmConfig {

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use sm_test_support::oci::*;
 
-fn sm(cache: &Path, args: &[&str]) -> Command {
+/// `sm ARGS` with its home (the image store is `HOME/oci`) at `home`.
+fn sm(home: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sm"));
     c.args(args)
-        .env("SM_OCI_DIR", cache)
-        .env("DOCKER_CONFIG", cache.join("no-docker-config"));
+        .env("SM_HOME", home)
+        .env("DOCKER_CONFIG", home.join("no-docker-config"));
     c
 }
 
@@ -125,7 +126,11 @@ fn pull_images_rmi() {
     assert!(row.contains(&digest[7..19]) && row.contains("MB"), "{row}");
 
     // Removing one image keeps the other's blobs; removing the last empties the cache.
-    let blobs = |c: &Path| std::fs::read_dir(c.join("blobs/sha256")).unwrap().count();
+    let blobs = |c: &Path| {
+        std::fs::read_dir(c.join("oci/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
     let before = blobs(&cache);
     let o = run(&mut sm(&cache, &["rmi", &v1]));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -218,7 +223,7 @@ fn interrupted_pull_resumes_with_range_request() {
     reg.push(&l.dir, "v1", "big/img", None);
     let cache = work.path().join("cache");
     let r = format!("{}/big/img:v1", reg.addr);
-    let partial = cache.join(format!("blobs/sha256/{}.partial", &layer[7..]));
+    let partial = cache.join(format!("oci/blobs/sha256/{}.partial", &layer[7..]));
 
     let mut child = sm(&cache, &["pull", &r])
         .stdout(std::process::Stdio::null())
@@ -242,12 +247,14 @@ fn interrupted_pull_resumes_with_range_request() {
     child.wait().unwrap();
     let left = std::fs::metadata(&partial).unwrap().len();
     assert!(left >= killed_at && left < size, "partial {left} of {size}");
-    assert!(!cache.join(format!("blobs/sha256/{}", &layer[7..])).exists());
+    assert!(!cache
+        .join(format!("oci/blobs/sha256/{}", &layer[7..]))
+        .exists());
 
     let o = run(&mut sm(&cache, &["pull", &r]));
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!partial.exists());
-    let blob = std::fs::read(cache.join(format!("blobs/sha256/{}", &layer[7..]))).unwrap();
+    let blob = std::fs::read(cache.join(format!("oci/blobs/sha256/{}", &layer[7..]))).unwrap();
     assert_eq!(digest(&blob), layer);
     let log = std::fs::read_to_string(&reg.log).unwrap()
         + &std::fs::read_to_string(reg.log.with_file_name("registry.err")).unwrap();
@@ -282,7 +289,7 @@ fn concurrent_cli_pulls_into_one_cache() {
         assert!(o.status.success(), "{}", stderr(o));
         assert_eq!(stdout(o), stdout(&outs[0]));
     }
-    let names: Vec<String> = std::fs::read_dir(cache.join("blobs/sha256"))
+    let names: Vec<String> = std::fs::read_dir(cache.join("oci/blobs/sha256"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -293,7 +300,7 @@ fn concurrent_cli_pulls_into_one_cache() {
 #[test]
 fn plain_http_only_for_loopback_or_insecure() {
     let Some(ip) = host_ip() else {
-        eprintln!("skipped: this host has no non-loopback IPv4 address");
+        sm_test_support::skip_or_fail("this host has no non-loopback IPv4 address");
         return;
     };
     let reg = Registry::start_at(&ip, None);
@@ -336,7 +343,7 @@ fn progress_bars_only_on_a_terminal() {
     let r = format!("{}/big/img:v1", reg.addr);
     // `script` gives the pull a pseudo-terminal as stdout and stderr.
     let inner = format!(
-        "SM_OCI_DIR={} DOCKER_CONFIG={} {} pull {r}",
+        "SM_HOME={} DOCKER_CONFIG={} {} pull {r}",
         cache.display(),
         cache.join("none").display(),
         env!("CARGO_BIN_EXE_sm")
@@ -352,4 +359,223 @@ fn progress_bars_only_on_a_terminal() {
         "no progress bar on a terminal: {tty:?}"
     );
     assert!(tty.contains("sha256:"));
+}
+
+/// The row of `sm images` (run with home `home`) whose reference is `reference`.
+fn images_row(home: &Path, reference: &str) -> Option<String> {
+    let o = run(&mut sm(home, &["images"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(reference))
+        .map(str::to_string)
+}
+
+/// The file `path` in the root image sm built for `manifest` (`sha256:...`).
+fn file_in_root_image(home: &Path, manifest: &str, path: &str) -> Vec<u8> {
+    let img = home.join(format!("oci/rootfs/{}.erofs", &manifest[7..]));
+    assert!(img.is_file(), "no root image {}", img.display());
+    std::fs::read(erofs_view(&img).path().join(path)).unwrap()
+}
+
+/// `sm run IMAGE -- true` that stops right after choosing and building its image: the
+/// runtime directory is under a regular file, so the VM cannot start (no guest is booted;
+/// what the guest would see is the root image, checked by the caller).
+fn run_until_the_vm(home: &Path, image: &str, extra: &[&str]) -> Output {
+    let not_a_dir = home.with_file_name("runtime-is-a-file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let mut args = vec!["run"];
+    args.extend(extra);
+    args.extend([image, "--", "true"]);
+    run(sm(home, &args).env("XDG_RUNTIME_DIR", &not_a_dir))
+}
+
+#[test]
+fn sm_run_reads_a_rebuilt_layout_again() {
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    let dir = work.path().join("layout");
+    let image = format!("oci-layout:{}:v1", dir.display());
+    let key = image.clone();
+
+    let o = run_until_the_vm(&home, &image, &["--pull", "never"]);
+    assert_one_line_error(&o, "is not in the image store (pull policy: never)");
+    let o = run_until_the_vm(&home, &image, &["--pull", "sometimes"]);
+    assert_one_line_error(
+        &o,
+        "\"sometimes\" is not a pull policy (always, missing, never)",
+    );
+
+    let (_, first) = versioned_layout(&dir, "1\n");
+    let o = run_until_the_vm(&home, &image, &[]);
+    assert_one_line_error(&o, "runtime-is-a-file");
+    assert!(images_row(&home, &key).unwrap().contains(&first[7..19]));
+    assert_eq!(file_in_root_image(&home, &first, "version"), b"1\n");
+
+    // Rebuilt at the same path and tag: the next `sm run` uses the new image.
+    let (_, second) = versioned_layout(&dir, "2\n");
+    let o = run_until_the_vm(&home, &image, &["--pull", "never"]);
+    assert_one_line_error(&o, "runtime-is-a-file");
+    assert!(images_row(&home, &key).unwrap().contains(&first[7..19]));
+    let o = run_until_the_vm(&home, &image, &[]);
+    assert_one_line_error(&o, "runtime-is-a-file");
+    let row = images_row(&home, &key).unwrap();
+    assert!(row.contains(&second[7..19]), "still the first image: {row}");
+    assert_eq!(file_in_root_image(&home, &second, "version"), b"2\n");
+}
+
+#[test]
+fn an_image_whose_unpack_was_refused_is_listed_as_unusable() {
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    let mut l = Layout::new(&work.path().join("layout"));
+    let good = layer_tar(&[Entry::File("ok".into(), b"ok".to_vec(), 0o644, 0, 0)]);
+    let evil = raw_tar(&[
+        (tar::EntryType::Symlink, "etc", "/", b""),
+        (tar::EntryType::Regular, "etc/pwned-by-sm-test", "", b"x"),
+    ]);
+    let m = l.image(
+        "amd64",
+        &[(good, Compression::Gzip), (evil, Compression::Gzip)],
+        serde_json::json!({}),
+    );
+    l.tag(&m, "v1");
+    let image = format!("oci-layout:{}:v1", l.dir.display());
+    let (_, fine) = versioned_layout(&work.path().join("fine"), "1\n");
+    let fine_image = format!("oci-layout:{}:v1", work.path().join("fine").display());
+
+    let o = run_until_the_vm(&home, &image, &[]);
+    let why = "unsafe layer entry \"etc/pwned-by-sm-test\" refused: path goes through a symlink";
+    assert_one_line_error(&o, why);
+    assert!(!Path::new("/etc/pwned-by-sm-test").exists());
+    run_until_the_vm(&home, &fine_image, &[]);
+
+    let row = images_row(&home, &image).expect("the refused image is listed");
+    assert!(
+        row.contains(&m["digest"].as_str().unwrap()[7..19])
+            && row.contains("  unusable: layer 2 (sha256:")
+            && row.ends_with(why),
+        "{row}"
+    );
+    let row = images_row(&home, &fine_image).unwrap();
+    assert!(
+        row.contains(&fine[7..19]) && !row.contains("unusable"),
+        "{row}"
+    );
+}
+
+#[test]
+fn sm_home_and_root_move_the_store() {
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a"), work.path().join("b"));
+    let (l, digest) = versioned_layout(&work.path().join("layout"), "1\n");
+    let image = format!("oci-layout:{}:v1", l.dir.display());
+    let refs = |home: &Path| {
+        std::fs::read_dir(home.join("oci/refs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+
+    let o = run(&mut sm(&a, &["pull", &image]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), digest);
+    assert_eq!((refs(&a), refs(&b)), (1, 0));
+    // --root, before or after the subcommand, wins over SM_HOME.
+    let b_flag = b.to_str().unwrap();
+    let o = run(&mut sm(&a, &["--root", b_flag, "pull", &image]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!((refs(&a), refs(&b)), (1, 1));
+    let o = run(&mut sm(&a, &["rmi", &image, "--root", b_flag]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!((refs(&a), refs(&b)), (1, 0));
+    assert!(images_row(&a, &image).is_some());
+}
+
+/// `sm ARGS` as an unprivileged user (nobody, through setpriv, when the tests run as root)
+/// with only `env` and PATH in its environment.
+fn sm_as_user(env: &[(&str, &Path)], args: &[&str]) -> Output {
+    let sm = env!("CARGO_BIN_EXE_sm");
+    let mut c = if nix::unistd::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", sm]);
+        c
+    } else {
+        Command::new(sm)
+    };
+    c.args(args).env_clear().env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    run(&mut c)
+}
+
+#[test]
+fn a_user_gets_a_store_of_their_own_or_one_line_why_not() {
+    let work = tempfile::tempdir().unwrap();
+    let root = nix::unistd::geteuid().is_root();
+    let user_home = work.path().join("user");
+    std::fs::create_dir(&user_home).unwrap();
+    if root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&user_home, Some(65534), Some(65534)).unwrap();
+    }
+
+    // Not root: ~/.local/share/sm, or $XDG_DATA_HOME/sm.
+    let o = sm_as_user(&[("HOME", &user_home)], &["images"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(user_home.join(".local/share/sm/oci/refs").is_dir());
+    let data = user_home.join("data");
+    let o = sm_as_user(
+        &[("HOME", &user_home), ("XDG_DATA_HOME", &data)],
+        &["images"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(data.join("sm/oci/refs").is_dir());
+
+    // A store the user may not write: one line that says which and what to do.
+    let theirs = work.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    if !root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    for store in [theirs.clone(), theirs.join("sub")] {
+        for args in [&["images"][..], &["pull", "oci-layout:/nowhere:v1"]] {
+            let o = sm_as_user(&[("HOME", &user_home), ("SM_HOME", &store)], args);
+            assert_one_line_error(
+                &o,
+                &format!(
+                    "cannot use the image store {}: permission denied (set SM_HOME or --root)",
+                    store.display()
+                ),
+            );
+        }
+    }
+    // A complete store that belongs to someone else.
+    let made = work.path().join("made");
+    assert!(run(&mut sm(&made, &["images"])).status.success());
+    if !root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(made.join("oci"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let o = sm_as_user(&[("HOME", &user_home), ("SM_HOME", &made)], &["images"]);
+    assert_one_line_error(
+        &o,
+        &format!(
+            "cannot use the image store {}: permission denied (set SM_HOME or --root)",
+            made.display()
+        ),
+    );
+    // A path that cannot be a directory.
+    let file = work.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let o = run(&mut sm(&file.join("sm"), &["images"]));
+    assert_one_line_error(
+        &o,
+        &format!(
+            "cannot use the image store {}: not a directory (set SM_HOME or --root)",
+            file.join("sm").display()
+        ),
+    );
 }

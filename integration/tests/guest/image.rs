@@ -108,7 +108,7 @@ fn an_oci_image_runs_with_its_own_config_and_a_writable_overlay() {
         require_kvm();
         let mut c = Command::new(sm_integration::bin_dir().join("sm"));
         c.env("XDG_RUNTIME_DIR", work.path())
-            .env("SM_OCI_DIR", work.path().join("oci"))
+            .env("SM_HOME", work.path().join("sm"))
             .env("SM_BIN_DIR", sm_integration::bin_dir())
             .stdin(Stdio::null())
             .args(args);
