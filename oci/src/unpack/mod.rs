@@ -113,25 +113,7 @@ impl Unpacker {
                 continue;
             }
             if let Some(target) = name.strip_prefix(WHITEOUT.as_bytes()) {
-                if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/')
-                {
-                    return Err(UnpackError::Unsafe {
-                        path: raw,
-                        reason: "malformed whiteout",
-                    });
-                }
-                // A whiteout hides lower layers only, never its own layer's entries.
-                if this_layer.contains(&p.parent.join(OsStr::from_bytes(target))) {
-                    continue;
-                }
-                match self.open_dir(&p.parent, false, &raw) {
-                    Ok(dir) => remove(dir.as_fd(), OsStr::from_bytes(target), &raw)?,
-                    Err(UnpackError::Fs {
-                        source: Errno::ENOENT,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(e),
-                }
+                self.apply_whiteout(&p, OsStr::from_bytes(target), &this_layer)?;
                 continue;
             }
             let dir = self.open_dir(&p.parent, true, &raw)?;
@@ -141,6 +123,36 @@ impl Unpacker {
         Ok(())
     }
 
+    /// `PARENT/.wh.TARGET`: removes TARGET as lower layers left it (never an entry of this
+    /// layer, whose paths are in `this_layer`).
+    fn apply_whiteout(
+        &self,
+        p: &EntryPath,
+        target: &OsStr,
+        this_layer: &HashSet<PathBuf>,
+    ) -> Result<(), UnpackError> {
+        let t = target.as_bytes();
+        if t.is_empty() || t == b"." || t == b".." || t.contains(&b'/') {
+            return Err(UnpackError::Unsafe {
+                path: p.raw.clone(),
+                reason: "malformed whiteout",
+            });
+        }
+        if this_layer.contains(&p.parent.join(target)) {
+            return Ok(());
+        }
+        match self.open_dir(&p.parent, false, &p.raw) {
+            Ok(dir) => remove(dir.as_fd(), target, &p.raw),
+            Err(UnpackError::Fs {
+                source: Errno::ENOENT,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates one entry (not a whiteout) named `p.name` in its parent `dir`, replacing
+    /// what lower layers put there.
     fn apply_entry<R: Read>(
         &self,
         dir: BorrowedFd<'_>,
@@ -149,129 +161,53 @@ impl Unpacker {
         xattrs: &[Xattr],
         buf: &mut [u8],
     ) -> Result<(), UnpackError> {
-        let fs = |op| {
-            move |source| UnpackError::Fs {
-                path: p.raw.clone(),
-                op,
-                source,
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => make_dir(dir, p, entry.header(), xattrs),
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                write_file(dir, p, entry, xattrs, buf)
+            }
+            tar::EntryType::Symlink => make_symlink(dir, p, entry),
+            tar::EntryType::Link => self.make_hard_link(dir, p, entry),
+            kind @ (tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo) => {
+                make_node(dir, p, kind, entry.header())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A hard link to an entry already beneath the root; a link to itself is a no-op.
+    fn make_hard_link<R: Read>(
+        &self,
+        dir: BorrowedFd<'_>,
+        p: &EntryPath,
+        entry: &tar::Entry<'_, R>,
+    ) -> Result<(), UnpackError> {
+        let target = entry.link_name()?.ok_or(UnpackError::Unsafe {
+            path: p.raw.clone(),
+            reason: "hard link without target",
+        })?;
+        let t = match split(&target) {
+            Ok(Some(t)) => t,
+            _ => {
+                return Err(UnpackError::Unsafe {
+                    path: p.raw.clone(),
+                    reason: "hard link target outside the root",
+                })
             }
         };
-        let kind = entry.header().entry_type();
-        let name = p.name.as_os_str();
-        match kind {
-            tar::EntryType::Directory => {
-                match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                    Ok(st)
-                        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT
-                            == SFlag::S_IFDIR => {}
-                    Ok(_) => {
-                        remove(dir, name, &p.raw)?;
-                        mkdirat(dir, name, Mode::from_bits_truncate(0o700)).map_err(fs("mkdir"))?;
-                    }
-                    Err(Errno::ENOENT) => {
-                        mkdirat(dir, name, Mode::from_bits_truncate(0o700)).map_err(fs("mkdir"))?
-                    }
-                    Err(e) => return Err(fs("stat")(e)),
-                }
-                let fd = openat(
-                    dir,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(fs("open directory"))?;
-                set_meta(fd.as_fd(), &p.raw, entry.header(), xattrs)?;
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                remove(dir, name, &p.raw)?;
-                let fd = openat(
-                    dir,
-                    name,
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(fs("create"))?;
-                let mut f = File::from(fd);
-                loop {
-                    let n = entry.read(buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    f.write_all(&buf[..n])?;
-                }
-                set_meta(f.as_fd(), &p.raw, entry.header(), xattrs)?;
-                if let Ok(mtime) = entry.header().mtime() {
-                    let t = TimeSpec::new(mtime as i64, 0);
-                    futimens(&f, &t, &t).map_err(fs("set times"))?;
-                }
-            }
-            tar::EntryType::Symlink => {
-                let target = entry.link_name()?.ok_or(UnpackError::Unsafe {
-                    path: p.raw.clone(),
-                    reason: "symlink without target",
-                })?;
-                remove(dir, name, &p.raw)?;
-                symlinkat(target.as_ref(), dir, name).map_err(fs("symlink"))?;
-                chown_nofollow(dir, name, entry.header()).map_err(fs("chown"))?;
-                if let Ok(mtime) = entry.header().mtime() {
-                    let t = TimeSpec::new(mtime as i64, 0);
-                    utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
-                        .map_err(fs("set times"))?;
-                }
-            }
-            tar::EntryType::Link => {
-                let target = entry.link_name()?.ok_or(UnpackError::Unsafe {
-                    path: p.raw.clone(),
-                    reason: "hard link without target",
-                })?;
-                let t = match split(&target) {
-                    Ok(Some(t)) => t,
-                    _ => {
-                        return Err(UnpackError::Unsafe {
-                            path: p.raw.clone(),
-                            reason: "hard link target outside the root",
-                        })
-                    }
-                };
-                if t.parent == p.parent && t.name == p.name {
-                    return Ok(());
-                }
-                let tdir = self.open_dir(&t.parent, false, &p.raw)?;
-                remove(dir, name, &p.raw)?;
-                linkat(
-                    tdir.as_fd(),
-                    t.name.as_os_str(),
-                    dir,
-                    name,
-                    AtFlags::empty(),
-                )
-                .map_err(fs("hard link"))?;
-            }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                let sflag = match kind {
-                    tar::EntryType::Char => SFlag::S_IFCHR,
-                    tar::EntryType::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
-                };
-                let h = entry.header();
-                let dev = makedev(
-                    h.device_major()?.unwrap_or(0).into(),
-                    h.device_minor()?.unwrap_or(0).into(),
-                );
-                remove(dir, name, &p.raw)?;
-                mknodat(dir, name, sflag, Mode::from_bits_truncate(0o600), dev)
-                    .map_err(fs("mknod"))?;
-                chown_nofollow(dir, name, entry.header()).map_err(fs("chown"))?;
-                let mode = Mode::from_bits_truncate(h.mode()? & 0o7777);
-                fchmodat(dir, name, mode, FchmodatFlags::FollowSymlink).map_err(fs("chmod"))?;
-            }
-            _ => {}
+        if t.parent == p.parent && t.name == p.name {
+            return Ok(());
         }
-        Ok(())
+        let tdir = self.open_dir(&t.parent, false, &p.raw)?;
+        remove(dir, &p.name, &p.raw)?;
+        linkat(
+            tdir.as_fd(),
+            t.name.as_os_str(),
+            dir,
+            p.name.as_os_str(),
+            AtFlags::empty(),
+        )
+        .map_err(fs_err(p, "hard link"))
     }
 
     /// Opens the directory `rel` beneath the root without following any symlink, creating
@@ -337,6 +273,123 @@ impl Unpacker {
             Err(e) => Err(fs("open directory")(e)),
         }
     }
+}
+
+/// Maps an OS error on entry `p` during `op` to [`UnpackError::Fs`].
+fn fs_err<'a>(p: &'a EntryPath, op: &'static str) -> impl FnOnce(Errno) -> UnpackError + 'a {
+    move |source| UnpackError::Fs {
+        path: p.raw.clone(),
+        op,
+        source,
+    }
+}
+
+/// A directory: an existing one is kept (its lower contents stay), anything else in its
+/// place is replaced; then its metadata is set.
+fn make_dir(
+    dir: BorrowedFd<'_>,
+    p: &EntryPath,
+    header: &tar::Header,
+    xattrs: &[Xattr],
+) -> Result<(), UnpackError> {
+    let name = p.name.as_os_str();
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {}
+        Ok(_) => {
+            remove(dir, name, &p.raw)?;
+            mkdirat(dir, name, Mode::from_bits_truncate(0o700)).map_err(fs_err(p, "mkdir"))?;
+        }
+        Err(Errno::ENOENT) => {
+            mkdirat(dir, name, Mode::from_bits_truncate(0o700)).map_err(fs_err(p, "mkdir"))?
+        }
+        Err(e) => return Err(fs_err(p, "stat")(e)),
+    }
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fs_err(p, "open directory"))?;
+    set_meta(fd.as_fd(), &p.raw, header, xattrs)
+}
+
+/// A regular file, created afresh (`O_EXCL | O_NOFOLLOW`) and filled from the entry.
+fn write_file<R: Read>(
+    dir: BorrowedFd<'_>,
+    p: &EntryPath,
+    entry: &mut tar::Entry<'_, R>,
+    xattrs: &[Xattr],
+    buf: &mut [u8],
+) -> Result<(), UnpackError> {
+    remove(dir, &p.name, &p.raw)?;
+    let fd = openat(
+        dir,
+        p.name.as_os_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(fs_err(p, "create"))?;
+    let mut f = File::from(fd);
+    loop {
+        let n = entry.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        f.write_all(&buf[..n])?;
+    }
+    set_meta(f.as_fd(), &p.raw, entry.header(), xattrs)?;
+    if let Ok(mtime) = entry.header().mtime() {
+        let t = TimeSpec::new(mtime as i64, 0);
+        futimens(&f, &t, &t).map_err(fs_err(p, "set times"))?;
+    }
+    Ok(())
+}
+
+/// A symlink, stored as written (never followed while unpacking).
+fn make_symlink<R: Read>(
+    dir: BorrowedFd<'_>,
+    p: &EntryPath,
+    entry: &tar::Entry<'_, R>,
+) -> Result<(), UnpackError> {
+    let name = p.name.as_os_str();
+    let target = entry.link_name()?.ok_or(UnpackError::Unsafe {
+        path: p.raw.clone(),
+        reason: "symlink without target",
+    })?;
+    remove(dir, name, &p.raw)?;
+    symlinkat(target.as_ref(), dir, name).map_err(fs_err(p, "symlink"))?;
+    chown_nofollow(dir, name, entry.header()).map_err(fs_err(p, "chown"))?;
+    if let Ok(mtime) = entry.header().mtime() {
+        let t = TimeSpec::new(mtime as i64, 0);
+        utimensat(dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+            .map_err(fs_err(p, "set times"))?;
+    }
+    Ok(())
+}
+
+/// A character or block device node or a FIFO, with the entry's owner and mode.
+fn make_node(
+    dir: BorrowedFd<'_>,
+    p: &EntryPath,
+    kind: tar::EntryType,
+    h: &tar::Header,
+) -> Result<(), UnpackError> {
+    let name = p.name.as_os_str();
+    let sflag = match kind {
+        tar::EntryType::Char => SFlag::S_IFCHR,
+        tar::EntryType::Block => SFlag::S_IFBLK,
+        _ => SFlag::S_IFIFO,
+    };
+    let dev = makedev(
+        h.device_major()?.unwrap_or(0).into(),
+        h.device_minor()?.unwrap_or(0).into(),
+    );
+    remove(dir, name, &p.raw)?;
+    mknodat(dir, name, sflag, Mode::from_bits_truncate(0o600), dev).map_err(fs_err(p, "mknod"))?;
+    chown_nofollow(dir, name, h).map_err(fs_err(p, "chown"))?;
+    let mode = Mode::from_bits_truncate(h.mode()? & 0o7777);
+    fchmodat(dir, name, mode, FchmodatFlags::FollowSymlink).map_err(fs_err(p, "chmod"))
 }
 
 /// Splits an entry path into checked parent and name; `None` for the root itself.
