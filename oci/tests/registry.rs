@@ -87,7 +87,7 @@ fn pull_multi_layer_image_and_build_erofs_root() {
         img.starts_with(cache.rootfs_dir()) && img.to_str().unwrap().contains(rec.manifest.hex())
     );
     let view = erofs_view(&img);
-    check_test_rootfs(&view.path(), view.mounted);
+    check_test_rootfs(&view.path(), view.exact());
 
     // A second use reuses the image file: same inode, nothing unpacked.
     let ino = std::fs::metadata(&img).unwrap().ino();

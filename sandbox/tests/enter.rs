@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sm_sandbox::Policy;
+use sm_test_support::process::signal_and_wait;
 
 const SCENARIO: &str = "SM_SANDBOX_SCENARIO";
 const DIR: &str = "SM_SANDBOX_DIR";
@@ -191,9 +192,11 @@ fn signal_forwarding(dir: &Path) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: signalling a child process we spawned.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    let stopped = signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(10));
+    if !stopped.in_time {
+        return Err("the supervisor ignored SIGTERM for 10 s".into());
+    }
+    let status = stopped.status;
     match status.signal() {
         Some(libc::SIGTERM) => Ok(()),
         _ => Err(format!("supervisor ended with {status:?}")),
@@ -237,7 +240,10 @@ fn main() {
         }),
         ("signal_forwarding", signal_forwarding(dir)),
     ];
-    if nix::unistd::geteuid().is_root() {
+    if sm_test_support::require(
+        sm_test_support::is_root(),
+        "root, for the chroot and chroot_write_reached_host checks",
+    ) {
         checks.push(("chroot", expect_ok(&run("chroot", dir, &[]))));
         if std::fs::read(dir.join("rw/chrooted")).ok().as_deref() != Some(b"in") {
             checks.push((
@@ -253,7 +259,10 @@ fn main() {
         ));
     }
     // Unprivileged: the same isolation through a user namespace.
-    if Path::new("/usr/bin/setpriv").exists() && nix::unistd::geteuid().is_root() {
+    if sm_test_support::require(
+        sm_test_support::is_root() && Path::new("/usr/bin/setpriv").exists(),
+        "root and setpriv (util-linux), for the isolated_unprivileged and proc_unprivileged checks",
+    ) {
         let wrap = [
             "setpriv",
             "--reuid=65534",

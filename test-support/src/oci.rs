@@ -490,6 +490,15 @@ pub struct ErofsView {
 }
 
 impl ErofsView {
+    /// Whether all metadata (set-id bits included) can be checked: true when mounted; if
+    /// the mount was refused, says so loudly (a failure under `CI=true`) and is false.
+    pub fn exact(&self) -> bool {
+        crate::require(
+            self.mounted,
+            "mount -t erofs was refused: set-id bits and exact metadata go unchecked",
+        )
+    }
+
     /// The image's root directory.
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("x")
