@@ -1,8 +1,9 @@
 //! Progress lines: each step of starting, driving and stopping a VM, with the time since
 //! the process started, so a slow or stuck step can be named. They go to `sm.log` in the
-//! VM's runtime directory (left there if sm is killed or hangs), and to stderr when
-//! `SM_DEBUG` is set; `SM_DEBUG` also makes sm-vmm log the guest kernel's and sm-init's
-//! messages (into `sm-vmm.log` there).
+//! VM's runtime directory (left there if sm is killed or hangs), and through `tracing` at
+//! debug level, so `SM_LOG=debug` (or the shortcut `SM_DEBUG=1`) shows them on stderr;
+//! then sm-vmm also logs the guest kernel's and sm-init's messages (into `sm-vmm.log`
+//! there), and the logs of every process are copied to stderr when the VM stops.
 
 use std::fs::File;
 use std::io::Write;
@@ -18,10 +19,12 @@ fn start() -> Instant {
 /// Where steps are logged once a VM has a runtime directory.
 static LOG: Mutex<Option<File>> = Mutex::new(None);
 
-/// Whether `SM_DEBUG` is set.
+/// sm's log filter when neither `SM_LOG` nor `SM_DEBUG` is set.
+pub const DEFAULT_FILTER: &str = "warn";
+
+/// Whether debugging output is on (`SM_LOG` or `SM_DEBUG` enables debug for sm).
 pub fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var_os("SM_DEBUG").is_some())
+    tracing::enabled!(target: "sm", tracing::Level::DEBUG)
 }
 
 /// Logs steps to `path` from now on (the VM's `sm.log`).
@@ -36,12 +39,10 @@ pub fn step(what: impl std::fmt::Display) {
     if let Some(f) = LOG.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
         let _ = writeln!(f, "{line}");
     }
-    if enabled() {
-        eprintln!("sm: {line}");
-    }
+    tracing::debug!(target: "sm", "{line}");
 }
 
-/// Copies every `*.log` in a VM's runtime directory to stderr when `SM_DEBUG` is set
+/// Copies every `*.log` in a VM's runtime directory to stderr when debugging is on
 /// (called just before the directory is removed).
 pub fn dump_logs(dir: &Path) {
     LOG.lock().unwrap_or_else(|e| e.into_inner()).take();
