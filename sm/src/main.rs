@@ -45,24 +45,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match sm_launch::parse_args::<Cli>("sm") {
         Ok(c) => c,
-        Err(e) if !e.use_stderr() => {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.to_string();
-            eprintln!(
-                "sm: {}",
-                text.lines()
-                    .next()
-                    .unwrap_or("invalid arguments")
-                    .trim_start_matches("error: ")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return ExitCode::from(code),
     };
+    sm_launch::init_logging(sm::trace::DEFAULT_FILTER);
     if let Some(root) = &cli.root {
         // Through the environment, so a detached supervisor (a child sm) uses it too.
         // Set before any thread exists.

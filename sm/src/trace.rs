@@ -19,8 +19,9 @@ fn start() -> Instant {
 /// Where steps are logged once a VM has a runtime directory.
 static LOG: Mutex<Option<File>> = Mutex::new(None);
 
-/// sm's log filter when neither `SM_LOG` nor `SM_DEBUG` is set.
-pub const DEFAULT_FILTER: &str = "warn";
+/// sm's log filter when neither `SM_LOG` nor `SM_DEBUG` is set: sm's own warnings only
+/// (the libraries underneath stay quiet; their errors reach the user as sm's one line).
+pub const DEFAULT_FILTER: &str = "sm=warn,sm_oci=warn,sm_agent=warn";
 
 /// Whether debugging output is on (`SM_LOG` or `SM_DEBUG` enables debug for sm).
 pub fn enabled() -> bool {
