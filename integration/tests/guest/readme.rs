@@ -9,7 +9,6 @@ pub mod parse;
 
 use crate::common::*;
 use parse::CommandLine;
-use sha2::Digest;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -443,60 +442,18 @@ fn stop(mut child: Child) {
     }
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    sha2::Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// An OCI layout at `dir` with one image tagged `tag`: the host's static busybox, whose
 /// Cmd prints `hello from the image`.
 fn write_busybox_layout(dir: &Path, tag: &str) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let blob = |data: &[u8]| {
-        let hex = sha256_hex(data);
-        std::fs::write(blobs.join(&hex), data).unwrap();
-        serde_json::json!({"digest": format!("sha256:{hex}"), "size": data.len()})
-    };
-    let mut tar = tar::Builder::new(Vec::new());
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
-    let mut h = tar::Header::new_gnu();
-    h.set_size(busybox.len() as u64);
-    h.set_mode(0o755);
-    tar.append_data(&mut h, "bin/busybox", &busybox[..])
-        .unwrap();
-    for applet in ["sh", "echo", "ls", "cat"] {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Symlink);
-        h.set_size(0);
-        h.set_mode(0o777);
-        tar.append_link(&mut h, format!("bin/{applet}"), "busybox")
-            .unwrap();
+    use sm_test_support::oci::{busybox, layer_tar, Compression, Entry, Layout};
+    let mut entries = vec![Entry::File("bin/busybox".into(), busybox(), 0o755, 0, 0)];
+    for applet in ["bin/sh", "bin/echo", "bin/ls", "bin/cat"] {
+        entries.push(Entry::Symlink(applet, "busybox"));
     }
-    let layer = tar.into_inner().unwrap();
-    let mut layer_desc = blob(&layer);
-    layer_desc["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into();
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["echo", "hello from the image"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]}
-    });
-    let mut config_desc = blob(config.to_string().as_bytes());
-    config_desc["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config_desc,
-        "layers": [layer_desc]
-    });
-    let mut manifest_desc = blob(manifest.to_string().as_bytes());
-    manifest_desc["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
-    manifest_desc["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
-    let index = serde_json::json!({"schemaVersion": 2, "manifests": [manifest_desc]});
-    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut layout = Layout::new(dir);
+    let config = serde_json::json!({"Env": ["PATH=/bin"], "Cmd": ["echo", "hello from the image"]});
+    let image = layout.image("amd64", &[(layer_tar(&entries), Compression::Gzip)], config);
+    layout.tag(&image, tag);
 }
 
 /// How long one example may take (nested guests boot in seconds; pulls run under TCG).
