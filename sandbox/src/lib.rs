@@ -2,7 +2,8 @@
 //! or shared directory, its listening socket). Both of sm's backends call [`enter`] with a
 //! [`Policy`]; afterwards the process lives in new mount, PID, network, IPC and UTS
 //! namespaces (and a user namespace when started unprivileged), sees an empty read-only
-//! tmpfs as its root with only the policy's paths bound in, has no capabilities beyond the
+//! tmpfs (or, when asked, the host's tree read-only) as its root with the policy's paths
+//! bound in, has no capabilities beyond the
 //! policy's, has `no_new_privs` set, is confined by Landlock to the policy's paths, and runs
 //! under a seccomp allowlist whose violations are logged and end the process.
 //!
@@ -65,6 +66,7 @@ pub struct Policy {
     syscalls: Vec<libc::c_long>,
     keep_caps: Vec<Capability>,
     proc: bool,
+    host_tree: bool,
 }
 
 impl Policy {
@@ -102,6 +104,16 @@ impl Policy {
     /// it can reopen its own `O_PATH` descriptors through `/proc/self/fd`.
     pub fn mount_proc(mut self) -> Self {
         self.proc = true;
+        self
+    }
+
+    /// Shows the whole host tree, read-only, nosuid and nodev, as the sandbox's root instead
+    /// of an empty tmpfs (the policy's paths are bound over it, writable ones writable), and
+    /// lets Landlock allow reading everywhere, writing still only beneath writable paths.
+    /// For a backend that follows host symlinks to wherever they point. [`enter`] only: a
+    /// chroot cannot show what lies outside its root.
+    pub fn show_host_tree_read_only(mut self) -> Self {
+        self.host_tree = true;
         self
     }
 
@@ -171,15 +183,27 @@ pub fn enter(policy: &Policy) -> Result<(), SandboxError> {
     let user_ns = namespaces::unshare_all()?;
     namespaces::fork_supervised()?;
     // From here on, this is the child: PID 1 of the new PID namespace.
-    mounts::empty_root(&paths, policy.proc)?;
+    mounts::new_root(&paths, policy.proc, policy.host_tree)?;
     privileges::set_no_new_privs()?;
-    let landlock = landlock_rules::restrict(&paths)?;
+    let mut landlock_paths = paths.clone();
+    if policy.host_tree {
+        landlock_paths.push(PathRule {
+            path: "/".into(),
+            writable: false,
+        });
+    }
+    let landlock = landlock_rules::restrict(&landlock_paths)?;
     privileges::drop_capabilities(&policy.keep_caps)?;
     syscalls::install(&policy.syscalls())?;
     tracing::info!(
-        "sandboxed: namespaces mnt,pid,net,ipc,uts{}; empty root with {} path(s); capabilities \
+        "sandboxed: namespaces mnt,pid,net,ipc,uts{}; {} root with {} path(s); capabilities \
          kept: {:?}; landlock {landlock}; seccomp allowlist of {} syscalls",
         if user_ns { ",user" } else { "" },
+        if policy.host_tree {
+            "read-only host"
+        } else {
+            "empty"
+        },
         paths.len(),
         policy.keep_caps,
         policy.syscalls().len()

@@ -1,5 +1,6 @@
-//! The empty root: a small read-only tmpfs becomes `/`, the host's tree is detached, and
-//! only the policy's paths are bound in, each at its own absolute path.
+//! The new root: a small read-only tmpfs (or a read-only copy of the host's tree) becomes
+//! `/`, the host's own tree is detached, and the policy's paths are bound in, each at its
+//! own absolute path.
 //!
 //! Bind sources are cloned (`open_tree`) before the tmpfs is mounted, so a policy path under
 //! the scratch mount point is still reachable. Read-only binds get their flags on the
@@ -61,9 +62,11 @@ const MOUNT_ATTR_NODEV: u64 = 0x4;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
-/// Replaces the root with an empty read-only tmpfs holding only `paths`.
-/// With `proc`, a procfs showing only this PID namespace's processes is mounted at `/proc`.
-pub fn empty_root(paths: &[PathRule], proc: bool) -> Result<(), MountError> {
+/// Replaces the root with an empty read-only tmpfs holding only `paths`, or with `host_tree`
+/// a read-only, nosuid, nodev copy of the host's whole mount tree with `paths` bound over
+/// it. With `proc`, a procfs showing only this PID namespace's processes is mounted at
+/// `/proc`.
+pub fn new_root(paths: &[PathRule], proc: bool, host_tree: bool) -> Result<(), MountError> {
     mount(
         None::<&str>,
         "/",
@@ -77,19 +80,30 @@ pub fn empty_root(paths: &[PathRule], proc: bool) -> Result<(), MountError> {
         .iter()
         .map(|r| Ok((clone_tree(r)?, r, r.path.is_dir())))
         .collect::<Result<Vec<_>, MountError>>()?;
+    let host = if host_tree {
+        Some(clone_tree(&PathRule {
+            path: "/".into(),
+            writable: false,
+        })?)
+    } else {
+        None
+    };
 
     let scratch = ["/tmp", "/mnt", "/run"]
         .into_iter()
         .find(|d| Path::new(d).is_dir())
         .ok_or(MountError::NoScratch)?;
-    mount(
-        Some("sm-sandbox"),
-        scratch,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=0755,size=64k,nr_inodes=256"),
-    )
-    .map_err(err("mount tmpfs root"))?;
+    match host {
+        Some(host) => move_tree(&host, Path::new(scratch))?,
+        None => mount(
+            Some("sm-sandbox"),
+            scratch,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0755,size=64k,nr_inodes=256"),
+        )
+        .map_err(err("mount tmpfs root"))?,
+    }
     for (tree, rule, is_dir) in &trees {
         let target = Path::new(scratch).join(rule.path.strip_prefix("/").unwrap_or(&rule.path));
         make_mount_point(&target, *is_dir)?;
@@ -136,12 +150,16 @@ pub fn chroot(root: &Path) -> Result<(), MountError> {
     nix::unistd::chdir("/").map_err(err(step))
 }
 
-/// A detached copy of the mount tree at `rule.path` (recursive when writable), made
-/// read-only, nosuid and nodev as the rule says.
+/// A detached copy of the mount tree at `rule.path` (recursive when writable, and for `/`,
+/// the whole host tree), made read-only, nosuid and nodev as the rule says.
 fn clone_tree(rule: &PathRule) -> Result<OwnedFd, MountError> {
     let step = format!("bind {}", rule.path.display());
     let path = cstr(&rule.path).map_err(io_err(&step))?;
-    let recursive = if rule.writable { libc::AT_RECURSIVE } else { 0 };
+    let recursive = if rule.writable || rule.path == Path::new("/") {
+        libc::AT_RECURSIVE
+    } else {
+        0
+    };
     let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | recursive as libc::c_uint;
     // SAFETY: open_tree reads a NUL-terminated path and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
@@ -199,8 +217,12 @@ fn move_tree(tree: &OwnedFd, target: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Creates an empty directory or file to mount over.
+/// Creates an empty directory or file to mount over (one already there is used as it is:
+/// the read-only host tree holds every policy path already).
 fn make_mount_point(target: &Path, dir: bool) -> Result<(), MountError> {
+    if target.symlink_metadata().is_ok_and(|m| m.is_dir() == dir) {
+        return Ok(());
+    }
     let step = format!("create mount point {}", target.display());
     let parent: PathBuf = if dir {
         target.to_owned()

@@ -10,12 +10,14 @@ use std::path::{Path, PathBuf};
 use sm_sandbox::{Capability, Policy, SandboxError};
 use tracing::warn;
 
+use crate::fs::FsConfig;
 use crate::sys::{ProcFds, FS_SYSCALLS};
 
 /// How the backend isolates itself (`--sandbox`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isolation {
-    /// New namespaces; the shared directory (and a PID-only `/proc`) is the whole tree.
+    /// New namespaces; the shared directory (and a PID-only `/proc`) is the whole tree, or
+    /// under `--symlinks follow` the host's tree read-only with the share writable.
     Namespace,
     /// `chroot` into the shared directory, no namespaces.
     Chroot,
@@ -27,8 +29,8 @@ pub enum Isolation {
 /// owner and serves chown; DAC_OVERRIDE and DAC_READ_SEARCH let it act on files whatever
 /// their mode (the guest kernel has already checked the caller's permissions); FOWNER serves
 /// chmod, utimes and xattrs on files the backend does not own; FSETID keeps set-group-ID
-/// bits a guest sets. Not kept: MKNOD (the share is nodev), SETUID/SETGID (requests never
-/// run under the caller's IDs), and everything else.
+/// bits a guest sets. Not kept: MKNOD (unless `--allow-devices`), SETUID/SETGID (requests
+/// never run under the caller's IDs), and everything else.
 pub const KEPT_CAPS: &[Capability] = &[
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
@@ -46,6 +48,13 @@ pub enum ConfineError {
     /// `/proc/self/fd` could not be opened.
     #[error("/proc/self/fd: {0}")]
     Proc(io::Error),
+    /// `--symlinks follow` was asked for with a sandbox that cannot show targets outside
+    /// the share.
+    #[error(
+        "--symlinks follow needs --sandbox namespace: a chroot into the share cannot reach the \
+         targets outside it that follow exists for"
+    )]
+    FollowInChroot,
     /// The shared directory could not be opened.
     #[error("--shared-dir {path}: {source}")]
     Root {
@@ -66,9 +75,18 @@ pub struct Confined {
 
 /// Confines the process to `shared` (canonical) and opens it again from inside. Must be
 /// called single-threaded; with [`Isolation::Namespace`] it returns in a forked child.
-pub fn confine(how: Isolation, shared: &Path, read_only: bool) -> Result<Confined, ConfineError> {
+///
+/// Under `--symlinks follow` the namespace sandbox shows the host's whole tree read-only
+/// (so a symlink to `~/.cache` or a toolchain finds its target), while writes stay confined
+/// to the share by the read-only mounts and by Landlock; a chroot cannot, and is refused.
+pub fn confine(how: Isolation, shared: &Path, fs: &FsConfig) -> Result<Confined, ConfineError> {
+    check_isolation(how, fs)?;
+    let follow = fs.symlinks.follows();
     let mut policy = Policy::default().allow_syscalls(FS_SYSCALLS);
-    policy = if read_only {
+    if follow {
+        policy = policy.show_host_tree_read_only();
+    }
+    policy = if fs.read_only {
         policy.expose_read_only(shared)
     } else {
         policy.expose_writable(shared)
@@ -77,6 +95,9 @@ pub fn confine(how: Isolation, shared: &Path, read_only: bool) -> Result<Confine
     if unsafe { libc::geteuid() } == 0 {
         for cap in KEPT_CAPS {
             policy = policy.keep_capability(*cap);
+        }
+        if fs.allow_devices {
+            policy = policy.keep_capability(Capability::CAP_MKNOD);
         }
     }
     let proc_path = c"/proc/self/fd";
@@ -110,6 +131,15 @@ pub fn confine(how: Isolation, shared: &Path, read_only: bool) -> Result<Confine
         source,
     })?;
     Ok(Confined { root, proc })
+}
+
+/// Whether `how` can serve `fs`: `--symlinks follow` cannot be served from a chroot into
+/// the share. Checked before anything is bound, and again by [`confine`].
+pub fn check_isolation(how: Isolation, fs: &FsConfig) -> Result<(), ConfineError> {
+    if fs.symlinks.follows() && how == Isolation::Chroot {
+        return Err(ConfineError::FollowInChroot);
+    }
+    Ok(())
 }
 
 /// Opens `path` as an `O_PATH` directory descriptor.

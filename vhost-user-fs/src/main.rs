@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use sm_vhost_user_fs::config::{ConfigError, DeviceConfig};
-use sm_vhost_user_fs::confine::{confine, raise_fd_limit, ConfineError, Confined, Isolation};
+use sm_vhost_user_fs::confine::{
+    check_isolation, confine, raise_fd_limit, ConfineError, Confined, Isolation,
+};
 use sm_vhost_user_fs::fs::FsConfig;
 use sm_vhost_user_fs::policy::{CacheMode, SymlinkPolicy};
 use sm_vhost_user_fs::serve::{self, ServeError, Share};
@@ -38,6 +40,11 @@ struct Args {
     /// Process isolation.
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
     sandbox: SandboxMode,
+    /// Let the guest make character and block device nodes (mknod) in the share; refused
+    /// by default, as a guest-made device node on a host directory is a host escalation.
+    /// For trusted guests only; the backend must run as root.
+    #[arg(long)]
+    allow_devices: bool,
     /// Size of the DAX window in MiB (0: no DAX), a multiple of 2: the guest can then mount
     /// with `-o dax=always` and map the host's page cache directly.
     #[arg(long, default_value_t = 0)]
@@ -52,7 +59,7 @@ struct Args {
 enum Symlinks {
     /// The guest may not create symlinks or hard links; escaping host symlinks are hidden.
     Deny,
-    /// Symlinks are stored byte for byte and never followed on the host.
+    /// Symlinks are stored byte for byte, all visible, and never followed on the host.
     Opaque,
     /// Host symlinks are followed on the host (trusted single tenant).
     Follow,
@@ -125,7 +132,14 @@ fn run(args: Args) -> Result<(), MainError> {
             Cache::Never => CacheMode::Never,
         },
         chown_new: root_user,
+        allow_devices: args.allow_devices,
     };
+    let isolation = match args.sandbox {
+        SandboxMode::Namespace => Isolation::Namespace,
+        SandboxMode::Chroot => Isolation::Chroot,
+        SandboxMode::None => Isolation::None,
+    };
+    check_isolation(isolation, &fs)?;
     let listener = serve::bind(&args.socket)?;
     raise_fd_limit();
     info!(
@@ -136,12 +150,7 @@ fn run(args: Args) -> Result<(), MainError> {
         args.cache,
         args.socket.display()
     );
-    let isolation = match args.sandbox {
-        SandboxMode::Namespace => Isolation::Namespace,
-        SandboxMode::Chroot => Isolation::Chroot,
-        SandboxMode::None => Isolation::None,
-    };
-    let Confined { root, proc } = confine(isolation, &shared, args.read_only)?;
+    let Confined { root, proc } = confine(isolation, &shared, &fs)?;
     serve::serve(
         listener,
         Share {

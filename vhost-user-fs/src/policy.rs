@@ -10,8 +10,9 @@ use std::io;
 pub enum SymlinkPolicy {
     /// No new symlinks or hard links from the guest; escaping host symlinks are hidden.
     Deny,
-    /// Symlinks are stored and returned byte for byte but never followed on the host;
-    /// those whose target leaves the shared directory are hidden.
+    /// Symlinks are stored and returned byte for byte but never followed on the host; every
+    /// one is visible as a symlink, whatever its target (the guest's kernel resolves it in
+    /// the guest's own namespace).
     #[default]
     Opaque,
     /// Symlinks are followed on the host (trusted single tenant only).
@@ -90,13 +91,20 @@ impl SymlinkPolicy {
         self.check_create_symlink()
     }
 
-    /// Whether LOOKUP reports a symlink found on the host: EACCES for one whose target
-    /// leaves the shared directory, except under `follow` (where LOOKUP never sees one).
+    /// Whether LOOKUP and READDIR hide host symlinks whose target leaves the shared
+    /// directory: only under `deny`. `opaque` never follows a symlink on the host, so showing
+    /// one is safe; under `follow` LOOKUP never meets one (it follows it).
+    pub fn hides_escaping_symlinks(self) -> bool {
+        self == SymlinkPolicy::Deny
+    }
+
+    /// Whether LOOKUP reports a symlink found on the host: EACCES under `deny` for one whose
+    /// target leaves the shared directory, else it is reported as the symlink it is.
     pub fn check_lookup_symlink(self, inside: bool) -> io::Result<()> {
-        match self {
-            SymlinkPolicy::Follow => Ok(()),
-            _ if inside => Ok(()),
-            _ => Err(errno(libc::EACCES)),
+        if self.hides_escaping_symlinks() && !inside {
+            Err(errno(libc::EACCES))
+        } else {
+            Ok(())
         }
     }
 
@@ -168,10 +176,15 @@ mod tests {
         }
         for p in [Deny, Opaque] {
             assert!(p.check_lookup_symlink(true).is_ok());
-            assert_eq!(code(p.check_lookup_symlink(false)), Some(libc::EACCES));
             assert!(!p.follows());
         }
-        assert!(Follow.check_lookup_symlink(false).is_ok());
+        // Only `deny` hides escaping symlinks; `opaque` shows them (never following them).
+        assert_eq!(code(Deny.check_lookup_symlink(false)), Some(libc::EACCES));
+        assert!(Deny.hides_escaping_symlinks());
+        for p in [Opaque, Follow] {
+            assert!(p.check_lookup_symlink(false).is_ok());
+            assert!(!p.hides_escaping_symlinks());
+        }
         assert!(Follow.follows());
         assert_eq!(SymlinkPolicy::default(), Opaque);
         assert_eq!(code(check_writable(true)), Some(libc::EROFS));

@@ -41,6 +41,10 @@ fn bad_input_gives_one_line_and_nonzero_exit() {
     assert_one_line_error(&with(&["--cache", "maybe"]), &["--cache"]);
     assert_one_line_error(&with(&["--sandbox", "maybe"]), &["--sandbox"]);
     assert_one_line_error(
+        &with(&["--symlinks", "follow", "--sandbox", "chroot"]),
+        &["--symlinks follow", "--sandbox namespace"],
+    );
+    assert_one_line_error(
         &with(&["--thread-pool-size", "1000"]),
         &["--thread-pool-size"],
     );

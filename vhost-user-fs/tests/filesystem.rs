@@ -8,7 +8,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use fuse_backend_rs::api::filesystem::{
-    Context, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, ROOT_ID,
+    Context, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, SetattrValid, ROOT_ID,
 };
 use sm_vhost_user_fs::fs::{FsConfig, SharedFs};
 use sm_vhost_user_fs::policy::{CacheMode, SymlinkPolicy};
@@ -120,8 +120,14 @@ fn hostile_requests_fail_cleanly() {
     fs.mkdir(&ctx, sub, n(c"made"), 0o755, 0).unwrap();
     assert!(shared.join("moved/made").is_dir());
     assert!(!dir.path().join("made").exists());
-    // And the planted symlink is refused at LOOKUP (absolute target).
-    assert_eq!(errno(fs.lookup(&ctx, ROOT_ID, n(c"sub"))), libc::EACCES);
+    // And the planted symlink is a symlink to the guest (absolute target, never followed).
+    let planted = fs.lookup(&ctx, ROOT_ID, n(c"sub")).unwrap();
+    assert_eq!(planted.attr.st_mode & libc::S_IFMT, libc::S_IFLNK);
+    assert_eq!(
+        errno(fs.mkdir(&ctx, planted.inode, n(c"made2"), 0o755, 0)),
+        libc::ENOTDIR
+    );
+    assert!(!dir.path().join("made2").exists());
 }
 
 #[test]
@@ -174,7 +180,8 @@ fn read_only_and_deny_refuse_changes() {
 }
 
 /// A symlink judged inside the tree is judged again after the host moves its directory
-/// up a level (the cached depth is dropped on the inotify event), and is then refused.
+/// up a level (the cached depth is dropped on the inotify event), and is then hidden
+/// (`deny`, the policy that hides escaping symlinks).
 #[test]
 fn host_moves_drop_cached_depths() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,8 +189,11 @@ fn host_moves_drop_cached_depths() {
     std::fs::create_dir_all(shared.join("a/b")).unwrap();
     std::fs::write(shared.join("x"), b"x").unwrap();
     std::os::unix::fs::symlink("../../x", shared.join("a/b/l")).unwrap();
-    let fs = open_fs(&shared, FsConfig::default())
-        .with_watcher(sm_vhost_user_fs::watch::Watcher::new().unwrap());
+    let deny = FsConfig {
+        symlinks: SymlinkPolicy::Deny,
+        ..FsConfig::default()
+    };
+    let fs = open_fs(&shared, deny).with_watcher(sm_vhost_user_fs::watch::Watcher::new().unwrap());
     let ctx = Context::new();
     let a = fs.lookup(&ctx, ROOT_ID, n(c"a")).unwrap().inode;
     let b = fs.lookup(&ctx, a, n(c"b")).unwrap().inode;
@@ -197,6 +207,93 @@ fn host_moves_drop_cached_depths() {
         errno(fs.lookup(&ctx, b, n(c"l"))),
         libc::EACCES,
         "b/l -> ../../x leaves"
+    );
+}
+
+/// Under `opaque` (the default) every symlink is visible as a symlink whatever its target:
+/// the guest's own `ln -s /usr/bin/python3 venv/bin/python` (what `python -m venv` does),
+/// `escape -> /etc/passwd`, a host-made one climbing out. READDIR lists them, readlink gives
+/// their bytes, rename, lchown and unlink act on the link; and the backend never follows
+/// one on the host: opening `escape` does not read the host's /etc/passwd.
+#[test]
+fn opaque_shows_every_symlink_and_never_follows_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("venv/bin")).unwrap();
+    std::fs::write(dir.path().join("outside"), b"secret").unwrap();
+    std::os::unix::fs::symlink("../outside", shared.join("climb")).unwrap();
+    let fs = open_fs(&shared, FsConfig::default());
+    let ctx = Context::new();
+    let venv = fs.lookup(&ctx, ROOT_ID, n(c"venv")).unwrap().inode;
+    let bin = fs.lookup(&ctx, venv, n(c"bin")).unwrap().inode;
+    let python = fs
+        .symlink(&ctx, n(c"/usr/bin/python3"), bin, n(c"python"))
+        .unwrap();
+    let escape = fs
+        .symlink(&ctx, n(c"/etc/passwd"), ROOT_ID, n(c"escape"))
+        .unwrap();
+    for (e, target) in [(&python, "/usr/bin/python3"), (&escape, "/etc/passwd")] {
+        assert_eq!(e.attr.st_mode & libc::S_IFMT, libc::S_IFLNK, "{target}");
+        assert_ne!(
+            e.entry_timeout,
+            std::time::Duration::ZERO,
+            "cached like any name"
+        );
+    }
+    for (parent, name, target) in [
+        (bin, n(c"python"), &b"/usr/bin/python3"[..]),
+        (ROOT_ID, n(c"escape"), b"/etc/passwd"),
+        (ROOT_ID, n(c"climb"), b"../outside"),
+    ] {
+        let e = fs.lookup(&ctx, parent, name).unwrap();
+        assert_eq!(e.attr.st_mode & libc::S_IFMT, libc::S_IFLNK, "{name:?}");
+        assert_eq!(fs.readlink(&ctx, e.inode).unwrap(), target, "{name:?}");
+        // Never followed on the host: not opened, not a directory to look into.
+        for flags in [libc::O_RDONLY, libc::O_RDWR] {
+            assert_ne!(
+                errno(fs.open(&ctx, e.inode, flags as u32, 0)),
+                0,
+                "{name:?}"
+            );
+        }
+        assert_eq!(
+            errno(fs.lookup(&ctx, e.inode, n(c"x"))),
+            libc::ENOTDIR,
+            "{name:?}"
+        );
+    }
+    let names = readdir_names(&fs, ROOT_ID);
+    assert!(names.contains(&b"escape".to_vec()) && names.contains(&b"climb".to_vec()));
+    assert_eq!(readdir_names(&fs, bin), vec![&b"."[..], b"..", b"python"]);
+    assert_eq!(
+        std::fs::read_link(shared.join("venv/bin/python")).unwrap(),
+        std::path::Path::new("/usr/bin/python3")
+    );
+    // lchown acts on the link itself (to its own owner: allowed without privileges).
+    let meta = std::fs::symlink_metadata(shared.join("escape")).unwrap();
+    let mut attr = escape.attr;
+    (attr.st_uid, attr.st_gid) = (meta.uid(), meta.gid());
+    fs.setattr(
+        &ctx,
+        escape.inode,
+        attr,
+        None,
+        SetattrValid::UID | SetattrValid::GID,
+    )
+    .unwrap();
+    // rename and unlink act on the links, never on what they name.
+    fs.rename(&ctx, ROOT_ID, n(c"escape"), ROOT_ID, n(c"moved"), 0)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_link(shared.join("moved")).unwrap(),
+        std::path::Path::new("/etc/passwd")
+    );
+    fs.unlink(&ctx, ROOT_ID, n(c"moved")).unwrap();
+    fs.unlink(&ctx, ROOT_ID, n(c"climb")).unwrap();
+    assert!(!shared.join("moved").exists() && !shared.join("climb").is_symlink());
+    assert_eq!(
+        std::fs::read(dir.path().join("outside")).unwrap(),
+        b"secret"
     );
 }
 
@@ -253,6 +350,33 @@ fn mknod_refuses_device_nodes() {
         );
     }
     assert!(!dir.path().join("dev").exists());
+}
+
+/// With `--allow-devices` (trusted guests) MKNOD makes the character and block device nodes
+/// the guest asks for, with their device numbers.
+#[test]
+fn mknod_makes_device_nodes_when_allowed() {
+    if !sm_test_support::require(sm_test_support::is_root(), "root (CAP_MKNOD)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = open_fs(
+        dir.path(),
+        FsConfig {
+            allow_devices: true,
+            ..FsConfig::default()
+        },
+    );
+    let ctx = Context::new();
+    let null = libc::makedev(1, 3);
+    for (name, kind) in [(n(c"chr"), libc::S_IFCHR), (n(c"blk"), libc::S_IFBLK)] {
+        let e = fs
+            .mknod(&ctx, ROOT_ID, name, kind | 0o600, null as u32, 0)
+            .unwrap();
+        assert_eq!(e.attr.st_mode & libc::S_IFMT, kind, "{name:?}");
+        let host = std::fs::symlink_metadata(dir.path().join(name.to_str().unwrap())).unwrap();
+        assert_eq!((host.mode() & libc::S_IFMT, host.rdev()), (kind, null));
+    }
 }
 
 /// One READDIR listing of `dir` from offset 0: the names.
@@ -386,7 +510,11 @@ fn readdirplus_is_readdir_plus_lookup() {
             if dir_id == ROOT_ID {
                 let has = |n: &[u8]| plus.contains_key(n);
                 assert!(has(b"f") && has(b"hard") && has(b"in") && has(b"dangling"));
-                assert_eq!(has(b"out") && has(b"abs"), policy.follows(), "{policy:?}");
+                assert_eq!(
+                    has(b"out") && has(b"abs"),
+                    !policy.hides_escaping_symlinks(),
+                    "{policy:?}"
+                );
                 let f = &plus[&b"f"[..]].1;
                 assert_eq!((f.attr.st_size, f.attr.st_mode & 0o7777), (5, 0o640));
                 assert_eq!(
@@ -427,85 +555,85 @@ fn readdirplus_is_readdir_plus_lookup() {
     }
 }
 
-/// A name listed by READDIR that LOOKUP then refuses (it became a symlink leaving the tree,
-/// or vanished, after getdents read it) is listed with node ID 0, and LOOKUP gives the error.
+/// A name listed by READDIR that LOOKUP then refuses (under `deny` it became a symlink
+/// leaving the tree, or it vanished, after getdents read it) is listed with node ID 0, and
+/// LOOKUP gives the error.
 #[test]
 fn readdirplus_gives_no_node_where_lookup_fails() {
-    for policy in [SymlinkPolicy::Deny, SymlinkPolicy::Opaque] {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = dir.path().join("shared");
-        std::fs::create_dir(&shared).unwrap();
-        std::fs::write(dir.path().join("outside"), b"secret").unwrap();
-        let names = ["esc1", "esc2", "gone1", "gone2", "keep1", "keep2", "inlink"];
-        for name in names {
-            std::fs::write(shared.join(name), b"x").unwrap();
-        }
-        let fs = open_fs(
-            &shared,
-            FsConfig {
-                symlinks: policy,
-                ..FsConfig::default()
-            },
-        );
-        let ctx = Context::new();
-        let mut first = Vec::new();
-        let plus = readdirplus_entries(&fs, ROOT_ID, |name| {
-            first = name.to_vec();
-            for other in names.iter().filter(|o| o.as_bytes() != name) {
-                let path = shared.join(other);
-                if other.starts_with("esc") {
-                    std::fs::remove_file(&path).unwrap();
-                    std::os::unix::fs::symlink("../outside", &path).unwrap();
-                } else if other.starts_with("gone") {
-                    std::fs::remove_file(&path).unwrap();
-                } else if *other == "inlink" {
-                    std::fs::remove_file(&path).unwrap();
-                    std::os::unix::fs::symlink("keep1", &path).unwrap();
-                }
-            }
-        });
-        let mut listed: Vec<_> = plus.keys().map(|k| k.as_slice()).collect();
-        listed.retain(|k| *k != b"." && *k != b"..");
-        let mut all: Vec<_> = names.iter().map(|n| n.as_bytes()).collect();
-        all.sort();
-        assert_eq!(listed, all, "{policy:?}: every name is listed");
-        for name in names {
-            let (_, e) = &plus[name.as_bytes()];
-            if name.as_bytes() == first {
-                continue; // Looked up before anything changed.
-            }
-            let c = CString::new(name).unwrap();
-            match name {
-                n if n.starts_with("esc") => {
-                    assert_eq!(e.inode, 0, "{policy:?} {n}");
-                    assert_eq!(errno(fs.lookup(&ctx, ROOT_ID, &c)), libc::EACCES);
-                }
-                n if n.starts_with("gone") => {
-                    assert_eq!(e.inode, 0, "{policy:?} {n}");
-                    assert_eq!(errno(fs.lookup(&ctx, ROOT_ID, &c)), libc::ENOENT);
-                }
-                n => {
-                    assert_ne!(e.inode, 0, "{policy:?} {n}");
-                    let want = if n == "inlink" {
-                        libc::S_IFLNK
-                    } else {
-                        libc::S_IFREG
-                    };
-                    assert_eq!(e.attr.st_mode & libc::S_IFMT, want, "{policy:?} {n}");
-                }
-            }
-        }
-        // And a symlink already leaving the tree is hidden from both listings alike.
-        for esc in ["esc1", "esc2"] {
-            let path = shared.join(esc);
-            if !path.is_symlink() {
+    let policy = SymlinkPolicy::Deny;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(dir.path().join("outside"), b"secret").unwrap();
+    let names = ["esc1", "esc2", "gone1", "gone2", "keep1", "keep2", "inlink"];
+    for name in names {
+        std::fs::write(shared.join(name), b"x").unwrap();
+    }
+    let fs = open_fs(
+        &shared,
+        FsConfig {
+            symlinks: policy,
+            ..FsConfig::default()
+        },
+    );
+    let ctx = Context::new();
+    let mut first = Vec::new();
+    let plus = readdirplus_entries(&fs, ROOT_ID, |name| {
+        first = name.to_vec();
+        for other in names.iter().filter(|o| o.as_bytes() != name) {
+            let path = shared.join(other);
+            if other.starts_with("esc") {
                 std::fs::remove_file(&path).unwrap();
                 std::os::unix::fs::symlink("../outside", &path).unwrap();
+            } else if other.starts_with("gone") {
+                std::fs::remove_file(&path).unwrap();
+            } else if *other == "inlink" {
+                std::fs::remove_file(&path).unwrap();
+                std::os::unix::fs::symlink("keep1", &path).unwrap();
             }
         }
-        let plus = readdirplus_entries(&fs, ROOT_ID, |_| {});
-        assert!(!plus.keys().any(|k| k.starts_with(b"esc")), "{policy:?}");
-        let names: Vec<_> = plus.keys().cloned().collect();
-        assert_eq!(names, readdir_names(&fs, ROOT_ID));
+    });
+    let mut listed: Vec<_> = plus.keys().map(|k| k.as_slice()).collect();
+    listed.retain(|k| *k != b"." && *k != b"..");
+    let mut all: Vec<_> = names.iter().map(|n| n.as_bytes()).collect();
+    all.sort();
+    assert_eq!(listed, all, "{policy:?}: every name is listed");
+    for name in names {
+        let (_, e) = &plus[name.as_bytes()];
+        if name.as_bytes() == first {
+            continue; // Looked up before anything changed.
+        }
+        let c = CString::new(name).unwrap();
+        match name {
+            n if n.starts_with("esc") => {
+                assert_eq!(e.inode, 0, "{policy:?} {n}");
+                assert_eq!(errno(fs.lookup(&ctx, ROOT_ID, &c)), libc::EACCES);
+            }
+            n if n.starts_with("gone") => {
+                assert_eq!(e.inode, 0, "{policy:?} {n}");
+                assert_eq!(errno(fs.lookup(&ctx, ROOT_ID, &c)), libc::ENOENT);
+            }
+            n => {
+                assert_ne!(e.inode, 0, "{policy:?} {n}");
+                let want = if n == "inlink" {
+                    libc::S_IFLNK
+                } else {
+                    libc::S_IFREG
+                };
+                assert_eq!(e.attr.st_mode & libc::S_IFMT, want, "{policy:?} {n}");
+            }
+        }
     }
+    // And a symlink already leaving the tree is hidden from both listings alike.
+    for esc in ["esc1", "esc2"] {
+        let path = shared.join(esc);
+        if !path.is_symlink() {
+            std::fs::remove_file(&path).unwrap();
+            std::os::unix::fs::symlink("../outside", &path).unwrap();
+        }
+    }
+    let plus = readdirplus_entries(&fs, ROOT_ID, |_| {});
+    assert!(!plus.keys().any(|k| k.starts_with(b"esc")), "{policy:?}");
+    let names: Vec<_> = plus.keys().cloned().collect();
+    assert_eq!(names, readdir_names(&fs, ROOT_ID));
 }

@@ -92,10 +92,14 @@ fn expect(run: &GuestRun, pairs: &[(&str, &str)]) {
     }
 }
 
-/// The escape corpus every policy but `follow` must refuse at LOOKUP; the guest's own
-/// `/etc/passwd` has root's line, the host secret must never show up.
+/// The escape corpus: under `deny` LOOKUP refuses each escaping host symlink; under
+/// `opaque` each is a symlink the guest's kernel resolves in the guest (`escape_abs -> /etc`
+/// reaches the guest's one-line `/etc/passwd`). The host secret must never show up.
 const ESCAPES: &str = r#"
 t escape_abs cat escape_abs/passwd
+echo abs_passwd_lines=$(cat escape_abs/passwd 2>/dev/null | wc -l)
+echo link_abs=$(readlink escape_abs)
+echo link_rel=$(readlink escape_rel)
 t escape_rel cat escape_rel/secret.txt
 t mid cat mid/secret.txt
 t up ls packages/up/
@@ -105,6 +109,39 @@ t hard_out ln /etc/passwd hard_out
 t inner cat inner/x/index.js
 echo secret_seen=$(cat escape_rel/secret.txt mid/secret.txt 2>/dev/null | grep -c secret)
 "#;
+
+/// What [`ESCAPES`] prints under `deny`: every escaping host symlink is hidden.
+const ESCAPES_HIDDEN: &[(&str, &str)] = &[
+    ("escape_abs", "fail"),
+    ("abs_passwd_lines", "0"),
+    ("link_abs", ""),
+    ("link_rel", ""),
+    ("escape_rel", "fail"),
+    ("mid", "fail"),
+    ("up", "fail"),
+    ("up_mid", "fail"),
+    ("hidden", "0"),
+    ("hard_out", "fail"),
+    ("inner", "ok"),
+    ("secret_seen", "0"),
+];
+
+/// What [`ESCAPES`] prints under `opaque`: every symlink is shown with its bytes and resolved
+/// in the guest (`up -> ../..` is the guest's `/`), never followed on the host.
+const ESCAPES_SHOWN: &[(&str, &str)] = &[
+    ("escape_abs", "ok"),
+    ("abs_passwd_lines", "1"),
+    ("link_abs", "/etc"),
+    ("link_rel", "../outside"),
+    ("escape_rel", "fail"),
+    ("mid", "fail"),
+    ("up", "ok"),
+    ("up_mid", "fail"),
+    ("hidden", "3"),
+    ("hard_out", "fail"),
+    ("inner", "ok"),
+    ("secret_seen", "0"),
+];
 
 #[test]
 fn opaque_share_serves_posix_and_npm_and_contains_escapes() {
@@ -157,9 +194,11 @@ echo npm=$(cat ws/node_modules/x/index.js)
 echo npm_link=$(readlink ws/node_modules/x)
 echo hostnpm=$(cat hnm/node_modules/y/index.js)
 ln -s 'odd target/./with  spaces/../x' odd; echo "odd=$(readlink odd)"
-ln -s /etc/passwd evil; t evil_read cat evil
+ln -s /etc/passwd evil; t evil_read cat evil; echo evil_link=$(readlink evil)
 ln -s ../../../../../../etc/shadow climb
 t climb_lookup stat climb
+t climb_read cat climb
+echo climb_link=$(readlink climb)
 t mknod_fifo mkfifo fifo
 t exchange mv -T ws/packages ws/pk
 {ESCAPES}
@@ -193,19 +232,15 @@ cd /; umount /mnt; echo umount=ok
             ("npm_link", "../packages/x"),
             ("hostnpm", "host-npm"),
             ("odd", "odd target/./with  spaces/../x"),
-            ("evil_read", "fail"),
-            ("climb_lookup", "fail"),
+            // The guest's own /etc/passwd, through a symlink the guest made.
+            ("evil_read", "ok"),
+            ("evil_link", "/etc/passwd"),
+            // A symlink like any other; the guest has no /etc/shadow to resolve it to.
+            ("climb_lookup", "ok"),
+            ("climb_read", "fail"),
+            ("climb_link", "../../../../../../etc/shadow"),
             ("mknod_fifo", "ok"),
             ("exchange", "ok"),
-            ("escape_abs", "fail"),
-            ("escape_rel", "fail"),
-            ("mid", "fail"),
-            ("up", "fail"),
-            ("up_mid", "fail"),
-            ("hidden", "0"),
-            ("hard_out", "fail"),
-            ("inner", "ok"),
-            ("secret_seen", "0"),
             ("statfs", "ok"),
             ("fsync", "ok"),
             ("synced", "8192"),
@@ -213,6 +248,7 @@ cd /; umount /mnt; echo umount=ok
             ("umount", "ok"),
         ],
     );
+    expect(&run, ESCAPES_SHOWN);
     assert_ne!(run.value("gsum"), run.value("gsum2"), "{run}");
     // Host side: what the guest wrote is there, symlink targets stored byte for byte.
     assert_eq!(std::fs::read(shared.join("f2")).unwrap(), b"one");
@@ -266,18 +302,10 @@ echo alive=$(cat hello.txt)
             ("hardlink", "fail"),
             ("write", "ok"),
             ("hostnpm", "host-npm"),
-            ("escape_abs", "fail"),
-            ("escape_rel", "fail"),
-            ("mid", "fail"),
-            ("up", "fail"),
-            ("up_mid", "fail"),
-            ("hidden", "0"),
-            ("hard_out", "fail"),
-            ("inner", "ok"),
-            ("secret_seen", "0"),
             ("alive", "hello from the host"),
         ],
     );
+    expect(&run, ESCAPES_HIDDEN);
     let shared = tree.shared();
     for name in ["s", "s2", "h"] {
         assert!(
@@ -288,21 +316,33 @@ echo alive=$(cat hello.txt)
     tree.assert_outside_untouched();
 }
 
-/// `follow` inside the namespace sandbox: symlinks are followed on the host, but the host
-/// the backend sees is only the share, so escaping links still find nothing.
+/// `follow` inside the namespace sandbox: symlinks are followed on the host, out of the
+/// share included (a toolchain, `~/.cache`: what `follow` is for), but the backend stays
+/// sandboxed: the host's tree is read-only to it, so nothing outside the share changes.
 #[test]
-fn follow_policy_follows_on_the_host_within_the_sandbox() {
+fn follow_policy_follows_out_of_the_share_read_only_within_the_sandbox() {
     let tree = Tree::new();
     let backend = tree.backend(&["--symlinks", "follow"]);
+    let pid = backend.sandboxed_pid().expect("sandboxed serving process");
+    let status = proc_status(pid);
+    for line in ["Seccomp:\t2", "NoNewPrivs:\t1", "CapBnd:\t0000000000000000"] {
+        assert!(status.contains(line), "missing {line:?} in\n{status}");
+    }
+    assert_own_namespaces(pid);
     let script = format!(
         r#"{PRELUDE}
 t symlink ln -s hello.txt s
 echo s=$(cat s)
 echo inner_kind=$(stat -c %F inner)
 echo hostnpm_kind=$(stat -c %F hnm/node_modules/y)
-t escape_rel cat escape_rel/secret.txt
-t mid cat mid/secret.txt
-echo secret_seen=$(cat escape_rel/secret.txt mid/secret.txt 2>/dev/null | grep -c secret)
+echo secret=$(cat escape_rel/secret.txt)
+echo mid=$(cat mid/secret.txt)
+echo listed=$(ls mid)
+t write_out sh -c 'echo x > mid/new'
+t append_out sh -c 'echo x >> escape_rel/secret.txt'
+t rm_out rm mid/secret.txt
+t mkdir_out mkdir escape_rel/d
+t write_in sh -c 'echo y > inner/new'
 echo alive=$(cat hello.txt)
 "#
     );
@@ -315,11 +355,20 @@ echo alive=$(cat hello.txt)
             ("s", "hello from the host"),
             ("inner_kind", "directory"),
             ("hostnpm_kind", "directory"),
-            ("escape_rel", "fail"),
-            ("mid", "fail"),
-            ("secret_seen", "0"),
+            ("secret", "host secret"),
+            ("mid", "host secret"),
+            ("listed", "secret.txt"),
+            ("write_out", "fail"),
+            ("append_out", "fail"),
+            ("rm_out", "fail"),
+            ("mkdir_out", "fail"),
+            ("write_in", "ok"),
             ("alive", "hello from the host"),
         ],
+    );
+    assert_eq!(
+        std::fs::read(tree.shared().join("packages/new")).unwrap(),
+        b"y\n"
     );
     tree.assert_outside_untouched();
 }
@@ -360,17 +409,7 @@ echo big=$(sha256sum big.bin | cut -d' ' -f1)
     }
     let big = sha256_file(&tree.shared().join("big.bin"));
     pairs.push(("big", &big));
-    for k in [
-        "escape_abs",
-        "escape_rel",
-        "mid",
-        "up",
-        "up_mid",
-        "hard_out",
-    ] {
-        pairs.push((k, "fail"));
-    }
-    pairs.extend([("hidden", "0"), ("inner", "ok"), ("secret_seen", "0")]);
+    pairs.extend(ESCAPES_SHOWN);
     expect(&run, &pairs);
     assert_eq!(sha256_file(&tree.shared().join("hello.txt")), before);
     let names: Vec<_> = std::fs::read_dir(tree.shared())
@@ -475,15 +514,9 @@ ln -s ../packages/x ws/node_modules/x; echo npm=$(cat ws/node_modules/x/index.js
             ("gsum", &sha256_file(&shared.join("g"))),
             ("nlink", "2"),
             ("npm", "m"),
-            ("escape_abs", "fail"),
-            ("escape_rel", "fail"),
-            ("mid", "fail"),
-            ("up_mid", "fail"),
-            ("hidden", "0"),
-            ("secret_seen", "0"),
-            ("inner", "ok"),
         ],
     );
+    expect(&run, ESCAPES_SHOWN);
     tree.assert_outside_untouched();
 }
 

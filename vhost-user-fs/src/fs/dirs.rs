@@ -1,6 +1,6 @@
 //! Directory listing: OPENDIR reopens the directory with `.` relative to its `O_PATH`
-//! descriptor, READDIR runs getdents64 from the guest's offset and hides symlinks whose
-//! target leaves the tree (unless `--symlinks follow`). READDIRPLUS lists the same names and
+//! descriptor, READDIR runs getdents64 from the guest's offset and, under `--symlinks deny`,
+//! hides symlinks whose target leaves the tree. READDIRPLUS lists the same names and
 //! adds to each what LOOKUP would answer for it.
 
 use std::ffi::{CStr, CString};
@@ -161,7 +161,7 @@ impl SharedFs {
             }
             Vec::new()
         };
-        let filter = !self.cfg.symlinks.follows();
+        let filter = self.cfg.symlinks.hides_escaping_symlinks();
         let mut depth = None;
         // The offset of the last entry delivered: where the next READDIR continues.
         let mut delivered = offset;
@@ -322,7 +322,7 @@ mod tests {
             let mut names: Vec<_> = got.iter().map(|(n, _)| n.as_slice()).collect();
             names.sort();
             let mut want = vec![&b"."[..], b"..", b"d", b"f", b"hard", b"in"];
-            if policy.follows() {
+            if !policy.hides_escaping_symlinks() {
                 want.push(b"out");
             }
             assert_eq!(names, want, "{policy:?}");

@@ -26,7 +26,8 @@ impl SharedFs {
     pub(super) fn lookup_in(&self, dir: &InodeData, name: &CStr) -> io::Result<Entry> {
         let fd = sys::open_path(dir.fd(), name, self.cfg.symlinks.follows())?;
         let st = sys::fstat(fd.as_fd())?;
-        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK && self.cfg.symlinks.hides_escaping_symlinks()
+        {
             let inside = self.symlink_inside(dir, &fd)?;
             self.cfg.symlinks.check_lookup_symlink(inside)?;
         }
@@ -39,7 +40,7 @@ impl SharedFs {
         let fd = sys::open_path(dir.fd(), name, false)?;
         let st = sys::fstat(fd.as_fd())?;
         let hidden = st.st_mode & libc::S_IFMT == libc::S_IFLNK
-            && !self.cfg.symlinks.follows()
+            && self.cfg.symlinks.hides_escaping_symlinks()
             && !self.symlink_inside(dir, &fd)?;
         self.entry(fd, hidden)
     }
@@ -80,8 +81,9 @@ impl SharedFs {
         self.created(ctx, &dir, name)
     }
 
-    /// MKNOD: regular files, FIFOs and sockets; never device nodes (EPERM), which a guest
-    /// could otherwise plant on the host when the backend runs with full privileges.
+    /// MKNOD: regular files, FIFOs and sockets; device nodes only with `--allow-devices`
+    /// (else EPERM), as a guest could otherwise plant one on the host when the backend runs
+    /// with full privileges.
     pub(super) fn do_mknod(
         &self,
         ctx: &Context,
@@ -91,12 +93,12 @@ impl SharedFs {
         rdev: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        // Never device nodes, whatever capabilities the process has (`--sandbox none`).
-        if !matches!(
-            mode & libc::S_IFMT,
-            libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK
-        ) {
-            return Err(errno(libc::EPERM));
+        // No device nodes unless allowed, whatever capabilities the process has
+        // (`--sandbox none`).
+        match mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
+            libc::S_IFCHR | libc::S_IFBLK if self.cfg.allow_devices => {}
+            _ => return Err(errno(libc::EPERM)),
         }
         let dir = self.dir(parent)?;
         // SAFETY: `name` is NUL-terminated; the descriptor is a live directory.

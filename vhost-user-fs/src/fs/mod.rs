@@ -52,6 +52,9 @@ pub struct FsConfig {
     pub cache: CacheMode,
     /// Give new files the guest caller's owner (the backend runs as root on the host).
     pub chown_new: bool,
+    /// `--allow-devices`: MKNOD may make character and block device nodes (trusted guests
+    /// only: a guest-made `/dev/mem` node on a host directory is a host escalation).
+    pub allow_devices: bool,
 }
 
 /// The shared directory as a FUSE file system.
