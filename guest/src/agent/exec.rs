@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::channel;
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,68 +35,13 @@ pub fn run(conn: &mut File, req: ExecRequest) -> Response {
     };
     let mut cmd = Command::new(program);
     cmd.args(&req.argv[1..]);
-    let pty = match req.tty {
-        Some(size) => match Pty::open(size).and_then(|p| {
-            cmd.stdin(p.slave_stdio()?)
-                .stdout(p.slave_stdio()?)
-                .stderr(p.slave_stdio()?);
-            Ok(p)
-        }) {
-            Ok(p) => {
-                // SAFETY: between fork and exec the closure only calls setsid and ioctl.
-                unsafe { cmd.pre_exec(tty::make_controlling) };
-                Some(p)
-            }
-            Err(e) => return Response::Failed(format!("agent: opening a terminal: {e}")),
-        },
-        None => {
-            cmd.stdin(if req.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-            None
-        }
+    let pty = match attach_stdio(&mut cmd, &req) {
+        Ok(p) => p,
+        Err(e) => return Response::Failed(format!("agent: opening a terminal: {e}")),
     };
-    match &req.env {
-        Some(env) => {
-            cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
-        }
-        None => {
-            cmd.env_clear()
-                .env("PATH", DEFAULT_PATH)
-                .env("HOME", "/root")
-                .env("TERM", "linux");
-        }
-    }
-    let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
-    match &req.root {
-        // std changes directory and user before pre_exec runs: inside a root, all of that
-        // has to happen after the chroot, in this order.
-        Some(root) => {
-            let (root, cwd) = match (CString::new(root.as_str()), CString::new(cwd)) {
-                (Ok(r), Ok(c)) => (r, c),
-                _ => return Response::Failed("exec: a path contains NUL".into()),
-            };
-            let (uid, gid) = (req.uid, req.gid);
-            // SAFETY: between fork and exec the closure only makes async-signal-safe system
-            // calls (chroot, chdir, setgroups, setgid, setuid) on data prepared beforehand.
-            unsafe {
-                cmd.pre_exec(move || enter_root(&root, &cwd, uid, gid));
-            }
-        }
-        None => {
-            cmd.current_dir(cwd);
-            if let Some(gid) = req.gid {
-                cmd.gid(gid);
-            }
-            if let Some(uid) = req.uid {
-                cmd.uid(uid);
-            }
-        }
+    set_env(&mut cmd, &req);
+    if let Err(e) = set_place(&mut cmd, &req) {
+        return Response::Failed(e);
     }
     let start = Instant::now();
     let spawned = crate::reaper::spawn(&mut cmd);
@@ -109,51 +54,23 @@ pub fn run(conn: &mut File, req: ExecRequest) -> Response {
         Err(e) => return Response::Failed(format!("cannot run '{program}': {e}")),
     };
     let pid = Pid::from_raw(child.id() as i32);
-    let out: Output = match conn.try_clone() {
-        Ok(c) => Arc::new(Mutex::new(Some(c))),
+    let shared = conn
+        .try_clone()
+        .and_then(|out| Ok((out, master.as_ref().map(File::try_clone).transpose()?)));
+    let (out, terminal) = match shared {
+        Ok((out, terminal)) => (Arc::new(Mutex::new(Some(out))), terminal),
         Err(e) => {
             let _ = kill(pid, Signal::SIGKILL);
             return Response::Failed(format!("agent: {e}"));
         }
     };
-    let terminal = match master.as_ref().map(File::try_clone).transpose() {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = kill(pid, Signal::SIGKILL);
-            return Response::Failed(format!("agent: {e}"));
-        }
-    };
-    let (pumped_tx, pumped) = channel();
-    let pipes = [
-        (
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            Kind::Stdout,
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            Kind::Stderr,
-        ),
-        (
-            terminal.map(|t| Box::new(t) as Box<dyn Read + Send>),
-            Kind::Stdout,
-        ),
+    let boxed = |r: Option<Box<dyn Read + Send>>, kind| (r, kind);
+    let outputs = [
+        boxed(child.stdout.take().map(|p| Box::new(p) as _), Kind::Stdout),
+        boxed(child.stderr.take().map(|p| Box::new(p) as _), Kind::Stderr),
+        boxed(terminal.map(|t| Box::new(t) as _), Kind::Stdout),
     ];
-    let mut pumps = 0;
-    for (pipe, kind) in pipes {
-        let Some(pipe) = pipe else { continue };
-        let (out, pumped_tx) = (out.clone(), pumped_tx.clone());
-        pumps += 1;
-        std::thread::spawn(move || {
-            pump(pipe, kind, &out);
-            let _ = pumped_tx.send(());
-        });
-    }
+    let pumps = Pumps::start(outputs, &out);
     let input = Input {
         stdin: child
             .stdin
@@ -166,43 +83,151 @@ pub fn run(conn: &mut File, req: ExecRequest) -> Response {
         // Detached: it ends when the host closes the connection.
         std::thread::spawn(move || input.feed(conn));
     }
-
-    let mut timed_out = false;
-    let status = match req.timeout_ms.map(Duration::from_millis) {
-        Some(limit) => match exited.recv_timeout(limit.saturating_sub(start.elapsed())) {
-            Ok(s) => Some(s),
-            Err(_) => {
-                timed_out = true;
-                let _ = killpg(pid, Signal::SIGKILL);
-                exited.recv().ok()
-            }
-        },
-        None => exited.recv().ok(),
-    };
-    for _ in 0..pumps {
-        let ended = if req.tty.is_some() {
-            pumped.recv_timeout(TTY_DRAIN).is_ok()
-        } else {
-            pumped.recv().is_ok()
-        };
-        if !ended {
-            break;
-        }
-    }
+    let (status, timed_out) = wait_for_exit(&exited, pid, req.timeout_ms, start);
+    pumps.drain(req.tty.is_some());
     // From here on only the response is written on the connection.
     out.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(child); // Never waited on: the reaper collected it.
+    Response::Exited(exit_info(status, timed_out, start))
+}
+
+/// Gives the command a pseudo-terminal (returned) when asked for one, else pipes for its
+/// output, its stdin piped or null, in a process group of its own.
+fn attach_stdio(cmd: &mut Command, req: &ExecRequest) -> std::io::Result<Option<Pty>> {
+    let Some(size) = req.tty else {
+        cmd.stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+        return Ok(None);
+    };
+    let p = Pty::open(size)?;
+    cmd.stdin(p.slave_stdio()?)
+        .stdout(p.slave_stdio()?)
+        .stderr(p.slave_stdio()?);
+    // SAFETY: between fork and exec the closure only calls setsid and ioctl.
+    unsafe { cmd.pre_exec(tty::make_controlling) };
+    Ok(Some(p))
+}
+
+/// The command's environment: exactly the request's, or a minimal default.
+fn set_env(cmd: &mut Command, req: &ExecRequest) {
+    cmd.env_clear();
+    match &req.env {
+        Some(env) => {
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        }
+        None => {
+            cmd.env("PATH", DEFAULT_PATH)
+                .env("HOME", "/root")
+                .env("TERM", "linux");
+        }
+    }
+}
+
+/// Where and as whom the command runs: its root, working directory, user and group.
+fn set_place(cmd: &mut Command, req: &ExecRequest) -> Result<(), String> {
+    let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
+    let Some(root) = &req.root else {
+        cmd.current_dir(cwd);
+        if let Some(gid) = req.gid {
+            cmd.gid(gid);
+        }
+        if let Some(uid) = req.uid {
+            cmd.uid(uid);
+        }
+        return Ok(());
+    };
+    // std changes directory and user before pre_exec runs: inside a root, all of that has
+    // to happen after the chroot, in this order.
+    let (Ok(root), Ok(cwd)) = (CString::new(root.as_str()), CString::new(cwd)) else {
+        return Err("exec: a path contains NUL".into());
+    };
+    let (uid, gid) = (req.uid, req.gid);
+    // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
+    // (chroot, chdir, setgroups, setgid, setuid) on data prepared beforehand.
+    unsafe {
+        cmd.pre_exec(move || enter_root(&root, &cwd, uid, gid));
+    }
+    Ok(())
+}
+
+/// Waits for the command's exit status, killing its process group when `timeout_ms` runs
+/// out; returns the status (if the reaper reported one) and whether it timed out.
+fn wait_for_exit(
+    exited: &Receiver<WaitStatus>,
+    pid: Pid,
+    timeout_ms: Option<u64>,
+    start: Instant,
+) -> (Option<WaitStatus>, bool) {
+    let Some(limit) = timeout_ms.map(Duration::from_millis) else {
+        return (exited.recv().ok(), false);
+    };
+    match exited.recv_timeout(limit.saturating_sub(start.elapsed())) {
+        Ok(s) => (Some(s), false),
+        Err(_) => {
+            let _ = killpg(pid, Signal::SIGKILL);
+            (exited.recv().ok(), true)
+        }
+    }
+}
+
+/// The final report of a command that ended with `status`.
+fn exit_info(status: Option<WaitStatus>, timed_out: bool, start: Instant) -> ExitInfo {
     let (code, signal) = match status {
         Some(WaitStatus::Exited(_, c)) => (Some(c), None),
         Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
         _ => (None, None),
     };
-    drop(child); // Never waited on: the reaper collected it.
-    Response::Exited(ExitInfo {
+    ExitInfo {
         code,
         signal,
         timed_out,
         duration_us: start.elapsed().as_micros() as u64,
-    })
+    }
+}
+
+/// The threads copying the command's output to the connection.
+struct Pumps {
+    count: usize,
+    ended: Receiver<()>,
+}
+
+impl Pumps {
+    /// One thread per output that exists, each writing frames of its kind to `out`.
+    fn start(outputs: [(Option<Box<dyn Read + Send>>, Kind); 3], out: &Output) -> Pumps {
+        let (ended_tx, ended) = channel();
+        let mut count = 0;
+        for (pipe, kind) in outputs {
+            let Some(pipe) = pipe else { continue };
+            let (out, ended_tx) = (out.clone(), ended_tx.clone());
+            count += 1;
+            std::thread::spawn(move || {
+                pump(pipe, kind, &out);
+                let _ = ended_tx.send(());
+            });
+        }
+        Pumps { count, ended }
+    }
+
+    /// Waits until every output has been copied; a terminal only for [`TTY_DRAIN`], since
+    /// processes the command left behind may keep it open.
+    fn drain(self, tty: bool) {
+        for _ in 0..self.count {
+            let ended = if tty {
+                self.ended.recv_timeout(TTY_DRAIN).is_ok()
+            } else {
+                self.ended.recv().is_ok()
+            };
+            if !ended {
+                break;
+            }
+        }
+    }
 }
 
 /// In the child: chroot into `root`, change to `cwd` there, then drop to `gid`/`uid`.
