@@ -54,7 +54,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match sm_launch::parse_args::<Cli>("sm-testvm") {
+        Ok(c) => c,
+        Err(code) => return ExitCode::from(code),
+    };
     let opts = Options {
         cpus: cli.cpus,
         mem_mib: cli.mem,
