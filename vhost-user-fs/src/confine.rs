@@ -14,7 +14,7 @@ use crate::fs::FsConfig;
 use crate::sys::{ProcFds, FS_SYSCALLS};
 
 /// How the backend isolates itself (`--sandbox`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Isolation {
     /// New namespaces; the shared directory (and a PID-only `/proc`) is the whole tree, or
     /// under `--symlinks follow` the host's tree read-only with the share writable.
@@ -81,6 +81,11 @@ pub struct Confined {
 /// to the share by the read-only mounts and by Landlock; a chroot cannot, and is refused.
 pub fn confine(how: Isolation, shared: &Path, fs: &FsConfig) -> Result<Confined, ConfineError> {
     check_isolation(how, fs)?;
+    // The guest's mode bits arrive with the guest caller's umask already applied; the
+    // process's own umask (022 from a shell) must not clear more of them, or a guest's
+    // `mkdir -m 777` under umask 0 becomes 755 on the host (virtiofsd clears it too).
+    // SAFETY: umask only sets this process's file creation mask.
+    // unsafe { libc::umask(0) };
     let follow = fs.symlinks.follows();
     let mut policy = Policy::default().allow_syscalls(FS_SYSCALLS);
     if follow {

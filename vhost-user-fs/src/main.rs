@@ -5,87 +5,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use sm_vhost_user_fs::cli::FsArgs;
 use sm_vhost_user_fs::config::{ConfigError, DeviceConfig};
 use sm_vhost_user_fs::confine::{
     check_isolation, confine, raise_fd_limit, ConfineError, Confined, Isolation,
 };
 use sm_vhost_user_fs::fs::FsConfig;
-use sm_vhost_user_fs::policy::{CacheMode, SymlinkPolicy};
 use sm_vhost_user_fs::serve::{self, ServeError, Share};
 use tracing::info;
-
-/// Share a host directory with a guest as a virtio-fs device over vhost-user.
-#[derive(Parser, Debug)]
-#[command(name = "sm-vhost-user-fs", version)]
-struct Args {
-    /// vhost-user socket to listen on (created; a stale socket is replaced).
-    #[arg(long)]
-    socket: PathBuf,
-    /// Directory to share; the guest sees nothing outside it.
-    #[arg(long)]
-    shared_dir: PathBuf,
-    /// Tag announced in the device config (frontends such as QEMU bring their own).
-    #[arg(long)]
-    tag: Option<String>,
-    /// Symlink policy.
-    #[arg(long, value_enum, default_value_t = Symlinks::Opaque)]
-    symlinks: Symlinks,
-    /// Refuse every change (EROFS).
-    #[arg(long)]
-    read_only: bool,
-    /// Guest caching: `auto` (host changes visible within 1 s), `always`, `never`.
-    #[arg(long, value_enum, default_value_t = Cache::Auto)]
-    cache: Cache,
-    /// Process isolation.
-    #[arg(long, value_enum, default_value_t = SandboxMode::Namespace)]
-    sandbox: SandboxMode,
-    /// Let the guest make character and block device nodes (mknod) in the share; refused
-    /// by default, as a guest-made device node on a host directory is a host escalation.
-    /// For trusted guests only; the backend must run as root.
-    #[arg(long)]
-    allow_devices: bool,
-    /// Size of the DAX window in MiB (0: no DAX), a multiple of 2: the guest can then mount
-    /// with `-o dax=always` and map the host's page cache directly.
-    #[arg(long, default_value_t = 0)]
-    dax_window_mib: u64,
-    /// Worker threads per request queue (0: requests run on the queue's own thread).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
-    thread_pool_size: u16,
-}
-
-/// The `--symlinks` choices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Symlinks {
-    /// The guest may not create symlinks or hard links; escaping host symlinks are hidden.
-    Deny,
-    /// Symlinks are stored byte for byte, all visible, and never followed on the host.
-    Opaque,
-    /// Host symlinks are followed on the host (trusted single tenant).
-    Follow,
-}
-
-/// The `--cache` choices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Cache {
-    /// Short timeouts; host changes show within a second.
-    Auto,
-    /// Long timeouts; for trees only the guest changes.
-    Always,
-    /// No caching, direct I/O.
-    Never,
-}
-
-/// The `--sandbox` choices.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum SandboxMode {
-    /// Namespaces, the shared directory as the only tree, Landlock, seccomp, few capabilities.
-    Namespace,
-    /// chroot into the shared directory, Landlock, seccomp, few capabilities.
-    Chroot,
-    /// No isolation at all.
-    None,
-}
 
 /// Everything that stops the backend.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +32,7 @@ enum MainError {
     Confine(#[from] ConfineError),
 }
 
-fn run(args: Args) -> Result<(), MainError> {
+fn run(args: FsArgs) -> Result<(), MainError> {
     let shared = args
         .shared_dir
         .canonicalize()
@@ -120,25 +47,13 @@ fn run(args: Args) -> Result<(), MainError> {
     // SAFETY: geteuid has no arguments and cannot fail.
     let root_user = unsafe { libc::geteuid() } == 0;
     let fs = FsConfig {
-        symlinks: match args.symlinks {
-            Symlinks::Deny => SymlinkPolicy::Deny,
-            Symlinks::Opaque => SymlinkPolicy::Opaque,
-            Symlinks::Follow => SymlinkPolicy::Follow,
-        },
+        symlinks: args.symlinks,
         read_only: args.read_only,
-        cache: match args.cache {
-            Cache::Auto => CacheMode::Auto,
-            Cache::Always => CacheMode::Always,
-            Cache::Never => CacheMode::Never,
-        },
+        cache: args.cache,
         chown_new: root_user,
         allow_devices: args.allow_devices,
     };
-    let isolation = match args.sandbox {
-        SandboxMode::Namespace => Isolation::Namespace,
-        SandboxMode::Chroot => Isolation::Chroot,
-        SandboxMode::None => Isolation::None,
-    };
+    let isolation = args.sandbox;
     check_isolation(isolation, &fs)?;
     let listener = serve::bind(&args.socket)?;
     raise_fd_limit();
@@ -160,7 +75,7 @@ fn run(args: Args) -> Result<(), MainError> {
             device,
             pool_size: args.thread_pool_size.into(),
             // inotify names directories through /proc/self/fd, which a chroot does not hold.
-            watch: args.sandbox != SandboxMode::Chroot,
+            watch: isolation != Isolation::Chroot,
         },
     )?;
     Ok(())

@@ -6,7 +6,7 @@
 use std::io;
 
 /// What the backend does with symbolic links (`--symlinks`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SymlinkPolicy {
     /// No new symlinks or hard links from the guest; escaping host symlinks are hidden.
     Deny,
@@ -20,7 +20,7 @@ pub enum SymlinkPolicy {
 }
 
 /// How long the guest may cache names and attributes (`--cache`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum CacheMode {
     /// Short timeouts: host changes show up in the guest within [`AUTO_TIMEOUT_MS`].
     #[default]

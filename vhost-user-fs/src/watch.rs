@@ -36,9 +36,8 @@ impl Watcher {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: a new descriptor that nothing else owns.
-        Ok(Watcher {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Watcher { fd })
     }
 
     /// Watches the directory `dir` (any descriptor of it, `O_PATH` included), naming it

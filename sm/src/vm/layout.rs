@@ -8,6 +8,7 @@ use std::process::Command;
 
 use sm_launch::CommandLine;
 use sm_vhost_user_blk::cli::BlkArgs;
+use sm_vhost_user_fs::cli::FsArgs;
 use sm_vmm::cli::{blk_device_name, FsSocket, VmmArgs};
 
 use super::process::tool;
@@ -163,25 +164,22 @@ impl Disk {
 }
 
 impl Share {
+    /// The backend's flags: the mount's policy, under the share's tag.
+    pub fn backend_args(&self) -> FsArgs {
+        let m = &self.mount;
+        FsArgs {
+            tag: Some(self.tag.clone()),
+            symlinks: m.symlinks,
+            read_only: m.read_only,
+            allow_devices: m.devices,
+            dax_window_mib: if m.dax { DAX_WINDOW_MIB } else { 0 },
+            ..FsArgs::new(&self.socket, &m.host)
+        }
+    }
+
     /// The backend's command line.
     pub fn backend_command(&self) -> Command {
-        let m = &self.mount;
-        let mut cmd = Command::new(tool("sm-vhost-user-fs"));
-        cmd.arg("--socket")
-            .arg(&self.socket)
-            .arg("--shared-dir")
-            .arg(&m.host)
-            .args(["--tag", &self.tag, "--symlinks", m.symlinks.as_str()]);
-        if m.read_only {
-            cmd.arg("--read-only");
-        }
-        if m.dax {
-            cmd.args(["--dax-window-mib", &DAX_WINDOW_MIB.to_string()]);
-        }
-        if m.devices {
-            cmd.arg("--allow-devices");
-        }
-        cmd
+        self.backend_args().to_command(tool("sm-vhost-user-fs"))
     }
 }
 
@@ -260,16 +258,26 @@ mod tests {
     }
 
     #[test]
-    fn only_a_devices_mount_lets_its_backend_make_device_nodes() {
+    fn each_share_gets_its_mounts_policy_and_only_a_devices_mount_makes_nodes() {
         let mut c = config(false, 0, 2);
         c.mounts[1].devices = true;
+        c.mounts[1].dax = true;
+        c.mounts[1].read_only = true;
+        c.mounts[1].symlinks = Symlinks::Deny;
         let l = DeviceLayout::new(&c, Path::new("/r"));
-        let allows = |s: &Share| {
-            s.backend_command()
-                .get_args()
-                .any(|a| a == "--allow-devices")
-        };
-        assert_eq!((allows(&l.shares[0]), allows(&l.shares[1])), (false, true));
+        let (a, b) = (l.shares[0].backend_args(), l.shares[1].backend_args());
+        assert_eq!((a.allow_devices, b.allow_devices), (false, true));
+        assert_eq!(
+            (a.tag.as_deref(), b.tag.as_deref()),
+            (Some("m0"), Some("m1"))
+        );
+        assert_eq!((a.dax_window_mib, b.dax_window_mib), (0, DAX_WINDOW_MIB));
+        assert!(!a.read_only && b.read_only);
+        assert_eq!((a.symlinks, b.symlinks), (Symlinks::Opaque, Symlinks::Deny));
+        assert_eq!(b.shared_dir, Path::new("/h/1"));
+        sm_launch::assert_round_trip(&b);
+        let cmd = l.shares[1].backend_command();
+        assert!(cmd.get_args().any(|x| x == "--allow-devices"));
     }
 
     #[test]

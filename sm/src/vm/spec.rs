@@ -25,27 +25,8 @@ fn bad(flag: &'static str, value: &str, why: impl Into<String>) -> SpecError {
     }
 }
 
-/// How the fs backend treats symlinks (sm-vhost-user-fs `--symlinks`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Symlinks {
-    /// No symlinks or hard links created by the guest; escaping host links refused.
-    Deny,
-    /// Stored byte for byte, never followed on the host (the default).
-    Opaque,
-    /// Followed on the host (trusted single tenant).
-    Follow,
-}
-
-impl Symlinks {
-    /// The backend's flag value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Symlinks::Deny => "deny",
-            Symlinks::Opaque => "opaque",
-            Symlinks::Follow => "follow",
-        }
-    }
-}
+/// How the fs backend treats symlinks (sm-vhost-user-fs `--symlinks`): the backend's own type.
+pub use sm_vhost_user_fs::policy::SymlinkPolicy as Symlinks;
 
 /// A live host directory in the guest:
 /// `HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax][:devices]`.

@@ -1,0 +1,123 @@
+//! sm-vhost-user-fs's flags as a type: the binary parses them, and `sm` builds the backend's
+//! command line from a value of it ([`sm_launch::CommandLine`]).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Parser;
+use sm_launch::{ArgWriter, CommandLine};
+
+use crate::confine::Isolation;
+use crate::policy::{CacheMode, SymlinkPolicy};
+
+/// Share a host directory with a guest as a virtio-fs device over vhost-user.
+#[derive(Parser, Clone, Debug, PartialEq, Eq)]
+#[command(name = "sm-vhost-user-fs", version)]
+pub struct FsArgs {
+    /// vhost-user socket to listen on (created; a stale socket is replaced).
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Directory to share; the guest sees nothing outside it.
+    #[arg(long)]
+    pub shared_dir: PathBuf,
+    /// Tag announced in the device config (frontends such as QEMU bring their own).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Symlink policy.
+    #[arg(long, value_enum, default_value_t = SymlinkPolicy::Opaque)]
+    pub symlinks: SymlinkPolicy,
+    /// Refuse every change (EROFS).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Guest caching: `auto` (host changes visible within 1 s), `always`, `never`.
+    #[arg(long, value_enum, default_value_t = CacheMode::Auto)]
+    pub cache: CacheMode,
+    /// Process isolation.
+    #[arg(long, value_enum, default_value_t = Isolation::Namespace)]
+    pub sandbox: Isolation,
+    /// Let the guest make character and block device nodes (mknod) in the share; refused
+    /// by default, as a guest-made device node on a host directory is a host escalation.
+    /// For trusted guests only; the backend must run as root.
+    #[arg(long)]
+    pub allow_devices: bool,
+    /// Size of the DAX window in MiB (0: no DAX), a multiple of 2: the guest can then mount
+    /// with `-o dax=always` and map the host's page cache directly.
+    #[arg(long, default_value_t = 0)]
+    pub dax_window_mib: u64,
+    /// Worker threads per request queue (0: requests run on the queue's own thread).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
+    pub thread_pool_size: u16,
+}
+
+impl FsArgs {
+    /// Flags sharing `shared_dir` on `socket`, everything else at its default.
+    pub fn new(socket: impl Into<PathBuf>, shared_dir: impl Into<PathBuf>) -> FsArgs {
+        FsArgs {
+            socket: socket.into(),
+            shared_dir: shared_dir.into(),
+            tag: None,
+            symlinks: SymlinkPolicy::Opaque,
+            read_only: false,
+            cache: CacheMode::Auto,
+            sandbox: Isolation::Namespace,
+            allow_devices: false,
+            dax_window_mib: 0,
+            thread_pool_size: 0,
+        }
+    }
+}
+
+impl CommandLine for FsArgs {
+    fn to_args(&self) -> Vec<OsString> {
+        let FsArgs {
+            socket,
+            shared_dir,
+            tag,
+            symlinks,
+            read_only,
+            cache,
+            sandbox,
+            allow_devices,
+            dax_window_mib,
+            thread_pool_size,
+        } = self;
+        ArgWriter::new::<FsArgs>()
+            .value("socket", socket)
+            .value("shared_dir", shared_dir)
+            .option("tag", tag.as_ref())
+            .choice("symlinks", symlinks)
+            .switch("read_only", *read_only)
+            .choice("cache", cache)
+            .choice("sandbox", sandbox)
+            .switch("allow_devices", *allow_devices)
+            .value("dax_window_mib", dax_window_mib.to_string())
+            .value("thread_pool_size", thread_pool_size.to_string())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_round_trip() {
+        let mut a = FsArgs::new("/r/fs-0.sock", "/home/u/my app");
+        sm_launch::assert_round_trip(&a);
+        a.tag = Some("m0".into());
+        a.symlinks = SymlinkPolicy::Follow;
+        a.read_only = true;
+        a.cache = CacheMode::Never;
+        a.sandbox = Isolation::Chroot;
+        a.allow_devices = true;
+        a.dax_window_mib = 1024;
+        a.thread_pool_size = 4;
+        sm_launch::assert_round_trip(&a);
+        for p in [SymlinkPolicy::Deny, SymlinkPolicy::Opaque] {
+            sm_launch::assert_round_trip(&FsArgs {
+                symlinks: p,
+                ..a.clone()
+            });
+        }
+    }
+}
