@@ -37,31 +37,26 @@ pub fn wait_listening(
     name: &str,
     socket: &Path,
     limit: Duration,
-    mut ready: impl FnMut() -> bool,
+    ready: impl FnMut() -> bool,
     log: impl Fn() -> String,
 ) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for a child") {
-            panic!(
-                "{name} exited ({status}) before it listened on {}: {}",
-                socket.display(),
-                log()
-            );
-        }
-        if socket.exists() && ready() {
-            return;
-        }
-        if Instant::now() > deadline {
+    use sm_launch::readiness::{wait_for_socket, NotReady};
+    match wait_for_socket(child, socket, limit, ready) {
+        Ok(()) => {}
+        Err(NotReady::Exited(status)) => panic!(
+            "{name} exited ({status}) before it listened on {}: {}",
+            socket.display(),
+            log()
+        ),
+        Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "{name} did not listen on {} within {limit:?}: {}",
+                "{name} did not listen on {}: {e}: {}",
                 socket.display(),
                 log()
             );
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -89,15 +89,17 @@ impl Proc {
 
     /// Waits until `socket` exists (the backend listens), or fails if it exits first.
     pub fn wait_for_socket(&mut self, socket: &Path) -> Result<(), ProcessError> {
-        let start = Instant::now();
-        while !socket.exists() {
-            self.check_alive()?;
-            if start.elapsed() > READY_TIMEOUT {
-                return Err(ProcessError::Timeout(self.name.clone(), READY_TIMEOUT));
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        use sm_launch::readiness::{wait_for_socket, NotReady};
+        match wait_for_socket(&mut self.child, socket, READY_TIMEOUT, || true) {
+            Ok(()) => Ok(()),
+            Err(NotReady::Exited(status)) => Err(ProcessError::Died {
+                name: self.name.clone(),
+                status,
+                log: log_tail(&self.log),
+            }),
+            Err(NotReady::TimedOut(limit)) => Err(ProcessError::Timeout(self.name.clone(), limit)),
+            Err(NotReady::Wait(e)) => Err(ProcessError::Spawn(self.name.clone(), e)),
         }
-        Ok(())
     }
 
     /// Fails with the end of its log if the process has exited.
