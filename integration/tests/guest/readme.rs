@@ -187,11 +187,26 @@ const EXAMPLES: &[(&str, How)] = &[
 /// The README's command lines of blocks marked to run, each checked against [`EXAMPLES`]:
 /// fails on a command block with no marker, a line with no entry, an entry with no line.
 fn readme_examples() -> Vec<(CommandLine, &'static How)> {
-    let path = parse::readme_path();
-    let readme = std::fs::read_to_string(&path).unwrap();
+    let readme = std::fs::read_to_string(parse::readme_path()).unwrap();
+    let (examples, problems) = examples_in(&readme);
+    assert!(
+        problems.is_empty(),
+        "README examples not covered:\n{}",
+        problems.join("\n")
+    );
+    assert!(
+        !examples.is_empty(),
+        "README.md has no block marked {}",
+        parse::RUN_MARKER
+    );
+    examples
+}
+
+/// The example lines of `readme` with how each runs, and every way it is not covered.
+fn examples_in(readme: &str) -> (Vec<(CommandLine, &'static How)>, Vec<String>) {
     let mut lines = vec![];
     let mut problems = vec![];
-    for block in parse::fenced_blocks(&readme) {
+    for block in parse::fenced_blocks(readme) {
         match block.marker.as_deref() {
             Some(parse::RUN_MARKER) => lines.extend(parse::command_lines(&block)),
             Some(m) if m.starts_with(parse::NOT_RUN_MARKER) => {
@@ -235,22 +250,37 @@ fn readme_examples() -> Vec<(CommandLine, &'static How)> {
             problems.push(format!("{command:?}: only sm-testvm lines run on the host"));
         }
     }
-    assert!(
-        problems.is_empty(),
-        "README examples not covered:\n{}",
-        problems.join("\n")
-    );
-    assert!(
-        !examples.is_empty(),
-        "README.md has no block marked {}",
-        parse::RUN_MARKER
-    );
-    examples
+    (examples, problems)
 }
 
 #[test]
 fn every_readme_command_line_has_a_way_to_run() {
     readme_examples();
+}
+
+/// The check above catches an edited example, an unmarked command block and a not-run
+/// marker without a reason (shown on edited copies of the real README).
+#[test]
+fn an_edited_or_unmarked_readme_example_is_caught() {
+    let readme = std::fs::read_to_string(parse::readme_path()).unwrap();
+    let problems = |edited: String| {
+        assert_ne!(edited, readme, "the edit must change the README");
+        examples_in(&edited).1.join("\n")
+    };
+    let edited = problems(readme.replace("nproc; exit 3'", "nproc; exit 4'"));
+    assert!(edited.contains("no entry in EXAMPLES"), "{edited}");
+    assert!(edited.contains("README.md no longer shows"), "{edited}");
+    let unmarked = problems(readme.replace(&format!("{}\n", parse::RUN_MARKER), ""));
+    assert!(
+        unmarked.contains("a block of commands without"),
+        "{unmarked}"
+    );
+    let no_reason = problems(readme.replacen(
+        "<!-- readme-test: not run: it is the test suite; CI runs it (.ci/run) -->",
+        "<!-- readme-test: not run: -->",
+        1,
+    ));
+    assert!(no_reason.contains("must say why"), "{no_reason}");
 }
 
 /// The project's binaries the README's examples use, each installed by `scripts/setup`.
