@@ -85,7 +85,7 @@ pub fn confine(how: Isolation, shared: &Path, fs: &FsConfig) -> Result<Confined,
     // process's own umask (022 from a shell) must not clear more of them, or a guest's
     // `mkdir -m 777` under umask 0 becomes 755 on the host (virtiofsd clears it too).
     // SAFETY: umask only sets this process's file creation mask.
-    // unsafe { libc::umask(0) };
+    unsafe { libc::umask(0) };
     let follow = fs.symlinks.follows();
     let mut policy = Policy::default().allow_syscalls(FS_SYSCALLS);
     if follow {

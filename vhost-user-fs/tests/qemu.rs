@@ -185,6 +185,7 @@ mv f f2; echo renamed=$(cat f2); t oldname test -e f
 mkdir -p d/e; echo x > d/e/y; echo listing=$(ls d/e); rm d/e/y; rmdir d/e; echo left=$(ls d | wc -l)
 t rmdir_nonempty rmdir ws_missing
 chmod 640 f2; echo mode=$(stat -c %a f2)
+(umask 0; mkdir m777; : > f666); echo umask0_dir=$(stat -c %a m777); echo umask0_file=$(stat -c %a f666)
 ln f2 hard; echo nlink=$(stat -c %h f2); echo hard=$(cat hard)
 rm hard; echo nlink_after=$(stat -c %h f2)
 echo readdir=$(ls | tr '\n' ,)
@@ -225,6 +226,9 @@ cd /; umount /mnt; echo umount=ok
             ("listing", "y"),
             ("left", "0"),
             ("mode", "640"),
+            // The guest's umask alone applies, not the backend's own.
+            ("umask0_dir", "777"),
+            ("umask0_file", "666"),
             ("nlink", "2"),
             ("hard", "one"),
             ("nlink_after", "1"),
