@@ -3,8 +3,12 @@
 //! through [`ProcFds`], which only ever names this process's own descriptors.
 
 use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `RESOLVE_NO_MAGICLINKS`: no `/proc/*/fd`-style jumps during resolution.
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
@@ -136,13 +140,249 @@ pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
 }
 
 /// Runs a call that returns 0 or -1 and maps -1 to the errno.
-pub fn unit(r: libc::c_int) -> io::Result<()> {
+fn unit(r: libc::c_int) -> io::Result<()> {
     check(r.into()).map(|_| ())
 }
 
 /// Runs a call that returns a size or -1.
-pub fn size(r: libc::ssize_t) -> io::Result<usize> {
+fn size(r: libc::ssize_t) -> io::Result<usize> {
     check(r as libc::c_long).map(|n| n as usize)
+}
+
+/// `getdents64(dir, buf)`: raw `linux_dirent64` records of the open directory `dir` from its
+/// current position; 0 at the end.
+pub fn getdents64(dir: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    let n = check(unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            dir.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    })?;
+    Ok(n as usize)
+}
+
+/// `lseek(fd, offset, whence)`: the new position.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: libc::c_int) -> io::Result<u64> {
+    // SAFETY: integer arguments only; the descriptor is borrowed, so it is open.
+    let pos = unsafe { libc::lseek64(fd.as_raw_fd(), offset, whence) };
+    check(pos).map(|pos| pos as u64)
+}
+
+/// `ftruncate(fd, size)`.
+pub fn ftruncate(fd: BorrowedFd<'_>, size: i64) -> io::Result<()> {
+    // SAFETY: integer arguments only; the descriptor is borrowed, so it is open.
+    unit(unsafe { libc::ftruncate64(fd.as_raw_fd(), size) })
+}
+
+/// `fallocate(fd, mode, offset, len)`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: libc::c_int, offset: i64, len: i64) -> io::Result<()> {
+    // SAFETY: integer arguments only; the descriptor is borrowed, so it is open.
+    unit(unsafe { libc::fallocate64(fd.as_raw_fd(), mode, offset, len) })
+}
+
+/// `fstatvfs(fd)`: works on `O_PATH` descriptors (it is `fstatfs` underneath).
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs64> {
+    let mut out = std::mem::MaybeUninit::<libc::statvfs64>::zeroed();
+    // SAFETY: the kernel fills at most one statvfs64 into `out`.
+    unit(unsafe { libc::fstatvfs64(fd.as_raw_fd(), out.as_mut_ptr()) })?;
+    // SAFETY: the call succeeded, so `out` is initialised (it was zeroed before anyway).
+    Ok(unsafe { out.assume_init() })
+}
+
+/// `fchownat(dir, name, uid, gid, flags)`; `u32::MAX` leaves an id as it is.
+pub fn fchownat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call; the rest are integers.
+    unit(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) })
+}
+
+/// `fchown(fd, uid, gid)`.
+pub fn fchown(fd: BorrowedFd<'_>, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: integer arguments only; the descriptor is borrowed, so it is open.
+    unit(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })
+}
+
+/// `symlinkat(target, dir, name)`: stores `target` as given, never resolving it.
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    unit(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+}
+
+/// `mknodat(dir, name, mode, rdev)`.
+pub fn mknodat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: libc::mode_t,
+    rdev: libc::dev_t,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call; the rest are integers.
+    unit(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) })
+}
+
+/// `mkdirat(dir, name, mode)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call.
+    unit(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) })
+}
+
+/// `unlinkat(dir, name, flags)` (`AT_REMOVEDIR` for a directory).
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call.
+    unit(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })
+}
+
+/// `renameat2(from_dir, from, to_dir, to, flags)` (the raw system call: `RENAME_*` flags
+/// pass through unchanged).
+pub fn renameat2(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated and outlive the call; the rest are integers.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+            flags,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `linkat(from_dir, from, to_dir, to, flags)`.
+pub fn linkat(
+    from_dir: BorrowedFd<'_>,
+    from: &CStr,
+    to_dir: BorrowedFd<'_>,
+    to: &CStr,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated and outlive the call; the rest are integers.
+    unit(unsafe {
+        libc::linkat(
+            from_dir.as_raw_fd(),
+            from.as_ptr(),
+            to_dir.as_raw_fd(),
+            to.as_ptr(),
+            flags,
+        )
+    })
+}
+
+/// `fchmodat(dir, name, mode, flags)`.
+pub fn fchmodat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: libc::mode_t,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call; the rest are integers.
+    unit(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, flags) })
+}
+
+/// `utimensat(dir, name, [atime, mtime], flags)`.
+pub fn utimensat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    times: &[libc::timespec; 2],
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; `times` points at the two timespecs the kernel reads.
+    unit(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
+}
+
+/// `fgetxattr(fd, name, buf)`: the value's length (with an empty `buf`, only the length).
+pub fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`; `name` is NUL-terminated.
+    size(unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+/// `flistxattr(fd, buf)`: the name list's length (with an empty `buf`, only the length).
+pub fn flistxattr(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    size(unsafe { libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `fsetxattr(fd, name, value, flags)`.
+pub fn fsetxattr(
+    fd: BorrowedFd<'_>,
+    name: &CStr,
+    value: &[u8],
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the kernel reads `value.len()` bytes of `value`; `name` is NUL-terminated.
+    unit(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+}
+
+/// `fremovexattr(fd, name)`.
+pub fn fremovexattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call.
+    unit(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) })
+}
+
+/// A `File` over a descriptor owned by another `File`, for the I/O traits that want
+/// `&mut File`; it never closes the descriptor and cannot outlive its owner.
+#[derive(Debug)]
+pub struct FileView<'a> {
+    /// The view; ManuallyDrop keeps it from closing the owner's descriptor.
+    file: ManuallyDrop<File>,
+    /// Ties the view to the owner's lifetime.
+    owner: PhantomData<&'a File>,
+}
+
+impl<'a> FileView<'a> {
+    /// A view of `owner`'s descriptor.
+    pub fn of(owner: &'a File) -> FileView<'a> {
+        // SAFETY: the descriptor stays open while `owner` lives, which the lifetime makes
+        // outlive the view; ManuallyDrop keeps the view from closing it.
+        let file = ManuallyDrop::new(unsafe { File::from_raw_fd(owner.as_raw_fd()) });
+        FileView {
+            file,
+            owner: PhantomData,
+        }
+    }
+}
+
+impl Deref for FileView<'_> {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
+impl DerefMut for FileView<'_> {
+    fn deref_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
 }
 
 /// `/proc/self/fd` of this process, for reopening `O_PATH` descriptors with real access
@@ -190,8 +430,8 @@ impl ProcFds {
 
     /// `(directory, name)` naming `fd` through this directory, for the `*at` calls that have
     /// no `AT_EMPTY_PATH` form (chmod, utimensat, link). `fd` must not be a symlink.
-    pub fn at(&self, fd: BorrowedFd<'_>) -> (RawFd, CString) {
-        (self.dir.as_raw_fd(), Self::name(fd))
+    pub fn at(&self, fd: BorrowedFd<'_>) -> (BorrowedFd<'_>, CString) {
+        (self.dir.as_fd(), Self::name(fd))
     }
 }
 

@@ -6,7 +6,7 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 use fuse_backend_rs::api::filesystem::{DirEntry, Entry, ROOT_ID};
 
@@ -150,15 +150,12 @@ impl SharedFs {
         let dir = self.dir(inode)?;
         let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
         let mut cursor = h.lock_position();
-        let fd = h.file().as_raw_fd();
+        let fd = h.file().as_fd();
         let mut buf = if cursor.at.take() == Some(offset) {
             std::mem::take(&mut cursor.pending)
         } else {
             cursor.pending.clear();
-            // SAFETY: lseek on a descriptor we own.
-            if unsafe { libc::lseek64(fd, off, libc::SEEK_SET) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            sys::lseek(fd, off, libc::SEEK_SET)?;
             Vec::new()
         };
         let filter = self.cfg.symlinks.hides_escaping_symlinks();
@@ -168,10 +165,7 @@ impl SharedFs {
         loop {
             if buf.is_empty() {
                 buf.resize(DIRENT_BUF, 0);
-                // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
-                let n =
-                    unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
-                let n = sys::size(n as libc::ssize_t)?;
+                let n = sys::getdents64(fd, &mut buf)?;
                 buf.truncate(n);
                 if n == 0 {
                     cursor.at = Some(delivered);

@@ -3,7 +3,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 
 use fuse_backend_rs::api::filesystem::{Context, Entry};
 
@@ -50,17 +50,8 @@ impl SharedFs {
         if !self.cfg.chown_new {
             return;
         }
-        // SAFETY: `name` is NUL-terminated; the descriptor is a live directory.
-        let r = unsafe {
-            libc::fchownat(
-                dir.fd().as_raw_fd(),
-                name.as_ptr(),
-                ctx.uid,
-                ctx.gid,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if let Err(e) = sys::unit(r) {
+        let r = sys::fchownat(dir.fd(), name, ctx.uid, ctx.gid, libc::AT_SYMLINK_NOFOLLOW);
+        if let Err(e) = r {
             tracing::debug!("cannot give {name:?} to {}:{}: {e}", ctx.uid, ctx.gid);
         }
     }
@@ -76,8 +67,7 @@ impl SharedFs {
         self.writable()?;
         self.cfg.symlinks.check_create_symlink()?;
         let dir = self.dir(parent)?;
-        // SAFETY: both strings are NUL-terminated; the descriptor is a live directory.
-        sys::unit(unsafe { libc::symlinkat(link.as_ptr(), dir.fd().as_raw_fd(), name.as_ptr()) })?;
+        sys::symlinkat(link, dir.fd(), name)?;
         self.created(ctx, &dir, name)
     }
 
@@ -101,15 +91,7 @@ impl SharedFs {
             _ => return Err(errno(libc::EPERM)),
         }
         let dir = self.dir(parent)?;
-        // SAFETY: `name` is NUL-terminated; the descriptor is a live directory.
-        sys::unit(unsafe {
-            libc::mknodat(
-                dir.fd().as_raw_fd(),
-                name.as_ptr(),
-                mode as libc::mode_t,
-                rdev.into(),
-            )
-        })?;
+        sys::mknodat(dir.fd(), name, mode as libc::mode_t, rdev.into())?;
         self.created(ctx, &dir, name)
     }
 
@@ -123,10 +105,7 @@ impl SharedFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         let dir = self.dir(parent)?;
-        // SAFETY: `name` is NUL-terminated; the descriptor is a live directory.
-        sys::unit(unsafe {
-            libc::mkdirat(dir.fd().as_raw_fd(), name.as_ptr(), mode as libc::mode_t)
-        })?;
+        sys::mkdirat(dir.fd(), name, mode as libc::mode_t)?;
         self.created(ctx, &dir, name)
     }
 
@@ -134,8 +113,7 @@ impl SharedFs {
     pub(super) fn do_remove(&self, parent: u64, name: &CStr, flags: i32) -> io::Result<()> {
         self.writable()?;
         let dir = self.dir(parent)?;
-        // SAFETY: `name` is NUL-terminated; the descriptor is a live directory.
-        sys::unit(unsafe { libc::unlinkat(dir.fd().as_raw_fd(), name.as_ptr(), flags) })
+        sys::unlinkat(dir.fd(), name, flags)
     }
 
     /// RENAME and RENAME2.
@@ -152,18 +130,7 @@ impl SharedFs {
             return Err(errno(libc::EINVAL));
         }
         let (from, to) = (self.dir(olddir)?, self.dir(newdir)?);
-        // SAFETY: both names are NUL-terminated; both descriptors are live directories.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_renameat2,
-                from.fd().as_raw_fd(),
-                oldname.as_ptr(),
-                to.fd().as_raw_fd(),
-                newname.as_ptr(),
-                flags,
-            )
-        };
-        sys::unit(r as libc::c_int)
+        sys::renameat2(from.fd(), oldname, to.fd(), newname, flags)
     }
 
     /// LINK: a new name for `inode` in `newparent`.
@@ -175,32 +142,19 @@ impl SharedFs {
         if node.is_dir() {
             return Err(errno(libc::EPERM));
         }
-        let r = if node.is_symlink() {
-            // SAFETY: empty NUL-terminated path with AT_EMPTY_PATH; live descriptors.
-            unsafe {
-                libc::linkat(
-                    node.fd().as_raw_fd(),
-                    c"".as_ptr(),
-                    dir.fd().as_raw_fd(),
-                    newname.as_ptr(),
-                    libc::AT_EMPTY_PATH,
-                )
-            }
+        if node.is_symlink() {
+            sys::linkat(node.fd(), c"", dir.fd(), newname, libc::AT_EMPTY_PATH)?;
         } else {
             // linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH; the /proc name does not.
             let (procdir, procname) = self.proc.at(node.fd());
-            // SAFETY: both names are NUL-terminated; live descriptors.
-            unsafe {
-                libc::linkat(
-                    procdir,
-                    procname.as_ptr(),
-                    dir.fd().as_raw_fd(),
-                    newname.as_ptr(),
-                    libc::AT_SYMLINK_FOLLOW,
-                )
-            }
-        };
-        sys::unit(r)?;
+            sys::linkat(
+                procdir,
+                &procname,
+                dir.fd(),
+                newname,
+                libc::AT_SYMLINK_FOLLOW,
+            )?;
+        }
         let fd = sys::open_path(dir.fd(), newname, false)?;
         self.entry(fd, false)
     }

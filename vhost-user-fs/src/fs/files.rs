@@ -5,8 +5,7 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd};
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
@@ -17,7 +16,7 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use super::{errno, SharedFs};
 use crate::policy::CacheMode;
-use crate::sys::{self, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS};
+use crate::sys::{self, FileView, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS};
 
 /// Open flags passed on from the guest; everything else (O_CREAT, O_NOFOLLOW, O_PATH,
 /// O_DIRECT, O_NOATIME, O_TMPFILE, ...) is the backend's business or refused by omission.
@@ -36,19 +35,6 @@ fn open_flags(flags: u32) -> i32 {
 /// Whether `flags` may change the file.
 fn mutating(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
-}
-
-/// A `File` view of a descriptor owned elsewhere, for the I/O traits that want `&mut File`.
-fn borrow_file(f: &File) -> ManuallyDrop<File> {
-    // SAFETY: the descriptor stays open for as long as `f` lives, which outlives the view;
-    // ManuallyDrop keeps the view from closing it.
-    ManuallyDrop::new(unsafe { File::from_raw_fd(f.as_raw_fd()) })
-}
-
-/// `ftruncate(fd, size)`.
-fn truncate(fd: BorrowedFd<'_>, size: i64) -> io::Result<()> {
-    // SAFETY: ftruncate on a live descriptor, integer arguments.
-    sys::unit(unsafe { libc::ftruncate64(fd.as_raw_fd(), size) })
 }
 
 /// Seconds and nanoseconds for utimensat, from a setattr time (or "now").
@@ -143,9 +129,7 @@ impl SharedFs {
             return Err(errno(libc::EISDIR));
         }
         if created && self.cfg.chown_new {
-            // SAFETY: fchown on a descriptor we own.
-            let r = unsafe { libc::fchown(file.as_raw_fd(), ctx.uid, ctx.gid) };
-            if let Err(e) = sys::unit(r) {
+            if let Err(e) = sys::fchown(file.as_fd(), ctx.uid, ctx.gid) {
                 tracing::debug!("cannot give {name:?} to {}:{}: {e}", ctx.uid, ctx.gid);
             }
         }
@@ -165,7 +149,7 @@ impl SharedFs {
         offset: u64,
     ) -> io::Result<usize> {
         let h = self.handles.get(handle, inode)?;
-        let mut f = borrow_file(h.file());
+        let mut f = FileView::of(h.file());
         w.write_from(&mut *f, size as usize, offset)
     }
 
@@ -179,7 +163,7 @@ impl SharedFs {
         offset: u64,
     ) -> io::Result<usize> {
         let h = self.handles.get(handle, inode)?;
-        let mut f = borrow_file(h.file());
+        let mut f = FileView::of(h.file());
         r.read_to(&mut *f, size as usize, offset)
     }
 
@@ -205,8 +189,7 @@ impl SharedFs {
         let h = self.handles.get(handle, inode)?;
         let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
         let len = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
-        // SAFETY: fallocate on a descriptor we own, integer arguments.
-        sys::unit(unsafe { libc::fallocate64(h.file().as_raw_fd(), mode as i32, off, len) })
+        sys::fallocate(h.file().as_fd(), mode as i32, off, len)
     }
 
     /// LSEEK (SEEK_DATA / SEEK_HOLE; the guest tracks plain positions itself).
@@ -220,22 +203,13 @@ impl SharedFs {
         let h = self.handles.get(handle, inode)?;
         let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
         let _pos = h.lock_position();
-        // SAFETY: lseek on a descriptor we own, integer arguments.
-        let r = unsafe { libc::lseek64(h.file().as_raw_fd(), off, whence as i32) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(r as u64)
+        sys::lseek(h.file().as_fd(), off, whence as i32)
     }
 
     /// STATFS of the file system holding `inode`.
     pub(super) fn do_statfs(&self, inode: u64) -> io::Result<statvfs64> {
         let node = self.inodes.get(inode)?;
-        let mut out = std::mem::MaybeUninit::<statvfs64>::zeroed();
-        // SAFETY: the kernel fills at most one statvfs64; fstatfs accepts O_PATH descriptors.
-        sys::unit(unsafe { libc::fstatvfs64(node.fd().as_raw_fd(), out.as_mut_ptr()) })?;
-        // SAFETY: the call succeeded (and the struct was zeroed before).
-        Ok(unsafe { out.assume_init() })
+        sys::fstatvfs(node.fd())
     }
 
     /// SETATTR: mode, owner, size and times, each only if asked.
@@ -252,8 +226,7 @@ impl SharedFs {
                 return Err(errno(libc::EOPNOTSUPP));
             }
             let (dir, name) = self.proc.at(node.fd());
-            // SAFETY: `name` is NUL-terminated; it names one of our own descriptors.
-            sys::unit(unsafe { libc::fchmodat(dir, name.as_ptr(), attr.st_mode & 0o7777, 0) })?;
+            sys::fchmodat(dir, &name, attr.st_mode & 0o7777, 0)?;
         }
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
             let uid = if valid.contains(SetattrValid::UID) {
@@ -266,16 +239,8 @@ impl SharedFs {
             } else {
                 u32::MAX
             };
-            // SAFETY: empty NUL-terminated path with AT_EMPTY_PATH on a live descriptor.
-            sys::unit(unsafe {
-                libc::fchownat(
-                    node.fd().as_raw_fd(),
-                    c"".as_ptr(),
-                    uid,
-                    gid,
-                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })?;
+            let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+            sys::fchownat(node.fd(), c"", uid, gid, flags)?;
         }
         if valid.contains(SetattrValid::SIZE) {
             if !node.is_file() {
@@ -288,10 +253,10 @@ impl SharedFs {
             let held = handle.and_then(|h| self.handles.get(h, inode).ok());
             // The guest's own handle first (it may have been opened before a chmod); a
             // read-only handle fails with EINVAL or EBADF and a writable reopen follows.
-            let via_handle = held.map(|h| truncate(h.file().as_fd(), attr.st_size));
+            let via_handle = held.map(|h| sys::ftruncate(h.file().as_fd(), attr.st_size));
             if !matches!(via_handle, Some(Ok(()))) {
                 let f = self.proc.reopen(node.fd(), libc::O_WRONLY)?;
-                truncate(f.as_fd(), attr.st_size)?;
+                sys::ftruncate(f.as_fd(), attr.st_size)?;
             }
         }
         let times = SetattrValid::ATIME | SetattrValid::MTIME;
@@ -310,23 +275,13 @@ impl SharedFs {
                     valid.contains(SetattrValid::MTIME),
                 ),
             ];
-            let r = if node.is_symlink() {
-                // SAFETY: empty path with AT_EMPTY_PATH; `ts` holds two timespecs.
-                unsafe {
-                    libc::utimensat(
-                        node.fd().as_raw_fd(),
-                        c"".as_ptr(),
-                        ts.as_ptr(),
-                        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                }
+            if node.is_symlink() {
+                let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+                sys::utimensat(node.fd(), c"", &ts, flags)?;
             } else {
                 let (dir, name) = self.proc.at(node.fd());
-                // SAFETY: `name` is NUL-terminated and names our own descriptor; `ts` holds
-                // two timespecs.
-                unsafe { libc::utimensat(dir, name.as_ptr(), ts.as_ptr(), 0) }
-            };
-            sys::unit(r)?;
+                sys::utimensat(dir, &name, &ts, 0)?;
+            }
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use fuse_backend_rs::api::filesystem::{GetxattrReply, ListxattrReply};
 
@@ -36,15 +36,7 @@ impl SharedFs {
     ) -> io::Result<GetxattrReply> {
         let fd = self.xattr_fd(inode)?;
         let mut buf = vec![0u8; size.min(XATTR_MAX) as usize];
-        // SAFETY: the kernel writes at most `buf.len()` bytes; `name` is NUL-terminated.
-        let n = sys::size(unsafe {
-            libc::fgetxattr(
-                fd.as_raw_fd(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        })?;
+        let n = sys::fgetxattr(fd.as_fd(), name, &mut buf)?;
         if size == 0 {
             return Ok(GetxattrReply::Count(n as u32));
         }
@@ -56,10 +48,7 @@ impl SharedFs {
     pub(super) fn do_listxattr(&self, inode: u64, size: u32) -> io::Result<ListxattrReply> {
         let fd = self.xattr_fd(inode)?;
         let mut buf = vec![0u8; size.min(XATTR_MAX) as usize];
-        // SAFETY: the kernel writes at most `buf.len()` bytes.
-        let n = sys::size(unsafe {
-            libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-        })?;
+        let n = sys::flistxattr(fd.as_fd(), &mut buf)?;
         if size == 0 {
             return Ok(ListxattrReply::Count(n as u32));
         }
@@ -76,22 +65,12 @@ impl SharedFs {
         flags: u32,
     ) -> io::Result<()> {
         let fd = self.xattr_fd(inode)?;
-        // SAFETY: the kernel reads `value.len()` bytes of `value`; `name` is NUL-terminated.
-        sys::unit(unsafe {
-            libc::fsetxattr(
-                fd.as_raw_fd(),
-                name.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                flags as i32,
-            )
-        })
+        sys::fsetxattr(fd.as_fd(), name, value, flags as i32)
     }
 
     /// REMOVEXATTR.
     pub(super) fn do_removexattr(&self, inode: u64, name: &CStr) -> io::Result<()> {
         let fd = self.xattr_fd(inode)?;
-        // SAFETY: `name` is NUL-terminated.
-        sys::unit(unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) })
+        sys::fremovexattr(fd.as_fd(), name)
     }
 }
