@@ -159,3 +159,116 @@ impl SharedFs {
         self.entry(fd, false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
+
+    use fuse_backend_rs::api::filesystem::{Context, FileSystem, ROOT_ID};
+
+    use super::*;
+    use crate::fs::FsConfig;
+    use crate::sys::ProcFds;
+
+    fn open_fs(dir: &Path, cfg: FsConfig) -> SharedFs {
+        let root = std::fs::File::open(dir).unwrap().into();
+        let proc = ProcFds::open(c"/proc/self/fd").unwrap();
+        SharedFs::new(root, proc, cfg).unwrap()
+    }
+
+    fn errno_of<T>(r: io::Result<T>) -> Option<i32> {
+        r.err().and_then(|e| e.raw_os_error())
+    }
+
+    /// MKDIR, SYMLINK, LINK, RENAME (plain, RENAME_NOREPLACE, RENAME_EXCHANGE; others
+    /// refused), UNLINK and RMDIR change the host directory as the guest asked.
+    #[test]
+    fn names_change_on_the_host_as_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path();
+        std::fs::write(host.join("f"), b"file").unwrap();
+        std::fs::write(host.join("g"), b"other").unwrap();
+        let fs = open_fs(host, FsConfig::default());
+        let ctx = Context::new();
+
+        let d = fs.mkdir(&ctx, ROOT_ID, c"d", 0o777, 0o022).unwrap();
+        let meta = std::fs::symlink_metadata(host.join("d")).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.mode() & 0o7777, 0o755);
+
+        fs.symlink(&ctx, c"/etc/passwd", d.inode, c"escape")
+            .unwrap();
+        let target = std::fs::read_link(host.join("d/escape")).unwrap();
+        assert_eq!(target, Path::new("/etc/passwd"));
+
+        let f = fs.lookup(&ctx, ROOT_ID, c"f").unwrap();
+        fs.link(&ctx, f.inode, d.inode, c"hard").unwrap();
+        let (a, b) = (
+            std::fs::metadata(host.join("f")).unwrap(),
+            std::fs::metadata(host.join("d/hard")).unwrap(),
+        );
+        assert_eq!((b.ino(), b.nlink()), (a.ino(), 2));
+
+        let noreplace = fs.rename(&ctx, ROOT_ID, c"f", ROOT_ID, c"g", libc::RENAME_NOREPLACE);
+        assert_eq!(errno_of(noreplace), Some(libc::EEXIST));
+        fs.rename(&ctx, ROOT_ID, c"f", ROOT_ID, c"g", libc::RENAME_EXCHANGE)
+            .unwrap();
+        assert_eq!(std::fs::read(host.join("f")).unwrap(), b"other");
+        assert_eq!(std::fs::read(host.join("g")).unwrap(), b"file");
+        let whiteout = fs.rename(&ctx, ROOT_ID, c"f", ROOT_ID, c"h", libc::RENAME_WHITEOUT);
+        assert_eq!(errno_of(whiteout), Some(libc::EINVAL));
+        fs.rename(&ctx, ROOT_ID, c"g", d.inode, c"moved", 0)
+            .unwrap();
+        assert_eq!(std::fs::read(host.join("d/moved")).unwrap(), b"file");
+        assert!(!host.join("g").exists());
+
+        assert_eq!(
+            errno_of(fs.rmdir(&ctx, ROOT_ID, c"d")),
+            Some(libc::ENOTEMPTY)
+        );
+        for name in [c"escape", c"hard", c"moved"] {
+            fs.unlink(&ctx, d.inode, name).unwrap();
+        }
+        fs.rmdir(&ctx, ROOT_ID, c"d").unwrap();
+        assert!(!host.join("d").exists());
+    }
+
+    /// As root: a hard link to a symlink is a second name of the symlink itself (never of
+    /// its target), and with `chown_new` every new entry belongs to the guest's caller.
+    #[test]
+    fn symlink_links_and_new_owners_as_root() {
+        if !sm_test_support::require(sm_test_support::is_root(), "root (linkat AT_EMPTY_PATH)") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path();
+        let cfg = FsConfig {
+            chown_new: true,
+            ..FsConfig::default()
+        };
+        let fs = open_fs(host, cfg);
+        let ctx = Context {
+            uid: 1234,
+            gid: 5678,
+            pid: 1,
+        };
+        let link = fs
+            .symlink(&ctx, c"/etc/passwd", ROOT_ID, c"escape")
+            .unwrap();
+        fs.link(&ctx, link.inode, ROOT_ID, c"second").unwrap();
+        let second = std::fs::symlink_metadata(host.join("second")).unwrap();
+        assert!(second.is_symlink());
+        assert_eq!(second.nlink(), 2);
+        let target = std::fs::read_link(host.join("second")).unwrap();
+        assert_eq!(target, Path::new("/etc/passwd"));
+
+        fs.mkdir(&ctx, ROOT_ID, c"d", 0o755, 0).unwrap();
+        let fifo = libc::S_IFIFO | 0o644;
+        fs.mknod(&ctx, ROOT_ID, c"fifo", fifo, 0, 0).unwrap();
+        for name in ["escape", "d", "fifo"] {
+            let meta = std::fs::symlink_metadata(host.join(name)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (1234, 5678), "{name}");
+        }
+    }
+}

@@ -289,6 +289,10 @@ impl SharedFs {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use fuse_backend_rs::api::filesystem::{FileSystem, ROOT_ID};
+
     use super::*;
 
     #[test]
@@ -303,5 +307,74 @@ mod tests {
             open_flags(libc::O_PATH as u32 | libc::O_TMPFILE as u32) & libc::O_ACCMODE,
             0
         );
+    }
+
+    fn open_fs(dir: &std::path::Path, cfg: crate::fs::FsConfig) -> SharedFs {
+        let root = File::open(dir).unwrap().into();
+        let proc = sys::ProcFds::open(c"/proc/self/fd").unwrap();
+        SharedFs::new(root, proc, cfg).unwrap()
+    }
+
+    /// SETATTR changes mode, owner, size and times as the host sees them; on a symlink it
+    /// changes the symlink's own times (never its target's) and refuses a mode. STATFS
+    /// reports the host file system.
+    #[test]
+    fn setattr_and_statfs_act_on_the_host() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path();
+        std::fs::write(host.join("f"), b"0123456789").unwrap();
+        std::os::unix::fs::symlink("f", host.join("l")).unwrap();
+        let fs = open_fs(host, crate::fs::FsConfig::default());
+        let ctx = Context::new();
+        let f = fs.lookup(&ctx, ROOT_ID, c"f").unwrap().inode;
+        let l = fs.lookup(&ctx, ROOT_ID, c"l").unwrap().inode;
+        let meta = |name: &str| std::fs::symlink_metadata(host.join(name)).unwrap();
+
+        let mut attr = fs.getattr(&ctx, f, None).unwrap().0;
+        attr.st_mode = 0o640;
+        fs.setattr(&ctx, f, attr, None, SetattrValid::MODE).unwrap();
+        assert_eq!(meta("f").mode() & 0o7777, 0o640);
+
+        // Root gives the file away; anyone may "give" it to themselves.
+        let (uid, gid) = if sm_test_support::is_root() {
+            (1234, 5678)
+        } else {
+            (meta("f").uid(), meta("f").gid())
+        };
+        (attr.st_uid, attr.st_gid) = (uid, gid);
+        let owner = SetattrValid::UID | SetattrValid::GID;
+        fs.setattr(&ctx, f, attr, None, owner).unwrap();
+        assert_eq!((meta("f").uid(), meta("f").gid()), (uid, gid));
+
+        attr.st_size = 3;
+        fs.setattr(&ctx, f, attr, None, SetattrValid::SIZE).unwrap();
+        assert_eq!(std::fs::read(host.join("f")).unwrap(), b"012");
+
+        (attr.st_atime, attr.st_atime_nsec) = (1_000_000_000, 5);
+        (attr.st_mtime, attr.st_mtime_nsec) = (1_100_000_000, 7);
+        let times = SetattrValid::ATIME | SetattrValid::MTIME;
+        fs.setattr(&ctx, f, attr, None, times).unwrap();
+        let m = meta("f");
+        assert_eq!((m.atime(), m.atime_nsec()), (1_000_000_000, 5));
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_100_000_000, 7));
+
+        let mut link_attr = fs.getattr(&ctx, l, None).unwrap().0;
+        (link_attr.st_mtime, link_attr.st_mtime_nsec) = (1_200_000_000, 0);
+        fs.setattr(&ctx, l, link_attr, None, SetattrValid::MTIME)
+            .unwrap();
+        assert_eq!(meta("l").mtime(), 1_200_000_000);
+        assert_eq!(meta("f").mtime(), 1_100_000_000, "the target was changed");
+        let chmod_link = fs.setattr(&ctx, l, link_attr, None, SetattrValid::MODE);
+        assert_eq!(
+            chmod_link.unwrap_err().raw_os_error(),
+            Some(libc::EOPNOTSUPP)
+        );
+
+        let now = SetattrValid::MTIME | SetattrValid::MTIME_NOW;
+        fs.setattr(&ctx, f, attr, None, now).unwrap();
+        assert!(meta("f").mtime() > 1_100_000_000);
+
+        let st = fs.statfs(&ctx, ROOT_ID).unwrap();
+        assert!(st.f_bsize > 0 && st.f_blocks > 0 && st.f_namemax > 0);
     }
 }
