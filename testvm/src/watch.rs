@@ -84,6 +84,10 @@ impl Watch<'_> {
             }
             if !started {
                 started = self.check_started()?;
+                if started {
+                    // Silence counts from the command's start: a slow boot is not a stall.
+                    vm.activity.touch();
+                }
             }
             if fsd_died.is_none() {
                 fsd_died = fsds

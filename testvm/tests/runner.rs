@@ -28,6 +28,24 @@ fn a_silent_command_is_stopped_as_a_stall() {
 }
 
 #[test]
+fn the_boot_does_not_count_as_silence() {
+    // The test VM boots in about 4 s, longer than this stall timeout: silence is counted
+    // from the command's start, so the command still runs and prints before the stall.
+    let out = Command::new(sm_testvm())
+        .args(["--cpus", "1", "--stall-timeout", "2", "--"])
+        .args(["sh", "-c", "echo before; sleep 600"])
+        .output()
+        .expect("running sm-testvm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(124), "stderr: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "before\n",
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
 fn output_keeps_a_slow_command_alive() {
     let out = Command::new(sm_testvm())
         .args(["--cpus", "1", "--stall-timeout", "8", "--"])
