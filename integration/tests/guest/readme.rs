@@ -9,6 +9,7 @@ pub mod parse;
 
 use crate::common::*;
 use parse::CommandLine;
+use sm_test_support::process::{signal_and_wait, wait_listening};
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -416,26 +417,21 @@ impl Place {
     fn start_server(&mut self, line: &CommandLine, socket: &str) {
         self.stop_servers();
         let log = self.dir.path().join(format!("server-{}.log", line.line));
-        let child = self
+        let mut child = self
             .shell(&format!("exec {}", line.command))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        wait_listening(
+            &mut child,
+            &format!("README.md:{}: {:?}", line.line, line.command),
+            Path::new(socket),
+            Duration::from_secs(30),
+            || true,
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
         self.servers.push((socket.to_string(), child));
-        let start = Instant::now();
-        while !Path::new(socket).exists() {
-            let (_, child) = self.servers.last_mut().unwrap();
-            let exited = child.try_wait().unwrap();
-            assert!(
-                exited.is_none() && start.elapsed() < Duration::from_secs(30),
-                "README.md:{}: {:?} never created {socket} ({exited:?}): {}",
-                line.line,
-                line.command,
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Stops the servers the examples left running (SIGTERM, then SIGKILL after 10 s).
@@ -459,17 +455,7 @@ impl Drop for Place {
 }
 
 fn stop(mut child: Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(10));
 }
 
 /// An OCI layout at `dir` with one image tagged `tag`: the host's static busybox, whose
