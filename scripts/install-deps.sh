@@ -30,6 +30,14 @@ fi
 if ! command -v virtiofsd >/dev/null || ! virtiofsd --version 2>/dev/null | grep -q '1\.14\.'; then
   cargo install virtiofsd --version 1.14.0 --locked --root /usr/local
 fi
+# pjdfstest (the Rust port of the POSIX file system test suite) runs inside guests, whose
+# userland is busybox without glibc: linked statically, kept off PATH (a static glibc's NSS
+# cannot read this host's user database, so it is for guests only).
+pjdfstest=/usr/local/lib/pjdfstest-static
+if ! "$pjdfstest/bin/pjdfstest" --version 2>/dev/null | grep -q '0\.2\.2'; then
+  RUSTFLAGS='-C target-feature=+crt-static' cargo install pjdfstest --version 0.2.2 --locked \
+    --target x86_64-unknown-linux-gnu --root "$pjdfstest"
+fi
 # rust-vmm's vhost-user vsock backend: the host end of the guest agent's vsock.
 if ! command -v vhost-device-vsock >/dev/null; then
   cargo install vhost-device-vsock --version 0.3.0 --locked --root /usr/local

@@ -8,5 +8,6 @@ mod boot;
 mod common;
 mod fs;
 mod image;
+mod pjdfstest;
 mod readme;
 mod run;
