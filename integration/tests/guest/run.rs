@@ -134,6 +134,61 @@ fn mounts_and_volumes_reach_the_host_and_persist() {
 }
 
 #[test]
+fn mount_symlink_policies_hold_through_sm_run() {
+    let runtime = tempfile::tempdir().unwrap();
+    let share = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret"), "outside the share\n").unwrap();
+    std::os::unix::fs::symlink(outside.path(), share.path().join("cache")).unwrap();
+
+    // follow: a host symlink out of the share (a cache, a toolchain) shows its target,
+    // read-only: the sandboxed backend sees the host tree but writes only in the share.
+    let mount = format!("{}:/w:symlinks=follow", share.path().display());
+    let mut cmd = sm(runtime.path());
+    cmd.args(["run", "--mount", &mount, "--", "sh", "-c"]).arg(
+        "cat /w/cache/secret; ls /w/cache; \
+         if echo x > /w/cache/new; then echo WROTE; else echo refused; fi; \
+         echo in-share > /w/mine && cat /w/mine",
+    );
+    let out = run_sm(&mut cmd, runtime.path());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "outside the share\nsecret\nrefused\nin-share\n"
+    );
+    assert!(
+        !outside.path().join("new").exists(),
+        "a write left the share"
+    );
+    assert_nothing_left(runtime.path());
+
+    // opaque (the default): every symlink is visible as one and keeps its bytes, whatever
+    // its target; the backend never follows one, so the guest resolves it in its own tree.
+    let mount = format!("{}:/w", share.path().display());
+    let mut cmd = sm(runtime.path());
+    cmd.args(["run", "--mount", &mount, "--", "sh", "-c"]).arg(
+        "ln -s /etc/passwd /w/escape && readlink /w/escape && test -L /w/escape && \
+         mkdir -p /w/venv/bin && ln -s /bin/busybox /w/venv/bin/true && \
+         /w/venv/bin/true && echo runs && readlink /w/cache && \
+         if cat /w/cache/secret 2>/dev/null; then echo FOLLOWED; else echo not-followed; fi",
+    );
+    let out = run_sm(&mut cmd, runtime.path());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "/etc/passwd\nruns\n{}\nnot-followed\n",
+            outside.path().display()
+        )
+    );
+    assert_eq!(
+        std::fs::read_link(share.path().join("escape")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_nothing_left(runtime.path());
+}
+
+#[test]
 fn a_published_port_serves_curl_and_ctrl_c_cleans_up() {
     let runtime = tempfile::tempdir().unwrap();
     let site = tempfile::tempdir().unwrap();
