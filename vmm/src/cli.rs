@@ -48,6 +48,10 @@ pub struct VmmArgs {
     /// Show the kernel boot log and sm-init's messages on stderr.
     #[arg(long)]
     pub verbose: bool,
+    /// Serve the control API (HTTP/1.1, JSON) on this Unix socket: GET /vm, PUT /vm/pause,
+    /// /vm/resume, /vm/shutdown.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
     /// The command to run in the guest.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -111,6 +115,7 @@ impl VmmArgs {
             vsock_socket: None,
             cid: None,
             verbose: false,
+            api_socket: None,
             command: vec![],
         }
     }
@@ -153,6 +158,7 @@ impl CommandLine for VmmArgs {
             vsock_socket,
             cid,
             verbose,
+            api_socket,
             command,
         } = self;
         let fs = fs_socket.iter().map(|f| {
@@ -172,6 +178,7 @@ impl CommandLine for VmmArgs {
             .option("vsock_socket", vsock_socket.as_ref())
             .option("cid", cid.map(|c| c.to_string()))
             .switch("verbose", *verbose)
+            .option("api_socket", api_socket.as_ref())
             .trailing(command)
             .finish()
     }
@@ -197,6 +204,7 @@ mod tests {
         a.vsock_socket = Some("/r/vsock.sock".into());
         a.cid = Some(3);
         a.verbose = true;
+        a.api_socket = Some("/r/api 1.sock".into());
         a.command = vec!["sh".into(), "-c".into(), "exit 3".into(), "--".into()];
         sm_launch::assert_round_trip(&a);
     }

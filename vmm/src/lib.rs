@@ -8,6 +8,7 @@
 //! window) become guest-physical windows above RAM that the backend fills with file mappings.
 
 pub mod acpi;
+pub mod api;
 pub mod boot;
 pub mod cli;
 pub mod config;

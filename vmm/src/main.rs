@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use sm_vmm::api::ApiSocket;
 use sm_vmm::cli::VmmArgs;
 use sm_vmm::config;
 use sm_vmm::devices::GuestStop;
@@ -15,12 +16,20 @@ fn main() -> ExitCode {
     };
     sm_launch::init_logging("error");
     let interactive = args.command.is_empty();
+    let api_socket = args.api_socket.clone();
     let config = args.into_config();
     if let Err(e) = config.validate(config::host_mem_mib()) {
         eprintln!("sm-vmm: {e}");
         return ExitCode::from(2);
     }
-    match vm::run(&config) {
+    let api = match api_socket.as_deref().map(ApiSocket::bind).transpose() {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("sm-vmm: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match vm::run(&config, api) {
         Ok(VmOutcome::Stopped {
             status: Some(s), ..
         }) => ExitCode::from(s),

@@ -1,11 +1,15 @@
 //! vCPU set-up (CPUID, MSRs, LAPIC, and for the boot vCPU the 64-bit register state the
 //! Linux boot protocol expects) and the run loop that dispatches port I/O exits.
 
+use std::cell::Cell;
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_run, kvm_segment, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vmm_sys_util::signal::Killable;
 
 use crate::boot::BOOT_GDT;
 use crate::devices::{GuestStop, MmioBus, PioBus};
@@ -29,6 +33,150 @@ pub enum VcpuEvent {
     Stop(GuestStop),
     /// The vCPU failed.
     Error(VcpuError),
+}
+
+/// Why the vCPUs could not be paused or resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    /// A pause of a paused VM.
+    #[error("the VM is already paused")]
+    AlreadyPaused,
+    /// A resume of a running VM.
+    #[error("the VM is not paused")]
+    NotPaused,
+    /// Some vCPU did not leave KVM_RUN in time; the VM keeps running.
+    #[error("only {parked} of {running} vCPUs stopped within 5 s; the VM keeps running")]
+    Timeout {
+        /// vCPUs that did stop.
+        parked: usize,
+        /// vCPUs still running guest code.
+        running: usize,
+    },
+}
+
+/// How long a pause waits for every vCPU to leave KVM_RUN.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// This thread's vCPU `kvm_run` area, for the kick signal's handler (null outside
+    /// [`Vcpu::run`]).
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The real-time signal that kicks a vCPU thread out of KVM_RUN, as Firecracker does.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+/// Sets `immediate_exit` on this thread's vCPU, so KVM_RUN returns EINTR now or, if the
+/// signal came just before KVM_RUN, as soon as it is entered.
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: `run` is this thread's own vCPU mapping, set by `Vcpu::run` while it owns
+        // the `VcpuFd` that keeps it mapped and cleared before the fd can go; one byte write.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
+
+/// Installs the handler of the signal that kicks vCPUs (once, before any pause).
+pub fn install_kick_handler() -> Result<(), std::io::Error> {
+    // SAFETY: a zeroed sigaction is a valid empty one; the handler only writes one byte
+    // through a thread-local pointer, which is async-signal-safe. SA_RESTART keeps other
+    // blocking calls of a vCPU thread (vhost-user messages) from failing with EINTR; KVM_RUN
+    // still returns EINTR.
+    let ok = unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = handle_kick as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        libc::sigaction(kick_signal(), &act, std::ptr::null_mut())
+    };
+    if ok == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Pauses and resumes the vCPU threads: a paused vCPU waits outside KVM_RUN until resumed.
+#[derive(Debug, Default)]
+pub struct VcpuPause {
+    state: Mutex<PauseState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PauseState {
+    paused: bool,
+    parked: usize,
+}
+
+impl VcpuPause {
+    /// Whether a pause is in effect.
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PauseState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Kicks every vCPU thread out of KVM_RUN and returns once all that still run are parked.
+    pub fn pause(&self, threads: &[JoinHandle<()>]) -> Result<(), PauseError> {
+        let mut state = self.lock();
+        if state.paused {
+            return Err(PauseError::AlreadyPaused);
+        }
+        state.paused = true;
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        loop {
+            let running = threads.iter().filter(|t| !t.is_finished()).count();
+            if state.parked >= running {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let parked = state.parked;
+                state.paused = false;
+                self.changed.notify_all();
+                return Err(PauseError::Timeout { parked, running });
+            }
+            // Kicked again each round: a thread still starting has no kvm_run to mark yet.
+            for t in threads {
+                let _ = t.kill(kick_signal());
+            }
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Lets the parked vCPUs run again.
+    pub fn resume(&self) -> Result<(), PauseError> {
+        let mut state = self.lock();
+        if !state.paused {
+            return Err(PauseError::NotPaused);
+        }
+        state.paused = false;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Called by a vCPU thread outside KVM_RUN: waits while a pause is in effect.
+    fn park_while_paused(&self) {
+        let mut state = self.lock();
+        if !state.paused {
+            return;
+        }
+        state.parked += 1;
+        self.changed.notify_all();
+        while state.paused {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.parked -= 1;
+    }
 }
 
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
@@ -200,8 +348,16 @@ impl Vcpu {
         self.fd.set_regs(&regs).map_err(err("KVM_SET_REGS"))
     }
 
-    /// Runs the vCPU until the guest stops or KVM fails, then reports why on `events`.
-    pub fn run(mut self, bus: Arc<PioBus>, mmio: Arc<MmioBus>, events: Sender<VcpuEvent>) {
+    /// Runs the vCPU until the guest stops or KVM fails, then reports why on `events`;
+    /// parks it while `pause` says so.
+    pub fn run(
+        mut self,
+        bus: Arc<PioBus>,
+        mmio: Arc<MmioBus>,
+        events: Sender<VcpuEvent>,
+        pause: Arc<VcpuPause>,
+    ) {
+        KVM_RUN.with(|run| run.set(self.fd.get_kvm_run()));
         let event = loop {
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => bus.read(port, data),
@@ -233,10 +389,14 @@ impl Vcpu {
                     ))
                 }
                 Ok(other) => tracing::debug!("vCPU {}: ignoring exit {other:?}", self.id),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    pause.park_while_paused();
+                }
                 Err(e) => break VcpuEvent::Error(VcpuError::Kvm(self.id, "KVM_RUN", e)),
             }
         };
+        KVM_RUN.with(|run| run.set(std::ptr::null_mut()));
         let _ = events.send(event);
     }
 }

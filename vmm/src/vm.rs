@@ -16,6 +16,7 @@ use vm_memory::{GuestMemory, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::{self, AcpiError};
+use crate::api::{Answer, ApiCall, ApiSocket, Request, VmState, VmStatus};
 use crate::boot::{self, BootError};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
@@ -26,7 +27,7 @@ use crate::initcfg::{InitConfig, InitConfigError};
 use crate::kvm::{self, KvmError};
 use crate::layout::*;
 use crate::memory::{ram_end, GuestRam, MemoryError};
-use crate::vcpu::{Vcpu, VcpuError, VcpuEvent};
+use crate::vcpu::{self, Vcpu, VcpuError, VcpuEvent, VcpuPause};
 use crate::vhost_user::{DeviceConfig, DeviceKind, VhostUserDevice, VhostUserError, SHMEM_ALIGN};
 
 /// Where the identity-map page and TSS go (Intel needs them below 4 GiB, outside RAM).
@@ -104,6 +105,7 @@ enum Event {
     Vcpu(VcpuEvent),
     Signal(i32),
     Quit,
+    Api(ApiCall),
 }
 
 fn create_vm(kvm: &kvm_ioctls::Kvm, ram: &GuestRam) -> Result<VmFd, VmError> {
@@ -293,8 +295,10 @@ fn check_cid(device: &VhostUserDevice, wanted: Option<u64>) -> Result<(), VmErro
 }
 
 /// Boots the VM described by `config` and runs it until the guest stops, a vCPU fails, a
-/// signal (SIGINT, SIGTERM, SIGHUP) arrives, or the user quits the console.
-pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
+/// signal (SIGINT, SIGTERM, SIGHUP) arrives, the user quits the console, or the control API
+/// (served on `api`, whose file is removed on return) shuts it down.
+pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmError> {
+    let started = std::time::Instant::now();
     let init = InitConfig {
         argv: config.command.clone(),
         env: config.env.clone(),
@@ -337,12 +341,16 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
 
     let (tx, rx) = mpsc::channel::<Event>();
     let (vcpu_tx, vcpu_rx) = mpsc::channel::<VcpuEvent>();
+    vcpu::install_kick_handler().map_err(|e| VmError::Host("sigaction", e))?;
+    let pause = Arc::new(VcpuPause::default());
+    let mut vcpu_threads = Vec::new();
     for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let (bus, mmio, tx) = (bus.clone(), mmio.clone(), vcpu_tx.clone());
-        std::thread::Builder::new()
+        let (bus, mmio, tx, pause) = (bus.clone(), mmio.clone(), vcpu_tx.clone(), pause.clone());
+        let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu.run(bus, mmio, tx))
+            .spawn(move || vcpu.run(bus, mmio, tx, pause))
             .map_err(|e| VmError::Host("spawning a vCPU thread", e))?;
+        vcpu_threads.push(thread);
     }
     let fwd = tx.clone();
     std::thread::spawn(move || {
@@ -371,14 +379,52 @@ pub fn run(config: &VmConfig) -> Result<VmOutcome, VmError> {
         })
     });
 
-    let outcome = match rx.recv() {
-        Ok(Event::Vcpu(VcpuEvent::Stop(stop))) => VmOutcome::Stopped {
-            stop,
-            status: bus.exit_status(),
-        },
-        Ok(Event::Vcpu(VcpuEvent::Error(e))) => return Err(e.into()),
-        Ok(Event::Signal(sig)) => VmOutcome::Signalled(sig),
-        Ok(Event::Quit) | Err(_) => VmOutcome::Quit,
+    let api_tx = tx.clone();
+    let _api_file = api
+        .map(|api| api.serve(move |call| drop(api_tx.send(Event::Api(call)))))
+        .transpose()
+        .map_err(|e| VmError::Host("spawning the API thread", e))?;
+
+    let outcome = loop {
+        match rx.recv() {
+            Ok(Event::Vcpu(VcpuEvent::Stop(stop))) => {
+                break VmOutcome::Stopped {
+                    stop,
+                    status: bus.exit_status(),
+                }
+            }
+            Ok(Event::Vcpu(VcpuEvent::Error(e))) => return Err(e.into()),
+            Ok(Event::Signal(sig)) => break VmOutcome::Signalled(sig),
+            Ok(Event::Quit) | Err(_) => break VmOutcome::Quit,
+            // Like a power-off: the command's status if sm-init reported one, else success.
+            Ok(Event::Api(ApiCall {
+                request: Request::Shutdown,
+                ..
+            })) => {
+                break VmOutcome::Stopped {
+                    stop: GuestStop::PowerOff,
+                    status: bus.exit_status(),
+                }
+            }
+            Ok(Event::Api(call)) => {
+                let answer = match call.request {
+                    Request::Pause => pause.pause(&vcpu_threads).map(|()| Answer::Done),
+                    Request::Resume => pause.resume().map(|()| Answer::Done),
+                    _ => Ok(Answer::Status(VmStatus {
+                        state: if pause.is_paused() {
+                            VmState::Paused
+                        } else {
+                            VmState::Running
+                        },
+                        vcpus: config.vcpus,
+                        memory_mib: config.mem_mib,
+                        uptime_ms: started.elapsed().as_millis() as u64,
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                    })),
+                };
+                let _ = call.reply.send(answer.map_err(Into::into));
+            }
+        }
     };
     // Guest RAM and the VM are released when the process exits; the vCPU threads are
     // blocked in KVM_RUN or on the bus and need no orderly join for that.
