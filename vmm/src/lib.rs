@@ -18,6 +18,7 @@ pub mod initcfg;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod persist;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;
