@@ -7,8 +7,8 @@ use std::path::Path;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use sm_vmm::persist::{
-    finish_pending_exit, restore_vcpu, restore_vm, save_vcpu, save_vm, KvmSnapshot, PersistError,
-    VcpuSaveContext, SNAPSHOT_FORMAT_VERSION,
+    finish_pending_exit, restore_vcpu, restore_vm, save_vcpu, save_vm, ClockRestore, KvmSnapshot,
+    PersistError, VcpuSaveContext, SNAPSHOT_FORMAT_VERSION,
 };
 
 /// Guest memory size: 64 KiB, all real mode needs here.
@@ -167,6 +167,13 @@ fn restored_guest_continues_with_the_next_count() {
         "IA32_TSC is among the MSRs saved: {:x?}",
         ctx.msrs
     );
+    if let Some(pos) = ctx.msrs.iter().position(|&i| i == 0x6e0) {
+        assert_eq!(
+            pos,
+            ctx.msrs.len() - 1,
+            "IA32_TSC_DEADLINE is restored last"
+        );
+    }
     let vcpu_state = save_vcpu(&source.vcpu, &ctx).expect("save vCPU state");
     let vm_state = save_vm(&source.vm).expect("save VM state");
     assert_eq!(vcpu_state.regs.rax, 5, "saved RAX holds the last count");
@@ -176,7 +183,7 @@ fn restored_guest_continues_with_the_next_count() {
     // A fresh VM with the same memory and the state read back from bytes.
     let snapshot = KvmSnapshot::from_bytes(&bytes).expect("read KVM state back");
     let mut clone = Guest::new(&kvm, &memory);
-    restore_vm(&clone.vm, &snapshot.vm).expect("restore VM state");
+    restore_vm(&clone.vm, &snapshot.vm, ClockRestore::Paused).expect("restore VM state");
     restore_vcpu(&clone.vcpu, &snapshot.vcpus[0]).expect("restore vCPU state");
 
     // Everything the vCPU holds reads back as saved (the TSC and kvmclock move on by design).
@@ -244,4 +251,72 @@ fn state_of_another_format_version_is_refused() {
 
     let err = KvmSnapshot::from_bytes(b"{\"vm\": 1").unwrap_err();
     assert!(matches!(err, PersistError::Decode(_)), "{err:?}");
+}
+
+#[test]
+fn restore_scales_a_different_tsc_or_says_it_cannot() {
+    let Some(kvm) = kvm_or_skip() else { return };
+    let mut source = counting_guest(&kvm, 3);
+    finish_pending_exit(&mut source.vcpu).unwrap();
+    let ctx = VcpuSaveContext::new(&kvm, &source.vm).unwrap();
+    let mut state = save_vcpu(&source.vcpu, &ctx).unwrap();
+    let Some(host_khz) = state.tsc_khz else {
+        sm_test_support::skip_or_fail("KVM_GET_TSC_KHZ (this KVM cannot report the TSC rate)");
+        return;
+    };
+    // As if saved on a host whose TSC runs 10% slower: KVM without TSC scaling can only emulate
+    // a faster TSC (by catching up), never a slower one.
+    let saved_khz = host_khz - host_khz / 10;
+    state.tsc_khz = Some(saved_khz);
+    let clone = Guest::new(&kvm, &source.memory());
+    let result = restore_vcpu(&clone.vcpu, &state);
+    if kvm.check_extension(Cap::TscControl) {
+        result.expect("KVM with TSC scaling restores a slower TSC");
+        assert_eq!(
+            clone.vcpu.get_tsc_khz().unwrap(),
+            saved_khz,
+            "guest TSC rate"
+        );
+    } else {
+        // PVM has no KVM_CAP_TSC_CONTROL: the restore must refuse, not run the guest's clock
+        // at the wrong pace.
+        eprintln!("this KVM lacks KVM_CAP_TSC_CONTROL: checking the refusal instead");
+        let err = result.expect_err("a TSC rate this KVM cannot scale to is refused");
+        assert!(matches!(err, PersistError::TscScaling { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains(&format!("{saved_khz} kHz")), "{message}");
+        assert!(!message.contains('\n'), "one line: {message}");
+    }
+}
+
+#[test]
+fn realtime_restore_advances_the_guest_clock_by_the_time_since_the_save() {
+    let Some(kvm) = kvm_or_skip() else { return };
+    let source = counting_guest(&kvm, 1);
+    let state = save_vm(&source.vm).unwrap();
+    if state.clock.flags & kvm_bindings::KVM_CLOCK_REALTIME == 0 {
+        sm_test_support::skip_or_fail("KVM_CLOCK_REALTIME in KVM_GET_CLOCK (kernel before 5.16)");
+        return;
+    }
+    let gap = std::time::Duration::from_millis(300);
+    std::thread::sleep(gap);
+
+    let paused = Guest::new(&kvm, &source.memory());
+    restore_vm(&paused.vm, &state, ClockRestore::Paused).unwrap();
+    let paused_ns = paused.vm.get_clock().unwrap().clock - state.clock.clock;
+    let realtime = Guest::new(&kvm, &source.memory());
+    restore_vm(&realtime.vm, &state, ClockRestore::Realtime).unwrap();
+    let realtime_ns = realtime.vm.get_clock().unwrap().clock - state.clock.clock;
+
+    let gap_ns = gap.as_nanos() as u64;
+    assert!(paused_ns < gap_ns / 2, "paused clock moved {paused_ns} ns");
+    assert!(
+        realtime_ns >= gap_ns,
+        "realtime clock moved only {realtime_ns} ns over a {gap_ns} ns gap"
+    );
+
+    let mut no_realtime = state.clone();
+    no_realtime.clock.flags &= !kvm_bindings::KVM_CLOCK_REALTIME;
+    let err = restore_vm(&realtime.vm, &no_realtime, ClockRestore::Realtime).unwrap_err();
+    assert!(matches!(err, PersistError::NoRealtimeClock), "{err:?}");
 }

@@ -21,6 +21,8 @@
 //!   whether to arm the deadline timer from the TSC it sees), VCPU_EVENTS last (it restores the
 //!   pending exception REGS cleared); finally `KVM_KVMCLOCK_CTRL` tells a kvmclock guest it was
 //!   paused, so its soft-lockup watchdog does not fire.
+//! - The kvmclock resumes either from the saved value or advanced by the wall-clock time since
+//!   the save ([`ClockRestore`]), so a restored guest's clock is right.
 //! - The VM state is restored before any vCPU's; VCPU_EVENTS must only be read or written while
 //!   no other vCPU of the VM runs.
 //!
@@ -35,7 +37,7 @@ use serde::{Deserialize, Serialize};
 pub use vcpu::{
     finish_pending_exit, msrs_to_save, restore_vcpu, save_vcpu, VcpuSaveContext, VcpuState,
 };
-pub use vm::{restore_vm, save_vm, VmState};
+pub use vm::{restore_vm, save_vm, ClockRestore, VmState};
 
 /// Version of the serialized KVM state; bumped whenever a field changes meaning or layout.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -84,6 +86,9 @@ pub enum PersistError {
         "KVM_RUN ran the guest although immediate_exit was set, so its state is not quiescent"
     )]
     RanGuest,
+    /// A realtime clock restore was asked of state saved without `KVM_CLOCK_REALTIME`.
+    #[error("the saved kvmclock carries no host wall-clock time (KVM_CLOCK_REALTIME), so it cannot be advanced by the time since the snapshot")]
+    NoRealtimeClock,
     /// A field has an impossible shape (the file was altered or truncated).
     #[error("KVM state is malformed: {0}")]
     Malformed(&'static str),

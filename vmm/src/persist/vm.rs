@@ -1,8 +1,8 @@
 //! Per-VM KVM state: the in-kernel PIT, the kvmclock and the irqchips.
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_irqchip, kvm_pit_state2, KVM_CLOCK_REALTIME, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
@@ -45,14 +45,29 @@ pub fn save_vm(vm: &VmFd) -> Result<VmState, PersistError> {
     })
 }
 
+/// How the guest's kvmclock resumes after a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockRestore {
+    /// From the saved value, as if the VM had only been paused (the guest sees no gap).
+    Paused,
+    /// Advanced by the host wall-clock time since the save (`KVM_CLOCK_REALTIME`), so guest
+    /// time is right after a restore; needs the flag in the saved clock.
+    Realtime,
+}
+
 /// Writes `state` into `vm`, which must already have its irqchip and PIT2 created, before any of
 /// its vCPUs is restored.
-pub fn restore_vm(vm: &VmFd, state: &VmState) -> Result<(), PersistError> {
+pub fn restore_vm(vm: &VmFd, state: &VmState, clock: ClockRestore) -> Result<(), PersistError> {
     vm.set_pit2(&state.pit).map_err(ioctl("KVM_SET_PIT2"))?;
-    // KVM_SET_CLOCK accepts no flags it reported on GET (TSC_STABLE, HOST_TSC); with none set,
-    // guest time resumes from the saved value, as if the VM had been paused.
+    // KVM_SET_CLOCK takes only KVM_CLOCK_REALTIME of the flags GET reports (TSC_STABLE and
+    // HOST_TSC are informational).
+    let flags = match clock {
+        ClockRestore::Paused => 0,
+        ClockRestore::Realtime if state.clock.flags & KVM_CLOCK_REALTIME != 0 => KVM_CLOCK_REALTIME,
+        ClockRestore::Realtime => return Err(PersistError::NoRealtimeClock),
+    };
     let clock = kvm_clock_data {
-        flags: 0,
+        flags,
         ..state.clock
     };
     vm.set_clock(&clock).map_err(ioctl("KVM_SET_CLOCK"))?;
