@@ -10,6 +10,8 @@
 //! filtered to architectural state, read in chunks of at most 256) and VCPU_EVENTS.
 //!
 //! **In which order, and why** (the order Firecracker ships and tests):
+//! - before saving, each paused vCPU finishes the exit it stopped at ([`finish_pending_exit`]):
+//!   KVM completes a port or MMIO read only on the next `KVM_RUN`.
 //! - save: MP_STATE first, because `KVM_GET_MP_STATE` lets the LAPIC accept pending INIT/SIPI
 //!   events and so changes other state; then REGS, SREGS, XSAVE, XCRS, DEBUGREGS, LAPIC, TSC
 //!   frequency, CPUID, MSRs; VCPU_EVENTS last, since the other GETs may still change what is
@@ -18,7 +20,8 @@
 //!   MP_STATE, REGS (which drops a pending exception), SREGS (which sets the APIC base the LAPIC
 //!   needs), XSAVE, XCRS, DEBUGREGS, LAPIC (before the MSRs: the TSC-deadline MSR only sticks with
 //!   the LAPIC in place), the MSRs with IA32_TSC_DEADLINE in a chunk after IA32_TSC (KVM decides
-//!   whether to arm the deadline timer from the TSC it sees), VCPU_EVENTS last (it restores the
+//!   whether to arm the deadline timer from the TSC it sees; a zero deadline is restored as the
+//!   saved TSC so a tick lost at the save still comes), VCPU_EVENTS last (it restores the
 //!   pending exception REGS cleared); finally `KVM_KVMCLOCK_CTRL` tells a kvmclock guest it was
 //!   paused, so its soft-lockup watchdog does not fire.
 //! - The kvmclock resumes either from the saved value or advanced by the wall-clock time since

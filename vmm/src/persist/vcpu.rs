@@ -326,10 +326,31 @@ fn get_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, PersistE
     Ok(out)
 }
 
-/// Writes MSRs in their saved order, IA32_TSC_DEADLINE in a chunk of its own after the rest.
-fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), PersistError> {
-    let (deferred, first): (Vec<kvm_msr_entry>, Vec<kvm_msr_entry>) = entries
+/// The MSRs to write on restore: as saved, except that a zero IA32_TSC_DEADLINE becomes the saved
+/// IA32_TSC. Firecracker saw snapshots taken just as the deadline fired, with the MSR cleared but
+/// the interrupt not yet delivered: restored as zero, that vCPU never gets another timer tick. A
+/// deadline already reached fires once at once, which a guest takes as an early tick; KVM ignores
+/// it unless the LAPIC timer is in TSC-deadline mode.
+fn msrs_for_restore(saved: &[kvm_msr_entry]) -> Vec<kvm_msr_entry> {
+    let tsc = saved
         .iter()
+        .find(|e| e.index == MSR_IA32_TSC)
+        .map(|e| e.data);
+    saved
+        .iter()
+        .map(|&e| match tsc {
+            Some(tsc) if e.index == MSR_IA32_TSC_DEADLINE && e.data == 0 => {
+                kvm_msr_entry { data: tsc, ..e }
+            }
+            _ => e,
+        })
+        .collect()
+}
+
+/// Writes MSRs in their saved order, IA32_TSC_DEADLINE in a chunk of its own after the rest.
+fn set_msrs(fd: &VcpuFd, saved: &[kvm_msr_entry]) -> Result<(), PersistError> {
+    let (deferred, first): (Vec<kvm_msr_entry>, Vec<kvm_msr_entry>) = msrs_for_restore(saved)
+        .into_iter()
         .partition(|e| e.index == MSR_IA32_TSC_DEADLINE);
     for chunk in first
         .chunks(KVM_MAX_MSR_ENTRIES)
@@ -355,6 +376,23 @@ fn set_msrs(fd: &VcpuFd, entries: &[kvm_msr_entry]) -> Result<(), PersistError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn msr(index: u32, data: u64) -> kvm_msr_entry {
+        kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cleared_tsc_deadline_is_restored_as_the_saved_tsc() {
+        let restored = msrs_for_restore(&[msr(0x10, 1234), msr(0x174, 8), msr(0x6e0, 0)]);
+        assert_eq!(restored[2].data, 1234);
+        assert_eq!(restored[1].data, 8);
+        let armed = msrs_for_restore(&[msr(0x10, 1234), msr(0x6e0, 5000)]);
+        assert_eq!(armed[1].data, 5000, "an armed deadline is kept");
+    }
 
     #[test]
     fn filter_keeps_architectural_msrs_and_drops_capability_ones() {
