@@ -105,8 +105,17 @@ impl Drop for Guest {
 
 /// A booted counting guest, after `exits` port writes.
 fn counting_guest(kvm: &Kvm, exits: u16) -> Guest {
+    let mut guest = real_mode_guest(kvm, &GUEST_CODE);
+    for n in 1..=exits {
+        assert_eq!(guest.next_count(), n, "guest counts from 1");
+    }
+    guest
+}
+
+/// A guest about to run the 16-bit `code` at CODE_ADDR.
+fn real_mode_guest(kvm: &Kvm, code: &[u8]) -> Guest {
     let mut image = vec![0u8; MEM_SIZE];
-    image[CODE_ADDR..CODE_ADDR + GUEST_CODE.len()].copy_from_slice(&GUEST_CODE);
+    image[CODE_ADDR..CODE_ADDR + code.len()].copy_from_slice(code);
     let mut guest = Guest::new(kvm, &image);
     let mut sregs = guest.vcpu.get_sregs().unwrap();
     sregs.cs.base = 0;
@@ -118,9 +127,6 @@ fn counting_guest(kvm: &Kvm, exits: u16) -> Guest {
     regs.rax = 0;
     regs.rbx = 0;
     guest.vcpu.set_regs(&regs).unwrap();
-    for n in 1..=exits {
-        assert_eq!(guest.next_count(), n, "guest counts from 1");
-    }
     guest
 }
 
@@ -319,4 +325,38 @@ fn realtime_restore_advances_the_guest_clock_by_the_time_since_the_save() {
     no_realtime.clock.flags &= !kvm_bindings::KVM_CLOCK_REALTIME;
     let err = restore_vm(&realtime.vm, &no_realtime, ClockRestore::Realtime).unwrap_err();
     assert!(matches!(err, PersistError::NoRealtimeClock), "{err:?}");
+}
+
+#[test]
+fn a_port_read_answered_before_the_save_reaches_the_restored_guest() {
+    let Some(kvm) = kvm_or_skip() else { return };
+    // `in ax, 0x11; out 0x10, ax; hlt`
+    let mut source = real_mode_guest(&kvm, &[0xe5, 0x11, 0xe7, 0x10, 0xf4]);
+    match source.vcpu.run().expect("KVM_RUN") {
+        VcpuExit::IoIn(0x11, data) => data.copy_from_slice(&0xbeef_u16.to_le_bytes()),
+        other => panic!("unexpected vCPU exit {other:?}"),
+    }
+    // KVM puts the answer into AX only when it completes the IN, on the next KVM_RUN.
+    finish_pending_exit(&mut source.vcpu).expect("finish the port read");
+    let ctx = VcpuSaveContext::new(&kvm, &source.vm).unwrap();
+    let state = save_vcpu(&source.vcpu, &ctx).unwrap();
+    assert_eq!(
+        state.regs.rax & 0xffff,
+        0xbeef,
+        "AX holds the answer when saved"
+    );
+
+    let mut clone = Guest::new(&kvm, &source.memory());
+    restore_vm(
+        &clone.vm,
+        &save_vm(&source.vm).unwrap(),
+        ClockRestore::Paused,
+    )
+    .unwrap();
+    restore_vcpu(&clone.vcpu, &state).unwrap();
+    assert_eq!(
+        clone.next_count(),
+        0xbeef,
+        "the restored guest writes what it read"
+    );
 }
