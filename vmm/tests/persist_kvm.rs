@@ -116,7 +116,7 @@ fn counting_guest(kvm: &Kvm, exits: u16) -> Guest {
 fn real_mode_guest(kvm: &Kvm, code: &[u8]) -> Guest {
     let mut image = vec![0u8; MEM_SIZE];
     image[CODE_ADDR..CODE_ADDR + code.len()].copy_from_slice(code);
-    let mut guest = Guest::new(kvm, &image);
+    let guest = Guest::new(kvm, &image);
     let mut sregs = guest.vcpu.get_sregs().unwrap();
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
