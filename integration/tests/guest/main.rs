@@ -2,6 +2,7 @@
 //! `scripts/test` runs it directly on hardware KVM or through `sm-testvm` elsewhere.
 
 mod agent;
+mod api;
 mod args;
 mod blk;
 mod boot;
