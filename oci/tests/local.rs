@@ -210,18 +210,7 @@ fn docker_archive_legacy_layout_and_bad_layer() {
 #[test]
 fn hostile_image_gives_one_error_and_no_root_image() {
     let work = tempfile::tempdir().unwrap();
-    let mut l = Layout::new(&work.path().join("layout"));
-    let good = layer_tar(&[Entry::File("ok".into(), b"ok".to_vec(), 0o644, 0, 0)]);
-    let evil = raw_tar(&[
-        (tar::EntryType::Symlink, "etc", "/", b""),
-        (tar::EntryType::Regular, "etc/pwned-by-sm-test", "", b"x"),
-    ]);
-    let m = l.image(
-        "amd64",
-        &[(good, Compression::Gzip), (evil, Compression::Gzip)],
-        serde_json::json!({}),
-    );
-    l.tag(&m, "v1");
+    let (l, m) = symlink_escape_layout(&work.path().join("layout"));
     let cache = Cache::open(work.path().join("cache")).unwrap();
     let r = format!("oci-layout:{}:v1", l.dir.display());
     import(&cache, &r, "linux/amd64").unwrap();

@@ -428,18 +428,7 @@ fn sm_run_reads_a_rebuilt_layout_again() {
 fn an_image_whose_unpack_was_refused_is_listed_as_unusable() {
     let work = tempfile::tempdir().unwrap();
     let home = work.path().join("home");
-    let mut l = Layout::new(&work.path().join("layout"));
-    let good = layer_tar(&[Entry::File("ok".into(), b"ok".to_vec(), 0o644, 0, 0)]);
-    let evil = raw_tar(&[
-        (tar::EntryType::Symlink, "etc", "/", b""),
-        (tar::EntryType::Regular, "etc/pwned-by-sm-test", "", b"x"),
-    ]);
-    let m = l.image(
-        "amd64",
-        &[(good, Compression::Gzip), (evil, Compression::Gzip)],
-        serde_json::json!({}),
-    );
-    l.tag(&m, "v1");
+    let (l, m) = symlink_escape_layout(&work.path().join("layout"));
     let image = format!("oci-layout:{}:v1", l.dir.display());
     let (_, fine) = versioned_layout(&work.path().join("fine"), "1\n");
     let fine_image = format!("oci-layout:{}:v1", work.path().join("fine").display());

@@ -481,6 +481,25 @@ pub fn versioned_layout(dir: &Path, version: &str) -> (Layout, String) {
     (l, m["digest"].as_str().unwrap().to_string())
 }
 
+/// A hostile image at `dir` tagged `v1`: a good first layer, then a layer that makes `etc`
+/// a symlink to `/` and writes `etc/pwned-by-sm-test` through it (an unpacker that follows
+/// it writes on the host). Returns the layout and the manifest.
+pub fn symlink_escape_layout(dir: &Path) -> (Layout, serde_json::Value) {
+    let mut l = Layout::new(dir);
+    let good = layer_tar(&[Entry::File("ok".into(), b"ok".to_vec(), 0o644, 0, 0)]);
+    let evil = raw_tar(&[
+        (tar::EntryType::Symlink, "etc", "/", b""),
+        (tar::EntryType::Regular, "etc/pwned-by-sm-test", "", b"x"),
+    ]);
+    let m = l.image(
+        "amd64",
+        &[(good, Compression::Gzip), (evil, Compression::Gzip)],
+        json!({}),
+    );
+    l.tag(&m, "v1");
+    (l, m)
+}
+
 /// The contents of an EROFS image: mounted read-only with `mount -t erofs -o loop` when that
 /// works (root), else extracted with `fsck.erofs --extract` (which drops set-id bits).
 pub struct ErofsView {
