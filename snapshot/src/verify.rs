@@ -1,0 +1,157 @@
+//! Checking a snapshot directory against its manifest.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::manifest::{hash_file, Manifest, MANIFEST_FILE, MANIFEST_FORMAT_VERSION};
+
+/// Why a snapshot directory is not a valid snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The directory has no manifest (not a snapshot, or one still being written).
+    #[error("{0}: no manifest.json (not a snapshot, or an incomplete one)")]
+    MissingManifest(PathBuf),
+    /// The manifest is not valid JSON of the expected shape.
+    #[error("{path}: not a valid manifest: {reason}")]
+    BadManifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The manifest was written in another format version.
+    #[error("{path}: snapshot format version {found}, this sm-snapshot reads version {expected}")]
+    Version {
+        /// The manifest file.
+        path: PathBuf,
+        /// The version the manifest records.
+        found: u64,
+        /// The version this build reads.
+        expected: u32,
+    },
+    /// A file the manifest lists is absent.
+    #[error("{0}: listed in the manifest but missing")]
+    MissingFile(PathBuf),
+    /// A file's length differs from the manifest's.
+    #[error("{path}: size {actual} bytes, the manifest says {expected} (truncated or altered)")]
+    Size {
+        /// The file.
+        path: PathBuf,
+        /// The manifest's size.
+        expected: u64,
+        /// The size on disk.
+        actual: u64,
+    },
+    /// A file's content differs from the manifest's sha256.
+    #[error("{0}: sha256 does not match the manifest (altered or corrupt)")]
+    Checksum(PathBuf),
+    /// The directory holds a file the manifest does not list.
+    #[error("{0}: not listed in the manifest (a snapshot holds exactly the files it lists)")]
+    Unlisted(PathBuf),
+    /// A listed name is not one plain path component.
+    #[error("{0:?}: the manifest lists a file name outside the snapshot directory")]
+    BadFileName(String),
+    /// An I/O operation on a path failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Reads and parses `dir`'s manifest, refusing any format version but this one.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, VerifyError> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(VerifyError::MissingManifest(dir.to_owned()))
+        }
+        Err(source) => return Err(VerifyError::Io { path, source }),
+    };
+    let bad = |e: serde_json::Error| VerifyError::BadManifest {
+        path: path.clone(),
+        reason: e.to_string(),
+    };
+    // The version is checked before the shape: another version may have other fields.
+    let value: serde_json::Value = serde_json::from_slice(&text).map_err(bad)?;
+    let found = value.get("format_version").and_then(|v| v.as_u64());
+    match found {
+        Some(v) if v == u64::from(MANIFEST_FORMAT_VERSION) => {}
+        Some(found) => {
+            return Err(VerifyError::Version {
+                path,
+                found,
+                expected: MANIFEST_FORMAT_VERSION,
+            })
+        }
+        None => {
+            return Err(VerifyError::BadManifest {
+                path,
+                reason: "no numeric format_version".to_owned(),
+            })
+        }
+    }
+    serde_json::from_value(value).map_err(bad)
+}
+
+/// Checks that `dir` is a complete, unaltered snapshot: the manifest has this format version,
+/// every listed file exists with its size and sha256, and no other file is present.
+pub fn verify(dir: &Path) -> Result<Manifest, VerifyError> {
+    let manifest = read_manifest(dir)?;
+    let mut listed = BTreeSet::new();
+    for entry in &manifest.files {
+        let plain = !entry.name.contains('/')
+            && entry.name != "."
+            && entry.name != ".."
+            && !entry.name.is_empty();
+        if !plain {
+            return Err(VerifyError::BadFileName(entry.name.clone()));
+        }
+        listed.insert(entry.name.as_str());
+        let path = dir.join(&entry.name);
+        let actual = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(VerifyError::MissingFile(path))
+            }
+            Err(source) => return Err(VerifyError::Io { path, source }),
+        };
+        if actual != entry.size {
+            return Err(VerifyError::Size {
+                path,
+                expected: entry.size,
+                actual,
+            });
+        }
+        let (_, sha256) = hash_file(&path).map_err(|source| VerifyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if sha256 != entry.sha256 {
+            return Err(VerifyError::Checksum(path));
+        }
+    }
+    let entries = fs::read_dir(dir).map_err(|source| VerifyError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| VerifyError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let known = name
+            .to_str()
+            .is_some_and(|n| n == MANIFEST_FILE || listed.contains(n));
+        if !known {
+            return Err(VerifyError::Unlisted(entry.path()));
+        }
+    }
+    Ok(manifest)
+}
