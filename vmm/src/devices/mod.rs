@@ -27,7 +27,7 @@ pub struct PioBus {
     pub com1: Arc<Mutex<SerialPort>>,
     /// COM2: command stderr, kernel log.
     pub com2: Arc<Mutex<SerialPort>>,
-    rtc: Mutex<CmosRtc>,
+    pub(crate) rtc: Mutex<CmosRtc>,
     exit_status: Mutex<Option<u8>>,
 }
 
@@ -98,7 +98,7 @@ impl PioBus {
 /// The virtio-mmio device windows, by base address.
 #[derive(Default)]
 pub struct MmioBus {
-    devices: Vec<(u64, Mutex<virtio_mmio::MmioTransport>)>,
+    pub(crate) devices: Vec<(u64, Mutex<virtio_mmio::MmioTransport>)>,
 }
 
 impl MmioBus {

@@ -73,9 +73,10 @@ impl RtcTime {
 }
 
 /// The CMOS RTC and its 128 bytes of NVRAM.
+/// (Fields are crate-visible so `persist::devices` can save and restore them.)
 pub struct CmosRtc {
-    index: u8,
-    nvram: [u8; 128],
+    pub(crate) index: u8,
+    pub(crate) nvram: [u8; 128],
 }
 
 impl Default for CmosRtc {

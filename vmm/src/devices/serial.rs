@@ -53,8 +53,9 @@ fn wait_writable(fd: BorrowedFd<'_>) {
 pub const CONSOLE_READY: u8 = 0x53;
 
 /// One UART.
+/// (The UART is crate-visible so `persist::devices` can save and restore it.)
 pub struct SerialPort {
-    uart: Serial<IrqTrigger, NoEvents, FdWriter>,
+    pub(crate) uart: Serial<IrqTrigger, NoEvents, FdWriter>,
 }
 
 impl SerialPort {

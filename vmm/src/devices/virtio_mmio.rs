@@ -65,17 +65,18 @@ pub trait VirtioDevice: Send {
 }
 
 /// The register state of one virtio-mmio device.
+/// (Fields are crate-visible so `persist::devices` can save and restore them.)
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    device_features_sel: u32,
-    driver_features_sel: u32,
-    driver_features: u64,
-    queue_sel: u32,
-    queues: Vec<QueueConfig>,
-    shm_sel: u32,
-    status: u32,
-    config_generation: u32,
-    active: bool,
+    pub(crate) device: Box<dyn VirtioDevice>,
+    pub(crate) device_features_sel: u32,
+    pub(crate) driver_features_sel: u32,
+    pub(crate) driver_features: u64,
+    pub(crate) queue_sel: u32,
+    pub(crate) queues: Vec<QueueConfig>,
+    pub(crate) shm_sel: u32,
+    pub(crate) status: u32,
+    pub(crate) config_generation: u32,
+    pub(crate) active: bool,
 }
 
 fn set_half(v: &mut u64, high: bool, value: u32) {
