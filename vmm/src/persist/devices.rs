@@ -668,7 +668,12 @@ mod tests {
             serde_json::from_slice(&serde_json::to_vec(&original.save()).unwrap()).unwrap();
 
         let mut restored = uart();
+        let irq = restored.uart.interrupt_evt().0.try_clone().unwrap();
         restored.restore(&state).unwrap();
+        assert!(
+            irq.read().is_ok(),
+            "the pending receive interrupt is raised again on the old irqfd"
+        );
         assert_eq!(restored.save(), original.save());
         assert!(restored.accepts_input(), "console-ready mark and IER kept");
         let regs = |p: &mut SerialPort| [1, 2, 3, 4, 5, 7].map(|off| p.read(off));
