@@ -99,6 +99,7 @@ fn saved_memory_is_sparse_and_restores_byte_for_byte_into_an_independent_memfd()
         "the file is as long as the memfd"
     );
     let on_disk = allocated(&saved);
+    println!("256 MiB guest, 5 pages written: the memory file takes {on_disk} bytes on disk");
     assert!(
         on_disk <= 1024 * 1024,
         "a 256 MiB guest with 5 pages written takes {on_disk} bytes on disk"
