@@ -50,6 +50,22 @@ pub enum VerifyError {
     /// The directory holds a file the manifest does not list.
     #[error("{0}: not listed in the manifest (a snapshot holds exactly the files it lists)")]
     Unlisted(PathBuf),
+    /// A listed name is a directory, symlink or device rather than a regular file.
+    #[error("{0}: not a regular file")]
+    NotAFile(PathBuf),
+    /// The memory layout or a device names a file the manifest does not list.
+    #[error("{0:?}: named in the manifest's {1} but not one of its files")]
+    UnknownReference(String, &'static str),
+    /// A memory region lies (partly) beyond the end of the memory file.
+    #[error("{path}: memory region at guest {guest_addr:#x} ends beyond the file's {size} bytes")]
+    RegionOutsideFile {
+        /// The memory file.
+        path: PathBuf,
+        /// The region's guest address.
+        guest_addr: u64,
+        /// The memory file's size.
+        size: u64,
+    },
     /// A listed name is not one plain path component.
     #[error("{0:?}: the manifest lists a file name outside the snapshot directory")]
     BadFileName(String),
@@ -100,7 +116,8 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, VerifyError> {
 }
 
 /// Checks that `dir` is a complete, unaltered snapshot: the manifest has this format version,
-/// every listed file exists with its size and sha256, and no other file is present.
+/// every listed file exists with its size and sha256, no other file is present, the memory
+/// file and device state files are listed, and every memory region lies within the memory file.
 pub fn verify(dir: &Path) -> Result<Manifest, VerifyError> {
     let manifest = read_manifest(dir)?;
     let mut listed = BTreeSet::new();
@@ -114,8 +131,10 @@ pub fn verify(dir: &Path) -> Result<Manifest, VerifyError> {
         }
         listed.insert(entry.name.as_str());
         let path = dir.join(&entry.name);
-        let actual = match fs::metadata(&path) {
-            Ok(m) => m.len(),
+        // Not followed: a symlink could point anywhere (even at an endless /dev/zero).
+        let actual = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return Err(VerifyError::NotAFile(path)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(VerifyError::MissingFile(path))
             }
@@ -134,6 +153,38 @@ pub fn verify(dir: &Path) -> Result<Manifest, VerifyError> {
         })?;
         if sha256 != entry.sha256 {
             return Err(VerifyError::Checksum(path));
+        }
+    }
+    let references = std::iter::once((&manifest.memory.file, "memory layout"))
+        .filter(|(name, _)| !name.is_empty())
+        .chain(
+            manifest
+                .devices
+                .iter()
+                .filter_map(|d| d.state_file.as_ref().map(|f| (f, "devices"))),
+        );
+    for (name, place) in references {
+        if !listed.contains(name.as_str()) {
+            return Err(VerifyError::UnknownReference(name.clone(), place));
+        }
+    }
+    if let Some(mem) = manifest
+        .files
+        .iter()
+        .find(|f| f.name == manifest.memory.file)
+    {
+        for region in &manifest.memory.regions {
+            if region
+                .file_offset
+                .checked_add(region.size)
+                .is_none_or(|end| end > mem.size)
+            {
+                return Err(VerifyError::RegionOutsideFile {
+                    path: dir.join(&mem.name),
+                    guest_addr: region.guest_addr,
+                    size: mem.size,
+                });
+            }
         }
     }
     let entries = fs::read_dir(dir).map_err(|source| VerifyError::Io {

@@ -35,9 +35,17 @@ pub enum WriteError {
     /// A file name was added twice.
     #[error("{0}: added to the snapshot twice")]
     DuplicateFile(String),
-    /// The memory layout names a file that was not added.
-    #[error("{0}: the memory file is not one of the snapshot's files")]
-    MissingMemoryFile(String),
+    /// The memory layout or a device names a file that was not added.
+    #[error("{0}: named as the memory file or a device's state file but not one of the snapshot's files")]
+    UnknownFile(String),
+    /// A memory region ends beyond the memory file.
+    #[error("{file}: memory region at guest {guest_addr:#x} ends beyond the file")]
+    RegionOutsideFile {
+        /// The memory file.
+        file: String,
+        /// The region's guest address.
+        guest_addr: u64,
+    },
     /// An I/O operation on a path failed.
     #[error("{path}: {source}")]
     Io {
@@ -150,8 +158,27 @@ impl SnapshotWriter {
     /// Writes the manifest, fsyncs it and the directory, and renames the directory to the
     /// target. Returns the manifest written.
     pub fn finish(mut self, info: SnapshotInfo) -> Result<Manifest, WriteError> {
-        if !info.memory.file.is_empty() && !self.files.iter().any(|f| f.name == info.memory.file) {
-            return Err(WriteError::MissingMemoryFile(info.memory.file));
+        // What verify checks, checked here too: a snapshot written is a snapshot that verifies.
+        let memory_file = (!info.memory.file.is_empty()).then_some(&info.memory.file);
+        let state_files = info.devices.iter().filter_map(|d| d.state_file.as_ref());
+        for name in memory_file.into_iter().chain(state_files) {
+            if !self.files.iter().any(|f| &f.name == name) {
+                return Err(WriteError::UnknownFile(name.clone()));
+            }
+        }
+        if let Some(mem) = self.files.iter().find(|f| f.name == info.memory.file) {
+            for region in &info.memory.regions {
+                if region
+                    .file_offset
+                    .checked_add(region.size)
+                    .is_none_or(|end| end > mem.size)
+                {
+                    return Err(WriteError::RegionOutsideFile {
+                        file: mem.name.clone(),
+                        guest_addr: region.guest_addr,
+                    });
+                }
+            }
         }
         let manifest = Manifest {
             format_version: MANIFEST_FORMAT_VERSION,

@@ -209,6 +209,41 @@ fn damaged_snapshots_fail_verify_with_one_line_naming_the_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("version 99"));
 
+    // A listed file replaced by a symlink to the same content is refused, not followed.
+    let dir = make("symlink");
+    fs::rename(dir.join("vm.json"), parent.path().join("outside.json")).unwrap();
+    std::os::unix::fs::symlink(parent.path().join("outside.json"), dir.join("vm.json")).unwrap();
+    let line = verify_fails(&dir);
+    assert!(line.contains("vm.json: not a regular file"), "{line}");
+
+    // A manifest edited so a memory region overruns the memory file, or a device's state
+    // file is not one of the snapshot's files.
+    let edit_manifest = |dir: &Path, edit: &dyn Fn(&mut serde_json::Value)| {
+        let path = dir.join(MANIFEST_FILE);
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        edit(&mut manifest);
+        fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    };
+    let dir = make("region-overrun");
+    edit_manifest(&dir, &|m| {
+        m["memory"]["regions"][0]["size"] = (8 * MIB).into()
+    });
+    let line = verify_fails(&dir);
+    assert!(
+        line.contains("memory: memory region at guest 0x0 ends beyond"),
+        "{line}"
+    );
+    let dir = make("unknown-state-file");
+    edit_manifest(&dir, &|m| {
+        m["devices"][0]["state_file"] = "gone.state".into()
+    });
+    let line = verify_fails(&dir);
+    assert!(
+        line.contains("\"gone.state\": named in the manifest's devices"),
+        "{line}"
+    );
+
     let dir = make("no-manifest");
     fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
     let line = verify_fails(&dir);
@@ -285,7 +320,29 @@ fn a_writer_dropped_halfway_leaves_nothing() {
     let err = writer.finish(info).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "memory: the memory file is not one of the snapshot's files"
+        "memory: named as the memory file or a device's state file but not one of the snapshot's files"
+    );
+    assert!(!snap.exists());
+    assert!(partials(parent.path()).is_empty());
+
+    // Nor does a memory layout that overruns its memory file.
+    let mut writer = SnapshotWriter::create(&snap).unwrap();
+    writer.write_file("memory", &[7; 4096]).unwrap();
+    let info = SnapshotInfo {
+        memory: MemoryLayout {
+            file: "memory".into(),
+            regions: vec![MemoryRegion {
+                guest_addr: 0x1000,
+                size: 8192,
+                file_offset: 0,
+            }],
+        },
+        ..SnapshotInfo::default()
+    };
+    let err = writer.finish(info).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "memory: memory region at guest 0x1000 ends beyond the file"
     );
     assert!(!snap.exists());
     assert!(partials(parent.path()).is_empty());
