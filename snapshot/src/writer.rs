@@ -102,7 +102,17 @@ impl SnapshotWriter {
         partial_name.push(&name);
         partial_name.push(format!(".partial-{}", std::process::id()));
         let partial = target.with_file_name(partial_name);
-        fs::create_dir(&partial).map_err(io_err(&partial))?;
+        fs::create_dir(&partial).map_err(|source| match source.kind() {
+            // Name what is missing: the target's parent, not the hidden partial directory.
+            io::ErrorKind::NotFound => WriteError::Io {
+                path: partial.parent().unwrap_or(Path::new(".")).to_owned(),
+                source,
+            },
+            _ => WriteError::Io {
+                path: partial.clone(),
+                source,
+            },
+        })?;
         Ok(SnapshotWriter {
             target: target.to_owned(),
             partial,

@@ -381,6 +381,17 @@ fn an_existing_target_is_refused() {
     );
     assert!(partials(parent.path()).is_empty());
 
+    // A target whose parent does not exist: the error names the parent.
+    let orphan = parent.path().join("no-such-dir/snap");
+    let err = SnapshotWriter::create(&orphan).unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}: ",
+            parent.path().join("no-such-dir").display()
+        )),
+        "{err}"
+    );
+
     // A target that appears while the snapshot is written is not replaced, even when empty
     // (a plain rename would replace an empty directory).
     fs::remove_dir(&snap).unwrap();
