@@ -9,6 +9,7 @@
 //! | `PUT /vm/pause` | 204; every vCPU out of KVM_RUN and parked (409 if already paused) |
 //! | `PUT /vm/resume` | 204 (409 if not paused) |
 //! | `PUT /vm/shutdown` | 204, then the VM powers off and sm-vmm exits |
+//! | `PUT /vm/snapshot` `{"destination": "/abs/dir"}` | 204; the paused VM saved to a new directory (409 if running, 400 with vhost-user devices or an existing destination) |
 //!
 //! Errors are `{"error": "one clear message"}` with a 4xx/5xx status.
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::snapshot::SnapshotError;
 use crate::vcpu::PauseError;
 
 /// Largest request head (request line and headers) read.
@@ -56,7 +58,7 @@ pub enum ApiError {
     #[error("the request body is longer than {MAX_BODY} bytes")]
     BodyTooLarge,
     /// No such resource.
-    #[error("no resource {0} (the API serves /vm, /vm/pause, /vm/resume and /vm/shutdown)")]
+    #[error("no resource {0} (the API serves /vm, /vm/pause, /vm/resume, /vm/snapshot and /vm/shutdown)")]
     NotFound(String),
     /// The resource exists but not with this method.
     #[error("{method} is not allowed on {path} (use {allowed})")]
@@ -74,6 +76,9 @@ pub enum ApiError {
     /// The VM's main loop did not answer (it is stopping).
     #[error("the VM did not answer (it is stopping)")]
     Unavailable,
+    /// A snapshot was refused or failed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 impl ApiError {
@@ -87,12 +92,13 @@ impl ApiError {
             ApiError::BodyTooLarge => 413,
             ApiError::Pause(PauseError::Timeout { .. }) => 500,
             ApiError::Unavailable => 503,
+            ApiError::Snapshot(e) => e.status(),
         }
     }
 }
 
 /// What a well-formed request asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// `GET /vm`.
     Status,
@@ -102,6 +108,18 @@ pub enum Request {
     Resume,
     /// `PUT /vm/shutdown`.
     Shutdown,
+    /// `PUT /vm/snapshot`: save the paused VM into a new directory.
+    Snapshot {
+        /// The directory to create (absolute).
+        destination: PathBuf,
+    },
+}
+
+/// The body of `PUT /vm/snapshot`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    destination: PathBuf,
 }
 
 /// Whether the vCPUs run guest code.
@@ -156,6 +174,12 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, ApiError>
         "/vm/pause" => (Request::Pause, "PUT"),
         "/vm/resume" => (Request::Resume, "PUT"),
         "/vm/shutdown" => (Request::Shutdown, "PUT"),
+        "/vm/snapshot" => (
+            Request::Snapshot {
+                destination: PathBuf::new(),
+            },
+            "PUT",
+        ),
         other => return Err(ApiError::NotFound(other.to_string())),
     };
     if method != allowed {
@@ -163,6 +187,22 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, ApiError>
             method: method.to_string(),
             path: path.to_string(),
             allowed,
+        });
+    }
+    if let Request::Snapshot { .. } = request {
+        let body: SnapshotBody = serde_json::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "/vm/snapshot takes {{\"destination\": \"/absolute/dir\"}}; {e}"
+            ))
+        })?;
+        if !body.destination.is_absolute() {
+            return Err(ApiError::BadRequest(format!(
+                "/vm/snapshot: destination {} is not an absolute path",
+                body.destination.display()
+            )));
+        }
+        return Ok(Request::Snapshot {
+            destination: body.destination,
         });
     }
     // The PUT actions take no arguments: an empty body or `{}`.
@@ -412,8 +452,26 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_takes_an_absolute_destination() {
+        assert_eq!(
+            route("PUT", "/vm/snapshot", br#"{"destination": "/s/a"}"#).unwrap(),
+            Request::Snapshot {
+                destination: "/s/a".into()
+            }
+        );
+        for body in [&b""[..], b"{}", br#"{"destination": "rel"}"#, b"{"] {
+            assert_eq!(
+                status_of(route("PUT", "/vm/snapshot", body)),
+                400,
+                "{body:?}"
+            );
+        }
+        assert_eq!(status_of(route("GET", "/vm/snapshot", b"")), 405);
+    }
+
+    #[test]
     fn unknown_paths_are_404() {
-        for path in ["/", "/vm/", "/vm/snapshot", "/machine", "vm"] {
+        for path in ["/", "/vm/", "/vm/snapshots", "/machine", "vm"] {
             let e = route("GET", path, b"").unwrap_err();
             assert_eq!(e.status(), 404, "{path}");
             assert!(e.to_string().contains(path), "{e}");
@@ -497,7 +555,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"error": "no resource /x (the API serves /vm, /vm/pause, /vm/resume and /vm/shutdown)"})
+            serde_json::json!({"error": "no resource /x (the API serves /vm, /vm/pause, /vm/resume, /vm/snapshot and /vm/shutdown)"})
         );
         assert_eq!(
             response(204, None),

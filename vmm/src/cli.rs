@@ -52,6 +52,14 @@ pub struct VmmArgs {
     /// /vm/resume, /vm/shutdown.
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
+    /// Start the VM from the snapshot in DIR (written by PUT /vm/snapshot) instead of
+    /// booting: its vCPUs, memory and console come from the snapshot.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with_all = ["kernel", "initrd", "cmdline_append", "env", "command", "blk_socket", "fs_socket", "vsock_socket", "cid"]
+    )]
+    pub restore: Option<PathBuf>,
     /// The command to run in the guest.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -116,6 +124,7 @@ impl VmmArgs {
             cid: None,
             verbose: false,
             api_socket: None,
+            restore: None,
             command: vec![],
         }
     }
@@ -159,6 +168,7 @@ impl CommandLine for VmmArgs {
             cid,
             verbose,
             api_socket,
+            restore,
             command,
         } = self;
         let fs = fs_socket.iter().map(|f| {
@@ -179,6 +189,7 @@ impl CommandLine for VmmArgs {
             .option("cid", cid.map(|c| c.to_string()))
             .switch("verbose", *verbose)
             .option("api_socket", api_socket.as_ref())
+            .option("restore", restore.as_ref())
             .trailing(command)
             .finish()
     }
@@ -207,6 +218,22 @@ mod tests {
         a.api_socket = Some("/r/api 1.sock".into());
         a.command = vec!["sh".into(), "-c".into(), "exit 3".into(), "--".into()];
         sm_launch::assert_round_trip(&a);
+        let mut r = VmmArgs::new(1, 256);
+        r.restore = Some("/s/snap 1".into());
+        r.api_socket = Some("/r/api.sock".into());
+        sm_launch::assert_round_trip(&r);
+    }
+
+    #[test]
+    fn restore_conflicts_with_boot_flags() {
+        for extra in [
+            &["--kernel", "/k"][..],
+            &["--vsock-socket", "/v.sock"],
+            &["--", "true"],
+        ] {
+            let args = ["sm-vmm", "--restore", "/s"].iter().chain(extra);
+            assert!(VmmArgs::try_parse_from(args).is_err(), "{extra:?}");
+        }
     }
 
     #[test]

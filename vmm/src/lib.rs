@@ -19,6 +19,7 @@ pub mod kvm;
 pub mod layout;
 pub mod memory;
 pub mod persist;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vhost_user;
 pub mod vm;

@@ -7,6 +7,7 @@ use sm_vmm::api::ApiSocket;
 use sm_vmm::cli::VmmArgs;
 use sm_vmm::config;
 use sm_vmm::devices::GuestStop;
+use sm_vmm::snapshot;
 use sm_vmm::vm::{self, VmOutcome};
 
 fn main() -> ExitCode {
@@ -15,21 +16,45 @@ fn main() -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     sm_launch::init_logging("error");
-    let interactive = args.command.is_empty();
     let api_socket = args.api_socket.clone();
+    let bind_api = || match api_socket.as_deref().map(ApiSocket::bind).transpose() {
+        Ok(api) => Ok(api),
+        Err(e) => {
+            eprintln!("sm-vmm: {e}");
+            Err(ExitCode::from(2))
+        }
+    };
+    if let Some(dir) = &args.restore {
+        let snapshot = match snapshot::load(dir) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sm-vmm: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let interactive = snapshot.shape.interactive;
+        let api = match bind_api() {
+            Ok(api) => api,
+            Err(code) => return code,
+        };
+        return exit_code(vm::restore(snapshot, api), interactive);
+    }
+    let interactive = args.command.is_empty();
     let config = args.into_config();
     if let Err(e) = config.validate(config::host_mem_mib()) {
         eprintln!("sm-vmm: {e}");
         return ExitCode::from(2);
     }
-    let api = match api_socket.as_deref().map(ApiSocket::bind).transpose() {
+    let api = match bind_api() {
         Ok(api) => api,
-        Err(e) => {
-            eprintln!("sm-vmm: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    match vm::run(&config, api) {
+    exit_code(vm::run(&config, api), interactive)
+}
+
+/// The exit status for how the VM ended: the command's, or one saying why there is none.
+fn exit_code(outcome: Result<VmOutcome, vm::VmError>, interactive: bool) -> ExitCode {
+    match outcome {
         Ok(VmOutcome::Stopped {
             status: Some(s), ..
         }) => ExitCode::from(s),

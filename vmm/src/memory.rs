@@ -107,6 +107,13 @@ impl GuestRam {
             .map_err(|e| MemoryError::Memfd(mib, e.into()))?;
         let file = File::from(memfd);
         file.set_len(size).map_err(|e| MemoryError::Memfd(mib, e))?;
+        Self::from_memfd(file, mib)
+    }
+
+    /// Maps `mib` MiB of guest RAM from `file`, a memfd already that long (a restored
+    /// snapshot's memory).
+    pub fn from_memfd(file: File, mib: u64) -> Result<Self, MemoryError> {
+        let size = mib << 20;
         let mut ranges = Vec::new();
         for (addr, len, offset) in ram_ranges(size) {
             let fd = file.try_clone().map_err(|e| MemoryError::Memfd(mib, e))?;

@@ -14,6 +14,7 @@ use vmm_sys_util::signal::Killable;
 use crate::boot::BOOT_GDT;
 use crate::devices::{GuestStop, MmioBus, PioBus};
 use crate::layout::*;
+use crate::persist::{self, PersistError, VcpuSaveContext, VcpuState};
 
 /// Errors setting up or running a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,29 @@ pub struct VcpuPause {
 struct PauseState {
     paused: bool,
     parked: usize,
+    save: Option<SaveJob>,
+}
+
+/// A request to every parked vCPU to save its KVM state (only a vCPU's own thread holds its fd).
+#[derive(Debug)]
+struct SaveJob {
+    ctx: Arc<VcpuSaveContext>,
+    /// One slot per vCPU id, filled by that vCPU's thread.
+    states: Vec<Option<Result<VcpuState, PersistError>>>,
+}
+
+/// Why the vCPUs' state could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuSaveError {
+    /// The vCPUs run.
+    #[error("the VM is not paused")]
+    NotPaused,
+    /// Some vCPU thread did not answer (it stopped).
+    #[error("not every vCPU saved its state within 5 s")]
+    Timeout,
+    /// KVM refused a GET.
+    #[error("vCPU {0}: {1}")]
+    Kvm(usize, PersistError),
 }
 
 impl VcpuPause {
@@ -164,8 +188,52 @@ impl VcpuPause {
         Ok(())
     }
 
-    /// Called by a vCPU thread outside KVM_RUN: waits while a pause is in effect.
-    fn park_while_paused(&self) {
+    /// Has every parked vCPU (`count` of them) finish its pending exit and save its KVM
+    /// state, in vCPU id order. The VM must be paused and stays so.
+    pub fn save_vcpus(
+        &self,
+        ctx: VcpuSaveContext,
+        count: usize,
+    ) -> Result<Vec<VcpuState>, VcpuSaveError> {
+        let mut state = self.lock();
+        if !state.paused {
+            return Err(VcpuSaveError::NotPaused);
+        }
+        state.save = Some(SaveJob {
+            ctx: Arc::new(ctx),
+            states: (0..count).map(|_| None).collect(),
+        });
+        self.changed.notify_all();
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        loop {
+            let done = state
+                .save
+                .as_ref()
+                .is_some_and(|job| job.states.iter().all(Option::is_some));
+            if done {
+                let job = state.save.take().expect("a save job");
+                return job
+                    .states
+                    .into_iter()
+                    .enumerate()
+                    .map(|(id, s)| s.expect("filled").map_err(|e| VcpuSaveError::Kvm(id, e)))
+                    .collect();
+            }
+            if Instant::now() >= deadline {
+                state.save = None;
+                return Err(VcpuSaveError::Timeout);
+            }
+            state = self
+                .changed
+                .wait_timeout(state, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Called by vCPU `id`'s thread outside KVM_RUN: waits while a pause is in effect,
+    /// saving the vCPU's state when asked to.
+    fn park_while_paused(&self, fd: &mut VcpuFd, id: u32) {
         let mut state = self.lock();
         if !state.paused {
             return;
@@ -173,6 +241,18 @@ impl VcpuPause {
         state.parked += 1;
         self.changed.notify_all();
         while state.paused {
+            if let Some(job) = state.save.as_mut() {
+                if let Some(slot) = job.states.get_mut(id as usize).filter(|s| s.is_none()) {
+                    // KVM completes a port or MMIO read only on the next KVM_RUN: let it,
+                    // without running guest code, before reading the registers.
+                    *slot = Some(
+                        persist::finish_pending_exit(fd)
+                            .and_then(|()| persist::save_vcpu(fd, &job.ctx)),
+                    );
+                    self.changed.notify_all();
+                    continue;
+                }
+            }
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         state.parked -= 1;
@@ -198,6 +278,22 @@ const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_EXTINT: u32 = 0x7;
 const APIC_MODE_NMI: u32 = 0x4;
+
+/// Segment type of a busy 64-bit TSS.
+const TSS_BUSY_64: u8 = 0xb;
+/// Segment type of an available 64-bit TSS.
+const TSS_AVAILABLE_64: u8 = 0x9;
+
+/// Whether `cpuid` (leaf 0) names a vendor whose CPUs virtualize with SVM (AMD, Hygon).
+fn svm_vendor(cpuid: &[kvm_bindings::kvm_cpuid_entry2]) -> bool {
+    cpuid
+        .iter()
+        .find(|e| e.function == 0 && e.index == 0)
+        .is_some_and(|e| {
+            // "AuthenticAMD" and "HygonGenuine": EBX holds the first four bytes.
+            e.ebx == u32::from_le_bytes(*b"Auth") || e.ebx == u32::from_le_bytes(*b"Hygo")
+        })
+}
 
 /// Host CPUID, adjusted per vCPU: APIC IDs and the topology that matches the MADT.
 pub fn vcpu_cpuid(base: &CpuId, id: u32, count: u32) -> CpuId {
@@ -320,6 +416,20 @@ impl Vcpu {
         Ok(Vcpu { fd, id })
     }
 
+    /// Writes saved KVM state into this (never run) vCPU.
+    pub fn restore(&self, state: &VcpuState) -> Result<(), PersistError> {
+        // KVM on AMD reports the TR as busy (type 11) whatever the VMCB holds, as VMX wants
+        // it; written back, a busy TR makes nested SVM emulation (QEMU's, under the test VM)
+        // refuse every user-mode port access the guest's I/O bitmap allows, as if no guest
+        // `ltr` had loaded it. The VMCB held the available type (9) before the save.
+        if svm_vendor(&state.cpuid) && state.sregs.tr.type_ == TSS_BUSY_64 {
+            let mut state = state.clone();
+            state.sregs.tr.type_ = TSS_AVAILABLE_64;
+            return persist::restore_vcpu(&self.fd, &state);
+        }
+        persist::restore_vcpu(&self.fd, state)
+    }
+
     /// Puts the boot vCPU in 64-bit mode at the kernel's entry with the zero page in RSI.
     pub fn set_boot_state(&self, entry: u64) -> Result<(), VcpuError> {
         let err = |what| move |e| VcpuError::Kvm(self.id, what, e);
@@ -391,7 +501,7 @@ impl Vcpu {
                 Ok(other) => tracing::debug!("vCPU {}: ignoring exit {other:?}", self.id),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);
-                    pause.park_while_paused();
+                    pause.park_while_paused(&mut self.fd, self.id);
                 }
                 Err(e) => break VcpuEvent::Error(VcpuError::Kvm(self.id, "KVM_RUN", e)),
             }

@@ -2,12 +2,14 @@
 //! guest loaded per the boot protocol, one thread per vCPU, the console, and the signals
 //! that stop it.
 
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_CLOCK_REALTIME, KVM_MAX_CPUID_ENTRIES,
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -16,7 +18,7 @@ use vm_memory::{GuestMemory, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::{self, AcpiError};
-use crate::api::{Answer, ApiCall, ApiSocket, Request, VmState, VmStatus};
+use crate::api::{Answer, ApiCall, ApiError, ApiSocket, Request, VmState, VmStatus};
 use crate::boot::{self, BootError};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
@@ -27,8 +29,12 @@ use crate::initcfg::{InitConfig, InitConfigError};
 use crate::kvm::{self, KvmError};
 use crate::layout::*;
 use crate::memory::{ram_end, GuestRam, MemoryError};
+use crate::persist::devices::{DeviceStateError, DeviceStates};
+use crate::persist::{self, ClockRestore, KvmSnapshot, PersistError, VcpuSaveContext};
+use crate::snapshot::{self, LoadedSnapshot, SnapshotError, VmShape};
 use crate::vcpu::{self, Vcpu, VcpuError, VcpuEvent, VcpuPause};
 use crate::vhost_user::{DeviceConfig, DeviceKind, VhostUserDevice, VhostUserError, SHMEM_ALIGN};
+use sm_snapshot::SnapshotWriter;
 
 /// Where the identity-map page and TSS go (Intel needs them below 4 GiB, outside RAM).
 const TSS_ADDRESS: usize = 0xfffb_d000;
@@ -57,6 +63,12 @@ pub enum VmError {
     /// A vCPU failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// Restoring saved KVM state failed.
+    #[error("restoring KVM state: {0}")]
+    Restore(#[from] PersistError),
+    /// Restoring saved device state failed.
+    #[error("restoring device state: {0}")]
+    RestoreDevices(#[from] DeviceStateError),
     /// A VM-level KVM ioctl failed.
     #[error("{0} failed: {1}")]
     VmIoctl(&'static str, kvm_ioctls::Error),
@@ -294,6 +306,49 @@ fn check_cid(device: &VhostUserDevice, wanted: Option<u64>) -> Result<(), VmErro
     }
 }
 
+/// A built VM whose vCPUs have not run yet (booted or restored).
+struct Machine {
+    kvm: kvm_ioctls::Kvm,
+    ram: GuestRam,
+    vm: VmFd,
+    mmio: Arc<MmioBus>,
+    bus: Arc<PioBus>,
+    vcpus: Vec<Vcpu>,
+    shape: VmShape,
+    /// The vhost-user devices, named as a refused snapshot names them.
+    vhost_user: Vec<String>,
+}
+
+/// Blocks the stop signals (SIGINT, SIGTERM, SIGHUP) in this thread and every thread it
+/// spawns; [`run_machine`] waits for them on one thread.
+fn block_stop_signals() -> Result<SigSet, VmError> {
+    let mut stop_signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        stop_signals.add(s);
+    }
+    stop_signals
+        .thread_block()
+        .map_err(|e| VmError::Host("sigprocmask", e.into()))?;
+    Ok(stop_signals)
+}
+
+/// The vhost-user devices of `config`, as a refused snapshot names them.
+fn vhost_user_devices(config: &VmConfig) -> Vec<String> {
+    let blk = config
+        .blk_sockets
+        .iter()
+        .map(|s| format!("virtio-blk at {}", s.display()));
+    let fs = config
+        .fs_sockets
+        .iter()
+        .map(|(tag, s)| format!("virtio-fs {tag} at {}", s.display()));
+    let vsock = config
+        .vsock_socket
+        .iter()
+        .map(|s| format!("virtio-vsock at {}", s.display()));
+    blk.chain(fs).chain(vsock).collect()
+}
+
 /// Boots the VM described by `config` and runs it until the guest stops, a vCPU fails, a
 /// signal (SIGINT, SIGTERM, SIGHUP) arrives, the user quits the console, or the control API
 /// (served on `api`, whose file is removed on return) shuts it down.
@@ -304,14 +359,7 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
         env: config.env.clone(),
     }
     .to_cpio()?;
-    // Block the stop signals in every thread; one thread waits for them.
-    let mut stop_signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        stop_signals.add(s);
-    }
-    stop_signals
-        .thread_block()
-        .map_err(|e| VmError::Host("sigprocmask", e.into()))?;
+    let stop_signals = block_stop_signals()?;
 
     let kvm = kvm::open(config.vcpus)?;
     let ram = GuestRam::new(config.mem_mib)?;
@@ -339,13 +387,117 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
         .collect::<Result<Vec<_>, _>>()?;
     vcpus[0].set_boot_state(kernel.entry)?;
 
+    let machine = Machine {
+        kvm,
+        ram,
+        vm,
+        mmio,
+        bus,
+        vcpus,
+        shape: VmShape::new(config.vcpus, config.mem_mib, config.command.is_none()),
+        vhost_user: vhost_user_devices(config),
+    };
+    run_machine(machine, stop_signals, api, started)
+}
+
+/// Rebuilds the VM of a loaded snapshot (same vCPUs and RAM, no kernel load) in this
+/// order: vCPUs created, VM state, devices, then each vCPU's state; then runs it as
+/// [`run`] does, the guest continuing where it was.
+pub fn restore(snapshot: LoadedSnapshot, api: Option<ApiSocket>) -> Result<VmOutcome, VmError> {
+    let started = std::time::Instant::now();
+    let stop_signals = block_stop_signals()?;
+    let LoadedSnapshot {
+        shape,
+        kvm: state,
+        devices,
+        memory,
+    } = snapshot;
+    let kvm = kvm::open(shape.vcpus)?;
+    let ram = GuestRam::from_memfd(memory, shape.mem_mib)?;
+    let vm = create_vm(&kvm, &ram)?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmError::VmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
+    let mmio = Arc::new(MmioBus::default());
+    let com1 = serial(&vm, COM1_GSI, std::io::stdout().as_fd())?;
+    let com2 = serial(&vm, COM2_GSI, std::io::stderr().as_fd())?;
+    let bus = Arc::new(PioBus::new(com1, com2));
+    // Firecracker's order: vCPUs exist before the VM state (the irqchips) is set.
+    let vcpus = (0..shape.vcpus)
+        .map(|id| Vcpu::new(&cpuid, &vm, id, shape.vcpus))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The guest clock is right after a restore where KVM can say what time it was saved at.
+    let clock = if state.vm.clock.flags & KVM_CLOCK_REALTIME != 0 {
+        ClockRestore::Realtime
+    } else {
+        ClockRestore::Paused
+    };
+    persist::restore_vm(&vm, &state.vm, clock)?;
+    devices.restore(&bus, &mmio)?;
+    for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
+        vcpu.restore(saved)?;
+    }
+    let machine = Machine {
+        kvm,
+        ram,
+        vm,
+        mmio,
+        bus,
+        vcpus,
+        shape,
+        vhost_user: Vec::new(),
+    };
+    run_machine(machine, stop_signals, api, started)
+}
+
+/// Saves the paused VM `m` into a new snapshot directory `destination`; the VM stays paused.
+fn take_snapshot(m: &Machine, pause: &VcpuPause, destination: &Path) -> Result<(), SnapshotError> {
+    if let Some(device) = m.vhost_user.first() {
+        return Err(SnapshotError::VhostUser(device.clone()));
+    }
+    if !pause.is_paused() {
+        return Err(SnapshotError::NotPaused);
+    }
+    // Created first: an existing destination is refused before any state is read.
+    let writer = SnapshotWriter::create(destination)?;
+    let ctx = VcpuSaveContext::new(&m.kvm, &m.vm)?;
+    let vcpus = pause.save_vcpus(ctx, m.shape.vcpus as usize)?;
+    let vm = persist::save_vm(&m.vm)?;
+    let devices = DeviceStates::save(&m.bus, &m.mmio);
+    let memfd = m
+        .ram
+        .memfd
+        .try_clone()
+        .map(File::from)
+        .map_err(|e| SnapshotError::Io(destination.to_owned(), e))?;
+    snapshot::write(
+        writer,
+        &m.shape,
+        &KvmSnapshot::new(vm, vcpus),
+        &devices,
+        &memfd,
+    )
+}
+
+/// Runs a built VM's vCPUs, console, signal and API threads until it stops.
+fn run_machine(
+    mut m: Machine,
+    stop_signals: SigSet,
+    api: Option<ApiSocket>,
+    started: std::time::Instant,
+) -> Result<VmOutcome, VmError> {
     let (tx, rx) = mpsc::channel::<Event>();
     let (vcpu_tx, vcpu_rx) = mpsc::channel::<VcpuEvent>();
     vcpu::install_kick_handler().map_err(|e| VmError::Host("sigaction", e))?;
     let pause = Arc::new(VcpuPause::default());
     let mut vcpu_threads = Vec::new();
-    for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let (bus, mmio, tx, pause) = (bus.clone(), mmio.clone(), vcpu_tx.clone(), pause.clone());
+    for (id, vcpu) in std::mem::take(&mut m.vcpus).into_iter().enumerate() {
+        let (bus, mmio, tx, pause) = (
+            m.bus.clone(),
+            m.mmio.clone(),
+            vcpu_tx.clone(),
+            pause.clone(),
+        );
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || vcpu.run(bus, mmio, tx, pause))
@@ -365,13 +517,13 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
         }
     });
 
-    let interactive = config.command.is_none();
+    let interactive = m.shape.interactive;
     let _raw = if interactive {
         RawTerminal::enable()
     } else {
         None
     };
-    let com1 = bus.com1.clone();
+    let com1 = m.bus.com1.clone();
     let quit_tx = tx.clone();
     std::thread::spawn(move || {
         console::pump_stdin(com1, interactive, move || {
@@ -390,7 +542,7 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
             Ok(Event::Vcpu(VcpuEvent::Stop(stop))) => {
                 break VmOutcome::Stopped {
                     stop,
-                    status: bus.exit_status(),
+                    status: m.bus.exit_status(),
                 }
             }
             Ok(Event::Vcpu(VcpuEvent::Error(e))) => return Err(e.into()),
@@ -403,31 +555,37 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
             })) => {
                 break VmOutcome::Stopped {
                     stop: GuestStop::PowerOff,
-                    status: bus.exit_status(),
+                    status: m.bus.exit_status(),
                 }
             }
             Ok(Event::Api(call)) => {
-                let answer = match call.request {
-                    Request::Pause => pause.pause(&vcpu_threads).map(|()| Answer::Done),
-                    Request::Resume => pause.resume().map(|()| Answer::Done),
+                let answer: Result<Answer, ApiError> = match call.request {
+                    Request::Pause => pause
+                        .pause(&vcpu_threads)
+                        .map(|()| Answer::Done)
+                        .map_err(Into::into),
+                    Request::Resume => pause.resume().map(|()| Answer::Done).map_err(Into::into),
+                    Request::Snapshot { destination } => take_snapshot(&m, &pause, &destination)
+                        .map(|()| Answer::Done)
+                        .map_err(Into::into),
                     _ => Ok(Answer::Status(VmStatus {
                         state: if pause.is_paused() {
                             VmState::Paused
                         } else {
                             VmState::Running
                         },
-                        vcpus: config.vcpus,
-                        memory_mib: config.mem_mib,
+                        vcpus: m.shape.vcpus,
+                        memory_mib: m.shape.mem_mib,
                         uptime_ms: started.elapsed().as_millis() as u64,
                         version: env!("CARGO_PKG_VERSION").to_string(),
                     })),
                 };
-                let _ = call.reply.send(answer.map_err(Into::into));
+                let _ = call.reply.send(answer);
             }
         }
     };
     // Guest RAM and the VM are released when the process exits; the vCPU threads are
     // blocked in KVM_RUN or on the bus and need no orderly join for that.
-    std::mem::forget(ram);
+    std::mem::forget(m);
     Ok(outcome)
 }

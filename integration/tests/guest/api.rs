@@ -7,7 +7,7 @@ use sm_test_support::process::wait_timeout;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,62 +15,11 @@ use std::time::{Duration, Instant};
 /// Prints 1, 2, 3, ... every 100 ms, forever.
 const COUNTER: &str = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done";
 
-/// One request through curl: the HTTP status and the body.
-fn curl(socket: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "30", "--unix-socket"])
-        .arg(socket)
-        .args(["-X", method, "-o", "-", "-w", "\n%{http_code}"]);
-    if let Some(body) = body {
-        cmd.args([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            body,
-        ]);
-    }
-    let out = cmd
-        .arg(format!("http://localhost{path}"))
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "curl -X {method} {path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("UTF-8 response");
-    let (body, code) = text.rsplit_once('\n').expect("curl's status line");
-    (code.parse().expect("HTTP status"), body.to_string())
-}
-
-/// Asserts an error answer: `status`, and a body that is `{"error": "..."}` with one line
-/// containing `words`.
-fn assert_error(answer: (u16, String), status: u16, words: &str) {
-    let (code, body) = answer;
-    assert_eq!(code, status, "body: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
-    let message = v["error"].as_str().unwrap_or_else(|| panic!("{body}"));
-    assert_eq!(v.as_object().map(|o| o.len()), Some(1), "{body}");
-    assert!(
-        message.contains(words) && !message.contains('\n'),
-        "{message:?} should say {words:?}"
-    );
-}
-
 /// `GET /vm`, checked to be 200 with a JSON body.
 fn status(socket: &Path) -> serde_json::Value {
     let (code, body) = curl(socket, "GET", "/vm", None);
     assert_eq!(code, 200, "GET /vm: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /vm: {e}: {body}"))
-}
-
-/// Waits (bounded) until `done`; a timeout fails the test naming `what`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -12,3 +12,4 @@ mod image;
 mod pjdfstest;
 mod readme;
 mod run;
+mod snapshot;

@@ -1,0 +1,296 @@
+//! Real-guest tests of sm-vmm's snapshot and restore (`PUT /vm/snapshot`, `--restore DIR`) for
+//! a VM with only its console: a guest counting on its console is paused and snapshotted, and
+//! restored guests count on from where it was; a corrupted snapshot and a VM with a vhost-user
+//! device are refused in one line.
+
+use crate::common::*;
+use sm_test_support::process::wait_timeout;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Prints 1, 2, ... 30 every 200 ms, then exits 7 (so a restored guest's exit status shows).
+const COUNTER: &str = "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo $i; sleep 0.2; done; exit 7";
+/// The number the counter stops at.
+const LAST: u64 = 30;
+
+/// An sm-vmm whose stdout lines are collected as they come (with when they came).
+struct CountingVm {
+    child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    errors: Option<JoinHandle<String>>,
+    _kill: KillAfter,
+}
+
+impl CountingVm {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sm-vmm");
+        let kill = kill_after(child.id(), Duration::from_secs(300));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                seen.lock().unwrap().push((Instant::now(), line));
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        CountingVm {
+            child,
+            lines,
+            errors: Some(errors),
+            _kill: kill,
+        }
+    }
+
+    /// The numbers printed so far (a line cut by a snapshot, or anything else, is skipped).
+    fn numbers(&self) -> Vec<u64> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .filter_map(|(_, l)| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// When the first line arrived.
+    fn first_output(&self) -> Option<Instant> {
+        self.lines.lock().unwrap().first().map(|(t, _)| *t)
+    }
+
+    /// Waits (bounded) for sm-vmm to exit: its status and stderr.
+    fn finish(&mut self, limit: Duration) -> (ExitStatus, String) {
+        let status = wait_timeout(&mut self.child, limit)
+            .unwrap_or_else(|| panic!("sm-vmm still running after {limit:?}"));
+        let errors = self.errors.take().unwrap().join().unwrap();
+        (status, errors)
+    }
+}
+
+impl Drop for CountingVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `{"destination": "<dir>"}`.
+fn snapshot_body(dest: &Path) -> String {
+    serde_json::json!({ "destination": dest }).to_string()
+}
+
+/// The VM's state as `GET /vm` reports it.
+fn vm_state(socket: &Path) -> String {
+    let (code, body) = curl(socket, "GET", "/vm", None);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["state"].as_str().unwrap_or_default().to_string()
+}
+
+/// Boots a counting guest with an API socket and waits until it has printed `at_least` numbers.
+fn counting_vm(socket: &Path, extra: &[&str], at_least: usize) -> CountingVm {
+    let vm = CountingVm::spawn(
+        sm_vmm()
+            .arg("--api-socket")
+            .arg(socket)
+            .args(extra)
+            .args(["--", "sh", "-c", COUNTER]),
+    );
+    wait_until(Duration::from_secs(180), "the guest's counter", || {
+        vm.numbers().len() >= at_least
+    });
+    vm
+}
+
+/// Pauses the VM and snapshots it into `snap`: the last number printed before the pause.
+fn pause_and_snapshot(vm: &CountingVm, socket: &Path, snap: &Path) -> u64 {
+    let paused = Instant::now();
+    assert_eq!(curl(socket, "PUT", "/vm/pause", None), (204, String::new()));
+    let asked = Instant::now();
+    assert_eq!(
+        curl(socket, "PUT", "/vm/snapshot", Some(&snapshot_body(snap))),
+        (204, String::new())
+    );
+    let written = asked.elapsed();
+    let on_disk = Command::new("du")
+        .args(["-sh", "--"])
+        .arg(snap)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "PUT /vm/snapshot answered in {written:?} ({:?} after PUT /vm/pause was sent; curl included); on disk: {on_disk}",
+        paused.elapsed()
+    );
+    // What was printed before the pause reaches the reader.
+    std::thread::sleep(Duration::from_millis(300));
+    *vm.numbers().last().expect("the guest printed numbers")
+}
+
+#[test]
+fn restored_guests_count_on_from_where_the_snapshot_paused_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let snap = dir.path().join("snap");
+    let mut source = counting_vm(&socket, &[], 3);
+
+    // A running VM is not snapshotted.
+    assert_error(
+        curl(&socket, "PUT", "/vm/snapshot", Some(&snapshot_body(&snap))),
+        409,
+        "paused",
+    );
+    assert!(!snap.exists());
+
+    let last = pause_and_snapshot(&source, &socket, &snap);
+    assert!(
+        last < LAST - 5,
+        "the counter ran to {last} before the pause"
+    );
+    assert!(snap.join("manifest.json").is_file());
+    assert_error(
+        curl(&socket, "PUT", "/vm/snapshot", Some(&snapshot_body(&snap))),
+        400,
+        "exists",
+    );
+    // Still paused after the snapshot; resumed, the source counts on to the end unharmed.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(source.numbers().last(), Some(&last), "printed while paused");
+    assert_eq!(vm_state(&socket), "paused");
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/resume", None),
+        (204, String::new())
+    );
+    let (status, errors) = source.finish(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(7), "source stderr: {errors}");
+    assert_eq!(source.numbers(), (1..=LAST).collect::<Vec<_>>());
+
+    // Two restores of the one snapshot at once, each continuing the count.
+    let started = Instant::now();
+    let mut clones: Vec<CountingVm> = (0..2)
+        .map(|_| CountingVm::spawn(sm_vmm().arg("--restore").arg(&snap)))
+        .collect();
+    for (i, clone) in clones.iter_mut().enumerate() {
+        let (status, errors) = clone.finish(Duration::from_secs(120));
+        let numbers = clone.numbers();
+        assert_eq!(
+            status.code(),
+            Some(7),
+            "clone {i}: stderr: {errors}; printed {numbers:?}"
+        );
+        let first = *numbers.first().expect("the clone printed nothing");
+        // last + 2 only if the pause cut the line after `last`.
+        assert!(
+            first == last + 1 || first == last + 2,
+            "clone {i} began at {first}, the snapshot was taken after {last}: {numbers:?}"
+        );
+        assert_eq!(numbers, (first..=LAST).collect::<Vec<_>>(), "clone {i}");
+        eprintln!(
+            "clone {i}: sm-vmm --restore to first output {:?}, first number {first} after {last}",
+            clone.first_output().unwrap() - started
+        );
+    }
+}
+
+#[test]
+fn a_corrupted_snapshot_is_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let snap = dir.path().join("snap");
+    let source = counting_vm(&socket, &[], 1);
+    pause_and_snapshot(&source, &socket, &snap);
+    drop(source);
+
+    // One byte of the kernel's text (at 1 MiB, always populated) flipped.
+    let memory = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(snap.join("memory"))
+        .unwrap();
+    let mut byte = [0u8];
+    memory.read_exact_at(&mut byte, 0x10_0000).unwrap();
+    memory.write_all_at(&[!byte[0]], 0x10_0000).unwrap();
+    drop(memory);
+    let out = run_with_timeout(
+        sm_vmm().arg("--restore").arg(&snap),
+        Duration::from_secs(120),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("sm-vmm: ") && err.contains("memory") && err.contains("sha256"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "the corrupted guest ran");
+
+    let out = run_with_timeout(
+        sm_vmm_nokvm()
+            .arg("--restore")
+            .arg(dir.path().join("absent")),
+        Duration::from_secs(30),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn a_vm_with_a_vhost_user_device_is_refused_a_snapshot_and_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let vsock_socket = dir.path().join("vsock.sock");
+    let mut cmd = Command::new("vhost-device-vsock");
+    cmd.args(["--guest-cid", "3", "--socket"])
+        .arg(&vsock_socket)
+        .arg("--uds-path")
+        .arg(dir.path().join("vm.vsock"));
+    let vsock = Backend::start(cmd, &vsock_socket);
+    let socket = dir.path().join("api.sock");
+    let snap = dir.path().join("snap");
+    let mut vm = counting_vm(&socket, &["--vsock-socket", vsock.socket_str()], 2);
+
+    let refusal = "snapshot of vhost-user devices is not supported yet: virtio-vsock at";
+    let body = snapshot_body(&snap);
+    assert_error(
+        curl(&socket, "PUT", "/vm/snapshot", Some(&body)),
+        400,
+        refusal,
+    );
+    assert_eq!(vm_state(&socket), "running");
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/pause", None),
+        (204, String::new())
+    );
+    assert_error(
+        curl(&socket, "PUT", "/vm/snapshot", Some(&body)),
+        400,
+        refusal,
+    );
+    assert_eq!(vm_state(&socket), "paused");
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/resume", None),
+        (204, String::new())
+    );
+    // Nothing was written, not even a partial directory.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("snap"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let (status, errors) = vm.finish(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(7), "stderr: {errors}");
+    assert_eq!(vm.numbers(), (1..=LAST).collect::<Vec<_>>());
+}
