@@ -534,4 +534,19 @@ mod tests {
         assert_eq!((ds.selector, ds.type_, ds.db, ds.l), (16, 3, 1, 0));
         assert_eq!(segment(3).type_, 0xb, "busy 64-bit TSS");
     }
+
+    #[test]
+    fn svm_vendors_are_recognised_from_cpuid_leaf_0() {
+        let leaf0 = |vendor: &[u8; 12]| kvm_bindings::kvm_cpuid_entry2 {
+            function: 0,
+            ebx: u32::from_le_bytes(vendor[0..4].try_into().unwrap()),
+            edx: u32::from_le_bytes(vendor[4..8].try_into().unwrap()),
+            ecx: u32::from_le_bytes(vendor[8..12].try_into().unwrap()),
+            ..Default::default()
+        };
+        assert!(svm_vendor(&[leaf0(b"AuthenticAMD")]));
+        assert!(svm_vendor(&[leaf0(b"HygonGenuine")]));
+        assert!(!svm_vendor(&[leaf0(b"GenuineIntel")]));
+        assert!(!svm_vendor(&[]));
+    }
 }
