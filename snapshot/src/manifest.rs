@@ -82,6 +82,32 @@ pub struct MemoryLayout {
     pub regions: Vec<MemoryRegion>,
 }
 
+impl MemoryLayout {
+    /// The first region that does not fit in a memory file of `file_size` bytes.
+    pub fn region_beyond(&self, file_size: u64) -> Option<&MemoryRegion> {
+        self.regions.iter().find(|r| {
+            r.file_offset
+                .checked_add(r.size)
+                .is_none_or(|end| end > file_size)
+        })
+    }
+}
+
+/// The snapshot files that `memory` and `devices` name, each with the part of the manifest
+/// that names it (`memory layout`, `devices`): every one must be a listed file.
+pub fn referenced_files<'a>(
+    memory: &'a MemoryLayout,
+    devices: &'a [DeviceEntry],
+) -> impl Iterator<Item = (&'a String, &'static str)> {
+    std::iter::once((&memory.file, "memory layout"))
+        .filter(|(name, _)| !name.is_empty())
+        .chain(
+            devices
+                .iter()
+                .filter_map(|d| d.state_file.as_ref().map(|f| (f, "devices"))),
+        )
+}
+
 /// One region of guest RAM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryRegion {

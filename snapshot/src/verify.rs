@@ -5,7 +5,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::manifest::{hash_file, Manifest, MANIFEST_FILE, MANIFEST_FORMAT_VERSION};
+use crate::manifest::{
+    hash_file, referenced_files, Manifest, MANIFEST_FILE, MANIFEST_FORMAT_VERSION,
+};
 
 /// Why a snapshot directory is not a valid snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -155,14 +157,7 @@ pub fn verify(dir: &Path) -> Result<Manifest, VerifyError> {
             return Err(VerifyError::Checksum(path));
         }
     }
-    let references = std::iter::once((&manifest.memory.file, "memory layout"))
-        .filter(|(name, _)| !name.is_empty())
-        .chain(
-            manifest
-                .devices
-                .iter()
-                .filter_map(|d| d.state_file.as_ref().map(|f| (f, "devices"))),
-        );
+    let references = referenced_files(&manifest.memory, &manifest.devices);
     for (name, place) in references {
         if !listed.contains(name.as_str()) {
             return Err(VerifyError::UnknownReference(name.clone(), place));
@@ -173,18 +168,12 @@ pub fn verify(dir: &Path) -> Result<Manifest, VerifyError> {
         .iter()
         .find(|f| f.name == manifest.memory.file)
     {
-        for region in &manifest.memory.regions {
-            if region
-                .file_offset
-                .checked_add(region.size)
-                .is_none_or(|end| end > mem.size)
-            {
-                return Err(VerifyError::RegionOutsideFile {
-                    path: dir.join(&mem.name),
-                    guest_addr: region.guest_addr,
-                    size: mem.size,
-                });
-            }
+        if let Some(region) = manifest.memory.region_beyond(mem.size) {
+            return Err(VerifyError::RegionOutsideFile {
+                path: dir.join(&mem.name),
+                guest_addr: region.guest_addr,
+                size: mem.size,
+            });
         }
     }
     let entries = fs::read_dir(dir).map_err(|source| VerifyError::Io {

@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::fcntl::{renameat2, RenameFlags};
 
 use crate::manifest::{
-    hash_file, DeviceEntry, FileEntry, HostFingerprint, Manifest, MemoryLayout, MANIFEST_FILE,
-    MANIFEST_FORMAT_VERSION,
+    hash_file, referenced_files, DeviceEntry, FileEntry, HostFingerprint, Manifest, MemoryLayout,
+    MANIFEST_FILE, MANIFEST_FORMAT_VERSION,
 };
 
 /// Why a snapshot directory could not be written.
@@ -169,25 +169,17 @@ impl SnapshotWriter {
     /// target. Returns the manifest written.
     pub fn finish(mut self, info: SnapshotInfo) -> Result<Manifest, WriteError> {
         // What verify checks, checked here too: a snapshot written is a snapshot that verifies.
-        let memory_file = (!info.memory.file.is_empty()).then_some(&info.memory.file);
-        let state_files = info.devices.iter().filter_map(|d| d.state_file.as_ref());
-        for name in memory_file.into_iter().chain(state_files) {
+        for (name, _) in referenced_files(&info.memory, &info.devices) {
             if !self.files.iter().any(|f| &f.name == name) {
                 return Err(WriteError::UnknownFile(name.clone()));
             }
         }
         if let Some(mem) = self.files.iter().find(|f| f.name == info.memory.file) {
-            for region in &info.memory.regions {
-                if region
-                    .file_offset
-                    .checked_add(region.size)
-                    .is_none_or(|end| end > mem.size)
-                {
-                    return Err(WriteError::RegionOutsideFile {
-                        file: mem.name.clone(),
-                        guest_addr: region.guest_addr,
-                    });
-                }
+            if let Some(region) = info.memory.region_beyond(mem.size) {
+                return Err(WriteError::RegionOutsideFile {
+                    file: mem.name.clone(),
+                    guest_addr: region.guest_addr,
+                });
             }
         }
         let manifest = Manifest {
