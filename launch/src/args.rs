@@ -36,9 +36,9 @@ impl ArgWriter {
         }
     }
 
-    /// `--long=` for the field `id`. Panics when `P` has no such long flag: a programming
+    /// `--long` for the field `id`. Panics when `P` has no such long flag: a programming
     /// error that every [`CommandLine`] implementation's round-trip test catches.
-    fn prefix(&self, id: &str) -> OsString {
+    fn flag(&self, id: &str) -> String {
         let arg = self
             .spec
             .get_arguments()
@@ -47,12 +47,12 @@ impl ArgWriter {
         let long = arg
             .get_long()
             .unwrap_or_else(|| panic!("{}: argument {id} has no long name", self.spec.get_name()));
-        OsString::from(format!("--{long}="))
+        format!("--{long}")
     }
 
     /// `--long=VALUE` for the field `id`.
     pub fn value(&mut self, id: &str, value: impl AsRef<OsStr>) -> &mut ArgWriter {
-        let mut a = self.prefix(id);
+        let mut a = OsString::from(self.flag(id) + "=");
         a.push(value.as_ref());
         self.args.push(a);
         self
@@ -90,8 +90,7 @@ impl ArgWriter {
     /// `--long` when `on` (a boolean switch).
     pub fn switch(&mut self, id: &str, on: bool) -> &mut ArgWriter {
         if on {
-            let mut a = self.prefix(id);
-            a = OsString::from(a.to_string_lossy().trim_end_matches('='));
+            let a = self.flag(id).into();
             self.args.push(a);
         }
         self
