@@ -186,6 +186,26 @@ fn serial(vm: &VmFd, gsi: u32, out: std::os::fd::BorrowedFd<'_>) -> Result<Seria
     Ok(SerialPort::new(irq, out))
 }
 
+/// The port I/O bus with the two UARTs: COM1 writes to sm-vmm's stdout, COM2 to its stderr.
+fn console_bus(vm: &VmFd) -> Result<Arc<PioBus>, VmError> {
+    let com1 = serial(vm, COM1_GSI, std::io::stdout().as_fd())?;
+    let com2 = serial(vm, COM2_GSI, std::io::stderr().as_fd())?;
+    Ok(Arc::new(PioBus::new(com1, com2)))
+}
+
+/// What this host's KVM supports, the base of every vCPU's CPUID (fetched once per VM).
+fn supported_cpuid(kvm: &kvm_ioctls::Kvm) -> Result<CpuId, VmError> {
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmError::VmIoctl("KVM_GET_SUPPORTED_CPUID", e))
+}
+
+/// Creates the VM's `count` vCPUs.
+fn create_vcpus(cpuid: &CpuId, vm: &VmFd, count: u32) -> Result<Vec<Vcpu>, VmError> {
+    Ok((0..count)
+        .map(|id| Vcpu::new(cpuid, vm, id, count))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Connects every vhost-user backend and puts its virtio-mmio window on the bus, with
 /// its queue kicks as ioeventfds and its interrupt as an irqfd.
 fn attach_devices(
@@ -370,21 +390,14 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
     let cmdline = boot::kernel_cmdline(config.verbose, config.cmdline_append.as_deref())?;
     boot::write_boot_params(&ram.memory, ram.size, &kernel, &cmdline, initrd)?;
     // Fetched once: it shapes every vCPU's CPUID and where shared memory may go.
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| VmError::VmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
+    let cpuid = supported_cpuid(&kvm)?;
     let (mmio, slots) = attach_devices(&vm, &ram, config, guest_phys_bits(&cpuid))?;
     let mmio = Arc::new(mmio);
     boot::write_acpi(&ram.memory, &acpi::build_tables(config.vcpus, &slots)?)?;
     boot::write_boot_structures(&ram.memory)?;
 
-    let com1 = serial(&vm, COM1_GSI, std::io::stdout().as_fd())?;
-    let com2 = serial(&vm, COM2_GSI, std::io::stderr().as_fd())?;
-    let bus = Arc::new(PioBus::new(com1, com2));
-
-    let vcpus = (0..config.vcpus)
-        .map(|id| Vcpu::new(&cpuid, &vm, id, config.vcpus))
-        .collect::<Result<Vec<_>, _>>()?;
+    let bus = console_bus(&vm)?;
+    let vcpus = create_vcpus(&cpuid, &vm, config.vcpus)?;
     vcpus[0].set_boot_state(kernel.entry)?;
 
     let machine = Machine {
@@ -415,17 +428,11 @@ pub fn restore(snapshot: LoadedSnapshot, api: Option<ApiSocket>) -> Result<VmOut
     let kvm = kvm::open(shape.vcpus)?;
     let ram = GuestRam::from_memfd(memory, shape.mem_mib)?;
     let vm = create_vm(&kvm, &ram)?;
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| VmError::VmIoctl("KVM_GET_SUPPORTED_CPUID", e))?;
+    let cpuid = supported_cpuid(&kvm)?;
     let mmio = Arc::new(MmioBus::default());
-    let com1 = serial(&vm, COM1_GSI, std::io::stdout().as_fd())?;
-    let com2 = serial(&vm, COM2_GSI, std::io::stderr().as_fd())?;
-    let bus = Arc::new(PioBus::new(com1, com2));
+    let bus = console_bus(&vm)?;
     // Firecracker's order: vCPUs exist before the VM state (the irqchips) is set.
-    let vcpus = (0..shape.vcpus)
-        .map(|id| Vcpu::new(&cpuid, &vm, id, shape.vcpus))
-        .collect::<Result<Vec<_>, _>>()?;
+    let vcpus = create_vcpus(&cpuid, &vm, shape.vcpus)?;
     // The guest clock is right after a restore where KVM can say what time it was saved at.
     let clock = if state.vm.clock.flags & KVM_CLOCK_REALTIME != 0 {
         ClockRestore::Realtime
