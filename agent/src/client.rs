@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::frame::{
     read_frame, write_chunk, write_frame, write_json, FrameError, Kind, DATA_CHUNK,
 };
-use crate::message::{ExecRequest, ExitInfo, Hello, Request, Response};
+use crate::message::{ExecRequest, ExitInfo, Hello, Request, Response, SEED_BYTES};
 use crate::{AGENT_PORT, PROTOCOL_VERSION, READY_LINE, READY_PORT};
 
 /// Errors talking to the agent.
@@ -245,6 +245,22 @@ impl Agent {
                 }
                 k => return Err(AgentError::Protocol(format!("unexpected {k:?} frame"))),
             }
+        }
+    }
+
+    /// Mixes `seed` (see [`crate::fresh_seed`]) into the guest kernel's entropy pool and
+    /// reseeds its CRNG; once this returns `Ok`, every random read in the guest
+    /// (getrandom, `/dev/urandom`, `/proc/sys/kernel/random/uuid`) comes from a new key.
+    /// Call it on each clone restored from a snapshot, with a seed of its own.
+    pub fn reseed(&self, seed: &[u8; SEED_BYTES]) -> Result<(), AgentError> {
+        let req = Request::Reseed {
+            seed: seed.to_vec(),
+        };
+        let mut s = self.open(Some(&req))?;
+        let f = read_frame(&mut s)?;
+        match (f.kind, done(f.json()?)?) {
+            (Kind::Done, Response::Reseeded) => Ok(()),
+            (k, r) => Err(AgentError::Protocol(format!("reseed answered {k:?} {r:?}"))),
         }
     }
 

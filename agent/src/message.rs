@@ -72,7 +72,18 @@ pub enum Request {
         /// Guest port.
         port: u16,
     },
+    /// Mix `seed` into the guest kernel's input pool (credited as entropy) and reseed its
+    /// CRNG, so everything random the guest reads after the answer (getrandom,
+    /// `/dev/urandom`, `/proc/sys/kernel/random/uuid`) comes from a new key: what a clone
+    /// restored from a snapshot needs before it runs anything.
+    Reseed {
+        /// Exactly [`SEED_BYTES`] bytes from the host's getrandom.
+        seed: Vec<u8>,
+    },
 }
+
+/// How many bytes a [`Request::Reseed`] carries.
+pub const SEED_BYTES: usize = 64;
 
 /// Signals and stdin control for a running command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +112,8 @@ pub enum Response {
     /// The TCP connection is established; data frames follow both ways from here on, an
     /// empty one ending its direction.
     Connected,
+    /// The seed was mixed in and the guest's CRNG reseeded.
+    Reseeded,
     /// The request failed; one line saying why.
     Failed(String),
 }
@@ -127,5 +140,41 @@ impl ExitInfo {
             (None, Some(s)) => 128u8.wrapping_add(s as u8),
             _ => 255,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{read_frame, write_json, Kind};
+
+    #[test]
+    fn a_reseed_request_carries_its_64_bytes_through_a_frame() {
+        let seed: Vec<u8> = (0..SEED_BYTES as u8).map(|b| b.wrapping_mul(37)).collect();
+        let mut buf = Vec::new();
+        write_json(
+            &mut buf,
+            Kind::Request,
+            &Request::Reseed { seed: seed.clone() },
+        )
+        .unwrap();
+        let f = read_frame(&mut &buf[..]).unwrap();
+        assert_eq!(f.kind, Kind::Request);
+        assert_eq!(f.json::<Request>().unwrap(), Request::Reseed { seed });
+    }
+
+    #[test]
+    fn the_reseed_messages_have_a_stable_wire_form() {
+        let req = Request::Reseed { seed: vec![0, 255] };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"Reseed":{"seed":[0,255]}}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Response::Reseeded).unwrap(),
+            r#""Reseeded""#
+        );
+        let back: Response = serde_json::from_str(r#""Reseeded""#).unwrap();
+        assert_eq!(back, Response::Reseeded);
     }
 }

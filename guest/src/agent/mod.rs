@@ -1,8 +1,9 @@
-//! The agent: serves the host's requests (exec, files, TCP) on vsock port
+//! The agent: serves the host's requests (exec, files, TCP, reseed) on vsock port
 //! [`sm_agent::AGENT_PORT`], one thread per connection, so any number run at once.
 
 mod exec;
 mod files;
+mod random;
 mod tcp;
 mod tty;
 
@@ -143,6 +144,7 @@ fn handshake_and_serve(conn: &mut File) -> Result<(), FrameError> {
         } => files::write(conn, &path, mode, size, create_parents),
         Request::ReadFile { path, max_bytes } => files::read(conn, &path, max_bytes),
         Request::ConnectTcp { port } => return tcp::connect(conn, port),
+        Request::Reseed { seed } => random::reseed(&seed),
     };
     write_json(conn, Kind::Done, &response)
 }
