@@ -6,13 +6,17 @@
 //! beside its target and renames it into place only once it is complete, so a directory at the
 //! target is either a whole snapshot or absent. [`verify::verify`] checks a directory against
 //! its manifest. [`memory`] saves guest RAM (a memfd) as a sparse file holding only the
-//! populated pages and restores it into a fresh memfd per clone.
+//! populated pages and restores it into a fresh memfd per clone. [`api::ApiClient`] drives
+//! sm-vmm's control API; [`clone::clone_file`] copies a volume file for a snapshot or a clone.
 
+pub mod api;
+pub mod clone;
 pub mod manifest;
 pub mod memory;
 pub mod verify;
 pub mod writer;
 
+pub use clone::{clone_file, CloneError, CloneKind};
 pub use manifest::{
     DeviceEntry, DeviceKind, FileEntry, HostFingerprint, Manifest, MemoryLayout, MemoryRegion,
     MANIFEST_FILE, MANIFEST_FORMAT_VERSION,
