@@ -4,16 +4,25 @@
 //! Each queue gets its own worker thread (`queues_per_thread`), so queues never contend for a
 //! lock. With VIRTIO_RING_F_EVENT_IDX the loop keeps draining until the ring stays empty
 //! after notifications are re-enabled, so no kick is lost.
+//!
+//! Snapshots: the device offers VHOST_USER_PROTOCOL_F_DEVICE_STATE ([`crate::state`]).
+//! A request taken from a ring is completed before GET_VRING_BASE answers (the common
+//! [`Vring`] waits for it), and the image is flushed then, so a stopped ring has nothing
+//! in flight and nothing unwritten.
 
+use std::fs::File;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sm_vhost_user_common::queue::{handle_queue_event, one_queue_per_thread, QueueState};
 use sm_vhost_user_common::serve::ServedBackend;
+use sm_vhost_user_common::state::StateTransfer;
 use tracing::warn;
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+};
 use vhost_user_backend::{VhostUserBackend, VringT};
-use virtio_queue::QueueOwnedT;
 use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
@@ -21,6 +30,7 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use crate::config::{DeviceConfig, MAX_QUEUE_SIZE};
 use crate::image::Image;
 use crate::request::{self, Segment};
+use crate::state::BlkState;
 
 pub use sm_vhost_user_common::queue::{GuestMem, Vring};
 
@@ -29,6 +39,8 @@ pub struct BlkBackend {
     image: Arc<Image>,
     config: DeviceConfig,
     queues: QueueState,
+    acked_features: Arc<AtomicU64>,
+    transfer: StateTransfer,
 }
 
 impl BlkBackend {
@@ -43,14 +55,17 @@ impl BlkBackend {
             image,
             config,
             queues: QueueState::new(),
+            acked_features: Arc::new(AtomicU64::new(0)),
+            transfer: StateTransfer::new(),
         }
     }
 
     /// Runs every request currently in the available ring and notifies the guest once.
     fn process_available(&self, vring: &Vring, atomic: &GuestMem) -> io::Result<()> {
         let mem = atomic.memory();
-        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-            Ok(iter) => iter.collect(),
+        // `_busy` keeps GET_VRING_BASE waiting until every chain taken here is returned.
+        let (chains, _busy) = match vring.take_available(mem.clone()) {
+            Ok(taken) => taken,
             Err(e) => {
                 // A corrupt available index: leave the ring alone rather than guess.
                 warn!("cannot read the available ring: {e}");
@@ -105,6 +120,28 @@ impl VhostUserBackend for BlkBackend {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::DEVICE_STATE
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked_features.store(features, Ordering::Relaxed);
+    }
+
+    fn set_device_state_fd(
+        &self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: File,
+    ) -> io::Result<Option<File>> {
+        let (image, config, acked) = (self.image.clone(), self.config, self.acked_features.clone());
+        let save = move || BlkState::save(&image, &config, acked.load(Ordering::Relaxed));
+        let (image, config) = (self.image.clone(), self.config);
+        let load = move |bytes: Vec<u8>| BlkState::load(&bytes, &image, &config).map(|_| ());
+        self.transfer.start(direction, phase, file, save, load)
+    }
+
+    fn check_device_state(&self) -> io::Result<()> {
+        self.transfer.check()
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -135,6 +172,14 @@ impl VhostUserBackend for BlkBackend {
         thread_id: usize,
     ) -> io::Result<()> {
         handle_queue_event(device_event, evset, vrings, thread_id, |vring, _| {
+            vring.set_stop_hook(|| {
+                let image = self.image.clone();
+                Arc::new(move || {
+                    if let Err(e) = image.flush() {
+                        warn!("cannot flush the image as the ring stops: {e}");
+                    }
+                })
+            });
             self.queues
                 .drain(vring, |mem| self.process_available(vring, mem))
         })

@@ -6,7 +6,7 @@
 //! [`image`] owns the file (size rules, the one-writer lock, positioned I/O), [`request`]
 //! turns one untrusted descriptor chain into one checked operation, [`config`] is what the
 //! device advertises, [`backend`] is the vhost-user device and its queue loop, and [`serve`]
-//! binds the socket and serves frontends.
+//! binds the socket and serves frontends; [`state`] is what a snapshot carries over.
 
 pub mod backend;
 pub mod cli;
@@ -14,3 +14,4 @@ pub mod config;
 pub mod image;
 pub mod request;
 pub mod serve;
+pub mod state;

@@ -4,7 +4,8 @@
 //! binding the socket and serving frontends one connection at a time ([`serve`]), and the
 //! device glue every backend needs ([`queue`]: guest memory and vring types, per-connection
 //! queue state with the EVENT_IDX drain loop, queue event dispatch, and the workaround for
-//! the exit eventfds vhost-user-backend 0.22 leaks).
+//! the exit eventfds vhost-user-backend 0.22 leaks; a vring that makes GET_VRING_BASE wait
+//! for the requests still running), and device state transfer for snapshots ([`state`]).
 //!
 //! Device behaviour (features, config space, what a request does) stays in each backend.
 
@@ -13,3 +14,4 @@
 pub mod queue;
 pub mod serve;
 pub mod startup;
+pub mod state;

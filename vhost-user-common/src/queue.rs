@@ -2,14 +2,17 @@
 //! per-connection queue state with its EVENT_IDX drain loop, the queue event dispatch, and
 //! the queue threads' exit eventfds.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::{VringRwLock, VringStateGuard, VringStateMutGuard, VringT};
+use virtio_queue::{DescriptorChain, Error as VirtQueError, QueueOwnedT};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -18,8 +21,229 @@ use vmm_sys_util::event::{
 
 /// Guest memory as the backend sees it.
 pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
-/// One virtqueue with its kick and call eventfds.
-pub type Vring = VringRwLock<GuestMem>;
+
+/// How long GET_VRING_BASE waits for requests still running before it answers anyway.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// A hook run when a ring stops (GET_VRING_BASE), after its last request completed.
+pub type StopHook = Arc<dyn Fn() + Send + Sync>;
+
+/// Requests taken from one ring and not yet returned to the guest.
+#[derive(Default)]
+struct InFlight {
+    count: Mutex<usize>,
+    idle: Condvar,
+    on_stop: Mutex<Option<StopHook>>,
+}
+
+/// One virtqueue with its kick and call eventfds: vhost-user-backend's [`VringRwLock`] plus a
+/// count of the requests taken from it and not yet completed.
+///
+/// vhost-user-backend 0.22 answers GET_VRING_BASE with the ring's next available index
+/// without waiting for the device: a request already taken from the ring but still running
+/// (on a queue thread or a worker pool) would be neither in the saved index nor in the used
+/// ring. Here [`VringT::queue_next_avail`] (which only GET_VRING_BASE calls, after marking
+/// the queue not ready) first waits until every request taken with
+/// [`Vring::take_available`] is done, then runs the stop hook (blk: fsync the image).
+#[derive(Clone)]
+pub struct Vring {
+    inner: VringRwLock<GuestMem>,
+    inflight: Arc<InFlight>,
+}
+
+/// Keeps its ring busy (GET_VRING_BASE waits) until the last clone is dropped; hand a clone
+/// to every worker that completes a request taken from the ring.
+pub struct Busy {
+    inflight: Arc<InFlight>,
+}
+
+impl Clone for Busy {
+    fn clone(&self) -> Busy {
+        Busy::new(self.inflight.clone())
+    }
+}
+
+impl Busy {
+    fn new(inflight: Arc<InFlight>) -> Busy {
+        *inflight.count.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Busy { inflight }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut count = self
+            .inflight
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *count -= 1;
+        if *count == 0 {
+            self.inflight.idle.notify_all();
+        }
+    }
+}
+
+impl Vring {
+    /// Takes every chain in the available ring, with a [`Busy`] token that must live until
+    /// each of them is returned to the guest. Once the ring is stopped nothing more is taken.
+    pub fn take_available<M>(&self, mem: M) -> Result<(Vec<DescriptorChain<M>>, Busy), VirtQueError>
+    where
+        M: Clone + std::ops::Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
+        let mut state = self.inner.get_mut();
+        // Counted under the ring's lock: GET_VRING_BASE marks the queue not ready under the
+        // same lock, so a chain is either counted here or never taken.
+        let busy = Busy::new(self.inflight.clone());
+        let chains = state.get_queue_mut().iter(mem)?.collect();
+        Ok((chains, busy))
+    }
+
+    /// Sets the hook run each time the ring stops, once its requests are done; `make` is
+    /// only called when the ring has no hook yet (later calls keep the first hook).
+    pub fn set_stop_hook(&self, make: impl FnOnce() -> StopHook) {
+        let mut slot = self
+            .inflight
+            .on_stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(make());
+        }
+    }
+
+    /// Waits (at most [`STOP_WAIT`]) until no request taken from this ring is running.
+    fn wait_idle(&self) {
+        let count = self
+            .inflight
+            .count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (count, timeout) = self
+            .inflight
+            .idle
+            .wait_timeout_while(count, STOP_WAIT, |c| *c > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() {
+            warn!("ring stopped with {} requests still running", *count);
+        }
+    }
+}
+
+impl<'a> VringStateGuard<'a, GuestMem> for Vring {
+    type G = <VringRwLock<GuestMem> as VringStateGuard<'a, GuestMem>>::G;
+}
+
+impl<'a> VringStateMutGuard<'a, GuestMem> for Vring {
+    type G = <VringRwLock<GuestMem> as VringStateMutGuard<'a, GuestMem>>::G;
+}
+
+impl VringT<GuestMem> for Vring {
+    fn new(mem: GuestMem, max_queue_size: u16) -> Result<Self, VirtQueError> {
+        Ok(Vring {
+            inner: VringRwLock::new(mem, max_queue_size)?,
+            inflight: Arc::new(InFlight::default()),
+        })
+    }
+
+    fn get_ref(&self) -> <Self as VringStateGuard<'_, GuestMem>>::G {
+        self.inner.get_ref()
+    }
+
+    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, GuestMem>>::G {
+        self.inner.get_mut()
+    }
+
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), VirtQueError> {
+        self.inner.add_used(desc_index, len)
+    }
+
+    fn signal_used_queue(&self) -> io::Result<()> {
+        self.inner.signal_used_queue()
+    }
+
+    fn enable_notification(&self) -> Result<bool, VirtQueError> {
+        self.inner.enable_notification()
+    }
+
+    fn disable_notification(&self) -> Result<(), VirtQueError> {
+        self.inner.disable_notification()
+    }
+
+    fn needs_notification(&self) -> Result<bool, VirtQueError> {
+        self.inner.needs_notification()
+    }
+
+    fn set_enabled(&self, enabled: bool) {
+        self.inner.set_enabled(enabled)
+    }
+
+    fn set_queue_info(
+        &self,
+        desc_table: u64,
+        avail_ring: u64,
+        used_ring: u64,
+    ) -> Result<(), VirtQueError> {
+        self.inner.set_queue_info(desc_table, avail_ring, used_ring)
+    }
+
+    /// GET_VRING_BASE's answer: waits for the requests still running, runs the stop hook,
+    /// then reads the index.
+    fn queue_next_avail(&self) -> u16 {
+        self.wait_idle();
+        let hook = self
+            .inflight
+            .on_stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook();
+        }
+        self.inner.queue_next_avail()
+    }
+
+    fn set_queue_next_avail(&self, base: u16) {
+        self.inner.set_queue_next_avail(base)
+    }
+
+    fn set_queue_next_used(&self, idx: u16) {
+        self.inner.set_queue_next_used(idx)
+    }
+
+    fn queue_used_idx(&self) -> Result<u16, VirtQueError> {
+        self.inner.queue_used_idx()
+    }
+
+    fn set_queue_size(&self, num: u16) {
+        self.inner.set_queue_size(num)
+    }
+
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.inner.set_queue_event_idx(enabled)
+    }
+
+    fn set_queue_ready(&self, ready: bool) {
+        self.inner.set_queue_ready(ready)
+    }
+
+    fn set_kick(&self, file: Option<File>) {
+        self.inner.set_kick(file)
+    }
+
+    fn read_kick(&self) -> io::Result<bool> {
+        self.inner.read_kick()
+    }
+
+    fn set_call(&self, file: Option<File>) {
+        self.inner.set_call(file)
+    }
+
+    fn set_err(&self, file: Option<File>) {
+        self.inner.set_err(file)
+    }
+}
 
 /// Lowest descriptor number for the queue threads' exit eventfds. vhost-user-backend 0.22
 /// turns each into a raw fd it never closes (one leak per queue per connection); keeping them

@@ -4,7 +4,14 @@
 //!
 //! Each queue has its own worker thread. A request the server cannot decode is logged and
 //! returned with no reply bytes; nothing a guest sends ends a queue thread.
+//!
+//! Snapshots: the device offers VHOST_USER_PROTOCOL_F_DEVICE_STATE and hands over the inode
+//! and handle tables ([`crate::fs::state`]). Every request taken from a ring, including those
+//! running on the `--thread-pool-size` pool, holds the ring busy until its reply is in the
+//! used ring, and GET_VRING_BASE waits for that (sm-vhost-user-common's [`Vring`]), so a
+//! stopped ring has nothing in flight.
 
+use std::fs::File;
 use std::io;
 use std::sync::Arc;
 
@@ -12,11 +19,15 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FsCacheReqHandler, Reader, VirtioFsWriter};
 use sm_vhost_user_common::queue::{handle_queue_event, one_queue_per_thread, QueueState};
 use sm_vhost_user_common::serve::ServedBackend;
+use sm_vhost_user_common::state::StateTransfer;
 use tracing::{debug, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserShMemConfig,
+};
 use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringT};
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
@@ -35,11 +46,13 @@ type Chain = DescriptorChain<Arc<GuestMemoryMmap>>;
 
 /// The virtio-fs device state for one frontend connection.
 pub struct FsBackend {
+    fs: Arc<SharedFs>,
     server: Arc<Server<Arc<SharedFs>>>,
     pool: Option<Pool>,
     config: DeviceConfig,
     queues: QueueState,
     dax: Option<DaxWindow>,
+    transfer: StateTransfer,
 }
 
 impl FsBackend {
@@ -52,11 +65,13 @@ impl FsBackend {
         };
         let dax = config.dax_window().map(DaxWindow::new);
         Ok(FsBackend {
-            server: Arc::new(Server::new(fs)),
+            server: Arc::new(Server::new(fs.clone())),
+            fs,
             pool,
             config,
             queues: QueueState::new(),
             dax,
+            transfer: StateTransfer::new(),
         })
     }
 
@@ -65,8 +80,10 @@ impl FsBackend {
     fn process_available(&self, vring: &Vring, atomic: &GuestMem, queue: usize) -> io::Result<()> {
         // An owned snapshot of guest memory, so chains can move to worker threads.
         let mem = atomic.memory().into_inner();
-        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-            Ok(iter) => iter.collect(),
+        // `busy` keeps GET_VRING_BASE waiting until every chain taken here is returned; each
+        // pool job holds a clone.
+        let (chains, busy) = match vring.take_available(mem.clone()) {
+            Ok(taken) => taken,
             Err(e) => {
                 warn!("cannot read the available ring: {e}");
                 return Ok(());
@@ -82,6 +99,7 @@ impl FsBackend {
                 Some(pool) => {
                     let (server, vring) = (self.server.clone(), vring.clone());
                     let dax = self.dax.clone();
+                    let busy = busy.clone();
                     pool.submit(Box::new(move || {
                         let used = run_request(&server, chain, dax.as_ref());
                         complete(&vring, head, used);
@@ -90,6 +108,7 @@ impl FsBackend {
                                 warn!("cannot notify the guest: {e}");
                             }
                         }
+                        drop(busy);
                     }));
                 }
                 None => {
@@ -173,7 +192,34 @@ impl VhostUserBackend for FsBackend {
         } else {
             VhostUserProtocolFeatures::empty()
         };
-        config | dax | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+        config
+            | dax
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::DEVICE_STATE
+    }
+
+    fn set_device_state_fd(
+        &self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: File,
+    ) -> io::Result<Option<File>> {
+        if self.dax.is_some() {
+            // The guest's DAX mappings live in the frontend's window and cannot be rebuilt.
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no snapshots with a DAX window (--dax-window-mib)",
+            ));
+        }
+        let (fs, fs2) = (self.fs.clone(), self.fs.clone());
+        let save = move || fs.save_state_bytes();
+        let load = move |bytes: Vec<u8>| fs2.load_state_bytes(&bytes);
+        self.transfer.start(direction, phase, file, save, load)
+    }
+
+    fn check_device_state(&self) -> io::Result<()> {
+        self.transfer.check()
     }
 
     fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {

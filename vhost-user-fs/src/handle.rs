@@ -81,6 +81,31 @@ impl HandleTable {
         }
     }
 
+    /// Every open handle as (handle number, data), in handle order, and the last number
+    /// handed out.
+    pub fn entries(&self) -> (Vec<(u64, Arc<HandleData>)>, u64) {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = inner.0.iter().map(|(&h, d)| (h, d.clone())).collect();
+        all.sort_by_key(|e| e.0);
+        (all, inner.1)
+    }
+
+    /// Replaces every handle with the given (handle number, node ID, open file), numbering
+    /// new ones after `last` (a snapshot's table, reopened).
+    pub fn restore(&self, entries: Vec<(u64, u64, File)>, last: u64) {
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        inner.0.clear();
+        for (handle, inode, file) in entries {
+            let data = Arc::new(HandleData {
+                inode,
+                file,
+                dir_pos: Mutex::new(DirCursor::default()),
+            });
+            inner.0.insert(handle, data);
+        }
+        inner.1 = inner.1.max(last);
+    }
+
     /// Closes everything (end of a FUSE session).
     pub fn clear(&self) {
         self.inner

@@ -25,6 +25,15 @@ pub struct InodeData {
 }
 
 impl InodeData {
+    /// An entry for the `O_PATH` descriptor `fd` whose `stat` is `st`.
+    pub fn new(fd: OwnedFd, st: &libc::stat64) -> InodeData {
+        InodeData {
+            fd,
+            key: (st.st_dev, st.st_ino),
+            kind: st.st_mode & libc::S_IFMT,
+        }
+    }
+
     /// The `O_PATH` descriptor.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -149,6 +158,40 @@ impl InodeTable {
                 inner.by_key.remove(&key);
             }
         }
+    }
+
+    /// Every inode but the root, as (node ID, entry, kernel references), in node ID order,
+    /// and the next node ID to hand out.
+    pub fn entries(&self) -> (Vec<(u64, Arc<InodeData>, u64)>, u64) {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = inner
+            .by_id
+            .iter()
+            .filter(|(&id, _)| id != ROOT_ID)
+            .map(|(&id, slot)| (id, slot.data.clone(), slot.refs))
+            .collect();
+        all.sort_by_key(|e| e.0);
+        (all, inner.next)
+    }
+
+    /// Starts over with `root` and the given (node ID, entry, kernel references), handing
+    /// out IDs from `next` on (a snapshot's table, reopened). IDs must be unique, above
+    /// the root's and below `next`.
+    pub fn restore(
+        &self,
+        root: OwnedFd,
+        st: &libc::stat64,
+        entries: Vec<(u64, InodeData, u64)>,
+        next: u64,
+    ) {
+        self.reset(root, st);
+        let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for (id, data, refs) in entries {
+            inner.by_key.entry(data.key).or_insert(id);
+            let data = Arc::new(data);
+            inner.by_id.insert(id, Slot { data, refs });
+        }
+        inner.next = inner.next.max(next);
     }
 
     /// How many inodes are known (root included).

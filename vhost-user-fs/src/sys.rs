@@ -122,12 +122,18 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat64> {
 
 /// The target of the symlink `fd` refers to (an `O_PATH | O_NOFOLLOW` descriptor).
 pub fn readlink(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    readlink_at(fd, c"")
+}
+
+/// `readlinkat(dir, name)`: the target of the symlink `name` in `dir` (`""`: `dir` itself).
+pub fn readlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    let fd = dir;
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
     let n = check(unsafe {
         libc::readlinkat(
             fd.as_raw_fd(),
-            c"".as_ptr(),
+            name.as_ptr(),
             buf.as_mut_ptr().cast(),
             buf.len(),
         )
@@ -426,6 +432,12 @@ impl ProcFds {
             unsafe { libc::openat(self.dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC) }
                 .into(),
         )
+    }
+
+    /// The host path the kernel records for `fd` (as this process sees the file system;
+    /// `" (deleted)"` appended once unlinked).
+    pub fn path_of(&self, fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+        readlink_at(self.dir.as_fd(), &Self::name(fd))
     }
 
     /// `(directory, name)` naming `fd` through this directory, for the `*at` calls that have

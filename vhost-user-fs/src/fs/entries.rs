@@ -24,6 +24,17 @@ impl SharedFs {
     /// LOOKUP of the validated `name` in the directory `dir`; an entry returned is one more
     /// kernel reference to its node (undone by FORGET).
     pub(super) fn lookup_in(&self, dir: &InodeData, name: &CStr) -> io::Result<Entry> {
+        let (fd, _) = self.resolve_in(dir, name)?;
+        self.entry(fd, false)
+    }
+
+    /// What LOOKUP finds for the validated `name` in `dir` under the symlink policy, with
+    /// its `stat`, without registering it (also how a snapshot's paths are reopened).
+    pub(super) fn resolve_in(
+        &self,
+        dir: &InodeData,
+        name: &CStr,
+    ) -> io::Result<(std::os::fd::OwnedFd, libc::stat64)> {
         let fd = sys::open_path(dir.fd(), name, self.cfg.symlinks.follows())?;
         let st = sys::fstat(fd.as_fd())?;
         if st.st_mode & libc::S_IFMT == libc::S_IFLNK && self.cfg.symlinks.hides_escaping_symlinks()
@@ -31,7 +42,7 @@ impl SharedFs {
             let inside = self.symlink_inside(dir, &fd)?;
             self.cfg.symlinks.check_lookup_symlink(inside)?;
         }
-        self.entry(fd, false)
+        Ok((fd, st))
     }
 
     /// The entry for `name`, just created in `dir` by the guest (never followed).

@@ -28,7 +28,7 @@ const PASSED_FLAGS: i32 = libc::O_ACCMODE
     | libc::O_NONBLOCK;
 
 /// The guest's open flags, filtered.
-fn open_flags(flags: u32) -> i32 {
+pub(super) fn open_flags(flags: u32) -> i32 {
     flags as i32 & PASSED_FLAGS
 }
 

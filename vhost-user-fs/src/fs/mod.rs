@@ -9,11 +9,13 @@
 //!
 //! The operations are split by concern: [`entries`] (names: lookup, create, remove, rename,
 //! links), [`files`] (open files and attributes), [`dirs`] (directory listing, with LOOKUP's answers for READDIRPLUS) and
-//! [`xattrs`]; this module holds the shared state and the trait's dispatch.
+//! [`xattrs`]; this module holds the shared state and the trait's dispatch. [`state`] saves
+//! and reopens the inode and handle tables for snapshots.
 
 mod dirs;
 mod entries;
 mod files;
+pub mod state;
 mod xattrs;
 
 use std::collections::HashMap;
@@ -68,6 +70,8 @@ pub struct SharedFs {
     /// watcher reports a host change (without a watcher nothing is cached).
     depths: Mutex<HashMap<InodeKey, usize>>,
     watcher: Option<Watcher>,
+    /// What the last FUSE INIT agreed (or a snapshot's), as `FsOptions` bits.
+    fuse_options: Mutex<Option<u64>>,
 }
 
 /// Shorthand for an errno as an `io::Error`.
@@ -92,6 +96,7 @@ impl SharedFs {
             proc,
             depths: Mutex::new(HashMap::new()),
             watcher: None,
+            fuse_options: Mutex::new(None),
         })
     }
 
@@ -116,6 +121,24 @@ impl SharedFs {
             Ok((fd, st)) => self.inodes.reset(fd, &st),
             Err(e) => tracing::warn!("cannot reset the inode table: {e}"),
         }
+    }
+
+    /// The FUSE options this file system asks for at INIT (the kernel agrees to a subset).
+    fn wanted(&self) -> FsOptions {
+        // ASYNC_DIO: the guest sends the pieces of one large O_DIRECT request together
+        // instead of waiting for each (a 1 MiB read is two requests at 252 pages each).
+        let mut want = FsOptions::ASYNC_READ
+            | FsOptions::ASYNC_DIO
+            | FsOptions::BIG_WRITES
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::MAX_PAGES
+            | FsOptions::ATOMIC_O_TRUNC
+            | FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO;
+        if self.cfg.cache == CacheMode::Auto {
+            want |= FsOptions::AUTO_INVAL_DATA;
+        }
+        want
     }
 
     /// How long the guest may trust a name or attributes.
@@ -230,24 +253,14 @@ impl FileSystem for SharedFs {
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         self.reset();
-        // ASYNC_DIO: the guest sends the pieces of one large O_DIRECT request together
-        // instead of waiting for each (a 1 MiB read is two requests at 252 pages each).
-        let mut want = FsOptions::ASYNC_READ
-            | FsOptions::ASYNC_DIO
-            | FsOptions::BIG_WRITES
-            | FsOptions::PARALLEL_DIROPS
-            | FsOptions::MAX_PAGES
-            | FsOptions::ATOMIC_O_TRUNC
-            | FsOptions::DO_READDIRPLUS
-            | FsOptions::READDIRPLUS_AUTO;
-        if self.cfg.cache == CacheMode::Auto {
-            want |= FsOptions::AUTO_INVAL_DATA;
-        }
-        Ok(want & capable)
+        let agreed = self.wanted() & capable;
+        *self.fuse_options.lock().unwrap_or_else(|e| e.into_inner()) = Some(agreed.bits());
+        Ok(agreed)
     }
 
     fn destroy(&self) {
         self.reset();
+        *self.fuse_options.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
