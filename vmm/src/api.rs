@@ -9,7 +9,7 @@
 //! | `PUT /vm/pause` | 204; every vCPU out of KVM_RUN and parked (409 if already paused) |
 //! | `PUT /vm/resume` | 204 (409 if not paused) |
 //! | `PUT /vm/shutdown` | 204, then the VM powers off and sm-vmm exits |
-//! | `PUT /vm/snapshot` `{"destination": "/abs/dir"}` | 204; the paused VM saved to a new directory (409 if running, 400 with vhost-user devices or an existing destination) |
+//! | `PUT /vm/snapshot` `{"destination": "/abs/dir", "include": [{"name": "f", "path": "/abs/file"}]}` | 204; the paused VM, its backends' state and the `include` files (copied while the devices are stopped) saved to a new directory (409 if running, 400 for an existing destination or a device that cannot hand over its state) |
 //!
 //! Errors are `{"error": "one clear message"}` with a 4xx/5xx status.
 
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{IncludeFile, SnapshotError};
 use crate::vcpu::PauseError;
 
 /// Largest request head (request line and headers) read.
@@ -112,6 +112,8 @@ pub enum Request {
     Snapshot {
         /// The directory to create (absolute).
         destination: PathBuf,
+        /// Host files to copy into it while the devices are stopped.
+        include: Vec<IncludeFile>,
     },
 }
 
@@ -120,6 +122,8 @@ pub enum Request {
 #[serde(deny_unknown_fields)]
 struct SnapshotBody {
     destination: PathBuf,
+    #[serde(default)]
+    include: Vec<IncludeFile>,
 }
 
 /// Whether the vCPUs run guest code.
@@ -177,6 +181,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, ApiError>
         "/vm/snapshot" => (
             Request::Snapshot {
                 destination: PathBuf::new(),
+                include: vec![],
             },
             "PUT",
         ),
@@ -192,7 +197,7 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, ApiError>
     if let Request::Snapshot { .. } = request {
         let body: SnapshotBody = serde_json::from_slice(body).map_err(|e| {
             ApiError::BadRequest(format!(
-                "/vm/snapshot takes {{\"destination\": \"/absolute/dir\"}}; {e}"
+                "/vm/snapshot takes {{\"destination\": \"/absolute/dir\", \"include\": [{{\"name\": \"f\", \"path\": \"/abs\"}}]}}; {e}"
             ))
         })?;
         if !body.destination.is_absolute() {
@@ -201,8 +206,21 @@ pub fn route(method: &str, path: &str, body: &[u8]) -> Result<Request, ApiError>
                 body.destination.display()
             )));
         }
+        for file in &body.include {
+            let plain = !file.name.is_empty()
+                && !file.name.contains('/')
+                && file.name != "."
+                && file.name != "..";
+            if !plain || !file.path.is_absolute() {
+                return Err(ApiError::BadRequest(format!(
+                    "/vm/snapshot: include entry {{\"name\": {:?}, \"path\": {:?}}} needs a plain file name and an absolute path",
+                    file.name, file.path
+                )));
+            }
+        }
         return Ok(Request::Snapshot {
             destination: body.destination,
+            include: body.include,
         });
     }
     // The PUT actions take no arguments: an empty body or `{}`.
@@ -452,11 +470,36 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_includes_plain_names_of_absolute_paths() {
+        let body =
+            br#"{"destination": "/s", "include": [{"name": "vol.img", "path": "/v/a.img"}]}"#;
+        assert_eq!(
+            route("PUT", "/vm/snapshot", body).unwrap(),
+            Request::Snapshot {
+                destination: "/s".into(),
+                include: vec![IncludeFile {
+                    name: "vol.img".into(),
+                    path: "/v/a.img".into()
+                }],
+            }
+        );
+        for bad in [
+            &br#"{"destination": "/s", "include": [{"name": "../x", "path": "/v"}]}"#[..],
+            br#"{"destination": "/s", "include": [{"name": "x", "path": "rel"}]}"#,
+            br#"{"destination": "/s", "include": [{"name": "", "path": "/v"}]}"#,
+            br#"{"destination": "/s", "include": [{"path": "/v"}]}"#,
+        ] {
+            assert_eq!(status_of(route("PUT", "/vm/snapshot", bad)), 400);
+        }
+    }
+
+    #[test]
     fn snapshot_takes_an_absolute_destination() {
         assert_eq!(
             route("PUT", "/vm/snapshot", br#"{"destination": "/s/a"}"#).unwrap(),
             Request::Snapshot {
-                destination: "/s/a".into()
+                destination: "/s/a".into(),
+                include: vec![],
             }
         );
         for body in [&b""[..], b"{}", br#"{"destination": "rel"}"#, b"{"] {

@@ -53,11 +53,12 @@ pub struct VmmArgs {
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
     /// Start the VM from the snapshot in DIR (written by PUT /vm/snapshot) instead of
-    /// booting: its vCPUs, memory and console come from the snapshot.
+    /// booting: its vCPUs, memory and console come from the snapshot; the device flags must
+    /// name the snapshotted VM's devices in the same order, each served by a fresh backend.
     #[arg(
         long,
         value_name = "DIR",
-        conflicts_with_all = ["kernel", "initrd", "cmdline_append", "env", "command", "blk_socket", "fs_socket", "vsock_socket", "cid"]
+        conflicts_with_all = ["kernel", "initrd", "cmdline_append", "env", "command"]
     )]
     pub restore: Option<PathBuf>,
     /// The command to run in the guest.
@@ -228,12 +229,29 @@ mod tests {
     fn restore_conflicts_with_boot_flags() {
         for extra in [
             &["--kernel", "/k"][..],
-            &["--vsock-socket", "/v.sock"],
+            &["--initrd", "/i"],
+            &["-e", "A=1"],
             &["--", "true"],
         ] {
             let args = ["sm-vmm", "--restore", "/s"].iter().chain(extra);
             assert!(VmmArgs::try_parse_from(args).is_err(), "{extra:?}");
         }
+        // A restore attaches fresh backends for the snapshotted VM's devices.
+        let args = VmmArgs::try_parse_from([
+            "sm-vmm",
+            "--restore",
+            "/s",
+            "--blk-socket",
+            "/b.sock",
+            "--fs-socket",
+            "w=/f.sock",
+            "--vsock-socket",
+            "/v.sock",
+            "--cid",
+            "7",
+        ])
+        .expect("device flags go with --restore");
+        sm_launch::assert_round_trip(&args);
     }
 
     #[test]

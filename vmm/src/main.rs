@@ -37,7 +37,9 @@ fn main() -> ExitCode {
             Ok(api) => api,
             Err(code) => return code,
         };
-        return exit_code(vm::restore(snapshot, api), interactive);
+        // Only the device flags count: vCPUs, memory and the console come from the snapshot.
+        let devices = args.into_config();
+        return exit_code(vm::restore(snapshot, &devices, api), interactive);
     }
     let interactive = args.command.is_empty();
     let config = args.into_config();

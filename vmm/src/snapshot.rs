@@ -2,8 +2,10 @@
 //! device state (`devices.json`) and guest RAM (`memory`, sparse), written atomically by
 //! [`sm_snapshot::SnapshotWriter`] and read back after [`sm_snapshot::verify`].
 //!
-//! Only VMs without vhost-user devices are snapshotted for now: their backends would have to
-//! hand over their state too.
+//! vhost-user devices are part of it: where each ring stood and each backend's own state
+//! (`backend-N.state`, N the device's place on the bus), handed over by
+//! [`crate::vhost_user`]; files the caller asks to include (volume copies, its own records) are
+//! copied in while the devices are stopped.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ use sm_snapshot::{
     SnapshotWriter, VerifyError, WriteError,
 };
 
+use crate::config::VmConfig;
+use crate::devices::virtio_mmio::DeviceHandover;
 use crate::memory::ram_ranges;
 use crate::persist::devices::{DeviceStateError, DeviceStates};
 use crate::persist::{KvmSnapshot, PersistError, SNAPSHOT_FORMAT_VERSION};
@@ -34,9 +38,15 @@ pub enum SnapshotError {
     /// The vCPUs run.
     #[error("the VM must be paused before a snapshot (PUT /vm/pause)")]
     NotPaused,
-    /// A vhost-user backend holds state sm-vmm cannot save yet.
-    #[error("snapshot of vhost-user devices is not supported yet: {0}")]
-    VhostUser(String),
+    /// A device or its backend cannot hand over its state, or failed to.
+    #[error("{0}")]
+    Device(String),
+    /// The devices of the restoring VM are not the snapshotted VM's.
+    #[error("{0}")]
+    DeviceMismatch(String),
+    /// A file to include could not be copied into the snapshot.
+    #[error("cannot include {0} in the snapshot: {1}")]
+    Include(PathBuf, String),
     /// The destination directory could not be created or written.
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -68,7 +78,8 @@ impl SnapshotError {
     pub fn status(&self) -> u16 {
         match self {
             SnapshotError::NotPaused => 409,
-            SnapshotError::VhostUser(_)
+            SnapshotError::Device(_)
+            | SnapshotError::Include(..)
             | SnapshotError::Write(
                 WriteError::TargetExists(_) | WriteError::BadTarget(_) | WriteError::Io { .. },
             ) => 400,
@@ -89,18 +100,96 @@ pub struct VmShape {
     pub mem_mib: u64,
     /// The guest runs an interactive shell (no command): the terminal goes raw.
     pub interactive: bool,
+    /// The vhost-user devices in bus order (a restore must attach the same ones).
+    #[serde(default)]
+    pub devices: Vec<DeviceShape>,
+}
+
+/// One vhost-user device of the VM as a restore must attach it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceShape {
+    /// What the device is.
+    pub kind: DeviceKind,
+    /// The virtio-fs tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl std::fmt::Display for DeviceShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.kind, &self.tag) {
+            (DeviceKind::VirtioBlk, _) => write!(f, "--blk-socket"),
+            (DeviceKind::VirtioFs, Some(tag)) => write!(f, "--fs-socket {tag}=..."),
+            (DeviceKind::VirtioVsock, _) => write!(f, "--vsock-socket"),
+            (kind, _) => write!(f, "{kind:?}"),
+        }
+    }
+}
+
+/// The vhost-user devices `config` attaches, in the order sm-vmm puts them on the bus.
+pub fn device_shapes(config: &VmConfig) -> Vec<DeviceShape> {
+    let blk = config.blk_sockets.iter().map(|_| DeviceShape {
+        kind: DeviceKind::VirtioBlk,
+        tag: None,
+    });
+    let fs = config.fs_sockets.iter().map(|(tag, _)| DeviceShape {
+        kind: DeviceKind::VirtioFs,
+        tag: Some(tag.clone()),
+    });
+    let vsock = config.vsock_socket.iter().map(|_| DeviceShape {
+        kind: DeviceKind::VirtioVsock,
+        tag: None,
+    });
+    blk.chain(fs).chain(vsock).collect()
+}
+
+/// Refuses restoring a VM whose devices are not the snapshotted ones, in one line.
+pub fn check_devices(saved: &[DeviceShape], given: &[DeviceShape]) -> Result<(), SnapshotError> {
+    if saved == given {
+        return Ok(());
+    }
+    let list = |d: &[DeviceShape]| {
+        if d.is_empty() {
+            "none".to_string()
+        } else {
+            d.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    Err(SnapshotError::DeviceMismatch(format!(
+        "the snapshot's VM had the devices [{}], the restore gives [{}]: give the same device flags in the same order",
+        list(saved),
+        list(given)
+    )))
 }
 
 impl VmShape {
-    /// The shape of a VM of `vcpus` and `mem_mib` MiB.
-    pub fn new(vcpus: u32, mem_mib: u64, interactive: bool) -> VmShape {
+    /// The shape of a VM of `vcpus` and `mem_mib` MiB with `devices`.
+    pub fn new(vcpus: u32, mem_mib: u64, interactive: bool, devices: Vec<DeviceShape>) -> VmShape {
         VmShape {
             version: SNAPSHOT_FORMAT_VERSION,
             vcpus,
             mem_mib,
             interactive,
+            devices,
         }
     }
+}
+
+/// A host file the caller wants in the snapshot (a volume as it was, its own records).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncludeFile {
+    /// Its name in the snapshot directory (a plain file name).
+    pub name: String,
+    /// The host file to copy.
+    pub path: PathBuf,
+}
+
+/// The name of the file holding the backend state of the device at bus place `index`.
+pub fn backend_state_file(index: usize) -> String {
+    format!("backend-{index}.state")
 }
 
 /// The manifest's view of guest RAM: the memfd ranges, stored at their memfd offsets.
@@ -128,19 +217,52 @@ fn device(kind: DeviceKind, tag: &str) -> DeviceEntry {
     }
 }
 
+/// Copies every file of `include` into `writer` (a reflink where the file system can). Done
+/// while the devices are stopped, so a volume is copied as the guest last wrote it.
+pub fn include_files(
+    writer: &mut SnapshotWriter,
+    include: &[IncludeFile],
+) -> Result<(), SnapshotError> {
+    for file in include {
+        let reserved = [
+            SHAPE_FILE,
+            KVM_FILE,
+            DEVICES_FILE,
+            MEMORY_FILE,
+            "manifest.json",
+        ];
+        if reserved.contains(&file.name.as_str()) || file.name.starts_with("backend-") {
+            return Err(SnapshotError::Include(
+                file.path.clone(),
+                format!("the name {} is sm-vmm's own", file.name),
+            ));
+        }
+        let dst = writer.file_path(&file.name)?;
+        sm_snapshot::clone_file(&file.path, &dst)
+            .map_err(|e| SnapshotError::Include(file.path.clone(), e.to_string()))?;
+        writer.add_file(&file.name)?;
+    }
+    Ok(())
+}
+
 /// Writes a snapshot into `writer` (created on the destination, which it renames into place
-/// when complete) from the state of a paused VM and its RAM `memfd`.
+/// when complete) from the state of a paused VM, its backends' states (file name and bytes)
+/// and its RAM `memfd`.
 pub fn write(
     mut writer: SnapshotWriter,
     shape: &VmShape,
     kvm: &KvmSnapshot,
     devices: &DeviceStates,
+    backend_states: &[(String, Vec<u8>)],
     memfd: &File,
 ) -> Result<(), SnapshotError> {
     let shape_json = serde_json::to_vec_pretty(shape).expect("a shape always serializes");
     writer.write_file(SHAPE_FILE, &shape_json)?;
     writer.write_file(KVM_FILE, &kvm.to_bytes())?;
     writer.write_file(DEVICES_FILE, &devices.to_bytes())?;
+    for (name, bytes) in backend_states {
+        writer.write_file(name, bytes)?;
+    }
     let layout = memory_layout(shape.mem_mib);
     let path = writer.file_path(MEMORY_FILE)?;
     let out = File::create(&path).map_err(|e| SnapshotError::Io(path.clone(), e))?;
@@ -152,11 +274,26 @@ pub fn write(
         kernel_sha256: None,
         initramfs_sha256: None,
         memory: layout,
-        devices: vec![
+        devices: [
             device(DeviceKind::Serial, "com1"),
             device(DeviceKind::Serial, "com2"),
             device(DeviceKind::Rtc, "rtc"),
-        ],
+        ]
+        .into_iter()
+        .chain(shape.devices.iter().zip(&devices.virtio).map(|(d, slot)| {
+            DeviceEntry {
+                kind: d.kind,
+                tag: d.tag.clone(),
+                socket_role: None,
+                backend: None,
+                state_file: slot
+                    .backend
+                    .as_ref()
+                    .and_then(|b| b.state_file.clone())
+                    .or(Some(DEVICES_FILE.into())),
+            }
+        }))
+        .collect(),
     })?;
     Ok(())
 }
@@ -172,6 +309,8 @@ pub struct LoadedSnapshot {
     pub devices: DeviceStates,
     /// A fresh memfd holding guest RAM as it was.
     pub memory: File,
+    /// What each virtio-mmio device's backend handed over (bus order; None: not started).
+    pub handovers: Vec<Option<DeviceHandover>>,
 }
 
 /// Verifies the snapshot at `dir` (every file against the manifest's sha256) and reads it,
@@ -206,6 +345,41 @@ pub fn load(dir: &Path) -> Result<LoadedSnapshot, SnapshotError> {
         ));
     }
     let devices = DeviceStates::from_bytes(&read(DEVICES_FILE)?)?;
+    if devices.virtio.len() != shape.devices.len() {
+        return Err(SnapshotError::Shape(
+            shape_path,
+            format!(
+                "{} vhost-user devices, but state for {}",
+                shape.devices.len(),
+                devices.virtio.len()
+            ),
+        ));
+    }
+    let mut handovers = Vec::new();
+    for slot in &devices.virtio {
+        let Some(record) = &slot.backend else {
+            handovers.push(None);
+            continue;
+        };
+        let backend_state = match &record.state_file {
+            Some(name) if !name.contains('/') => Some(read(name)?),
+            Some(name) => {
+                return Err(SnapshotError::Shape(
+                    dir.join(DEVICES_FILE),
+                    format!("backend state file {name} is not a plain file name"),
+                ))
+            }
+            None => None,
+        };
+        handovers.push(Some(DeviceHandover {
+            vring_bases: record
+                .vring_bases
+                .iter()
+                .map(|b| (b.queue, b.next_avail))
+                .collect(),
+            backend_state,
+        }));
+    }
     let mem_path = dir.join(MEMORY_FILE);
     let file = File::open(&mem_path).map_err(|e| SnapshotError::Io(mem_path.clone(), e))?;
     let memory = sm_snapshot::restore_memory(&file)?;
@@ -224,5 +398,6 @@ pub fn load(dir: &Path) -> Result<LoadedSnapshot, SnapshotError> {
         kvm,
         devices,
         memory,
+        handovers,
     })
 }

@@ -24,14 +24,15 @@ use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
 use crate::devices::serial::SerialPort;
 use crate::devices::virtio_mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::vmgenid::{self, VmGenIdError};
 use crate::devices::{GuestStop, MmioBus, PioBus};
 use crate::initcfg::{InitConfig, InitConfigError};
 use crate::kvm::{self, KvmError};
 use crate::layout::*;
 use crate::memory::{ram_end, GuestRam, MemoryError};
-use crate::persist::devices::{DeviceStateError, DeviceStates};
+use crate::persist::devices::{BackendRecord, DeviceStateError, DeviceStates, VringBase};
 use crate::persist::{self, ClockRestore, KvmSnapshot, PersistError, VcpuSaveContext};
-use crate::snapshot::{self, LoadedSnapshot, SnapshotError, VmShape};
+use crate::snapshot::{self, IncludeFile, LoadedSnapshot, SnapshotError, VmShape};
 use crate::vcpu::{self, Vcpu, VcpuError, VcpuEvent, VcpuPause};
 use crate::vhost_user::{DeviceConfig, DeviceKind, VhostUserDevice, VhostUserError, SHMEM_ALIGN};
 use sm_snapshot::SnapshotWriter;
@@ -69,9 +70,18 @@ pub enum VmError {
     /// Restoring saved device state failed.
     #[error("restoring device state: {0}")]
     RestoreDevices(#[from] DeviceStateError),
+    /// A restored device's backend refused its state or rings.
+    #[error("restoring a device: {0}")]
+    RestoreDevice(String),
+    /// The snapshot does not fit the restoring VM (its devices).
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// A VM-level KVM ioctl failed.
     #[error("{0} failed: {1}")]
     VmIoctl(&'static str, kvm_ioctls::Error),
+    /// Setting or announcing the VM generation ID.
+    #[error(transparent)]
+    VmGenId(#[from] VmGenIdError),
     /// A device's shared memory does not fit below the guest's physical address limit.
     #[error("the shared memory of the backend at {socket} ends at {end:#x}, beyond the guest's {bits}-bit physical address space (use a smaller window)")]
     AddressSpace {
@@ -335,8 +345,6 @@ struct Machine {
     bus: Arc<PioBus>,
     vcpus: Vec<Vcpu>,
     shape: VmShape,
-    /// The vhost-user devices, named as a refused snapshot names them.
-    vhost_user: Vec<String>,
 }
 
 /// Blocks the stop signals (SIGINT, SIGTERM, SIGHUP) in this thread and every thread it
@@ -350,23 +358,6 @@ fn block_stop_signals() -> Result<SigSet, VmError> {
         .thread_block()
         .map_err(|e| VmError::Host("sigprocmask", e.into()))?;
     Ok(stop_signals)
-}
-
-/// The vhost-user devices of `config`, as a refused snapshot names them.
-fn vhost_user_devices(config: &VmConfig) -> Vec<String> {
-    let blk = config
-        .blk_sockets
-        .iter()
-        .map(|s| format!("virtio-blk at {}", s.display()));
-    let fs = config
-        .fs_sockets
-        .iter()
-        .map(|(tag, s)| format!("virtio-fs {tag} at {}", s.display()));
-    let vsock = config
-        .vsock_socket
-        .iter()
-        .map(|s| format!("virtio-vsock at {}", s.display()));
-    blk.chain(fs).chain(vsock).collect()
 }
 
 /// Boots the VM described by `config` and runs it until the guest stops, a vCPU fails, a
@@ -394,6 +385,7 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
     let (mmio, slots) = attach_devices(&vm, &ram, config, guest_phys_bits(&cpuid))?;
     let mmio = Arc::new(mmio);
     boot::write_acpi(&ram.memory, &acpi::build_tables(config.vcpus, &slots)?)?;
+    vmgenid::regenerate(&ram.memory)?;
     boot::write_boot_structures(&ram.memory)?;
 
     let bus = console_bus(&vm)?;
@@ -407,29 +399,42 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
         mmio,
         bus,
         vcpus,
-        shape: VmShape::new(config.vcpus, config.mem_mib, config.command.is_none()),
-        vhost_user: vhost_user_devices(config),
+        shape: VmShape::new(
+            config.vcpus,
+            config.mem_mib,
+            config.command.is_none(),
+            snapshot::device_shapes(config),
+        ),
     };
     run_machine(machine, stop_signals, api, started)
 }
 
-/// Rebuilds the VM of a loaded snapshot (same vCPUs and RAM, no kernel load) in this
-/// order: vCPUs created, VM state, devices, then each vCPU's state; then runs it as
-/// [`run`] does, the guest continuing where it was.
-pub fn restore(snapshot: LoadedSnapshot, api: Option<ApiSocket>) -> Result<VmOutcome, VmError> {
+/// Rebuilds the VM of a loaded snapshot (same vCPUs and RAM, no kernel load) with the
+/// vhost-user backends of `devices` (the snapshotted VM's devices, in order, each a fresh
+/// backend), in this order: vCPUs created, VM state, device registers, each backend handed
+/// its state and rings, then each vCPU's state; then runs it as [`run`] does, the guest
+/// continuing where it was.
+pub fn restore(
+    snapshot: LoadedSnapshot,
+    devices: &VmConfig,
+    api: Option<ApiSocket>,
+) -> Result<VmOutcome, VmError> {
     let started = std::time::Instant::now();
     let stop_signals = block_stop_signals()?;
     let LoadedSnapshot {
         shape,
         kvm: state,
-        devices,
+        devices: device_states,
         memory,
+        handovers,
     } = snapshot;
+    snapshot::check_devices(&shape.devices, &snapshot::device_shapes(devices))?;
     let kvm = kvm::open(shape.vcpus)?;
     let ram = GuestRam::from_memfd(memory, shape.mem_mib)?;
     let vm = create_vm(&kvm, &ram)?;
     let cpuid = supported_cpuid(&kvm)?;
-    let mmio = Arc::new(MmioBus::default());
+    let (mmio, _slots) = attach_devices(&vm, &ram, devices, guest_phys_bits(&cpuid))?;
+    let mmio = Arc::new(mmio);
     let bus = console_bus(&vm)?;
     // Firecracker's order: vCPUs exist before the VM state (the irqchips) is set.
     let vcpus = create_vcpus(&cpuid, &vm, shape.vcpus)?;
@@ -440,7 +445,13 @@ pub fn restore(snapshot: LoadedSnapshot, api: Option<ApiSocket>) -> Result<VmOut
         ClockRestore::Paused
     };
     persist::restore_vm(&vm, &state.vm, clock)?;
-    devices.restore(&bus, &mmio)?;
+    device_states.restore(&bus, &mmio)?;
+    for ((_, t), handover) in mmio.devices.iter().zip(&handovers) {
+        t.lock()
+            .unwrap()
+            .restore_backend(handover.as_ref())
+            .map_err(VmError::RestoreDevice)?;
+    }
     for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
         vcpu.restore(saved)?;
     }
@@ -452,25 +463,86 @@ pub fn restore(snapshot: LoadedSnapshot, api: Option<ApiSocket>) -> Result<VmOut
         bus,
         vcpus,
         shape,
-        vhost_user: Vec::new(),
     };
     run_machine(machine, stop_signals, api, started)
 }
 
-/// Saves the paused VM `m` into a new snapshot directory `destination`; the VM stays paused.
-fn take_snapshot(m: &Machine, pause: &VcpuPause, destination: &Path) -> Result<(), SnapshotError> {
-    if let Some(device) = m.vhost_user.first() {
-        return Err(SnapshotError::VhostUser(device.clone()));
-    }
+/// Saves the paused VM `m` into a new snapshot directory `destination`, with the `include`
+/// files copied in while its devices are stopped; the VM stays paused, its devices running
+/// again.
+fn take_snapshot(
+    m: &Machine,
+    pause: &VcpuPause,
+    destination: &Path,
+    include: &[IncludeFile],
+) -> Result<(), SnapshotError> {
     if !pause.is_paused() {
         return Err(SnapshotError::NotPaused);
     }
+    // Asked of every device before any ring stops: a refusal changes nothing.
+    for (_, t) in &m.mmio.devices {
+        t.lock()
+            .unwrap()
+            .check_snapshot()
+            .map_err(SnapshotError::Device)?;
+    }
     // Created first: an existing destination is refused before any state is read.
     let writer = SnapshotWriter::create(destination)?;
+    let saved = save_stopped(m, pause, writer, destination, include);
+    // Every device runs again whatever happened (the vCPUs stay paused).
+    let mut restarted = Ok(());
+    for (_, t) in &m.mmio.devices {
+        if let Err(e) = t.lock().unwrap().resume_backend() {
+            tracing::error!("after the snapshot: {e}");
+            if restarted.is_ok() {
+                restarted = Err(SnapshotError::Device(format!(
+                    "the snapshot was taken, but a device did not restart: {e}"
+                )));
+            }
+        }
+    }
+    saved.and(restarted)
+}
+
+/// The part of [`take_snapshot`] done with the devices' rings stopped.
+fn save_stopped(
+    m: &Machine,
+    pause: &VcpuPause,
+    mut writer: SnapshotWriter,
+    destination: &Path,
+    include: &[IncludeFile],
+) -> Result<(), SnapshotError> {
+    let mut handovers = Vec::new();
+    for (_, t) in &m.mmio.devices {
+        handovers.push(
+            t.lock()
+                .unwrap()
+                .save_backend()
+                .map_err(SnapshotError::Device)?,
+        );
+    }
+    snapshot::include_files(&mut writer, include)?;
     let ctx = VcpuSaveContext::new(&m.kvm, &m.vm)?;
     let vcpus = pause.save_vcpus(ctx, m.shape.vcpus as usize)?;
     let vm = persist::save_vm(&m.vm)?;
-    let devices = DeviceStates::save(&m.bus, &m.mmio);
+    let mut devices = DeviceStates::save(&m.bus, &m.mmio);
+    let mut backend_states = Vec::new();
+    for (index, (slot, handover)) in devices.virtio.iter_mut().zip(handovers).enumerate() {
+        let Some(handover) = handover else { continue };
+        let state_file = handover.backend_state.map(|bytes| {
+            let name = snapshot::backend_state_file(index);
+            backend_states.push((name.clone(), bytes));
+            name
+        });
+        slot.backend = Some(BackendRecord {
+            vring_bases: handover
+                .vring_bases
+                .iter()
+                .map(|&(queue, next_avail)| VringBase { queue, next_avail })
+                .collect(),
+            state_file,
+        });
+    }
     let memfd = m
         .ram
         .memfd
@@ -482,6 +554,7 @@ fn take_snapshot(m: &Machine, pause: &VcpuPause, destination: &Path) -> Result<(
         &m.shape,
         &KvmSnapshot::new(vm, vcpus),
         &devices,
+        &backend_states,
         &memfd,
     )
 }
@@ -572,7 +645,10 @@ fn run_machine(
                         .map(|()| Answer::Done)
                         .map_err(Into::into),
                     Request::Resume => pause.resume().map(|()| Answer::Done).map_err(Into::into),
-                    Request::Snapshot { destination } => take_snapshot(&m, &pause, &destination)
+                    Request::Snapshot {
+                        destination,
+                        include,
+                    } => take_snapshot(&m, &pause, &destination, &include)
                         .map(|()| Answer::Done)
                         .map_err(Into::into),
                     _ => Ok(Answer::Status(VmStatus {

@@ -62,6 +62,44 @@ pub trait VirtioDevice: Send {
     fn shared_memory_region(&self, _id: u8) -> Option<(u64, u64)> {
         None
     }
+    /// Says why the started device cannot hand over its state for a snapshot, if it cannot;
+    /// asked of every device before any is stopped.
+    fn check_snapshot(&self) -> Result<(), String> {
+        Err(format!(
+            "virtio device type {} cannot be snapshotted",
+            self.device_type()
+        ))
+    }
+    /// Stops the started device's rings and takes its state (the vCPUs are paused).
+    fn save_state(&mut self) -> Result<DeviceHandover, String> {
+        Err(format!(
+            "virtio device type {} cannot be snapshotted",
+            self.device_type()
+        ))
+    }
+    /// Restarts the rings [`Self::save_state`] stopped, where they were.
+    fn resume_after_save(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Starts a restored device that was started at the snapshot: its saved state, then its
+    /// rings at their saved positions.
+    fn restore_state(
+        &mut self,
+        features: u64,
+        queues: &[QueueConfig],
+        _saved: &DeviceHandover,
+    ) -> Result<(), String> {
+        self.activate(features, queues)
+    }
+}
+
+/// What a started device hands over at a snapshot besides its transport registers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceHandover {
+    /// Next available index of each ring that was running, by queue index.
+    pub vring_bases: Vec<(usize, u16)>,
+    /// The backend's own state (vhost-user device state transfer), if it keeps any.
+    pub backend_state: Option<Vec<u8>>,
 }
 
 /// The register state of one virtio-mmio device.

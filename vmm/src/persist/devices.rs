@@ -22,7 +22,7 @@ use vm_superio::Serial;
 use super::SNAPSHOT_FORMAT_VERSION;
 use crate::devices::rtc::CmosRtc;
 use crate::devices::serial::{FdWriter, IrqTrigger, SerialPort};
-use crate::devices::virtio_mmio::{MmioTransport, QueueConfig};
+use crate::devices::virtio_mmio::{DeviceHandover, MmioTransport, QueueConfig};
 use crate::devices::{MmioBus, PioBus};
 
 /// Errors restoring or (de)serializing device state.
@@ -404,6 +404,69 @@ pub struct VirtioMmioSlot {
     pub base: u64,
     /// The transport's registers.
     pub state: VirtioMmioState,
+    /// What the device's backend handed over, if the device was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendRecord>,
+}
+
+/// A started device's backend at the snapshot: where its rings stood and where its own
+/// state is kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendRecord {
+    /// Next available index of each ring that ran, by queue index.
+    pub vring_bases: Vec<VringBase>,
+    /// The snapshot file holding the backend's own state, if it keeps any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<String>,
+}
+
+/// Where one ring stood: the backend takes its next request at `next_avail`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VringBase {
+    /// Queue index.
+    pub queue: usize,
+    /// GET_VRING_BASE's answer.
+    pub next_avail: u16,
+}
+
+impl MmioTransport {
+    /// Why the device cannot be snapshotted, if it is started and cannot.
+    pub fn check_snapshot(&self) -> Result<(), String> {
+        if self.active {
+            self.device.check_snapshot()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stops a started device's rings and takes its backend's state (None: not started).
+    pub fn save_backend(&mut self) -> Result<Option<DeviceHandover>, String> {
+        if self.active {
+            self.device.save_state().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Restarts what [`Self::save_backend`] stopped.
+    pub fn resume_backend(&mut self) -> Result<(), String> {
+        if self.active {
+            self.device.resume_after_save()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Starts a restored device that was started at the snapshot, from what its backend
+    /// handed over; a transport the guest had not started is left for the guest to start.
+    pub fn restore_backend(&mut self, saved: Option<&DeviceHandover>) -> Result<(), String> {
+        if !self.active {
+            return Ok(());
+        }
+        let saved = saved.ok_or("the snapshot has no backend record for a started device")?;
+        self.device
+            .restore_state(self.driver_features, &self.queues, saved)
+    }
 }
 
 /// The state of every emulated device of a VM, tagged with the format version it was written in.
@@ -441,6 +504,7 @@ impl DeviceStates {
                 .map(|(base, t)| VirtioMmioSlot {
                     base: *base,
                     state: t.lock().unwrap().save(),
+                    backend: None,
                 })
                 .collect(),
         }

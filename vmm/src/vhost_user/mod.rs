@@ -5,6 +5,7 @@
 //! shared memory regions (virtio-fs DAX) gets them as guest-physical windows it fills
 //! through its backend-request channel ([`shmem`]). Written once for every device type.
 
+mod handover;
 pub mod shmem;
 
 use std::os::fd::{AsRawFd, RawFd};
@@ -21,7 +22,7 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::devices::virtio_mmio::{QueueConfig, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio_mmio::{DeviceHandover, QueueConfig, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Errors connecting to or negotiating with a backend.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +134,12 @@ pub struct VhostUserDevice {
     kicks: Vec<EventFd>,
     irq: EventFd,
     started: Vec<usize>,
+    /// Each started ring's set-up, so a snapshot can restart it.
+    rings: Vec<(usize, QueueConfig)>,
+    /// Next available index of each ring a snapshot stopped, until it restarts them.
+    stopped: Vec<(usize, u16)>,
+    /// Protocol features both sides agreed on.
+    protocol_features: VhostUserProtocolFeatures,
     /// Sizes of the shared memory regions the backend asks for, by ID (0: none).
     shmem_sizes: Vec<u64>,
     /// The regions, once placed in the guest-physical address space.
@@ -178,7 +185,10 @@ impl VhostUserDevice {
             .get_protocol_features()
             .map_err(err("GET_PROTOCOL_FEATURES"))?;
         let backend_config = *source == DeviceConfig::FromBackend;
-        let mut wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+        // DEVICE_STATE: the backend can hand over its state for a snapshot.
+        let mut wanted = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::DEVICE_STATE;
         if backend_config {
             wanted |= VhostUserProtocolFeatures::CONFIG;
         }
@@ -245,6 +255,9 @@ impl VhostUserDevice {
             kicks,
             irq,
             started: vec![],
+            rings: vec![],
+            stopped: vec![],
+            protocol_features,
             shmem_sizes,
             shmem: vec![],
             reply_ack: protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK),
@@ -344,45 +357,57 @@ impl VhostUserDevice {
             .collect()
     }
 
-    fn start(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), String> {
-        let fail = |step: &str, e: vhost::Error| format!("{step}: {e}");
+    /// SET_FEATURES and SET_MEM_TABLE: what every ring start needs first.
+    fn set_features_and_memory(&mut self, features: u64) -> Result<(), String> {
         let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         self.frontend
             .set_features(features | protocol_bit)
-            .map_err(|e| fail("SET_FEATURES", e))?;
+            .map_err(|e| format!("SET_FEATURES: {e}"))?;
         self.frontend
             .set_mem_table(&self.memory_table())
-            .map_err(|e| fail("SET_MEM_TABLE", e))?;
+            .map_err(|e| format!("SET_MEM_TABLE: {e}"))
+    }
+
+    /// Starts ring `i` as the driver set it up, the backend taking the next request at `base`.
+    fn start_ring(&mut self, i: usize, q: &QueueConfig, base: u16) -> Result<(), String> {
+        let fail = |step: &str, e: vhost::Error| format!("{step}: {e}");
+        let size = u64::from(q.size);
+        let config = VringConfigData {
+            queue_max_size: q.max_size,
+            queue_size: q.size,
+            flags: 0,
+            desc_table_addr: self.host_address(q.desc, 16 * size)?,
+            used_ring_addr: self.host_address(q.used, 6 + 8 * size)?,
+            avail_ring_addr: self.host_address(q.avail, 6 + 2 * size)?,
+            log_addr: None,
+        };
+        self.frontend
+            .set_vring_num(i, q.size)
+            .map_err(|e| fail("SET_VRING_NUM", e))?;
+        self.frontend
+            .set_vring_addr(i, &config)
+            .map_err(|e| fail("SET_VRING_ADDR", e))?;
+        self.frontend
+            .set_vring_base(i, base)
+            .map_err(|e| fail("SET_VRING_BASE", e))?;
+        self.frontend
+            .set_vring_call(i, &self.irq)
+            .map_err(|e| fail("SET_VRING_CALL", e))?;
+        self.frontend
+            .set_vring_kick(i, &self.kicks[i])
+            .map_err(|e| fail("SET_VRING_KICK", e))?;
+        self.frontend
+            .set_vring_enable(i, true)
+            .map_err(|e| fail("SET_VRING_ENABLE", e))?;
+        self.started.push(i);
+        self.rings.push((i, *q));
+        Ok(())
+    }
+
+    fn start(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), String> {
+        self.set_features_and_memory(features)?;
         for (i, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
-            let size = u64::from(q.size);
-            let config = VringConfigData {
-                queue_max_size: q.max_size,
-                queue_size: q.size,
-                flags: 0,
-                desc_table_addr: self.host_address(q.desc, 16 * size)?,
-                used_ring_addr: self.host_address(q.used, 6 + 8 * size)?,
-                avail_ring_addr: self.host_address(q.avail, 6 + 2 * size)?,
-                log_addr: None,
-            };
-            self.frontend
-                .set_vring_num(i, q.size)
-                .map_err(|e| fail("SET_VRING_NUM", e))?;
-            self.frontend
-                .set_vring_addr(i, &config)
-                .map_err(|e| fail("SET_VRING_ADDR", e))?;
-            self.frontend
-                .set_vring_base(i, 0)
-                .map_err(|e| fail("SET_VRING_BASE", e))?;
-            self.frontend
-                .set_vring_call(i, &self.irq)
-                .map_err(|e| fail("SET_VRING_CALL", e))?;
-            self.frontend
-                .set_vring_kick(i, &self.kicks[i])
-                .map_err(|e| fail("SET_VRING_KICK", e))?;
-            self.frontend
-                .set_vring_enable(i, true)
-                .map_err(|e| fail("SET_VRING_ENABLE", e))?;
-            self.started.push(i);
+            self.start_ring(i, q, 0)?;
         }
         Ok(())
     }
@@ -436,7 +461,32 @@ impl VirtioDevice for VhostUserDevice {
         Some((region.guest_addr(), region.len()))
     }
 
+    fn check_snapshot(&self) -> Result<(), String> {
+        self.snapshot_refusal()
+    }
+
+    fn save_state(&mut self) -> Result<DeviceHandover, String> {
+        self.save()
+            .map_err(|e| format!("vhost-user backend at {}: {e}", self.name))
+    }
+
+    fn resume_after_save(&mut self) -> Result<(), String> {
+        self.restart_stopped_rings()
+            .map_err(|e| format!("vhost-user backend at {}: {e}", self.name))
+    }
+
+    fn restore_state(
+        &mut self,
+        features: u64,
+        queues: &[QueueConfig],
+        saved: &DeviceHandover,
+    ) -> Result<(), String> {
+        self.restore(features, queues, saved)
+            .map_err(|e| format!("vhost-user backend at {}: {e}", self.name))
+    }
+
     fn reset(&mut self) {
+        self.rings.clear();
         for i in std::mem::take(&mut self.started) {
             // GET_VRING_BASE stops the ring in the backend.
             if let Err(e) = self.frontend.get_vring_base(i) {
