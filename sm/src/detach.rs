@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use sm::vm::record::{RunRecord, RECORD_FILE};
 use sm::vm::runtime_root;
 use sm::Vm;
 use sm_agent::message::ExecRequest;
@@ -85,12 +86,17 @@ pub fn start() -> Result<u8, String> {
     }
 }
 
-/// Called by the supervisor once the VM is up: records who owns it, then signals ready.
-pub fn announce(vm: &Vm) -> std::io::Result<()> {
+/// Called by the supervisor once the VM is up: records who owns it and what it runs
+/// (`sm.json`, for `sm snapshot` and `sm restore`), then signals ready.
+pub fn announce(vm: &Vm, record: &RunRecord) -> Result<(), String> {
     let dir = vm.runtime_dir();
-    std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string())?;
-    std::fs::write(dir.join("guest-root"), vm.guest_root().unwrap_or(""))?;
-    std::fs::write(dir.join("ready"), "")
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string()).map_err(io)?;
+    std::fs::write(dir.join("guest-root"), vm.guest_root().unwrap_or("")).map_err(io)?;
+    record
+        .write(&dir.join(RECORD_FILE))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("ready"), "").map_err(io)
 }
 
 /// `sm exec NAME -- CMD`.
@@ -140,7 +146,7 @@ pub fn exec(a: ExecArgs) -> Result<u8, String> {
 }
 
 /// The supervisor PID of a VM directory, if it is alive.
-fn supervisor(dir: &Path) -> Option<Pid> {
+pub fn supervisor(dir: &Path) -> Option<Pid> {
     let pid: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
         .ok()?
         .trim()
@@ -151,7 +157,7 @@ fn supervisor(dir: &Path) -> Option<Pid> {
 }
 
 /// Whether `pid` runs (an exited process waiting to be reaped does not count).
-fn alive(pid: Pid) -> bool {
+pub fn alive(pid: Pid) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))

@@ -5,8 +5,10 @@ mod detach;
 mod image;
 mod images;
 mod pull;
+mod restore;
 mod rmi;
 mod run;
+mod snapshot;
 mod terminal;
 
 use std::process::ExitCode;
@@ -42,6 +44,12 @@ enum Command {
     Ps,
     /// Stop a running VM.
     Stop(detach::StopArgs),
+    /// Save a running (detached) VM into a new snapshot directory; it keeps running
+    /// unless --stop.
+    Snapshot(snapshot::Args),
+    /// Start a clone of a snapshotted VM (its own backends and volume copies, fresh
+    /// random state) and run a command in it, or leave it running with -d.
+    Restore(restore::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +77,11 @@ fn main() -> ExitCode {
         },
         Command::Ps => detach::ps(),
         Command::Stop(a) => detach::stop(a),
+        Command::Snapshot(a) => snapshot::run(a),
+        Command::Restore(a) => match restore::run(a) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
+use sm::vm::record::RunRecord;
 use sm::vm::{Mount, PortMap, Volume};
 use sm::{Vm, VmConfig};
 
@@ -69,9 +70,9 @@ fn parse_env(v: &str) -> Result<(String, String), String> {
 }
 
 /// sm-vmm's PID once the VM runs, for the signal thread.
-static VMM_PID: AtomicI32 = AtomicI32::new(0);
+pub static VMM_PID: AtomicI32 = AtomicI32::new(0);
 /// The stop signal that arrived, if any.
-static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
+pub static STOPPED_BY: AtomicI32 = AtomicI32::new(0);
 
 /// Runs the command; returns its exit code (128 + N if signal N ended it).
 pub fn run(args: Args) -> Result<u8, String> {
@@ -113,7 +114,13 @@ pub fn run(args: Args) -> Result<u8, String> {
     }
     sm::trace::step(format_args!("running {:?}", plan.argv));
     let result = if args.supervise {
-        crate::detach::announce(&vm).map_err(|e| e.to_string())?;
+        let mut record = RunRecord::new(&config);
+        record.image = args.image.clone();
+        record.guest_root = vm.guest_root().map(str::to_owned);
+        record.env = plan.env.iter().chain(&args.env).cloned().collect();
+        record.workdir = args.workdir.clone().or(plan.workdir.clone());
+        record.user = plan.user;
+        crate::detach::announce(&vm, &record)?;
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
         exec.stream(None, &mut out, &mut err)
             .map_err(|e| e.to_string())
@@ -137,7 +144,7 @@ pub fn run(args: Args) -> Result<u8, String> {
 
 /// Takes SIGINT, SIGTERM and SIGHUP on a thread: the VM is stopped (sm-vmm first), which
 /// ends the command, and `run` then cleans up as usual and exits 128 + signal.
-fn watch_stop_signals() -> Result<(), String> {
+pub fn watch_stop_signals() -> Result<(), String> {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGINT,

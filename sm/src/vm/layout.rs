@@ -22,6 +22,9 @@ pub const DAX_WINDOW_MIB: u64 = 1024;
 /// The guest CID vhost-device-vsock serves (the guest's only vsock address).
 pub const GUEST_CID: u64 = 3;
 
+/// sm-vmm's control API socket's name in the runtime directory.
+pub const API_SOCKET: &str = "api.sock";
+
 /// One virtio-fs share: a host directory behind an sm-vhost-user-fs.
 #[derive(Clone, Debug)]
 pub struct Share {
@@ -64,6 +67,8 @@ pub struct DeviceLayout {
     pub vsock: PathBuf,
     /// The Unix socket the guest agent's vsock ports appear on (`<path>_<port>`).
     pub agent: PathBuf,
+    /// sm-vmm's control API socket (`sm snapshot` pauses and snapshots through it).
+    pub api: PathBuf,
 }
 
 impl DeviceLayout {
@@ -103,6 +108,7 @@ impl DeviceLayout {
             shares,
             vsock: dir.join("vsock.sock"),
             agent: dir.join("vm.vsock"),
+            api: dir.join(API_SOCKET),
         }
     }
 
@@ -135,8 +141,20 @@ impl DeviceLayout {
             })
             .collect();
         args.vsock_socket = Some(self.vsock.clone());
+        args.api_socket = Some(self.api.clone());
         args.verbose = verbose;
         args.command = vec!["sleep".into(), "2147483647".into()];
+        args
+    }
+
+    /// sm-vmm's flags to restore the snapshot in `snapshot` onto this layout's fresh
+    /// backends: the same devices in the same order as [`DeviceLayout::vmm_args`], no
+    /// command (the guest continues where it was).
+    pub fn restore_args(&self, config: &VmConfig, snapshot: &Path, verbose: bool) -> VmmArgs {
+        let mut args = self.vmm_args(config, verbose);
+        args.command = vec![];
+        args.cid = Some(GUEST_CID);
+        args.restore = Some(snapshot.to_owned());
         args
     }
 }
@@ -254,7 +272,23 @@ mod tests {
         let tags: Vec<_> = a.fs_socket.iter().map(|f| f.tag.as_str()).collect();
         assert_eq!(tags, ["m0", "m1"]);
         assert_eq!(a.vsock_socket.as_deref(), Some(Path::new("/r/vsock.sock")));
+        assert_eq!(a.api_socket.as_deref(), Some(Path::new("/r/api.sock")));
         sm_launch::assert_round_trip(&a);
+    }
+
+    #[test]
+    fn a_restore_names_the_same_devices_in_the_same_order_and_no_command() {
+        let c = config(true, 2, 2);
+        let l = DeviceLayout::new(&c, Path::new("/r"));
+        let boot = l.vmm_args(&c, false);
+        let r = l.restore_args(&c, Path::new("/s/snap"), false);
+        assert_eq!(r.restore.as_deref(), Some(Path::new("/s/snap")));
+        assert_eq!(
+            (&r.blk_socket, &r.fs_socket, &r.vsock_socket),
+            (&boot.blk_socket, &boot.fs_socket, &boot.vsock_socket)
+        );
+        assert!(r.command.is_empty());
+        assert_eq!(r.api_socket.as_deref(), Some(Path::new("/r/api.sock")));
     }
 
     #[test]

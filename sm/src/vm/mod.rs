@@ -7,6 +7,7 @@ pub mod exec;
 pub mod layout;
 pub mod ports;
 pub mod process;
+pub mod record;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -144,6 +145,86 @@ impl Vm {
         };
         vm.boot(config)?;
         Ok(vm)
+    }
+
+    /// Starts a clone of the VM snapshotted in `snapshot` (a verified directory): fresh
+    /// backends for `config`'s devices (which must be the snapshotted VM's, in order, with
+    /// each writable volume pointing at the clone's own copy), then `sm-vmm --restore`;
+    /// waits for the guest agent, reseeds the guest's random state, and re-opens the port
+    /// forwards. The guest's mounts and volumes are still mounted (they are in its RAM);
+    /// commands run under `guest_root` as before. Nothing is left running on failure.
+    pub fn restore(
+        snapshot: &Path,
+        config: &VmConfig,
+        guest_root: Option<String>,
+    ) -> Result<Vm, VmError> {
+        let name = config
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("vm-{}-{}", std::process::id(), unique()));
+        let dir = runtime_root().join(&name);
+        if dir.join("vm.vsock").exists() {
+            return Err(VmError::NameTaken(name));
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| VmError::Io(format!("creating {}", dir.display()), e))?;
+        crate::trace::log_to(&dir.join("sm.log"));
+        crate::trace::step(format_args!(
+            "restoring VM {name} from {}",
+            snapshot.display()
+        ));
+        let mut vm = Vm {
+            name,
+            agent: Agent::new(dir.join("vm.vsock")),
+            dir,
+            vmm: None,
+            backends: vec![],
+            forwarders: vec![],
+            volume_mounts: vec![],
+            root: None,
+        };
+        let layout = DeviceLayout::new(config, &vm.dir);
+        vm.start_backends(&layout)?;
+        let args = layout.restore_args(config, snapshot, crate::trace::enabled());
+        crate::trace::step("backends ready; starting sm-vmm --restore");
+        let cmd = args.to_command(tool("sm-vmm"));
+        let vmm = vm
+            .vmm
+            .insert(Proc::spawn("sm-vmm", cmd, vm.dir.join("sm-vmm.log"))?);
+        let start = Instant::now();
+        while let Err(e) = vm.agent.wait_ready(Duration::from_millis(200)) {
+            vmm.check_alive()?;
+            if start.elapsed() > BOOT_TIMEOUT {
+                return Err(VmError::Guest(format!(
+                    "the restored guest's agent did not answer within {BOOT_TIMEOUT:?}: {e}"
+                )));
+            }
+        }
+        crate::trace::step("the guest agent answers; reseeding");
+        // Before anything else runs: a clone must not share random state with its siblings.
+        vm.agent.reseed(&sm_agent::fresh_seed())?;
+        crate::trace::step("reseeded");
+        vm.root = guest_root;
+        let prefix = vm.root.clone().unwrap_or_default();
+        vm.volume_mounts = layout
+            .volume_disks()
+            .map(|(_, v)| format!("{prefix}{}", v.guest))
+            .collect();
+        for p in &config.ports {
+            vm.expose_tcp(*p)?;
+        }
+        crate::trace::step("the clone is up");
+        Ok(vm)
+    }
+
+    /// Whether sm-vmm still runs (a guest that powered off, or a killed sm-vmm, ends it).
+    pub fn running(&mut self) -> bool {
+        self.vmm.as_mut().is_some_and(|v| v.check_alive().is_ok())
+    }
+
+    /// sm-vmm's control API socket.
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join(layout::API_SOCKET)
     }
 
     /// Starts every process of `config`'s layout, waits for the guest agent, then sets up
