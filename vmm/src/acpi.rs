@@ -1,7 +1,8 @@
 //! ACPI tables: how the guest learns its CPUs (MADT), its interrupt controller, how to power
 //! off and reset (hardware-reduced FADT sleep/reset registers), and where its virtio-mmio
 //! devices are (DSDT `LNRO0005` devices: Debian's kernel finds virtio-mmio only this way or
-//! through a device tree).
+//! through a device tree), and the VM generation ID (`VGEN`, `_HID "VMGENCTR"`) with the
+//! Generic Event Device (`ACPI0013`) whose interrupt announces a new one.
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -16,7 +17,8 @@ use acpi_tables::{Aml, AmlSink};
 
 use crate::layout::{
     ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
-    ACPI_START, COM1_GSI, COM1_PORT, COM2_GSI, COM2_PORT, IOAPIC_START, LAPIC_START, RTC_PORT,
+    ACPI_START, COM1_GSI, COM1_PORT, COM2_GSI, COM2_PORT, GED_GSI, IOAPIC_START, LAPIC_START,
+    RTC_PORT, VMGENID_ADDR,
 };
 
 const OEM_ID: [u8; 6] = *b"SMVMM ";
@@ -90,6 +92,40 @@ fn isa_device(name: &str, hid: &str, uid: u32, port: u16, len: u8, gsi: Option<u
     ))
 }
 
+/// `\_SB.VGEN`, the VM generation ID device as QEMU's docs/specs/vmgenid.rst describe it
+/// (Linux's drivers/virt/vmgenid.c binds to it): `ADDR` returns the ID's guest-physical
+/// address as a package of two DWORDs, low then high. And `\_SB.GED_`, a Generic Event
+/// Device whose edge-triggered interrupt on [`GED_GSI`] runs `_EVT`, which notifies `VGEN`
+/// (0x80) that the ID changed.
+fn vmgenid_devices() -> Vec<u8> {
+    let hid = aml::Name::new("_HID".into(), &"VMGENCTR");
+    let cid = aml::Name::new("_CID".into(), &"VM_Gen_Counter");
+    let ddn = aml::Name::new("_DDN".into(), &"VM_Gen_Counter");
+    let (low, high) = (VMGENID_ADDR as u32, (VMGENID_ADDR >> 32) as u32);
+    let addr = aml::Package::new(vec![&low, &high]);
+    let ret = aml::Return::new(&addr);
+    let addr_method = aml::Method::new("ADDR".into(), 0, false, vec![&ret]);
+    let mut body = aml_bytes(&aml::Device::new(
+        "_SB_.VGEN".into(),
+        vec![&hid, &cid, &ddn, &addr_method],
+    ));
+
+    let hid = aml::Name::new("_HID".into(), &"ACPI0013");
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let irq = aml::Interrupt::new(true, true, false, false, GED_GSI);
+    let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&irq]));
+    let vgen = aml::Path::new("\\_SB_.VGEN");
+    let notify = aml::Notify::new(&vgen, &0x80u8);
+    let is_ours = aml::Equal::new(&aml::Arg(0), &GED_GSI);
+    let when = aml::If::new(&is_ours, vec![&notify]);
+    let evt = aml::Method::new("_EVT".into(), 1, true, vec![&when]);
+    body.extend(aml_bytes(&aml::Device::new(
+        "_SB_.GED_".into(),
+        vec![&hid, &uid, &crs, &evt],
+    )));
+    body
+}
+
 fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
     let mut body = Vec::new();
     // \_S5_ lets the guest power off through the FADT sleep control register.
@@ -114,6 +150,7 @@ fn dsdt(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
         Some(COM2_GSI),
     ));
     body.extend(isa_device("RTC_", "PNP0B00", 0, RTC_PORT, 2, None));
+    body.extend(vmgenid_devices());
     for (i, dev) in virtio.iter().enumerate() {
         let uid = i as u32;
         let hid = aml::Name::new("_HID".into(), &"LNRO0005");
@@ -322,6 +359,81 @@ mod tests {
         }
         // The second device's register window base appears as a Memory32Fixed field.
         assert!(dsdt.windows(4).any(|w| w == 0xd000_1000u32.to_le_bytes()));
+    }
+
+    #[test]
+    fn dsdt_describes_the_vm_generation_id_and_its_event_device() {
+        let tables = build_tables(1, &[]).unwrap();
+        let dsdt = &find(&tables, b"DSDT").bytes;
+        assert!(checksum_ok(dsdt));
+        let at = |needle: &[u8]| {
+            dsdt.windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap_or_else(|| panic!("{} not in the DSDT", String::from_utf8_lossy(needle)))
+        };
+        // Device (\_SB.VGEN): DeviceOp, then (after the length) DualNamePrefix _SB_ VGEN.
+        let vgen = at(b"\x2e_SB_VGEN");
+        let device_op_before = |name: usize| {
+            (1..=4).any(|len| {
+                let op = name - len - 2;
+                dsdt[op..op + 2] == [0x5b, 0x82] && usize::from(dsdt[op + 2] >> 6) + 1 == len
+            })
+        };
+        assert!(device_op_before(vgen), "VGEN is a Device");
+        // Name (_HID, "VMGENCTR"), Name (_CID, "VM_Gen_Counter"), Name (_DDN, ...).
+        for (name, value) in [
+            (b"_HID", &b"VMGENCTR"[..]),
+            (b"_CID", b"VM_Gen_Counter"),
+            (b"_DDN", b"VM_Gen_Counter"),
+        ] {
+            let mut want = vec![0x08];
+            want.extend_from_slice(name);
+            want.push(0x0d);
+            want.extend_from_slice(value);
+            want.push(0);
+            assert!(at(&want) > vgen, "{}", String::from_utf8_lossy(name));
+        }
+        // Method (ADDR, 0) { Return (Package (2) { low DWORD, high }) }.
+        let addr = at(b"ADDR");
+        assert_eq!(dsdt[addr - 2], 0x14, "MethodOp");
+        assert_eq!(dsdt[addr + 4], 0, "no arguments");
+        assert_eq!(
+            &dsdt[addr + 5..addr + 8],
+            &[0xa4, 0x12, 8],
+            "Return (Package, PkgLength 8"
+        );
+        assert_eq!(dsdt[addr + 8], 2, "of 2 elements");
+        assert_eq!(dsdt[addr + 9], 0x0c, "DWordPrefix");
+        let low = u32::from_le_bytes(dsdt[addr + 10..addr + 14].try_into().unwrap());
+        assert_eq!(u64::from(low), VMGENID_ADDR);
+        assert_eq!(dsdt[addr + 14], 0x00, "high DWORD is Zero");
+        // The Generic Event Device: its edge-triggered interrupt on GED_GSI and an _EVT
+        // that notifies \_SB.VGEN with 0x80 when that GSI fires.
+        let ged = at(b"\x2e_SB_GED_");
+        assert!(device_op_before(ged), "GED_ is a Device");
+        assert!(
+            at(b"\x0d\x41\x43\x50\x49\x30\x30\x31\x33\x00") > ged,
+            "_HID ACPI0013"
+        );
+        let mut irq = vec![0x89, 6, 0, 0x03, 1];
+        irq.extend_from_slice(&GED_GSI.to_le_bytes());
+        assert!(
+            at(&irq) > ged,
+            "Interrupt (consumer, edge, active high) {{ GED_GSI }}"
+        );
+        let evt = at(b"_EVT");
+        assert_eq!(dsdt[evt + 4], 0x09, "one argument, serialized");
+        let mut body = vec![0xa0];
+        let cond = [0x93, 0x68, 0x0a, GED_GSI as u8];
+        let notify = [&[0x86, b'\\', 0x2e][..], b"_SB_VGEN", &[0x0a, 0x80]].concat();
+        body.push((1 + cond.len() + notify.len()) as u8);
+        body.extend_from_slice(&cond);
+        body.extend_from_slice(&notify);
+        assert_eq!(
+            &dsdt[evt + 5..evt + 5 + body.len()],
+            &body[..],
+            "If (Arg0 == GSI) Notify"
+        );
     }
 
     #[test]

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 pub const MIN_MEM_MIB: u64 = 128;
 /// Largest vCPU count the MADT's 8-bit APIC IDs allow here.
 pub const MAX_VCPUS: u32 = 254;
-/// Virtio devices fit in the IOAPIC pins left after the legacy ones (GSI 5-23).
-pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// Virtio devices fit in the IOAPIC pins between the legacy ones and the Generic Event
+/// Device's (GSI 5-22).
+pub const MAX_VIRTIO_DEVICES: usize =
+    (crate::layout::GED_GSI - crate::layout::VIRTIO_GSI_START) as usize;
 
 /// Errors in the configuration.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,14 @@ pub const PDE_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x20000;
 /// Start of the Extended BIOS Data Area: RAM below this is usable by the guest.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The 4 KiB page holding the VM generation ID (devices::vmgenid): in the BIOS area the
+/// e820 map reserves (0x9FC00-0xFFFFF), so the guest never takes it for RAM; a whole page
+/// away from RAM, so `/dev/mem` shows it under STRICT_DEVMEM; below the ACPI tables.
+pub const VMGENID_PAGE: u64 = 0xdf000;
+/// Guest-physical address of the 16-byte VM generation ID (what the DSDT's `VGEN.ADDR`
+/// returns), 16 bytes into its page: off the 2 KiB boundaries where Linux probes for
+/// option ROM signatures.
+pub const VMGENID_ADDR: u64 = VMGENID_PAGE + 0x10;
 /// ACPI tables live in the BIOS area the kernel scans for the RSDP (0xE0000-0xFFFFF).
 pub const ACPI_START: u64 = 0xe0000;
 /// End of the legacy BIOS area.
@@ -60,5 +68,8 @@ pub const ACPI_RESET_VALUE: u8 = 0x1;
 /// Guest exit-status register: sm-init writes the command's exit status (one byte) here
 /// before powering off (the same port as QEMU's isa-debug-exit).
 pub const EXIT_STATUS_PORT: u16 = 0xf4;
-/// First GSI handed to virtio-mmio devices.
+/// First GSI handed to virtio-mmio devices (up to [`GED_GSI`], exclusive).
 pub const VIRTIO_GSI_START: u32 = 5;
+/// GSI of the ACPI Generic Event Device (the last IOAPIC pin): raised once to tell the
+/// guest its VM generation ID changed (its `_EVT` notifies `VGEN`).
+pub const GED_GSI: u32 = 23;

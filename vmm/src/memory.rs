@@ -216,6 +216,36 @@ mod tests {
 }
 
 #[cfg(test)]
+mod vmgenid_tests {
+    use super::*;
+    use crate::layout::VMGENID_PAGE;
+
+    #[test]
+    fn the_vm_generation_id_page_is_reserved_never_ram() {
+        for mib in [128u64, 3328, 8192] {
+            let map = e820_map(mib << 20);
+            let (start, end) = (VMGENID_PAGE, VMGENID_PAGE + 0x1000);
+            assert!(
+                map.iter().any(|e| e.kind == E820Kind::Reserved
+                    && e.addr <= start
+                    && end <= e.addr + e.size),
+                "{mib} MiB: {map:?}"
+            );
+            assert!(
+                map.iter()
+                    .filter(|e| e.kind == E820Kind::Ram)
+                    .all(|e| e.addr + e.size <= start || e.addr >= end),
+                "{mib} MiB: {map:?}"
+            );
+            // It is in guest memory all the same, so a snapshot keeps it.
+            assert!(ram_ranges(mib << 20)
+                .iter()
+                .any(|(a, len, _)| *a <= start && end <= a + len));
+        }
+    }
+}
+
+#[cfg(test)]
 mod ram_tests {
     use super::*;
 

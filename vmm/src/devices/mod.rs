@@ -1,10 +1,12 @@
 //! The few emulated devices a Linux guest needs to boot fast, on the port I/O bus: two 8250
 //! UARTs, a CMOS RTC, the ACPI sleep/reset registers, the i8042 reset line, and the exit
-//! status register sm-init writes the command's status to.
+//! status register sm-init writes the command's status to; and the VM generation ID
+//! ([`vmgenid`]), a buffer in guest memory.
 
 pub mod rtc;
 pub mod serial;
 pub mod virtio_mmio;
+pub mod vmgenid;
 
 use std::sync::{Arc, Mutex};
 
