@@ -15,3 +15,5 @@ pub mod queue;
 pub mod serve;
 pub mod startup;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
