@@ -6,6 +6,7 @@ mod api;
 mod args;
 mod blk;
 mod boot;
+mod clone;
 mod common;
 mod fs;
 mod image;
