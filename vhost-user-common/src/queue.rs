@@ -421,6 +421,48 @@ mod tests {
         }
     }
 
+    /// GET_VRING_BASE's read of the index waits until every request taken from the ring
+    /// (here one held by a "worker" for 200 ms) is done, then runs the stop hook.
+    #[test]
+    fn next_avail_waits_for_requests_in_flight() {
+        use std::sync::atomic::AtomicUsize;
+        use std::time::Instant;
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let vring = Vring::new(mem, 16).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let hooks = Arc::new(AtomicUsize::new(0));
+        let (d, h) = (done.clone(), hooks.clone());
+        vring.set_stop_hook(move || {
+            Arc::new(move || {
+                assert!(
+                    d.load(Ordering::SeqCst),
+                    "hook ran before the request finished"
+                );
+                h.fetch_add(1, Ordering::SeqCst);
+            })
+        });
+        vring.set_stop_hook(|| panic!("a second hook is never made"));
+        let busy = Busy::new(vring.inflight.clone());
+        let worker = busy.clone();
+        drop(busy);
+        let d = done.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            d.store(true, Ordering::SeqCst);
+            drop(worker);
+        });
+        let start = Instant::now();
+        assert_eq!(vring.queue_next_avail(), 0);
+        assert!(start.elapsed() >= Duration::from_millis(200));
+        assert!(done.load(Ordering::SeqCst));
+        assert_eq!(hooks.load(Ordering::SeqCst), 1);
+        t.join().unwrap();
+        // Idle: answers at once.
+        let start = Instant::now();
+        vring.queue_next_avail();
+        assert!(start.elapsed() < Duration::from_millis(100));
+    }
+
     #[test]
     fn one_queue_per_thread_masks() {
         assert_eq!(one_queue_per_thread(3), [1, 2, 4]);
