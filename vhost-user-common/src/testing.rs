@@ -111,7 +111,6 @@ impl GuestMemory {
             userspace_addr: self.ptr as u64,
             mmap_offset: 0,
             mmap_handle: self.file.as_raw_fd(),
-            ..Default::default()
         }
     }
 }
