@@ -73,6 +73,9 @@ pub enum VmError {
     /// A restored device's backend refused its state or rings.
     #[error("restoring a device: {0}")]
     RestoreDevice(String),
+    /// This host cannot run the snapshot's guest.
+    #[error(transparent)]
+    HostMismatch(#[from] persist::compat::CpuMismatch),
     /// The snapshot does not fit the restoring VM (its devices).
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
@@ -433,6 +436,9 @@ pub fn restore(
     let ram = GuestRam::from_memfd(memory, shape.mem_mib)?;
     let vm = create_vm(&kvm, &ram)?;
     let cpuid = supported_cpuid(&kvm)?;
+    if let Some(first) = state.vcpus.first() {
+        persist::compat::check_cpuid(&first.cpuid, &cpuid)?;
+    }
     let (mmio, _slots) = attach_devices(&vm, &ram, devices, guest_phys_bits(&cpuid))?;
     let mmio = Arc::new(mmio);
     let bus = console_bus(&vm)?;

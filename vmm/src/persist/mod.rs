@@ -32,6 +32,7 @@
 //! Everything is wrapped in [`KvmSnapshot`], which carries [`SNAPSHOT_FORMAT_VERSION`]; state of
 //! any other version is refused with one error rather than half-restored.
 
+pub mod compat;
 pub mod devices;
 pub mod vcpu;
 pub mod vm;
