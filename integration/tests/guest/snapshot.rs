@@ -424,3 +424,177 @@ fn a_backend_without_device_state_fails_the_snapshot_in_one_line_and_the_vm_runs
     assert_eq!(status.code(), Some(7), "stderr: {errors}");
     assert_eq!(vm.numbers(), (1..=LAST).collect::<Vec<_>>());
 }
+
+/// A guest script printing, once and then every second, what it sees of the VM generation
+/// ID: `hid=` its ACPI device's `_HID`, `ged=` how many Generic Event Devices ACPI found,
+/// `irq=` the GED's interrupt count, `id=` the 16 bytes at the ID's address in /dev/mem (hex).
+fn vmgenid_probe() -> String {
+    let skip = sm_vmm::layout::VMGENID_ADDR / 16;
+    format!(
+        "while :; do \
+           echo hid=$(cat /sys/bus/acpi/devices/VMGENCTR:00/hid); \
+           echo ged=$(ls /sys/bus/acpi/devices | grep -c '^ACPI0013:'); \
+           echo irq=$(awk '/ACPI:Ged/ {{ n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; print n }}' /proc/interrupts); \
+           echo id=$(dd if=/dev/mem bs=16 skip={skip} count=1 2>/dev/null | od -An -tx1 | tr -d ' \\n'); \
+           sleep 1; \
+         done"
+    )
+}
+
+/// The last `key=` value a [`vmgenid_probe`] printed.
+fn probed(vm: &CountingVm, key: &str) -> Option<String> {
+    let lines = vm.lines.lock().unwrap();
+    lines
+        .iter()
+        .rev()
+        .find_map(|(_, l)| l.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+#[test]
+fn the_vm_generation_id_is_an_acpi_device_over_random_bytes_in_reserved_guest_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let mut vm = CountingVm::spawn(sm_vmm().arg("--api-socket").arg(&socket).args([
+        "--",
+        "sh",
+        "-c",
+        &vmgenid_probe(),
+    ]));
+    wait_until(Duration::from_secs(180), "the guest's first probe", || {
+        probed(&vm, "id").is_some()
+    });
+    let id = probed(&vm, "id").unwrap();
+    // The guest's kernel knows the device by the IDs Linux's vmgenid driver matches, and
+    // the event device that announces a new ID has its interrupt.
+    assert_eq!(probed(&vm, "hid").as_deref(), Some("VMGENCTR"));
+    assert_eq!(probed(&vm, "ged").as_deref(), Some("1"));
+    assert_eq!(
+        probed(&vm, "irq").as_deref(),
+        Some("0"),
+        "the GED's interrupt line is requested and has not fired"
+    );
+    // /dev/mem shows it (the page is reserved, not RAM): 16 bytes, not all zero.
+    assert_eq!(id.len(), 32, "{id:?}");
+    assert_ne!(id, "0".repeat(32));
+
+    // What the guest read is what sm-vmm put at VMGENID_ADDR: the snapshot's RAM has it.
+    let snap = dir.path().join("snap");
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/pause", None),
+        (204, String::new())
+    );
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/snapshot", Some(&snapshot_body(&snap))),
+        (204, String::new())
+    );
+    let mut saved = [0u8; 16];
+    std::fs::File::open(snap.join("memory"))
+        .unwrap()
+        .read_exact_at(&mut saved, sm_vmm::layout::VMGENID_ADDR)
+        .unwrap();
+    let saved: String = saved.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(saved, id);
+    eprintln!("VM generation ID at boot: {id}");
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/shutdown", None),
+        (204, String::new())
+    );
+    let (status, errors) = vm.finish(Duration::from_secs(60));
+    assert!(status.success(), "{errors}");
+}
+
+#[test]
+fn restored_clones_reseeded_through_their_agents_never_read_the_same_random_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("a.vsock");
+    let ready = ReadySignal::bind(&uds).unwrap();
+    let vsock = vsock_backend(dir.path(), "a-vsock.sock", &uds);
+    let socket = dir.path().join("api.sock");
+    let mut vm = CountingVm::spawn(
+        sm_vmm()
+            .arg("--api-socket")
+            .arg(&socket)
+            .args(["--vsock-socket", vsock.socket_str()])
+            .args(["--", "sh", "-c", "sleep 3600"]),
+    );
+    ready
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}; sm-vmm: {}", vm.finish(Duration::from_secs(5)).1));
+    let agent = Agent::new(&uds).with_io_timeout(Duration::from_secs(60));
+    // A booted guest: the reseed is answered, and the UUIDs read around it differ.
+    let before = agent_exec(&agent, "cat /proc/sys/kernel/random/uuid");
+    let asked = Instant::now();
+    agent
+        .reseed(&sm_agent::fresh_seed())
+        .expect("reseed a booted guest");
+    eprintln!("reseed answered in {:?}", asked.elapsed());
+    let after = agent_exec(&agent, "cat /proc/sys/kernel/random/uuid");
+    assert_eq!(before.trim().len(), 36, "{before:?}");
+    assert_ne!(before, after);
+
+    let snap = dir.path().join("snap");
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/pause", None),
+        (204, String::new())
+    );
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/snapshot", Some(&snapshot_body(&snap))),
+        (204, String::new())
+    );
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/shutdown", None),
+        (204, String::new())
+    );
+    vm.finish(Duration::from_secs(60));
+
+    // Two clones of the one snapshot, each reseeded with its own bytes before anything else
+    // runs in it, then asked for two UUIDs and 32 bytes of /dev/urandom.
+    let read = "cat /proc/sys/kernel/random/uuid /proc/sys/kernel/random/uuid; \
+                head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
+    let mut clones: Vec<_> = ["b", "c"]
+        .iter()
+        .map(|name| {
+            let uds = dir.path().join(format!("{name}.vsock"));
+            let backend = vsock_backend(dir.path(), &format!("{name}-vsock.sock"), &uds);
+            let clone = CountingVm::spawn(
+                sm_vmm()
+                    .arg("--restore")
+                    .arg(&snap)
+                    .args(["--vsock-socket", backend.socket_str()]),
+            );
+            (uds, backend, clone)
+        })
+        .collect();
+    let mut seen: Vec<String> = Vec::new();
+    for (name, (uds, _backend, _clone)) in ["b", "c"].iter().zip(&clones) {
+        let agent = Agent::new(uds).with_io_timeout(Duration::from_secs(60));
+        // The restored agent listens already; its vsock device is reset, so retry briefly.
+        let started = Instant::now();
+        while let Err(e) = agent.reseed(&sm_agent::fresh_seed()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "clone {name}: reseed: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "clone {name}: reseeded {:?} after its sm-vmm started",
+            started.elapsed()
+        );
+        let out = agent_exec(&agent, read);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "clone {name}: {out:?}");
+        assert!(
+            lines[..2].iter().all(|u| u.len() == 36),
+            "clone {name}: {out:?}"
+        );
+        assert_eq!(lines[2].len(), 64, "clone {name}: {out:?}");
+        seen.extend(lines.iter().map(|l| l.to_string()));
+    }
+    let mut distinct = seen.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), seen.len(), "a value repeats: {seen:?}");
+    drop(clones);
+}
