@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -161,23 +162,104 @@ pub struct FileEntry {
     pub name: String,
     /// Length in bytes (holes included).
     pub size: u64,
-    /// sha256 of the whole content (holes read as zeros), lower-case hex.
+    /// The file's content digest as [`hash_file`] computes it, lower-case hex.
     pub sha256: String,
 }
 
-/// Size and sha256 (hex) of a file's content, read once.
+/// Granularity of the content digest: 4 KiB blocks at 4 KiB-aligned offsets.
+const BLOCK: u64 = 4096;
+
+/// Size and content digest (hex) of a file: sha256 over the size (u64, little-endian) and
+/// then, in offset order, every 4 KiB block that is not all zeros, each preceded by its offset
+/// (u64, little-endian). Holes and all-zero blocks contribute nothing, so the digest depends on
+/// the content alone (not on how a file system stores it), and checking a sparse file costs
+/// what its data does: a 256 MiB guest's memory file with 40 MiB in use reads 40 MiB.
 pub fn hash_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut file = File::open(path)?;
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
     let mut hasher = Sha256::new();
+    hasher.update(size.to_le_bytes());
     let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let mut pos = 0u64;
+    while let Some((start, stop)) = data_extent(&file, pos, size)? {
+        // Whole aligned blocks, so the digest does not depend on extent boundaries.
+        let mut off = start - start % BLOCK;
+        let stop = stop.next_multiple_of(BLOCK).min(size);
+        while off < stop {
+            let len = (stop - off).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..len], off)?;
+            for (i, block) in buf[..len].chunks(BLOCK as usize).enumerate() {
+                if block.iter().any(|&b| b != 0) {
+                    hasher.update((off + i as u64 * BLOCK).to_le_bytes());
+                    hasher.update(block);
+                }
+            }
+            off += len as u64;
         }
-        hasher.update(&buf[..n]);
-        size += n as u64;
+        pos = stop;
     }
     Ok((size, hex::encode(hasher.finalize())))
+}
+
+/// The next data extent `[start, end)` of `file` at or after `from`, clipped to `limit`
+/// (`SEEK_DATA`/`SEEK_HOLE`; a file system without them reports the whole file as data).
+fn data_extent(file: &File, from: u64, limit: u64) -> io::Result<Option<(u64, u64)>> {
+    use nix::errno::Errno;
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsFd;
+    if from >= limit {
+        return Ok(None);
+    }
+    let start = match lseek(file.as_fd(), from as i64, Whence::SeekData) {
+        Ok(s) => s as u64,
+        Err(Errno::ENXIO) => return Ok(None),
+        Err(e) => return Err(io::Error::from(e)),
+    };
+    if start >= limit {
+        return Ok(None);
+    }
+    let end = lseek(file.as_fd(), start as i64, Whence::SeekHole).map_err(io::Error::from)?;
+    Ok(Some((start, (end as u64).min(limit))))
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn digest(bytes_at: &[(u64, &[u8])], size: u64) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = File::create(&path).unwrap();
+        f.set_len(size).unwrap();
+        for (off, b) in bytes_at {
+            f.write_all_at(b, *off).unwrap();
+        }
+        hash_file(&path).unwrap().1
+    }
+
+    #[test]
+    fn the_digest_follows_content_not_storage() {
+        let size = 64 << 20;
+        let sparse = digest(&[(10 << 20, b"data")], size);
+        // The same content with the zeros written out as data.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dense");
+        let mut f = File::create(&path).unwrap();
+        let mut all = vec![0u8; size as usize];
+        all[10 << 20..(10 << 20) + 4].copy_from_slice(b"data");
+        f.write_all(&all).unwrap();
+        assert_eq!(hash_file(&path).unwrap(), (size, sparse.clone()));
+        // One changed byte, a moved byte, another size: another digest.
+        assert_ne!(digest(&[(10 << 20, b"dat!")], size), sparse);
+        assert_ne!(digest(&[((10 << 20) + 4096, b"data")], size), sparse);
+        assert_ne!(digest(&[(10 << 20, b"data")], size + 4096), sparse);
+        // An all-zero file of one size is not one of another.
+        assert_ne!(digest(&[], 4096), digest(&[], 8192));
+    }
+
+    #[test]
+    fn a_tail_shorter_than_a_block_counts() {
+        assert_ne!(digest(&[(5000, b"x")], 5001), digest(&[], 5001));
+    }
 }

@@ -187,6 +187,26 @@ pub struct IncludeFile {
     pub path: PathBuf,
 }
 
+/// The sha256 of the kernel and initramfs the guest booted (when known), for the manifest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BootHashes {
+    /// sha256 (hex) of the kernel.
+    pub kernel: Option<String>,
+    /// sha256 (hex) of the initramfs (without the command sm-vmm appends).
+    pub initramfs: Option<String>,
+}
+
+impl BootHashes {
+    /// Hashes the files as they are now; one that cannot be read is left out.
+    pub fn of_files(kernel: &Path, initramfs: &Path) -> BootHashes {
+        let hash = |p: &Path| sm_snapshot::manifest::hash_file(p).ok().map(|(_, h)| h);
+        BootHashes {
+            kernel: hash(kernel),
+            initramfs: hash(initramfs),
+        }
+    }
+}
+
 /// The name of the file holding the backend state of the device at bus place `index`.
 pub fn backend_state_file(index: usize) -> String {
     format!("backend-{index}.state")
@@ -254,6 +274,7 @@ pub fn write(
     kvm: &KvmSnapshot,
     devices: &DeviceStates,
     backend_states: &[(String, Vec<u8>)],
+    boot: &BootHashes,
     memfd: &File,
 ) -> Result<(), SnapshotError> {
     let shape_json = serde_json::to_vec_pretty(shape).expect("a shape always serializes");
@@ -271,8 +292,8 @@ pub fn write(
     writer.add_file(MEMORY_FILE)?;
     writer.finish(SnapshotInfo {
         host: HostFingerprint::of_this_host(),
-        kernel_sha256: None,
-        initramfs_sha256: None,
+        kernel_sha256: boot.kernel.clone(),
+        initramfs_sha256: boot.initramfs.clone(),
         memory: layout,
         devices: [
             device(DeviceKind::Serial, "com1"),
@@ -311,12 +332,18 @@ pub struct LoadedSnapshot {
     pub memory: File,
     /// What each virtio-mmio device's backend handed over (bus order; None: not started).
     pub handovers: Vec<Option<DeviceHandover>>,
+    /// The kernel and initramfs the guest booted, as the manifest records them.
+    pub boot: BootHashes,
 }
 
 /// Verifies the snapshot at `dir` (every file against the manifest's sha256) and reads it,
 /// filling a fresh memfd with its guest RAM.
 pub fn load(dir: &Path) -> Result<LoadedSnapshot, SnapshotError> {
-    sm_snapshot::verify(dir)?;
+    let manifest = sm_snapshot::verify(dir)?;
+    let boot = BootHashes {
+        kernel: manifest.kernel_sha256,
+        initramfs: manifest.initramfs_sha256,
+    };
     let read = |name: &str| {
         let path = dir.join(name);
         std::fs::read(&path).map_err(|e| SnapshotError::Io(path, e))
@@ -399,5 +426,6 @@ pub fn load(dir: &Path) -> Result<LoadedSnapshot, SnapshotError> {
         devices,
         memory,
         handovers,
+        boot,
     })
 }

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ use crate::layout::*;
 use crate::memory::{ram_end, GuestRam, MemoryError};
 use crate::persist::devices::{BackendRecord, DeviceStateError, DeviceStates, VringBase};
 use crate::persist::{self, ClockRestore, KvmSnapshot, PersistError, VcpuSaveContext};
-use crate::snapshot::{self, IncludeFile, LoadedSnapshot, SnapshotError, VmShape};
+use crate::snapshot::{self, BootHashes, IncludeFile, LoadedSnapshot, SnapshotError, VmShape};
 use crate::vcpu::{self, Vcpu, VcpuError, VcpuEvent, VcpuPause};
 use crate::vhost_user::{DeviceConfig, DeviceKind, VhostUserDevice, VhostUserError, SHMEM_ALIGN};
 use sm_snapshot::SnapshotWriter;
@@ -348,6 +348,24 @@ struct Machine {
     bus: Arc<PioBus>,
     vcpus: Vec<Vcpu>,
     shape: VmShape,
+    /// Where the kernel and initramfs hashes for a snapshot's manifest come from.
+    boot: BootSource,
+}
+
+/// The kernel and initramfs a VM booted: files hashed when a snapshot is taken (so a boot
+/// pays nothing for them), or the hashes a restored VM's snapshot recorded.
+enum BootSource {
+    Files { kernel: PathBuf, initramfs: PathBuf },
+    Recorded(BootHashes),
+}
+
+impl BootSource {
+    fn hashes(&self) -> BootHashes {
+        match self {
+            BootSource::Files { kernel, initramfs } => BootHashes::of_files(kernel, initramfs),
+            BootSource::Recorded(hashes) => hashes.clone(),
+        }
+    }
 }
 
 /// Blocks the stop signals (SIGINT, SIGTERM, SIGHUP) in this thread and every thread it
@@ -408,6 +426,10 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
             config.command.is_none(),
             snapshot::device_shapes(config),
         ),
+        boot: BootSource::Files {
+            kernel: config.kernel.clone(),
+            initramfs: config.initrd.clone(),
+        },
     };
     run_machine(machine, stop_signals, api, started)
 }
@@ -430,6 +452,7 @@ pub fn restore(
         devices: device_states,
         memory,
         handovers,
+        boot,
     } = snapshot;
     snapshot::check_devices(&shape.devices, &snapshot::device_shapes(devices))?;
     let kvm = kvm::open(shape.vcpus)?;
@@ -461,6 +484,9 @@ pub fn restore(
     for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
         vcpu.restore(saved)?;
     }
+    // Every restore is a new generation: a guest with the vmgenid driver reseeds its RNG.
+    vmgenid::regenerate(&ram.memory)?;
+    vmgenid::notify(&vm)?;
     let machine = Machine {
         kvm,
         ram,
@@ -469,6 +495,7 @@ pub fn restore(
         bus,
         vcpus,
         shape,
+        boot: BootSource::Recorded(boot),
     };
     run_machine(machine, stop_signals, api, started)
 }
@@ -561,6 +588,7 @@ fn save_stopped(
         &KvmSnapshot::new(vm, vcpus),
         &devices,
         &backend_states,
+        &m.boot.hashes(),
         &memfd,
     )
 }

@@ -30,12 +30,14 @@ pub enum CpuMismatch {
     },
 }
 
-/// The feature words compared: (leaf, sub-leaf, register, bits the CPU sets by itself from
-/// control-register state and so never appear in KVM's supported list reliably).
+/// The feature words compared: (leaf, sub-leaf, register, bits not judged: those the CPU
+/// sets from control-register or MSR state, and those sm-vmm sets itself, which KVM's
+/// supported list does not carry).
 const FEATURE_WORDS: &[(u32, u32, &str, u32)] = &[
-    // OSXSAVE (bit 27) mirrors CR4.OSXSAVE.
-    (0x1, 0, "ecx", 1 << 27),
-    (0x1, 0, "edx", 0),
+    // OSXSAVE (27) mirrors CR4.OSXSAVE; sm-vmm sets HYPERVISOR (31).
+    (0x1, 0, "ecx", (1 << 27) | (1 << 31)),
+    // APIC (9) follows the APIC base MSR's enable bit; sm-vmm sets HTT (28).
+    (0x1, 0, "edx", (1 << 9) | (1 << 28)),
     (0x7, 0, "ebx", 0),
     // OSPKE (bit 4) mirrors CR4.PKE.
     (0x7, 0, "ecx", 1 << 4),
@@ -161,8 +163,8 @@ mod tests {
     }
 
     #[test]
-    fn bits_that_mirror_control_registers_do_not_count() {
-        let saved = [amd(), entry(1, 0, [0, 0, 1 << 27, 0])];
+    fn bits_that_mirror_control_registers_or_sm_vmm_sets_do_not_count() {
+        let saved = [amd(), entry(1, 0, [0, 0, (1 << 27) | (1 << 31), 1 << 28])];
         assert_eq!(
             check_cpuid(&saved, &host(&[amd(), entry(1, 0, [0; 4])])),
             Ok(())
