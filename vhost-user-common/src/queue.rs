@@ -358,8 +358,8 @@ fn poisoned() -> io::Error {
 
 /// The body of
 /// [`VhostUserBackend::handle_event`](vhost_user_backend::VhostUserBackend::handle_event) for
-/// a device with one queue per thread: a kick of queue `device_event` runs `process` on that
-/// queue's vring. Errors are logged, never returned: an error would end the queue's thread.
+/// a device with one queue per thread: a kick runs `process` on the thread's vring with the
+/// device's queue index (`thread_id`). Errors are logged, never returned: an error would end the queue's thread.
 pub fn handle_queue_event(
     device_event: u16,
     evset: EventSet,
@@ -371,11 +371,12 @@ pub fn handle_queue_event(
         debug!("queue thread {thread_id}: ignoring event set {evset:?}");
         return Ok(());
     }
-    // Each thread owns exactly one queue, so the event is that queue's kick.
-    let queue = usize::from(device_event);
-    match vrings.get(queue) {
+    // Each thread owns exactly one queue (`one_queue_per_thread`). The library numbers
+    // events and `vrings` within the thread's own queues, so the event picks the vring and
+    // the device's queue index is the thread's index.
+    match vrings.get(usize::from(device_event)) {
         Some(vring) => {
-            if let Err(e) = process(vring, queue) {
+            if let Err(e) = process(vring, thread_id) {
                 warn!("queue thread {thread_id}: {e}");
             }
         }

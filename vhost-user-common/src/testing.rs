@@ -219,7 +219,9 @@ impl TestFrontend {
                 .set_vring_kick(q, &queue.kick)
                 .expect("SET_VRING_KICK");
             self.fe.set_vring_enable(q, true).expect("SET_VRING_ENABLE");
-            queue.next_avail = base;
+            // The driver's own indices are what guest memory holds, whatever the device's
+            // base (requests not yet taken stay in the ring).
+            queue.next_avail = mem.read_u16(avail_addr(q) + 2);
             queue.used_seen = mem.read_u16(used_addr(q) + 2);
         }
     }
@@ -267,6 +269,50 @@ impl TestFrontend {
             len,
             bytes: mem.read(REPLY, len as usize),
         }
+    }
+
+    /// Publishes `requests` on queue `q` at once (each with `reply_len` writable bytes; at
+    /// most 8, each at most 4 KiB) and kicks, without waiting for any reply.
+    pub fn submit(&mut self, mem: &GuestMemory, q: usize, requests: &[Vec<u8>], reply_len: u32) {
+        assert!(requests.len() <= 8 && reply_len as u64 <= 0x2_0000);
+        let queue = &mut self.queues[q];
+        for (i, request) in requests.iter().enumerate() {
+            assert!(request.len() <= 0x1000);
+            let (head, data, reply) = (
+                2 * i as u16,
+                DATA + i as u64 * 0x1000,
+                REPLY + i as u64 * 0x2_0000,
+            );
+            let mut desc = Vec::with_capacity(32);
+            desc.extend_from_slice(&data.to_le_bytes());
+            desc.extend_from_slice(&(request.len() as u32).to_le_bytes());
+            desc.extend_from_slice(&F_NEXT.to_le_bytes());
+            desc.extend_from_slice(&(head + 1).to_le_bytes());
+            desc.extend_from_slice(&reply.to_le_bytes());
+            desc.extend_from_slice(&reply_len.to_le_bytes());
+            desc.extend_from_slice(&F_WRITE.to_le_bytes());
+            desc.extend_from_slice(&0u16.to_le_bytes());
+            mem.write(data, request);
+            mem.write(desc_addr(q) + 16 * u64::from(head), &desc);
+            let slot = u64::from(queue.next_avail.wrapping_add(i as u16) % QUEUE_SIZE);
+            mem.write(avail_addr(q) + 4 + 2 * slot, &head.to_le_bytes());
+        }
+        queue.next_avail = queue.next_avail.wrapping_add(requests.len() as u16);
+        mem.write(avail_addr(q) + 2, &queue.next_avail.to_le_bytes());
+        queue.kick.write(1).expect("kick");
+    }
+
+    /// Kicks queue `q` (after a restart, so the device looks at what is already there).
+    pub fn kick(&self, q: usize) {
+        self.queues[q].kick.write(1).expect("kick");
+    }
+
+    /// The used ring's index of queue `q` as the device last wrote it; what was submitted is
+    /// now considered seen.
+    pub fn used_idx(&mut self, mem: &GuestMemory, q: usize) -> u16 {
+        let idx = mem.read_u16(used_addr(q) + 2);
+        self.queues[q].used_seen = idx;
+        idx
     }
 
     /// GET_VRING_BASE of every queue (stops them), as before a snapshot.

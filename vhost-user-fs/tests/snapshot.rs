@@ -305,3 +305,72 @@ fn load_refuses_escaping_paths_and_bad_documents() {
         "{line}"
     );
 }
+
+/// With `--thread-pool-size`, requests run on worker threads after the queue thread took
+/// them from the ring. GET_VRING_BASE right after a burst of large READs must still answer
+/// only once each one it took is in the used ring: the saved index and the used index agree
+/// every time, and the rings restart from it.
+#[test]
+fn ring_base_counts_only_completed_requests_with_a_thread_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("big"), vec![7u8; 128 << 10]).unwrap();
+    let a = Backend::start(
+        dir.path(),
+        "a",
+        &["--shared-dir", s(&shared), "--thread-pool-size", "4"],
+    );
+    let mem = GuestMemory::new();
+    let (mut fe, _) = TestFrontend::connect(&a.socket, 2);
+    fe.start(&mem, &[0, 0]);
+    let mut fuse = Fuse {
+        fe: &mut fe,
+        mem: &mem,
+        unique: 0,
+    };
+    fuse.init();
+    let big = fuse.lookup(1, "big");
+    let handle = fuse.open(big, false);
+    let start_idx = fe.used_idx(&mem, REQ);
+    for round in 0..20u64 {
+        let reads: Vec<Vec<u8>> = (0..8u64)
+            .map(|i| {
+                let mut req = Vec::new();
+                req.extend_from_slice(&80u32.to_le_bytes());
+                req.extend_from_slice(&FUSE_READ.to_le_bytes());
+                req.extend_from_slice(&(1000 + round * 8 + i).to_le_bytes());
+                req.extend_from_slice(&big.to_le_bytes());
+                req.extend_from_slice(&[0u8; 16]);
+                req.extend_from_slice(&handle.to_le_bytes());
+                req.extend_from_slice(&0u64.to_le_bytes());
+                req.extend_from_slice(&(64u32 << 10).to_le_bytes());
+                req.extend_from_slice(&[0u8; 20]);
+                req
+            })
+            .collect();
+        fe.submit(&mem, REQ, &reads, (64 << 10) + 16);
+        let stopped = fe.stop();
+        let used = fe.used_idx(&mem, REQ);
+        assert_eq!(
+            used, stopped[REQ],
+            "round {round}: GET_VRING_BASE answered {} with {used} requests completed",
+            stopped[REQ]
+        );
+        // Whatever the backend had not taken yet is still in the ring: the restarted ring
+        // takes it from the saved index at the next kick.
+        fe.start(&mem, &stopped);
+        fe.kick(REQ);
+        let all = start_idx.wrapping_add(8 * (round as u16 + 1));
+        let t = std::time::Instant::now();
+        while fe.used_idx(&mem, REQ) != all {
+            assert!(
+                t.elapsed().as_secs() < 10,
+                "round {round}: used {} of {all} (saved {stopped:?})",
+                fe.used_idx(&mem, REQ)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    assert_eq!(a.stdout(), "");
+}
