@@ -31,12 +31,13 @@
 //! node (`/proc/self/fd`, as OPEN does), without `O_TRUNC`.
 //!
 //! **Dropped, with a warning**: a node that had no name inside the shared directory at SAVE
-//! (unlinked but still open or looked up, or moved out of the share on the host) is saved
-//! with `"path": null`; LOAD drops it and its handles, and the guest gets EBADF on them.
+//! (unlinked but still open or looked up, the name it was found under removed, or moved out
+//! of the share on the host) is saved with `"path": null`; LOAD drops it and its handles, and
+//! the guest gets EBADF on them. (Its data exists nowhere a new process could reopen it.)
 //!
 //! **Not carried over**: directory read-ahead (a READDIR continues by seeking to its offset),
-//! byte-range and flock locks, DAX window mappings (a backend with a DAX window refuses to
-//! SAVE), and the FUSE protocol minor version (fuse-backend-rs keeps its own 7.33 default,
+//! byte-range and flock locks, DAX window mappings (a backend with a DAX window refuses
+//! SET_DEVICE_STATE_FD), and the FUSE protocol minor version (fuse-backend-rs keeps its own 7.33 default,
 //! right for every kernel that negotiates 7.33 or later). The host inode number is recorded
 //! but only compared: a file replaced on the host under the same name is reopened with a
 //! warning, as a later LOOKUP would find it too.
