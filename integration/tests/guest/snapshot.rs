@@ -251,14 +251,56 @@ fn a_corrupted_snapshot_is_refused_in_one_line() {
 }
 
 /// vhost-device-vsock serving guest CID 3, its host side at `uds` (`<uds>_<port>`).
+/// Its log goes to `<dir>/<name>.log`.
 fn vsock_backend(dir: &Path, name: &str, uds: &Path) -> Backend {
     let socket = dir.join(name);
-    let mut cmd = Command::new("vhost-device-vsock");
-    cmd.args(["--guest-cid", "3", "--socket"])
-        .arg(&socket)
-        .arg("--uds-path")
-        .arg(uds);
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new("sh");
+    cmd.env("RUST_LOG", "debug").arg("-c").arg(format!(
+        "exec vhost-device-vsock --guest-cid 3 --socket '{}' --uds-path '{}' 2>'{}'",
+        socket.display(),
+        uds.display(),
+        log.display()
+    ));
     Backend::start(cmd, &socket)
+}
+
+/// Waits (bounded) for a restored guest's agent to answer `cat /tmp/state`; its output. The
+/// restored vsock device resets its connections, so the first tries may fail.
+fn first_answer(uds: &Path, clone: &mut CountingVm, log: &Path) -> String {
+    first_answer_to(uds, clone, log, "cat /tmp/state")
+}
+
+/// [`first_answer`] for any shell `script`.
+fn first_answer_to(uds: &Path, clone: &mut CountingVm, log: &Path, script: &str) -> String {
+    let probe = Agent::new(uds).with_io_timeout(Duration::from_secs(10));
+    let started = Instant::now();
+    let mut tries = Vec::new();
+    while started.elapsed() < Duration::from_secs(90) {
+        let request = ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        };
+        match probe.exec(&request, None) {
+            Ok(out) => {
+                eprintln!(
+                    "restored agent answered after {:?} ({} failed tries)",
+                    started.elapsed(),
+                    tries.len()
+                );
+                return String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            Err(e) => tries.push(format!("{:?}: {e}", started.elapsed())),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = clone.child.kill();
+    let (_, errors) = clone.finish(Duration::from_secs(10));
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<_> = log.lines().rev().take(40).collect();
+    panic!(
+        "the restored agent never answered; tries: {tries:#?}\nsm-vmm stderr: {errors}\nvsock log (last lines, newest first): {tail:#?}"
+    );
 }
 
 /// One command through the agent: its stdout, the test failing on anything but exit 0.
@@ -298,7 +340,13 @@ fn a_vm_with_its_agent_on_vsock_snapshots_and_restored_clones_answer_with_its_me
         .unwrap_or_else(|e| panic!("{e}; sm-vmm: {}", vm.finish(Duration::from_secs(5)).1));
     let agent = Agent::new(&uds).with_io_timeout(Duration::from_secs(60));
     let token = format!("ram-{}", std::process::id());
-    agent_exec(&agent, &format!("echo {token} > /tmp/state"));
+    let log = dir.path().join("a-vsock.sock.log");
+    first_answer_to(
+        &uds,
+        &mut vm,
+        &log,
+        &format!("echo {token} > /tmp/state; cat /tmp/state"),
+    );
     let extra = dir.path().join("extra.txt");
     std::fs::write(&extra, "kept with the snapshot").unwrap();
 
@@ -328,7 +376,7 @@ fn a_vm_with_its_agent_on_vsock_snapshots_and_restored_clones_answer_with_its_me
     );
 
     // Two clones at once, each with a fresh vsock backend of its own.
-    let clones: Vec<_> = ["b", "c"]
+    let mut clones: Vec<_> = ["b", "c"]
         .iter()
         .map(|name| {
             let uds = dir.path().join(format!("{name}.vsock"));
@@ -342,34 +390,18 @@ fn a_vm_with_its_agent_on_vsock_snapshots_and_restored_clones_answer_with_its_me
             (uds, backend, clone)
         })
         .collect();
-    for (name, (uds, _backend, clone)) in ["b", "c"].iter().zip(&clones) {
-        let agent = Agent::new(uds).with_io_timeout(Duration::from_secs(60));
-        let mut answer = None;
-        // The restored agent listens already; its vsock device is reset, so retry briefly.
-        wait_until(Duration::from_secs(60), "the restored agent", || {
-            answer = agent
-                .exec(
-                    &ExecRequest {
-                        argv: vec!["cat".into(), "/tmp/state".into()],
-                        ..Default::default()
-                    },
-                    None,
-                )
-                .ok();
-            answer.is_some()
-        });
-        let out = answer.unwrap();
+    for (name, (uds, _backend, clone)) in ["b", "c"].iter().zip(clones.iter_mut()) {
+        let log = dir.path().join(format!("{name}-vsock.sock.log"));
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
+            first_answer(uds.as_path(), clone, &log),
             token,
-            "clone {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "clone {name}"
         );
+        let agent = Agent::new(uds.as_path()).with_io_timeout(Duration::from_secs(60));
         assert_eq!(
             agent_exec(&agent, &format!("echo {name} > /tmp/state; cat /tmp/state")).trim(),
             *name
         );
-        drop(clone);
     }
     // Each clone wrote its own RAM; the source kept its own.
     assert_eq!(agent_exec(&agent, "cat /tmp/state").trim(), token);
@@ -423,6 +455,187 @@ fn a_backend_without_device_state_fails_the_snapshot_in_one_line_and_the_vm_runs
     let (status, errors) = vm.finish(Duration::from_secs(60));
     assert_eq!(status.code(), Some(7), "stderr: {errors}");
     assert_eq!(vm.numbers(), (1..=LAST).collect::<Vec<_>>());
+}
+
+/// Our fs backend sharing `shared` as tag `w`, socket `<dir>/<name>`.
+fn fs_backend(dir: &Path, name: &str, shared: &Path) -> Backend {
+    let socket = dir.join(name);
+    let mut cmd = Command::new(sm_integration::bin_dir().join("sm-vhost-user-fs"));
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("--shared-dir")
+        .arg(shared)
+        .args(["--tag", "w"]);
+    Backend::start(cmd, &socket)
+}
+
+/// Our blk backend serving `image`, socket `<dir>/<name>`.
+fn blk_backend(dir: &Path, name: &str, image: &Path) -> Backend {
+    let socket = dir.join(name);
+    let mut cmd = Command::new(sm_integration::bin_dir().join("sm-vhost-user-blk"));
+    cmd.arg("--socket").arg(&socket).arg("--file").arg(image);
+    Backend::start(cmd, &socket)
+}
+
+/// 8 bytes at offset 512 of `image`.
+fn volume_mark(image: &Path) -> String {
+    let mut mark = [0u8; 8];
+    std::fs::File::open(image)
+        .unwrap()
+        .read_exact_at(&mut mark, 512)
+        .unwrap();
+    String::from_utf8_lossy(&mark).into_owned()
+}
+
+#[test]
+fn ram_an_open_file_on_virtio_fs_and_a_volume_survive_snapshot_and_restore_with_our_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello"), "from the host\n").unwrap();
+    let image = dir.path().join("vol.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let fs = fs_backend(dir.path(), "a-fs.sock", &shared);
+    let blk = blk_backend(dir.path(), "a-blk.sock", &image);
+    let uds = dir.path().join("a.vsock");
+    let ready = ReadySignal::bind(&uds).unwrap();
+    let vsock = vsock_backend(dir.path(), "a-vsock.sock", &uds);
+    let socket = dir.path().join("api.sock");
+    let fs_flag = format!("w={}", fs.socket_str());
+    let devices = |blk: &Backend, fs: &str, vsock: &Backend| -> Vec<String> {
+        [
+            "--blk-socket",
+            blk.socket_str(),
+            "--fs-socket",
+            fs,
+            "--vsock-socket",
+            vsock.socket_str(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut vm = CountingVm::spawn(
+        sm_vmm()
+            .arg("--api-socket")
+            .arg(&socket)
+            .args(devices(&blk, &fs_flag, &vsock))
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "mount -t virtiofs w /mnt && exec sleep 3600",
+            ]),
+    );
+    ready
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}; sm-vmm: {}", vm.finish(Duration::from_secs(5)).1));
+    let agent = Agent::new(&uds).with_io_timeout(Duration::from_secs(60));
+    agent_exec(
+        &agent,
+        "echo in-ram > /tmp/state
+         setsid sh -c 'exec 3</mnt/hello; echo $$ > /tmp/holder; exec sleep 3600' </dev/null >/dev/null 2>&1 &
+         printf volume-a | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null
+         while [ ! -s /tmp/holder ]; do sleep 0.1; done",
+    );
+
+    let snap = dir.path().join("snap");
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/pause", None),
+        (204, String::new())
+    );
+    let body = serde_json::json!({
+        "destination": snap,
+        "include": [{"name": "vol.img", "path": image}],
+    })
+    .to_string();
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/snapshot", Some(&body)),
+        (204, String::new())
+    );
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/resume", None),
+        (204, String::new())
+    );
+    let manifest = std::fs::read_to_string(snap.join("manifest.json")).unwrap();
+    assert!(
+        manifest.contains("backend-0.state") && manifest.contains("backend-1.state"),
+        "{manifest}"
+    );
+    // The source runs on and writes its volume; the snapshot's copy keeps what was there.
+    agent_exec(
+        &agent,
+        "printf source-b | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null",
+    );
+    assert_eq!(volume_mark(&image), "source-b");
+    assert_eq!(volume_mark(&snap.join("vol.img")), "volume-a");
+    std::fs::write(shared.join("live.txt"), "written after the snapshot\n").unwrap();
+
+    // A clone: fresh backends, its own copy of the volume.
+    let clone_image = dir.path().join("clone.img");
+    sm_snapshot::clone_file(&snap.join("vol.img"), &clone_image).unwrap();
+    let fs_b = fs_backend(dir.path(), "b-fs.sock", &shared);
+    let blk_b = blk_backend(dir.path(), "b-blk.sock", &clone_image);
+    let uds_b = dir.path().join("b.vsock");
+    let vsock_b = vsock_backend(dir.path(), "b-vsock.sock", &uds_b);
+    let fs_flag_b = format!("w={}", fs_b.socket_str());
+
+    // The wrong devices are refused in one line before anything runs.
+    let wrong = run_with_timeout(
+        sm_vmm()
+            .arg("--restore")
+            .arg(&snap)
+            .args(["--vsock-socket", vsock_b.socket_str()]),
+        Duration::from_secs(60),
+    );
+    let err = stderr(&wrong);
+    assert_ne!(wrong.status.code(), Some(0), "{err}");
+    assert!(err.contains("give the same device flags"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let mut clone = CountingVm::spawn(
+        sm_vmm()
+            .arg("--restore")
+            .arg(&snap)
+            .args(devices(&blk_b, &fs_flag_b, &vsock_b)),
+    );
+    let log_b = dir.path().join("b-vsock.sock.log");
+    assert_eq!(first_answer(&uds_b, &mut clone, &log_b), "in-ram");
+    let agent_b = Agent::new(&uds_b).with_io_timeout(Duration::from_secs(60));
+    // The file the holder opened before the snapshot reads through its old descriptor.
+    assert_eq!(
+        agent_exec(&agent_b, "cat /proc/$(cat /tmp/holder)/fd/3").trim(),
+        "from the host"
+    );
+    // The host mount is live in the clone.
+    assert_eq!(
+        agent_exec(&agent_b, "cat /mnt/live.txt").trim(),
+        "written after the snapshot"
+    );
+    // The clone's disk is the snapshot's copy, and what it writes stays in it.
+    assert_eq!(
+        agent_exec(
+            &agent_b,
+            "echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -c 8"
+        ),
+        "volume-a"
+    );
+    agent_exec(
+        &agent_b,
+        "printf clone--b | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null",
+    );
+    assert_eq!(volume_mark(&clone_image), "clone--b");
+    assert_eq!(volume_mark(&image), "source-b");
+    assert_eq!(volume_mark(&snap.join("vol.img")), "volume-a");
+    drop(clone.child.kill());
+    let _ = clone.finish(Duration::from_secs(30));
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/shutdown", None),
+        (204, String::new())
+    );
+    let _ = vm.finish(Duration::from_secs(60));
 }
 
 /// A guest script printing, once and then every second, what it sees of the VM generation
@@ -597,4 +810,88 @@ fn restored_clones_reseeded_through_their_agents_never_read_the_same_random_numb
     distinct.dedup();
     assert_eq!(distinct.len(), seen.len(), "a value repeats: {seen:?}");
     drop(clones);
+}
+
+#[test]
+fn restored_clones_each_get_a_new_vm_generation_id_and_the_event_that_announces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let mut source = CountingVm::spawn(sm_vmm().arg("--api-socket").arg(&socket).args([
+        "--",
+        "sh",
+        "-c",
+        &vmgenid_probe(),
+    ]));
+    wait_until(Duration::from_secs(180), "the guest's first probe", || {
+        probed(&source, "id").is_some()
+    });
+    let snap = dir.path().join("snap");
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/pause", None),
+        (204, String::new())
+    );
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/snapshot", Some(&snapshot_body(&snap))),
+        (204, String::new())
+    );
+    let mut saved = [0u8; 16];
+    std::fs::File::open(snap.join("memory"))
+        .unwrap()
+        .read_exact_at(&mut saved, sm_vmm::layout::VMGENID_ADDR)
+        .unwrap();
+    let saved: String = saved.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        curl(&socket, "PUT", "/vm/shutdown", None),
+        (204, String::new())
+    );
+    source.finish(Duration::from_secs(60));
+
+    let mut clones: Vec<CountingVm> = (0..2)
+        .map(|_| CountingVm::spawn(sm_vmm().arg("--restore").arg(&snap)))
+        .collect();
+    let mut ids = vec![saved.clone()];
+    for (i, clone) in clones.iter_mut().enumerate() {
+        // Two probes: the first may have read /dev/mem before the snapshot.
+        let started = Instant::now();
+        while clone
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.starts_with("id="))
+            .count()
+            < 2
+        {
+            if started.elapsed() > Duration::from_secs(120)
+                || clone.child.try_wait().unwrap().is_some()
+            {
+                let printed: Vec<String> = clone
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(_, l)| l.clone())
+                    .collect();
+                let _ = clone.child.kill();
+                let (status, errors) = clone.finish(Duration::from_secs(10));
+                panic!(
+                    "clone {i} did not probe twice ({status}): stdout {printed:?}, stderr {errors}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let id = probed(clone, "id").unwrap();
+        assert_eq!(id.len(), 32, "clone {i}: {id:?}");
+        assert_eq!(
+            probed(clone, "irq").as_deref(),
+            Some("1"),
+            "clone {i}: the GED interrupt fired once"
+        );
+        eprintln!("clone {i}: VM generation ID {id} (the snapshot's {saved})");
+        ids.push(id);
+    }
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "an ID repeats: {ids:?}");
 }
