@@ -208,13 +208,21 @@ fn restored_guests_count_on_from_where_the_snapshot_paused_it() {
 }
 
 #[test]
-fn a_corrupted_snapshot_is_refused_in_one_line() {
+fn a_corrupted_snapshot_or_one_needing_cpu_features_this_host_lacks_is_refused_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("api.sock");
     let snap = dir.path().join("snap");
     let source = counting_vm(&socket, &[], 1);
     pause_and_snapshot(&source, &socket, &snap);
     drop(source);
+    let cpu = dir.path().join("cpu");
+    let copied = Command::new("cp")
+        .args(["-a", "--sparse=always"])
+        .arg(&snap)
+        .arg(&cpu)
+        .status()
+        .unwrap();
+    assert!(copied.success());
 
     // One byte of the kernel's text (at 1 MiB, always populated) flipped.
     let memory = std::fs::OpenOptions::new()
@@ -238,6 +246,53 @@ fn a_corrupted_snapshot_is_refused_in_one_line() {
         "{err}"
     );
     assert!(stdout(&out).is_empty(), "the corrupted guest ran");
+
+    // A snapshot consistent in itself (digests re-sealed) whose guest was shown CPU features
+    // no host has: refused before the guest runs.
+    let kvm_path = cpu.join("kvm.json");
+    let mut kvm: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&kvm_path).unwrap()).unwrap();
+    let mut raised = 0;
+    for vcpu in kvm["vcpus"].as_array_mut().unwrap() {
+        for entry in vcpu["cpuid"].as_array_mut().unwrap() {
+            // kvm_cpuid_entry2 as bytes: function, index, flags, eax, ebx, ecx, edx.
+            let bytes = entry.as_array_mut().unwrap();
+            let word = |b: &[serde_json::Value], i: usize| {
+                u32::from_le_bytes(std::array::from_fn(|k| b[i + k].as_u64().unwrap() as u8))
+            };
+            if word(bytes, 0) == 7 && word(bytes, 4) == 0 {
+                for b in &mut bytes[16..20] {
+                    *b = 0xff.into();
+                }
+                raised += 1;
+            }
+        }
+    }
+    assert!(raised > 0, "no CPUID leaf 7 in the snapshot");
+    std::fs::write(&kvm_path, serde_json::to_vec(&kvm).unwrap()).unwrap();
+    let manifest_path = cpu.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let (size, digest) = sm_snapshot::manifest::hash_file(&kvm_path).unwrap();
+    for file in manifest["files"].as_array_mut().unwrap() {
+        if file["name"] == "kvm.json" {
+            file["size"] = size.into();
+            file["sha256"] = digest.clone().into();
+        }
+    }
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let out = run_with_timeout(
+        sm_vmm().arg("--restore").arg(&cpu),
+        Duration::from_secs(120),
+    );
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("lacks features the snapshot's guest uses: CPUID leaf 0x7.0 ebx"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty(), "the guest ran");
 
     let out = run_with_timeout(
         sm_vmm_nokvm()

@@ -147,7 +147,7 @@ impl VhostUserDevice {
         for (i, q) in rings {
             match stopped.iter().find(|(s, _)| *s == i) {
                 Some((_, base)) => {
-                    if let Err(e) = self.start_ring(i, &q, *base) {
+                    if let Err(e) = self.start_ring(i, &q, *base).and_then(|()| self.kick(i)) {
                         first_error.get_or_insert(e);
                     }
                 }
@@ -184,6 +184,7 @@ impl VhostUserDevice {
                 base = self.post_vsock_reset(q, base, features)?;
             }
             self.start_ring(i, q, base)?;
+            self.kick(i)?;
         }
         if self.kind == DeviceKind::VSOCK {
             // The reset event is in the used ring: tell the guest.
@@ -192,6 +193,14 @@ impl VhostUserDevice {
                 .map_err(|e| format!("signalling the transport reset: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Kicks ring `i`: requests the guest queued before the ring stopped, which the backend
+    /// had not taken, would otherwise wait for the guest's next kick (which may never come).
+    fn kick(&self, i: usize) -> Result<(), String> {
+        self.kicks[i]
+            .write(1)
+            .map_err(|e| format!("kicking ring {i}: {e}"))
     }
 
     /// Puts a VIRTIO_VSOCK_EVENT_TRANSPORT_RESET into the event ring's next buffer (taken at
