@@ -40,6 +40,11 @@ pub struct FsArgs {
     /// For trusted guests only; the backend must run as root.
     #[arg(long)]
     pub allow_devices: bool,
+    /// Keep the setuid and setgid bits the guest sets on files in the share; cleared by
+    /// default (as a `nosuid` mount makes them inert), since a guest could otherwise leave a
+    /// setuid-root program on the host. For trusted single-tenant guests only.
+    #[arg(long)]
+    pub allow_setuid: bool,
     /// Size of the DAX window in MiB (0: no DAX), a multiple of 2: the guest can then mount
     /// with `-o dax=always` and map the host's page cache directly.
     #[arg(long, default_value_t = 0)]
@@ -61,6 +66,7 @@ impl FsArgs {
             cache: CacheMode::Auto,
             sandbox: Isolation::Namespace,
             allow_devices: false,
+            allow_setuid: false,
             dax_window_mib: 0,
             thread_pool_size: 0,
         }
@@ -78,6 +84,7 @@ impl CommandLine for FsArgs {
             cache,
             sandbox,
             allow_devices,
+            allow_setuid,
             dax_window_mib,
             thread_pool_size,
         } = self;
@@ -90,6 +97,7 @@ impl CommandLine for FsArgs {
             .choice("cache", cache)
             .choice("sandbox", sandbox)
             .switch("allow_devices", *allow_devices)
+            .switch("allow_setuid", *allow_setuid)
             .value("dax_window_mib", dax_window_mib.to_string())
             .value("thread_pool_size", thread_pool_size.to_string())
             .finish()
@@ -110,6 +118,7 @@ mod tests {
         a.cache = CacheMode::Never;
         a.sandbox = Isolation::Chroot;
         a.allow_devices = true;
+        a.allow_setuid = true;
         a.dax_window_mib = 1024;
         a.thread_pool_size = 4;
         sm_launch::assert_round_trip(&a);

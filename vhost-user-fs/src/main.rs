@@ -52,6 +52,7 @@ fn run(args: FsArgs) -> Result<(), MainError> {
         cache: args.cache,
         chown_new: root_user,
         allow_devices: args.allow_devices,
+        allow_setuid: args.allow_setuid,
     };
     let isolation = args.sandbox;
     check_isolation(isolation, &fs)?;

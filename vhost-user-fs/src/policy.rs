@@ -114,6 +114,37 @@ impl SymlinkPolicy {
     }
 }
 
+/// The mode bits a guest may set on a node of type `kind` (`S_IFDIR`, `S_IFREG`, ...):
+/// `mode & 0o7777` with `allow_setuid`; otherwise without the setuid bit, and without the
+/// setgid bit except on a directory, where it only makes new entries inherit the
+/// directory's group (what a `nosuid` mount leaves working).
+pub fn strip_privilege(mode: u32, kind: u32, allow_setuid: bool) -> u32 {
+    let mode = mode & 0o7777;
+    if allow_setuid {
+        return mode;
+    }
+    let sgid = if kind & libc::S_IFMT == libc::S_IFDIR {
+        0
+    } else {
+        libc::S_ISGID
+    };
+    mode & !(libc::S_ISUID | sgid)
+}
+
+/// The permission bits a regular file keeps when its data changes, if any must go: the
+/// kernel clears setuid, and setgid on a group-executable file, when a process without
+/// CAP_FSETID writes or truncates (`should_remove_suid`). `None`: nothing to clear.
+pub fn kill_privilege_on_write(st_mode: u32) -> Option<u32> {
+    if st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
+    let mut kill = st_mode & libc::S_ISUID;
+    if st_mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kill |= libc::S_ISGID;
+    }
+    (kill != 0).then_some(st_mode & 0o7777 & !kill)
+}
+
 /// Whether a request that changes the file system may run: EROFS when read-only.
 pub fn check_writable(read_only: bool) -> io::Result<()> {
     if read_only {
@@ -189,5 +220,25 @@ mod tests {
         assert_eq!(SymlinkPolicy::default(), Opaque);
         assert_eq!(code(check_writable(true)), Some(libc::EROFS));
         assert!(check_writable(false).is_ok());
+    }
+
+    #[test]
+    fn setuid_and_setgid_are_stripped_unless_allowed() {
+        let (reg, dir) = (libc::S_IFREG, libc::S_IFDIR);
+        assert_eq!(strip_privilege(0o4755, reg, false), 0o755);
+        assert_eq!(strip_privilege(0o6755, reg, false), 0o755);
+        assert_eq!(strip_privilege(0o2755, reg, false), 0o755);
+        assert_eq!(strip_privilege(0o1777, dir, false), 0o1777);
+        assert_eq!(strip_privilege(0o6775, dir, false), 0o2775);
+        assert_eq!(strip_privilege(0o6755, reg, true), 0o6755);
+        assert_eq!(strip_privilege(libc::S_IFREG | 0o644, reg, false), 0o644);
+
+        assert_eq!(kill_privilege_on_write(reg | 0o644), None);
+        assert_eq!(kill_privilege_on_write(reg | 0o4755), Some(0o755));
+        assert_eq!(kill_privilege_on_write(reg | 0o6755), Some(0o755));
+        // setgid without group execute marks mandatory locking, not privilege.
+        assert_eq!(kill_privilege_on_write(reg | 0o2644), None);
+        assert_eq!(kill_privilege_on_write(reg | 0o6744), Some(0o2744));
+        assert_eq!(kill_privilege_on_write(dir | 0o2775), None);
     }
 }

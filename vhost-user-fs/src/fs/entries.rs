@@ -102,6 +102,7 @@ impl SharedFs {
             _ => return Err(errno(libc::EPERM)),
         }
         let dir = self.dir(parent)?;
+        let mode = (mode & libc::S_IFMT) | self.guest_mode(mode, mode & libc::S_IFMT);
         sys::mknodat(dir.fd(), name, mode as libc::mode_t, rdev.into())?;
         self.created(ctx, &dir, name)
     }
@@ -116,6 +117,7 @@ impl SharedFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         let dir = self.dir(parent)?;
+        let mode = self.guest_mode(mode, libc::S_IFDIR);
         sys::mkdirat(dir.fd(), name, mode as libc::mode_t)?;
         self.created(ctx, &dir, name)
     }

@@ -79,6 +79,9 @@ impl SharedFs {
         }
         let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
         let file = self.proc.reopen(node.fd(), mode)?;
+        if write {
+            self.drop_privilege_for_write(file.as_fd())?;
+        }
         vu_req.map(foffset, moffset, len, flags, file.as_raw_fd())
     }
 
@@ -97,6 +100,9 @@ impl SharedFs {
             }));
         }
         let fd = self.proc.reopen(node.fd(), flags)?;
+        if flags & libc::O_TRUNC != 0 {
+            self.drop_privilege_for_write(fd.as_fd())?;
+        }
         Ok(self.handles.insert(inode, File::from(fd)))
     }
 
@@ -111,7 +117,7 @@ impl SharedFs {
         self.writable()?;
         let dir = self.dir(parent)?;
         let flags = open_flags(args.flags) | libc::O_NOFOLLOW;
-        let mode = args.mode & !args.umask & 0o7777;
+        let mode = self.guest_mode(args.mode & !args.umask, libc::S_IFREG);
         let resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
         let excl = libc::O_CREAT | libc::O_EXCL;
         let (file, created) = match sys::openat2(dir.fd(), name, flags | excl, mode, resolve) {
@@ -127,6 +133,9 @@ impl SharedFs {
         let st = sys::fstat(file.as_fd())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(errno(libc::EISDIR));
+        }
+        if !created && flags & libc::O_TRUNC != 0 {
+            self.drop_privilege_for_write(file.as_fd())?;
         }
         if created && self.cfg.chown_new {
             if let Err(e) = sys::fchown(file.as_fd(), ctx.uid, ctx.gid) {
@@ -163,6 +172,7 @@ impl SharedFs {
         offset: u64,
     ) -> io::Result<usize> {
         let h = self.handles.get(handle, inode)?;
+        self.drop_privilege_for_write(h.file().as_fd())?;
         let mut f = FileView::of(h.file());
         r.read_to(&mut *f, size as usize, offset)
     }
@@ -189,6 +199,7 @@ impl SharedFs {
         let h = self.handles.get(handle, inode)?;
         let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
         let len = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
+        self.drop_privilege_for_write(h.file().as_fd())?;
         sys::fallocate(h.file().as_fd(), mode as i32, off, len)
     }
 
@@ -225,8 +236,10 @@ impl SharedFs {
             if node.is_symlink() {
                 return Err(errno(libc::EOPNOTSUPP));
             }
+            let kind = sys::fstat(node.fd())?.st_mode & libc::S_IFMT;
+            let mode = self.guest_mode(attr.st_mode, kind);
             let (dir, name) = self.proc.at(node.fd());
-            sys::fchmodat(dir, &name, attr.st_mode & 0o7777, 0)?;
+            sys::fchmodat(dir, &name, mode, 0)?;
         }
         if valid.intersects(SetattrValid::UID | SetattrValid::GID) {
             let uid = if valid.contains(SetattrValid::UID) {
@@ -258,6 +271,8 @@ impl SharedFs {
                 let f = self.proc.reopen(node.fd(), libc::O_WRONLY)?;
                 sys::ftruncate(f.as_fd(), attr.st_size)?;
             }
+            // After the size changed (a refused truncate keeps the bits, as on a host).
+            self.drop_privilege_for_write(node.fd())?;
         }
         let times = SetattrValid::ATIME | SetattrValid::MTIME;
         if valid.intersects(times) {

@@ -57,6 +57,10 @@ pub struct FsConfig {
     /// `--allow-devices`: MKNOD may make character and block device nodes (trusted guests
     /// only: a guest-made `/dev/mem` node on a host directory is a host escalation).
     pub allow_devices: bool,
+    /// `--allow-setuid`: keep the setuid and setgid bits the guest sets (trusted guests
+    /// only). Without it they are cleared, as a `nosuid` mount makes them inert: a guest
+    /// cannot leave a setuid-root program (or file capabilities) on the host.
+    pub allow_setuid: bool,
 }
 
 /// The shared directory as a FUSE file system.
@@ -148,6 +152,29 @@ impl SharedFs {
             CacheMode::Always => Duration::from_secs(ALWAYS_TIMEOUT_SECS),
             CacheMode::Never => Duration::ZERO,
         }
+    }
+
+    /// `mode` as the guest may set it on a node of type `kind` (`S_IFDIR`, `S_IFREG`, ...):
+    /// without `--allow-setuid`, no setuid bit, and no setgid bit except on a directory
+    /// (there it only makes new entries inherit the directory's group, as on any host).
+    pub(crate) fn guest_mode(&self, mode: u32, kind: u32) -> u32 {
+        policy::strip_privilege(mode, kind, self.cfg.allow_setuid)
+    }
+
+    /// Before the guest changes a file's data (write, truncate, O_TRUNC, fallocate, a
+    /// writable DAX mapping): clears the setuid bit, and the setgid bit of a
+    /// group-executable file, as the kernel does when a process without CAP_FSETID does so;
+    /// the backend itself usually has that capability, so it must do this on the guest's
+    /// behalf (unless `--allow-setuid`). `fd` is the file, open or `O_PATH`.
+    pub(crate) fn drop_privilege_for_write(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        if self.cfg.allow_setuid {
+            return Ok(());
+        }
+        if let Some(kept) = policy::kill_privilege_on_write(sys::fstat(fd)?.st_mode) {
+            let (dir, name) = self.proc.at(fd);
+            sys::fchmodat(dir, &name, kept, 0)?;
+        }
+        Ok(())
     }
 
     /// EROFS under `--read-only`.

@@ -64,6 +64,11 @@ impl SharedFs {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
+        // File capabilities are setuid's finer-grained twin (`nosuid` makes them inert
+        // too): without `--allow-setuid` a guest cannot grant them to a host file.
+        if !self.cfg.allow_setuid && name.to_bytes() == b"security.capability" {
+            return Err(errno(libc::EPERM));
+        }
         let fd = self.xattr_fd(inode)?;
         sys::fsetxattr(fd.as_fd(), name, value, flags as i32)
     }
