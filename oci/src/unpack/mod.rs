@@ -59,8 +59,23 @@ pub enum UnpackError {
         source: Errno,
     },
     /// The layer stream is not a valid tar or could not be read.
-    #[error("reading layer: {0}")]
+    #[error("reading layer: {}", one_line(.0))]
     Read(#[from] io::Error),
+}
+
+/// `e` as one line: the tar reader quotes header bytes (an entry's path) in its messages,
+/// and a layer may put newlines and other control characters there.
+fn one_line(e: &io::Error) -> String {
+    e.to_string()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A directory that layers are applied to.
