@@ -70,6 +70,9 @@ fn vsock_backend(dir: &Path, name: &str) -> (Proc, PathBuf) {
     let socket = dir.join(format!("{name}-vsock.sock"));
     let uds = dir.join(format!("{name}.vsock"));
     let mut cmd = Command::new("vhost-device-vsock");
+    if verbose() {
+        cmd.env("RUST_LOG", "debug");
+    }
     cmd.args(["--guest-cid", "3", "--socket"])
         .arg(&socket)
         .arg("--uds-path")
@@ -80,8 +83,17 @@ fn vsock_backend(dir: &Path, name: &str) -> (Proc, PathBuf) {
     (Proc(spawn_listening(&mut cmd, &socket)), uds)
 }
 
+/// Whether `SM_BENCH_VERBOSE` asks for the guests' console and the backends' debug log (the
+/// latter is shown when a restore fails).
+fn verbose() -> bool {
+    std::env::var_os("SM_BENCH_VERBOSE").is_some()
+}
+
 fn sm_vmm() -> Command {
     let mut cmd = Command::new(bin_dir().join("sm-vmm"));
+    if verbose() {
+        cmd.arg("--verbose");
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
@@ -148,17 +160,31 @@ struct Restore {
 /// once the first exec of `true` has returned; `start` is when the clock started.
 fn restore(dir: &Path, name: &str, snap: &Path, start: Instant) -> Restore {
     let (backend, uds) = vsock_backend(dir, name);
-    let vmm = Proc(
+    let api = dir.join(format!("{name}-api.sock"));
+    let mut vmm = Proc(
         sm_vmm()
             .arg("--restore")
             .arg(snap)
             .arg("--vsock-socket")
             .arg(dir.join(format!("{name}-vsock.sock")))
+            .arg("--api-socket")
+            .arg(&api)
             .spawn()
             .expect("spawn sm-vmm --restore"),
     );
+    // vhost-device-vsock loses a host connection that arrives before sm-vmm has handed it
+    // the rings (it logs "Received a backend event before vring initialization" and never
+    // answers a CONNECT again), so the first try waits for sm-vmm's API to answer: it is
+    // served once the devices are restored and the vCPUs run.
+    // (Connecting fails until the socket exists and listens.)
+    while let Err(e) = ApiClient::new(&api).status() {
+        if let Ok(Some(status)) = vmm.0.try_wait() {
+            panic!("restore {name}: sm-vmm ended {status}");
+        }
+        assert!(start.elapsed() < RESTORE_LIMIT, "restore {name}: {e}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let agent = Agent::new(uds).with_io_timeout(Duration::from_secs(60));
-    let mut vmm = vmm;
     let mut retries = 0;
     let mut errors: Vec<String> = vec![];
     // Right after the restore the guest's vsock device is reset: connections fail until the
