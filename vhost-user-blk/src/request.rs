@@ -205,6 +205,12 @@ pub fn handle<M: GuestMemory>(
         debug!("dropping request: {}", RequestError::NoStatus);
         return 0;
     };
+    // A request that cannot report its outcome must not run: the driver would see it
+    // dropped while a write, discard or write-zeroes had changed the image.
+    if !mem.address_in_range(status_addr) {
+        debug!("dropping request whose status byte is outside guest memory");
+        return 0;
+    }
     let (status, written) = match execute(mem, image, readable, writable) {
         Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
         Err(e) => {
@@ -303,16 +309,20 @@ fn execute<M: GuestMemory>(
         }
         VIRTIO_BLK_T_GET_ID => Ok(writable.write(mem, image.id())? as u32),
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-            for (offset, len, flags) in ranges(mem, image, &readable)? {
+            let ranges = ranges(mem, image, &readable)?;
+            // Every range is checked before any is applied: a refused request changes nothing.
+            let allowed = match kind {
+                VIRTIO_BLK_T_DISCARD => 0,
+                _ => WRITE_ZEROES_UNMAP,
+            };
+            if let Some(&(_, _, flags)) = ranges.iter().find(|r| r.2 & !allowed != 0) {
+                return Err(RequestError::RangeFlags(flags));
+            }
+            // An empty range is nothing to do (fallocate would refuse a length of 0).
+            for (offset, len, flags) in ranges.into_iter().filter(|r| r.1 > 0) {
                 if kind == VIRTIO_BLK_T_DISCARD {
-                    if flags != 0 {
-                        return Err(RequestError::RangeFlags(flags));
-                    }
                     image.discard(offset, len)?;
                 } else {
-                    if flags & !WRITE_ZEROES_UNMAP != 0 {
-                        return Err(RequestError::RangeFlags(flags));
-                    }
                     image.write_zeroes(offset, len, flags & WRITE_ZEROES_UNMAP != 0)?;
                 }
             }
