@@ -225,6 +225,9 @@ impl MmioTransport {
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
         match offset {
             0x14 => self.device_features_sel = v,
+            // The features are fixed once FEATURES_OK is accepted: a later write would
+            // otherwise reach `activate` unchecked at DRIVER_OK.
+            0x20 if self.status & STATUS_FEATURES_OK != 0 => {}
             0x20 => match self.driver_features_sel {
                 0 => set_half(&mut self.driver_features, false, v),
                 1 => set_half(&mut self.driver_features, true, v),
