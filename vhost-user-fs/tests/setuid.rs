@@ -18,6 +18,16 @@ use sm_vhost_user_fs::fs::{FsConfig, SharedFs};
 use sm_vhost_user_fs::sys::ProcFds;
 
 fn open_fs(dir: &Path, allow_setuid: bool) -> SharedFs {
+    open_fs_with(
+        dir,
+        FsConfig {
+            allow_setuid,
+            ..FsConfig::default()
+        },
+    )
+}
+
+fn open_fs_with(dir: &Path, cfg: FsConfig) -> SharedFs {
     let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
     // SAFETY: NUL-terminated path; the result is checked.
     let fd = unsafe {
@@ -29,10 +39,6 @@ fn open_fs(dir: &Path, allow_setuid: bool) -> SharedFs {
     assert!(fd >= 0);
     // SAFETY: a new descriptor nothing else owns.
     let root = unsafe { OwnedFd::from_raw_fd(fd) };
-    let cfg = FsConfig {
-        allow_setuid,
-        ..FsConfig::default()
-    };
     SharedFs::new(root, ProcFds::open(c"/proc/self/fd").unwrap(), cfg).unwrap()
 }
 
@@ -171,4 +177,38 @@ fn file_capabilities_cannot_be_set_by_default() {
     // SAFETY: NUL-terminated strings and a buffer of the given length.
     let n = unsafe { libc::getxattr(c.as_ptr(), NAME.as_ptr(), buf.as_mut_ptr().cast(), 64) };
     assert!(n < 0, "the host file has capabilities");
+}
+
+/// As root (the backend then gives new files to the guest's caller): the chown that does so
+/// would clear the bits, so under `allow_setuid` they are put back; by default they stay off.
+#[test]
+fn new_files_given_to_the_caller_keep_the_bits_only_when_allowed() {
+    if !sm_test_support::require(sm_test_support::is_root(), "root (chown to the caller)") {
+        return;
+    }
+    for allow_setuid in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = FsConfig {
+            allow_setuid,
+            chown_new: true,
+            ..FsConfig::default()
+        };
+        let fs = open_fs_with(tmp.path(), cfg);
+        let ctx = Context {
+            uid: 1234,
+            gid: 5678,
+            pid: 1,
+        };
+        let args = CreateIn {
+            flags: libc::O_RDWR as u32,
+            mode: libc::S_IFREG | 0o6755,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        fs.create(&ctx, ROOT_ID, c"prog", args).unwrap();
+        let m = std::fs::metadata(tmp.path().join("prog")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1234, 5678));
+        let want = if allow_setuid { 0o6755 } else { 0o755 };
+        assert_eq!(m.mode() & 0o7777, want, "allow {allow_setuid}");
+    }
 }

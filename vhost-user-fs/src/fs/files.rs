@@ -141,6 +141,11 @@ impl SharedFs {
             if let Err(e) = sys::fchown(file.as_fd(), ctx.uid, ctx.gid) {
                 tracing::debug!("cannot give {name:?} to {}:{}: {e}", ctx.uid, ctx.gid);
             }
+            // chown cleared the setuid and setgid bits `--allow-setuid` lets the guest set.
+            if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                let (dir, name) = self.proc.at(file.as_fd());
+                sys::fchmodat(dir, &name, mode, 0)?;
+            }
         }
         let path = self.proc.reopen(file.as_fd(), libc::O_PATH)?;
         let entry = self.entry(path, false)?;
