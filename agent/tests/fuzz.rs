@@ -299,7 +299,7 @@ fn class(e: &FrameError) -> &'static str {
 // reads host frames with the same `read_frame` and parses them as Hello, Request, Control).
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(1000))]
 
     /// Arbitrary bytes, read frame after frame in random chunkings: each result is exactly
     /// what the reference decoder says, the reader consumes exactly one frame, and no
@@ -578,7 +578,7 @@ fn handshake() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(200))]
 
     /// A hostile guest's reply to each kind of request: the client returns (never panics or
     /// hangs past its io timeout), an `Ok` is only what the guest's frames actually said,

@@ -181,7 +181,7 @@ fn media_type() -> impl Strategy<Value = Option<String>> {
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(500))]
 
     /// Any bytes as a manifest, index or config: a value or a one-line error, never a panic;
     /// what parses also re-serialises and parses again; platform selection from any parsed
@@ -617,7 +617,7 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn hostile_layers_never_touch_anything_outside_the_root() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut runner = proptest::test_runner::TestRunner::new(config(128));
+    let mut runner = proptest::test_runner::TestRunner::new(config(300));
     let result = runner.run(&layers(), |l| run_layers(&l));
     let _ = std::fs::remove_dir_all(outside_base());
     if let Err(e) = result {

@@ -429,8 +429,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     let status = case
         .chain
         .iter()
-        .filter(|s| s.writable && s.len > 0)
-        .next_back()
+        .rfind(|s| s.writable && s.len > 0)
         .and_then(|s| s.addr.0.checked_add(u64::from(s.len) - 1))
         .filter(|a| *a < MEM)
         .map(|a| after[a as usize]);
@@ -590,7 +589,7 @@ fn check_success(
 }
 
 proptest! {
-    #![proptest_config(config(256))]
+    #![proptest_config(config(1000))]
 
     /// Any header and descriptor chain against a real image (read-write and read-only).
     #[test]

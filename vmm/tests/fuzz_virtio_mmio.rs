@@ -392,7 +392,7 @@ fn apply(b: &mut Bench, op: &Op) {
 }
 
 proptest! {
-    #![proptest_config(config(512))]
+    #![proptest_config(config(1000))]
 
     /// Random access sequences, the invariants after each, then a reset and a clean
     /// negotiation; the same against a device whose activation fails.
