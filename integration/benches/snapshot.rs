@@ -5,13 +5,17 @@
 //! - the snapshot of a running VM: downtime (pause sent to resume answered), the
 //!   `PUT /vm/snapshot` alone, its size on disk (allocated) and its memory file's apparent size;
 //! - restore: a fresh backend and `sm-vmm --restore` until the first exec of `true` returns,
-//!   interleaved with the cold boots, and 1, 4 and 8 restores started at once;
-//! - memory: PSS (`/proc/PID/smaps_rollup`) of sm-vmm and of its backend, for a cold-booted VM,
-//!   a restored one alone, and each of 4 clones running together.
+//!   interleaved with the cold boots (with the part until sm-vmm's API answers, and the two
+//!   steps of it that grow with the guest's RAM timed on their own: `sm_snapshot::verify`
+//!   and `sm_snapshot::restore_memory`), and 1, 4 and 8 restores started at once;
+//! - memory: PSS (`/proc/PID/smaps_rollup`) of sm-vmm and of its backend, and the pages of
+//!   sm-vmm's guest RAM memfd (PSS counts only those a process has touched through its
+//!   mapping, so a restored clone's RAM is mostly missing from it), for a cold-booted VM, a
+//!   restored one alone, and each of 4 clones running together.
 //!
 //! Needs hardware-style KVM: `scripts/bench snapshot` runs it inside the test VM where the
-//! host's KVM is PVM. Environment: `SM_BENCH_RUNS` (cold boots, restores and snapshots;
-//! default 20).
+//! host's KVM is PVM. Environment: `SM_BENCH_RUNS` (cold boots and restores, default 20; at
+//! most 5 snapshots and verifies), `SM_BENCH_VERBOSE` (guest consoles, backend debug logs).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,9 +62,16 @@ struct Vm {
 }
 
 impl Vm {
-    /// PSS in KiB of (sm-vmm, vhost-device-vsock).
-    fn pss(&self) -> (u64, u64) {
-        (pss_kib(self.vmm.pid()), pss_kib(self.backend.pid()))
+    /// What sm-vmm and its backend use.
+    fn memory(&self) -> Memory {
+        let (vmm_pss, vmm_shmem) = pss_kib(self.vmm.pid());
+        let (vsock_pss, vsock_shmem) = pss_kib(self.backend.pid());
+        Memory {
+            vmm_pss,
+            vsock_pss,
+            ram: memfd_kib(self.vmm.pid()),
+            other: vmm_pss - vmm_shmem + vsock_pss - vsock_shmem,
+        }
     }
 }
 
@@ -147,11 +158,33 @@ fn cold_boot(dir: &Path, name: &str, api: Option<&Path>) -> (Vm, Duration) {
     )
 }
 
+/// The memory of one VM, in KiB.
+#[derive(Clone, Copy)]
+struct Memory {
+    /// sm-vmm's PSS (guest RAM counts only where mapped pages were touched through it).
+    vmm_pss: u64,
+    /// vhost-device-vsock's PSS.
+    vsock_pss: u64,
+    /// Pages allocated in sm-vmm's memfds (guest RAM), mapped or not.
+    ram: u64,
+    /// Both processes' PSS without shared memory (the memfds).
+    other: u64,
+}
+
+impl Memory {
+    /// What the VM costs: its guest RAM plus the two processes' own memory.
+    fn total(&self) -> u64 {
+        self.ram + self.other
+    }
+}
+
 /// What one restore took, besides the time to its first exec.
 struct Restore {
     vm: Vm,
     /// From its start to the first exec of `true` returning.
     took: Duration,
+    /// From its start to sm-vmm's API answering (the restore done, vCPUs running).
+    served: Duration,
     /// Exec attempts that failed before one answered.
     retries: u32,
 }
@@ -184,6 +217,7 @@ fn restore(dir: &Path, name: &str, snap: &Path, start: Instant) -> Restore {
         assert!(start.elapsed() < RESTORE_LIMIT, "restore {name}: {e}");
         std::thread::sleep(Duration::from_millis(1));
     }
+    let served = start.elapsed();
     let agent = Agent::new(uds).with_io_timeout(Duration::from_secs(60));
     let mut retries = 0;
     let mut errors: Vec<String> = vec![];
@@ -223,6 +257,7 @@ fn restore(dir: &Path, name: &str, snap: &Path, start: Instant) -> Restore {
             agent,
         },
         took,
+        served,
         retries,
     }
 }
@@ -243,19 +278,38 @@ fn restore_batch(dir: &Path, snap: &Path, n: usize) -> Vec<Restore> {
         .collect()
 }
 
-/// The `Pss:` line of `/proc/PID/smaps_rollup`, in KiB.
-fn pss_kib(pid: u32) -> u64 {
+/// The `Pss:` and `Pss_Shmem:` lines of `/proc/PID/smaps_rollup`, in KiB.
+fn pss_kib(pid: u32) -> (u64, u64) {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/smaps_rollup: {e}"));
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Pss line in /proc/{pid}/smaps_rollup"))
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    let pss = field("Pss:").unwrap_or_else(|| panic!("no Pss in /proc/{pid}/smaps_rollup"));
+    (pss, field("Pss_Shmem:").unwrap_or(0))
 }
 
-/// (allocated bytes, apparent bytes) of every file in `dir`, and of its memory file.
-fn snapshot_size(dir: &Path) -> ((u64, u64), (u64, u64)) {
+/// KiB allocated in the memfds process `pid` holds open (sm-vmm's guest RAM).
+fn memfd_kib(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"));
+    fds.filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|md| md.blocks() / 2)
+        .sum()
+}
+
+/// (allocated bytes, apparent bytes) of every file in `dir`, and of its memory file, and the
+/// memory file's name.
+fn snapshot_size(dir: &Path) -> ((u64, u64), (u64, u64), String) {
     use std::os::unix::fs::MetadataExt;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
@@ -274,7 +328,7 @@ fn snapshot_size(dir: &Path) -> ((u64, u64), (u64, u64)) {
             mem = size;
         }
     }
-    (total, mem)
+    (total, mem, memory)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -328,24 +382,39 @@ fn main() {
     }
     drop(source);
     let snap = snaps[0].clone();
-    let ((disk, apparent), (mem_disk, mem_apparent)) = snapshot_size(&snap);
+    let ((disk, apparent), (mem_disk, mem_apparent), memory_file) = snapshot_size(&snap);
     for other in &snaps[1..] {
         std::fs::remove_dir_all(other).expect("removing an extra snapshot");
     }
 
+    // The two steps of sm-vmm's restore that grow with the guest's RAM, in this process: the
+    // sha256 check of every file, and filling a fresh memfd with the memory file's extents.
+    let (mut verify, mut fill) = (vec![], vec![]);
+    for _ in 0..runs.min(5) {
+        let t = Instant::now();
+        sm_snapshot::verify(&snap).expect("the snapshot verifies");
+        verify.push(t.elapsed());
+        let memory = std::fs::File::open(snap.join(&memory_file)).expect("memory file");
+        let t = Instant::now();
+        let memfd = sm_snapshot::restore_memory(&memory).expect("filling a memfd");
+        fill.push(t.elapsed());
+        drop(memfd);
+    }
+
     // Cold boots and restores, interleaved.
-    let (mut cold, mut warm, mut retries) = (vec![], vec![], vec![]);
+    let (mut cold, mut warm, mut served, mut retries) = (vec![], vec![], vec![], vec![]);
     let (mut cold_pss, mut warm_pss) = (vec![], vec![]);
     for run in 0..runs {
         eprintln!("run {}/{runs}", run + 1);
         let (vm, took) = cold_boot(dir, &format!("cold{run}"), None);
         cold.push(took);
-        cold_pss.push(vm.pss());
+        cold_pss.push(vm.memory());
         drop(vm);
         let r = restore(dir, &format!("warm{run}"), &snap, Instant::now());
         warm.push(r.took);
+        served.push(r.served);
         retries.push(r.retries as u64);
-        warm_pss.push(r.vm.pss());
+        warm_pss.push(r.vm.memory());
     }
 
     // Restores at once.
@@ -355,7 +424,7 @@ fn main() {
         eprintln!("{n} restores at once");
         let batch = restore_batch(dir, &snap, n);
         if n == 4 {
-            clone_pss = batch.iter().map(|r| r.vm.pss()).collect();
+            clone_pss = batch.iter().map(|r| r.vm.memory()).collect();
         }
         let times: Vec<Duration> = batch.iter().map(|r| r.took).collect();
         batches.push((n, times));
@@ -385,6 +454,27 @@ fn main() {
         percentile(&warm, 0.5),
         percentile(&warm, 0.99),
         percentile(&warm, 0.5) / cold_p50
+    );
+    println!(
+        "{:<38} {:>5} {:>9.0} {:>9.0}",
+        "  of which until sm-vmm's API answers",
+        served.len(),
+        percentile(&served, 0.5),
+        percentile(&served, 0.99)
+    );
+    println!(
+        "{:<38} {:>5} {:>9.0} {:>9.0}",
+        "    sha256 of the snapshot (verify)",
+        verify.len(),
+        percentile(&verify, 0.5),
+        percentile(&verify, 0.99)
+    );
+    println!(
+        "{:<38} {:>5} {:>9.0} {:>9.0}",
+        "    filling a memfd from it",
+        fill.len(),
+        percentile(&fill, 0.5),
+        percentile(&fill, 0.99)
     );
     println!(
         "{:<38} {:>5} {:>9.0} {:>9.0}",
@@ -430,19 +520,21 @@ fn main() {
     );
     println!();
     println!(
-        "{:<38} {:>12} {:>12} {:>12}",
-        "memory per VM (PSS, MiB)", "sm-vmm", "vsock", "total"
+        "{:<36} {:>11} {:>10} {:>10} {:>10}",
+        "memory per VM, MiB (median)", "sm-vmm PSS", "vsock PSS", "guest RAM", "total"
     );
-    let row = |name: &str, pss: &[(u64, u64)]| {
-        let vmm = median_u64(pss.iter().map(|p| p.0).collect()) as f64 / 1024.0;
-        let vsock = median_u64(pss.iter().map(|p| p.1).collect()) as f64 / 1024.0;
+    let row = |name: &str, mem: &[Memory]| {
+        let median =
+            |f: fn(&Memory) -> u64| median_u64(mem.iter().map(f).collect()) as f64 / 1024.0;
         println!(
-            "{:<38} {vmm:>12.1} {vsock:>12.1} {:>12.1}",
-            name,
-            vmm + vsock
+            "{name:<36} {:>11.1} {:>10.1} {:>10.1} {:>10.1}",
+            median(|m| m.vmm_pss),
+            median(|m| m.vsock_pss),
+            median(|m| m.ram),
+            median(Memory::total),
         );
     };
-    row("cold-booted VM (median)", &cold_pss);
-    row("restored VM alone (median)", &warm_pss);
-    row("each of 4 clones running (median)", &clone_pss);
+    row("cold-booted VM", &cold_pss);
+    row("restored VM alone", &warm_pss);
+    row("each of 4 clones running", &clone_pss);
 }
