@@ -272,10 +272,14 @@ fn restore_batch(dir: &Path, snap: &Path, n: usize) -> Vec<Restore> {
             std::thread::spawn(move || restore(&dir, &format!("batch{n}-{i}"), &snap, start))
         })
         .collect();
-    threads
-        .into_iter()
-        .map(|t| t.join().expect("a restore of the batch failed"))
-        .collect()
+    // Every thread joined before any failure counts, so a failed restore still has the
+    // others' VMs dropped (killed) here rather than left running.
+    let joined: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+    if joined.iter().any(Result::is_err) {
+        drop(joined);
+        panic!("a restore of the batch of {n} failed");
+    }
+    joined.into_iter().map(Result::unwrap).collect()
 }
 
 /// The `Pss:` and `Pss_Shmem:` lines of `/proc/PID/smaps_rollup`, in KiB.
