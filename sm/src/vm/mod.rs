@@ -192,6 +192,17 @@ impl Vm {
             .vmm
             .insert(Proc::spawn("sm-vmm", cmd, vm.dir.join("sm-vmm.log"))?);
         let start = Instant::now();
+        // The API answers once the VM runs again: only then is the guest's vsock device
+        // back (connections made while it is being restored can stall the vsock backend).
+        let api = sm_snapshot::api::ApiClient::new(&layout.api);
+        while !layout.api.exists() || api.status().is_err() {
+            vmm.check_alive()?;
+            if start.elapsed() > BOOT_TIMEOUT {
+                return Err(ProcessError::Timeout("sm-vmm --restore".into(), BOOT_TIMEOUT).into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        crate::trace::step("the restored VM runs");
         while let Err(e) = vm.agent.wait_ready(Duration::from_millis(200)) {
             vmm.check_alive()?;
             if start.elapsed() > BOOT_TIMEOUT {
