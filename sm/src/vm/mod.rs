@@ -114,6 +114,9 @@ pub struct Vm {
     root: Option<String>,
 }
 
+/// How long a restored guest's agent may take to answer the reseed.
+const RESEED_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the guest may take to unmount volumes and sync at stop.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -213,7 +216,16 @@ impl Vm {
         }
         crate::trace::step("the guest agent answers; reseeding");
         // Before anything else runs: a clone must not share random state with its siblings.
-        vm.agent.reseed(&sm_agent::fresh_seed())?;
+        // The restored vsock device resets the connections it had, which can also cut the
+        // first new ones while the guest processes the reset: retry, bounded.
+        let reseeding = Instant::now();
+        while let Err(e) = vm.agent.reseed(&sm_agent::fresh_seed()) {
+            vm.vmm.as_mut().map_or(Ok(()), Proc::check_alive)?;
+            if reseeding.elapsed() > RESEED_TIMEOUT {
+                return Err(e.into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         crate::trace::step("reseeded");
         vm.root = guest_root;
         let prefix = vm.root.clone().unwrap_or_default();
