@@ -22,5 +22,5 @@ pub use manifest::{
     MANIFEST_FILE, MANIFEST_FORMAT_VERSION,
 };
 pub use memory::{restore_memory, save_memory, MemoryError};
-pub use verify::{read_manifest, verify, VerifyError};
+pub use verify::{read_manifest, seal_dir, verify, verify_sealed, VerifyError};
 pub use writer::{SnapshotInfo, SnapshotWriter, WriteError};

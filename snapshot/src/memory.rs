@@ -108,6 +108,50 @@ pub fn restore_memory(file: &File) -> Result<File, MemoryError> {
         .map_err(|e| MemoryError::Memfd(e.into()))?;
     let memfd = File::from(memfd);
     memfd.set_len(len).map_err(MemoryError::Memfd)?;
-    copy_extents(file, &memfd, 0, len)?;
+    // The file holds no all-zero pages (save_memory skipped them), so each data extent is
+    // copied whole, by the kernel: one copy from the page cache, none through user space.
+    let mut pos = 0;
+    while let Some((start, stop)) = next_extent(file, pos, len)? {
+        if !send_extent(file, &memfd, start, stop)? {
+            copy_extents(file, &memfd, start, stop)?;
+        }
+        pos = stop;
+    }
     Ok(memfd)
+}
+
+/// Copies `[start, stop)` of `src` to the same offsets of `dst` with sendfile(2); false if
+/// the kernel cannot do it for these files (the caller then copies through user space).
+fn send_extent(src: &File, dst: &File, start: u64, stop: u64) -> Result<bool, MemoryError> {
+    use std::os::fd::AsRawFd;
+    lseek(dst.as_fd(), start as i64, Whence::SeekSet).map_err(MemoryError::Seek)?;
+    let mut offset = start as libc::off64_t;
+    while (offset as u64) < stop {
+        let want = ((stop - offset as u64) as usize).min(1 << 30);
+        // SAFETY: both descriptors are open files owned by the caller for the whole call, and
+        // `offset` is a live local the kernel updates; sendfile touches no other memory.
+        let n = unsafe { libc::sendfile64(dst.as_raw_fd(), src.as_raw_fd(), &mut offset, want) };
+        match n {
+            n if n > 0 => {}
+            0 => {
+                return Err(MemoryError::Read(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the memory file ended inside a data extent",
+                )))
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                        if offset as u64 == start =>
+                    {
+                        return Ok(false)
+                    }
+                    Some(libc::EINTR) => {}
+                    _ => return Err(MemoryError::Write(e)),
+                }
+            }
+        }
+    }
+    Ok(true)
 }

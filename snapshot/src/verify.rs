@@ -121,6 +121,79 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, VerifyError> {
 /// every listed file exists with its size and sha256, no other file is present, the memory
 /// file and device state files are listed, and every memory region lies within the memory file.
 pub fn verify(dir: &Path) -> Result<Manifest, VerifyError> {
+    verify_with(dir, true)
+}
+
+/// [`verify`], reading the files' contents only if this exact set of files (same device, inode,
+/// size, modification and change times) has not been verified before; a successful full check
+/// leaves a seal in [`seal_dir`]. Any change to a file changes its change time (which no
+/// unprivileged process can set back), so a sealed snapshot is one nobody has touched since it
+/// was hashed. Restores use it: the first restore of a snapshot reads all of it, the next ones
+/// only its metadata.
+pub fn verify_sealed(dir: &Path) -> Result<Manifest, VerifyError> {
+    let manifest = read_manifest(dir)?;
+    let (Some(seals), Some(stamp)) = (seal_dir(), stamp(dir, &manifest)) else {
+        return verify(dir);
+    };
+    let seal = seals.join(stamp);
+    if seal.exists() {
+        return verify_with(dir, false);
+    }
+    let manifest = verify(dir)?;
+    // A seal that cannot be written only means the next restore hashes again.
+    let _ = fs::write(&seal, b"");
+    Ok(manifest)
+}
+
+/// The directory of verification seals: `$XDG_RUNTIME_DIR/sm-snapshot`, or
+/// `/run/sm-snapshot` for root; only one this user owns and nobody else may write is used.
+pub fn seal_dir() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let base = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d),
+        _ if nix::unistd::geteuid().is_root() => std::path::PathBuf::from("/run"),
+        _ => return None,
+    };
+    let dir = base.join("sm-snapshot");
+    let _ = fs::DirBuilder::new().mode(0o700).create(&dir);
+    let meta = fs::symlink_metadata(&dir).ok()?;
+    let private =
+        meta.is_dir() && meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 == 0;
+    private.then_some(dir)
+}
+
+/// A name for the exact state of `dir`'s files: sha256 over the directory's canonical path and
+/// each file's name, device, inode, size, modification and change times. None if a file is
+/// missing (the full check then says which).
+fn stamp(dir: &Path, manifest: &Manifest) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    h.update(fs::canonicalize(dir).ok()?.as_os_str().as_bytes());
+    let names =
+        std::iter::once(MANIFEST_FILE).chain(manifest.files.iter().map(|f| f.name.as_str()));
+    for name in names {
+        let m = fs::symlink_metadata(dir.join(name)).ok()?;
+        h.update(name.as_bytes());
+        h.update([0]);
+        for v in [
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime() as u64,
+            m.mtime_nsec() as u64,
+            m.ctime() as u64,
+            m.ctime_nsec() as u64,
+        ] {
+            h.update(v.to_le_bytes());
+        }
+    }
+    Some(hex::encode(h.finalize()))
+}
+
+/// [`verify`], hashing the files' contents only when `digests` is set.
+fn verify_with(dir: &Path, digests: bool) -> Result<Manifest, VerifyError> {
     let manifest = read_manifest(dir)?;
     let mut listed = BTreeSet::new();
     for entry in &manifest.files {
@@ -148,6 +221,9 @@ pub fn verify(dir: &Path) -> Result<Manifest, VerifyError> {
                 expected: entry.size,
                 actual,
             });
+        }
+        if !digests {
+            continue;
         }
         let (_, sha256) = hash_file(&path).map_err(|source| VerifyError::Io {
             path: path.clone(),

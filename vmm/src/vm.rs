@@ -462,8 +462,10 @@ pub fn restore(
     if let Some(first) = state.vcpus.first() {
         persist::compat::check_cpuid(&first.cpuid, &cpuid)?;
     }
+    tracing::debug!("restore: VM created at {:?}", started.elapsed());
     let (mmio, _slots) = attach_devices(&vm, &ram, devices, guest_phys_bits(&cpuid))?;
     let mmio = Arc::new(mmio);
+    tracing::debug!("restore: backends connected at {:?}", started.elapsed());
     let bus = console_bus(&vm)?;
     // Firecracker's order: vCPUs exist before the VM state (the irqchips) is set.
     let vcpus = create_vcpus(&cpuid, &vm, shape.vcpus)?;
@@ -475,15 +477,21 @@ pub fn restore(
     };
     persist::restore_vm(&vm, &state.vm, clock)?;
     device_states.restore(&bus, &mmio)?;
+    tracing::debug!(
+        "restore: VM and device state set at {:?}",
+        started.elapsed()
+    );
     for ((_, t), handover) in mmio.devices.iter().zip(&handovers) {
         t.lock()
             .unwrap()
             .restore_backend(handover.as_ref())
             .map_err(VmError::RestoreDevice)?;
     }
+    tracing::debug!("restore: backends loaded at {:?}", started.elapsed());
     for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
         vcpu.restore(saved)?;
     }
+    tracing::debug!("restore: vCPUs set at {:?}", started.elapsed());
     // Every restore is a new generation: a guest with the vmgenid driver reseeds its RNG.
     vmgenid::regenerate(&ram.memory)?;
     vmgenid::notify(&vm)?;
