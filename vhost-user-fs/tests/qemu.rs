@@ -618,3 +618,56 @@ echo mid=$(cat mid/secret.txt)
     expect(&run, &[("secret", "host secret"), ("mid", "host secret")]);
     assert!(backend.log().contains("NOT SANDBOXED"));
 }
+
+/// A guest cannot plant privilege on the host: as root in the guest it makes a file, gives
+/// it to root and sets setuid and setgid, and appends to a setuid file the host made; on the
+/// host neither keeps a bit. With `--allow-setuid` (trusted guests) the bits it set stay.
+#[test]
+fn setuid_bits_from_the_guest_never_reach_the_host_unless_allowed() {
+    for allow in [false, true] {
+        let tree = Tree::new();
+        let planted = tree.shared().join("planted");
+        std::fs::write(&planted, b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let args: &[&str] = if allow { &["--allow-setuid"] } else { &[] };
+        let backend = tree.backend(args);
+        let script = format!(
+            r#"{PRELUDE}
+printf '#!/bin/sh\nid\n' > prog
+t chown chown 0:0 prog
+t chmod chmod 6755 prog
+t append sh -c 'echo id >> planted'
+echo alive=$(cat hello.txt)
+"#
+        );
+        let run = run_guest(tree.path(), &backend.socket, &script);
+        assert_eq!(run.status, 0, "{run}");
+        expect(
+            &run,
+            &[
+                ("chown", "ok"),
+                ("chmod", "ok"),
+                ("append", "ok"),
+                ("alive", "hello from the host"),
+            ],
+        );
+        let mode = |name: &str| {
+            let m = std::fs::metadata(tree.shared().join(name)).unwrap();
+            m.permissions().mode() & 0o7777
+        };
+        let (prog, planted) = (mode("prog"), mode("planted"));
+        if allow {
+            assert_eq!(prog, 0o6755, "--allow-setuid keeps what the guest set");
+        } else {
+            assert_eq!(
+                prog, 0o755,
+                "a guest-set setuid/setgid bit reached the host"
+            );
+            assert_eq!(
+                planted, 0o755,
+                "a guest write kept the host file's setuid bit"
+            );
+        }
+        tree.assert_outside_untouched();
+    }
+}
