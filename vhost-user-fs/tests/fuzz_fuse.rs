@@ -56,6 +56,9 @@ enum Node {
     /// One of the nodes issued so far (by the setup's or the case's own LOOKUPs and
     /// creations), and perhaps forgotten since.
     Issued(usize),
+    /// One of the last nodes issued (0: the last), so a LOOKUP or creation is often
+    /// followed by a request on what it found.
+    Recent(usize),
     /// The node of one of the handles opened so far in the case.
     OfHandle(usize),
     /// A node the setup looked up and then forgot.
@@ -108,15 +111,14 @@ struct Req {
 /// The share's layout: whether the escaping symlinks and targets may be used (not under
 /// `follow`, whose whole point is to follow symlinks anywhere: trusted guests only).
 fn name(escapes: bool) -> BoxedStrategy<Vec<u8>> {
+    // Names that exist (or will, once made), so requests reach the file system proper.
+    let mut real: Vec<&'static [u8]> = vec![b"f", b"d", b"g", b"inside", b"new", b"n2"];
+    if escapes {
+        real.extend_from_slice(&[b"esc", b"abs"]);
+    }
     let mut known: Vec<&'static [u8]> = vec![
         b".",
         b"..",
-        b"f",
-        b"d",
-        b"g",
-        b"inside",
-        b"new",
-        b"n2",
         b"a/b",
         b"/",
         b"x\0y",
@@ -128,16 +130,11 @@ fn name(escapes: bool) -> BoxedStrategy<Vec<u8>> {
         b"trusted.x",
     ];
     if escapes {
-        known.extend_from_slice(&[
-            b"esc",
-            b"abs",
-            b"../outside",
-            b"../outside/secret",
-            b"/etc/passwd",
-        ]);
+        known.extend_from_slice(&[b"../outside", b"../outside/secret", b"/etc/passwd"]);
     }
     prop_oneof![
-        6 => proptest::sample::select(known).prop_map(|n| n.to_vec()),
+        4 => proptest::sample::select(real).prop_map(|n| n.to_vec()),
+        4 => proptest::sample::select(known).prop_map(|n| n.to_vec()),
         1 => proptest::sample::select(vec![255usize, 256, 1024, 4096])
             .prop_map(|n| vec![b'a'; n]),
         2 => proptest::collection::vec(any::<u8>(), 0..40),
@@ -149,6 +146,7 @@ fn node() -> impl Strategy<Value = Node> {
     prop_oneof![
         3 => Just(Node::Root),
         4 => (0usize..8).prop_map(Node::Issued),
+        4 => (0usize..3).prop_map(Node::Recent),
         2 => (0usize..8).prop_map(Node::OfHandle),
         2 => Just(Node::Forgotten),
         1 => proptest::sample::select(vec![0u64, 2, 3, 4, 5, 100, u64::MAX, 1 << 63])
@@ -384,8 +382,18 @@ fn kind(k: K) -> BoxedStrategy<Field> {
 
 /// A request laid out as its opcode's struct, with edge values in each field.
 fn shaped(escapes: bool) -> impl Strategy<Value = Req> {
-    proptest::sample::select(SHAPES).prop_flat_map(move |(opcode, shape, names)| {
+    // LOOKUP weighs as much as six other opcodes: most requests need a node found first.
+    let lookups = std::iter::repeat_n(SHAPES[0], 5);
+    let shapes: Vec<_> = SHAPES.iter().copied().chain(lookups).collect();
+    proptest::sample::select(shapes).prop_flat_map(move |(opcode, shape, names)| {
         let fields: Vec<_> = shape.iter().map(|k| kind(*k)).collect();
+        // Only a request that names a handle is sometimes sent on that handle's node.
+        let takes_handle = shape.iter().any(|k| matches!(k, K::H));
+        let tie = if takes_handle {
+            proptest::option::of(0usize..8).boxed()
+        } else {
+            Just(None).boxed()
+        };
         (
             Just(opcode),
             node(),
@@ -393,7 +401,7 @@ fn shaped(escapes: bool) -> impl Strategy<Value = Req> {
             fields,
             proptest::collection::vec(any::<u8>(), 0..64),
             proptest::collection::vec(name(escapes), names..=names),
-            proptest::option::of(0usize..8),
+            tie,
         )
             .prop_map(|(opcode, node, len, fields, raw, names, tie)| Req {
                 opcode,
@@ -544,6 +552,7 @@ impl Nodes {
         match n {
             Node::Root => ROOT,
             Node::Issued(i) => self.issued[i % self.issued.len()],
+            Node::Recent(k) => self.issued[self.issued.len() - 1 - k % self.issued.len()],
             Node::OfHandle(i) => self.handle(*i).1,
             Node::Forgotten => self.forgotten,
             Node::Any(v) => *v,
@@ -597,18 +606,14 @@ fn encode(r: &Req, nodes: &Nodes, unique: u64) -> (Vec<u8>, u64) {
             }
         }
     }
-    // SETXATTR's value follows its name; everything else's data precedes any names.
-    let value_last = r.opcode == 21;
-    if !value_last {
-        body.extend_from_slice(&r.raw);
-    }
+    // Names come first (a name's first NUL ends it, so the raw bytes after it are what
+    // SETXATTR takes for its value, and junk to every other opcode); with no names, the
+    // raw bytes are WRITE's data.
     for n in &r.names {
         body.extend_from_slice(n);
         body.push(0);
     }
-    if value_last {
-        body.extend_from_slice(&r.raw);
-    }
+    body.extend_from_slice(&r.raw);
     let node = match r.tie {
         Some(i) => nodes.handle(i).1,
         None => nodes.id(&r.node),
