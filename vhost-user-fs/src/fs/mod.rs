@@ -172,7 +172,14 @@ impl SharedFs {
         }
         if let Some(kept) = policy::kill_privilege_on_write(sys::fstat(fd)?.st_mode) {
             let (dir, name) = self.proc.at(fd);
-            sys::fchmodat(dir, &name, kept, 0)?;
+            match sys::fchmodat(dir, &name, kept, 0) {
+                // Not the owner and no CAP_FOWNER: then no CAP_FSETID either (the usual
+                // unprivileged backend), and the kernel clears the bits itself as it writes.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    tracing::debug!("cannot clear setuid/setgid before a write: {e}");
+                }
+                r => r?,
+            }
         }
         Ok(())
     }
