@@ -124,6 +124,11 @@ fn clones_share_the_snapshot_and_nothing_else() {
     let mount = format!("{}:/w", work.path().display());
     let vol = format!("{}:/cache:size=64M", volume.display());
 
+    // For scale: a cold boot of the same shape.
+    let booting = std::time::Instant::now();
+    ok(rt, &["run", "--mem", "256", "--", "true"]);
+    eprintln!("cold sm run -- true took {:?}", booting.elapsed());
+
     assert_eq!(
         ok(
             rt,
@@ -166,6 +171,7 @@ fn clones_share_the_snapshot_and_nothing_else() {
     assert!(verify.status.success(), "{}", stderr(&verify));
 
     // Two clones at once.
+    let restoring = std::time::Instant::now();
     let mut starting: Vec<_> = ["b", "c"]
         .iter()
         .map(|n| {
@@ -187,6 +193,10 @@ fn clones_share_the_snapshot_and_nothing_else() {
         );
         assert_eq!(stdout(&out), format!("{n}\n"));
     }
+    eprintln!(
+        "two clones restored at once (sm restore -d, both up) in {:?}",
+        restoring.elapsed()
+    );
     let ps = ok(rt, &["ps"]);
     for n in ["a", "b", "c"] {
         assert!(ps.lines().any(|l| l.starts_with(&format!("{n} "))), "{ps}");
@@ -248,6 +258,7 @@ fn clones_share_the_snapshot_and_nothing_else() {
     assert_eq!(ub.trim().len(), 36, "{ub}");
 
     // A restore with a command exits with its status and leaves nothing.
+    let restoring = std::time::Instant::now();
     let out = run(
         rt,
         &[
@@ -263,6 +274,10 @@ fn clones_share_the_snapshot_and_nothing_else() {
     );
     assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "in-a-ram\na-vol\n");
+    eprintln!(
+        "sm restore -- CMD (restore, reseed, command, stop) took {:?}",
+        restoring.elapsed()
+    );
     assert!(!rt.join("sm").join("d").exists());
 
     // --volume: a new file becomes a copy of the snapshot's volume and is kept.
@@ -288,9 +303,10 @@ fn clones_share_the_snapshot_and_nothing_else() {
     assert!(kept.is_file());
 
     // Bad input: one line each, nothing of the clone left.
+    let a_vol = format!("{}:/cache", volume.display());
     refused(
         rt,
-        &["restore", snap_s, "--name", "f", "-d", "--volume", &vol],
+        &["restore", snap_s, "--name", "f", "-d", "--volume", &a_vol],
         "in use by the running VM a",
         Some("f"),
     );
@@ -314,6 +330,7 @@ fn clones_share_the_snapshot_and_nothing_else() {
     let altered = damaged("altered", &|d| {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .open(d.join("memory"))
             .unwrap();
