@@ -66,7 +66,7 @@ fn check(a: &Args, verify: bool) -> Result<Plan, String> {
     }
     let snapshot = std::path::absolute(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
     if verify {
-        sm_snapshot::verify(&snapshot).map_err(|e| e.to_string())?;
+        sm_snapshot::verify_sealed(&snapshot).map_err(|e| e.to_string())?;
     }
     let record = RunRecord::read(&snapshot.join(RECORD_FILE)).map_err(|e| e.to_string())?;
     if let Some(name) = &a.name {

@@ -858,7 +858,7 @@ fn restored_clones_reseeded_through_their_agents_never_read_the_same_random_numb
     // runs in it, then asked for two UUIDs and 32 bytes of /dev/urandom.
     let read = "cat /proc/sys/kernel/random/uuid /proc/sys/kernel/random/uuid; \
                 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
-    let mut clones: Vec<_> = ["b", "c"]
+    let clones: Vec<_> = ["b", "c"]
         .iter()
         .map(|name| {
             let uds = dir.path().join(format!("{name}.vsock"));

@@ -190,6 +190,7 @@ impl Share {
             symlinks: m.symlinks,
             read_only: m.read_only,
             allow_devices: m.devices,
+            allow_setuid: m.suid,
             dax_window_mib: if m.dax { DAX_WINDOW_MIB } else { 0 },
             ..FsArgs::new(&self.socket, &m.host)
         }
@@ -234,6 +235,7 @@ mod tests {
                     symlinks: Symlinks::Opaque,
                     dax: false,
                     devices: false,
+                    suid: false,
                 })
                 .collect(),
             ..VmConfig::default()
@@ -295,12 +297,14 @@ mod tests {
     fn each_share_gets_its_mounts_policy_and_only_a_devices_mount_makes_nodes() {
         let mut c = config(false, 0, 2);
         c.mounts[1].devices = true;
+        c.mounts[1].suid = true;
         c.mounts[1].dax = true;
         c.mounts[1].read_only = true;
         c.mounts[1].symlinks = Symlinks::Deny;
         let l = DeviceLayout::new(&c, Path::new("/r"));
         let (a, b) = (l.shares[0].backend_args(), l.shares[1].backend_args());
         assert_eq!((a.allow_devices, b.allow_devices), (false, true));
+        assert_eq!((a.allow_setuid, b.allow_setuid), (false, true));
         assert_eq!(
             (a.tag.as_deref(), b.tag.as_deref()),
             (Some("m0"), Some("m1"))

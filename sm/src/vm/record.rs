@@ -48,6 +48,9 @@ pub struct MountRecord {
     pub dax: bool,
     /// Device nodes allowed.
     pub devices: bool,
+    /// Setuid and setgid bits kept (absent in records made before `:suid`: cleared).
+    #[serde(default)]
+    pub suid: bool,
 }
 
 /// One `--volume`, as recorded.
@@ -120,6 +123,7 @@ impl RunRecord {
                         .unwrap_or_default(),
                     dax: m.dax,
                     devices: m.devices,
+                    suid: m.suid,
                 })
                 .collect(),
             volumes: config
@@ -152,6 +156,7 @@ impl RunRecord {
                         .map_err(|_| format!("unknown symlink policy {:?}", m.symlinks))?,
                     dax: m.dax,
                     devices: m.devices,
+                    suid: m.suid,
                 })
             })
             .collect::<Result<_, String>>()?;

@@ -29,7 +29,7 @@ fn bad(flag: &'static str, value: &str, why: impl Into<String>) -> SpecError {
 pub use sm_vhost_user_fs::policy::SymlinkPolicy as Symlinks;
 
 /// A live host directory in the guest:
-/// `HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax][:devices]`.
+/// `HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax][:devices][:suid]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     /// Host directory.
@@ -45,6 +45,9 @@ pub struct Mount {
     /// The guest may make device nodes in the share (sm-vhost-user-fs `--allow-devices`);
     /// for trusted guests only, refused by default.
     pub devices: bool,
+    /// Setuid and setgid bits the guest sets are kept (sm-vhost-user-fs `--allow-setuid`);
+    /// cleared by default, as on a `nosuid` mount. For trusted guests only.
+    pub suid: bool,
 }
 
 /// A writable block volume: `FILE:GUEST[:size=N]` (N in MiB, or with a K/M/G/T suffix).
@@ -82,7 +85,7 @@ impl std::str::FromStr for Mount {
             return Err(bad(
                 "--mount",
                 v,
-                "expected HOST:GUEST[:ro][:symlinks=...][:dax][:devices]",
+                "expected HOST:GUEST[:ro][:symlinks=...][:dax][:devices][:suid]",
             ));
         };
         if host.is_empty() {
@@ -95,6 +98,7 @@ impl std::str::FromStr for Mount {
             symlinks: Symlinks::Opaque,
             dax: false,
             devices: false,
+            suid: false,
         };
         for opt in parts {
             match opt {
@@ -105,6 +109,8 @@ impl std::str::FromStr for Mount {
                 "symlinks=follow" => m.symlinks = Symlinks::Follow,
                 "dax" => m.dax = true,
                 "devices" => m.devices = true,
+                "suid" => m.suid = true,
+                "nosuid" => m.suid = false,
                 o => return Err(bad("--mount", v, format!("unknown option {o:?}"))),
             }
         }
@@ -189,7 +195,11 @@ mod tests {
         let m: Mount = "/src:/work:dax:ro".parse().unwrap();
         assert_eq!((m.read_only, m.dax, m.devices), (true, true, false));
         let m: Mount = "/src:/work:devices".parse().unwrap();
-        assert_eq!((m.read_only, m.devices), (false, true));
+        assert_eq!((m.read_only, m.devices, m.suid), (false, true, false));
+        let m: Mount = "/src:/work:suid".parse().unwrap();
+        assert_eq!((m.devices, m.suid), (false, true));
+        let m: Mount = "/src:/work:suid:nosuid".parse().unwrap();
+        assert!(!m.suid);
         let v: Volume = "/c.img:/work/node_modules:size=1G".parse().unwrap();
         assert_eq!(v.size_mib, 1024);
         let v: Volume = "/c.img:/data:size=64".parse().unwrap();
