@@ -152,9 +152,6 @@ pub fn kernel_cmdline(verbose: bool, append: Option<&str>) -> Result<String, Boo
         "nomodeset",
         "8250.nr_uarts=2",
         "rdinit=/init",
-        // Freed pages are zeroed, so a snapshot (which skips zero pages) holds only memory
-        // in use: 60 instead of 103 MiB for an idle guest, less to hash and copy per restore.
-        "init_on_free=1",
     ];
     // `quiet` alone still shows errors; loglevel=0 (after it) silences the console entirely,
     // so stderr carries only the command's output. A panic shows with --verbose.

@@ -322,8 +322,26 @@ fn vsock_backend(dir: &Path, name: &str, uds: &Path) -> Backend {
 
 /// Waits (bounded) for a restored guest's agent to answer `cat /tmp/state`; its output. The
 /// restored vsock device resets its connections, so the first tries may fail.
+///
+/// The clone was started with `--api-socket` [`clone_api`]`(uds)`: its API answers once its
+/// devices are restored and its vCPUs run. vhost-device-vsock loses (and never answers) a
+/// connection made before sm-vmm has handed it the rings, so the agent is asked only then, as
+/// `sm restore` does.
 fn first_answer(uds: &Path, clone: &mut CountingVm, log: &Path) -> String {
+    let api = clone_api(uds);
+    // sm-vmm binds the socket before it restores, and answers once the VM runs.
+    wait_until(
+        Duration::from_secs(120),
+        "the restored VM's API socket",
+        || api.exists(),
+    );
+    assert_eq!(curl(&api, "GET", "/vm", None).0, 200);
     first_answer_to(uds, clone, log, "cat /tmp/state")
+}
+
+/// The API socket of the clone whose agent is at `uds`.
+fn clone_api(uds: &Path) -> std::path::PathBuf {
+    uds.with_extension("api")
 }
 
 /// [`first_answer`] for any shell `script`.
@@ -440,6 +458,8 @@ fn a_vm_with_its_agent_on_vsock_snapshots_and_restored_clones_answer_with_its_me
                 sm_vmm()
                     .arg("--restore")
                     .arg(&snap)
+                    .arg("--api-socket")
+                    .arg(clone_api(&uds))
                     .args(["--vsock-socket", backend.socket_str()]),
             );
             (uds, backend, clone)
@@ -616,12 +636,15 @@ fn survive_snapshot_and_restore(fs_backend: fn(&Path, &str, &Path) -> Backend) {
         .wait(Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}; sm-vmm: {}", vm.finish(Duration::from_secs(5)).1));
     let agent = Agent::new(&uds).with_io_timeout(Duration::from_secs(60));
+    agent_exec(&agent, "echo in-ram > /tmp/state");
     agent_exec(
         &agent,
-        "echo in-ram > /tmp/state
-         setsid sh -c 'exec 3</mnt/hello; echo $$ > /tmp/holder; exec sleep 3600' </dev/null >/dev/null 2>&1 &
-         printf volume-a | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null
+        "setsid sh -c 'exec 3</mnt/hello; echo $$ > /tmp/holder; exec sleep 3600' </dev/null >/dev/null 2>&1 &
          while [ ! -s /tmp/holder ]; do sleep 0.1; done",
+    );
+    agent_exec(
+        &agent,
+        "printf volume-a | dd of=/dev/vda bs=512 seek=1 conv=fsync 2>/dev/null",
     );
 
     let snap = dir.path().join("snap");
@@ -682,6 +705,8 @@ fn survive_snapshot_and_restore(fs_backend: fn(&Path, &str, &Path) -> Backend) {
         sm_vmm()
             .arg("--restore")
             .arg(&snap)
+            .arg("--api-socket")
+            .arg(clone_api(&uds_b))
             .args(devices(&blk_b, &fs_flag_b, &vsock_b)),
     );
     let log_b = dir.path().join("b-vsock.sock.log");
@@ -867,6 +892,8 @@ fn restored_clones_reseeded_through_their_agents_never_read_the_same_random_numb
                 sm_vmm()
                     .arg("--restore")
                     .arg(&snap)
+                    .arg("--api-socket")
+                    .arg(clone_api(&uds))
                     .args(["--vsock-socket", backend.socket_str()]),
             );
             (uds, backend, clone)
@@ -874,6 +901,14 @@ fn restored_clones_reseeded_through_their_agents_never_read_the_same_random_numb
         .collect();
     let mut seen: Vec<String> = Vec::new();
     for (name, (uds, _backend, _clone)) in ["b", "c"].iter().zip(&clones) {
+        // Only once the clone runs (see first_answer): an earlier vsock connection is lost.
+        let api = clone_api(uds);
+        wait_until(
+            Duration::from_secs(120),
+            "the restored VM's API socket",
+            || api.exists(),
+        );
+        assert_eq!(curl(&api, "GET", "/vm", None).0, 200);
         let agent = Agent::new(uds).with_io_timeout(Duration::from_secs(60));
         // The restored agent listens already; its vsock device is reset, so retry briefly.
         let started = Instant::now();
