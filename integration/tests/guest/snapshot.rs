@@ -636,7 +636,10 @@ fn survive_snapshot_and_restore(fs_backend: fn(&Path, &str, &Path) -> Backend) {
         .wait(Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}; sm-vmm: {}", vm.finish(Duration::from_secs(5)).1));
     let agent = Agent::new(&uds).with_io_timeout(Duration::from_secs(60));
-    agent_exec(&agent, "echo in-ram > /tmp/state");
+    // The first connection to a freshly booted guest sometimes gets no answer (an open bug,
+    // seen with vhost-device-vsock): probed with retries, as for a restored guest.
+    let log = dir.path().join("a-vsock.sock.log");
+    first_answer_to(&uds, &mut vm, &log, "echo in-ram > /tmp/state");
     agent_exec(
         &agent,
         "setsid sh -c 'exec 3</mnt/hello; echo $$ > /tmp/holder; exec sleep 3600' </dev/null >/dev/null 2>&1 &
@@ -853,8 +856,10 @@ fn restored_clones_reseeded_through_their_agents_never_read_the_same_random_numb
         .wait(Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}; sm-vmm: {}", vm.finish(Duration::from_secs(5)).1));
     let agent = Agent::new(&uds).with_io_timeout(Duration::from_secs(60));
-    // A booted guest: the reseed is answered, and the UUIDs read around it differ.
-    let before = agent_exec(&agent, "cat /proc/sys/kernel/random/uuid");
+    // A booted guest: the reseed is answered, and the UUIDs read around it differ. The first
+    // connection is probed with retries (see survive_snapshot_and_restore).
+    let log = dir.path().join("a-vsock.sock.log");
+    let before = first_answer_to(&uds, &mut vm, &log, "cat /proc/sys/kernel/random/uuid");
     let asked = Instant::now();
     agent
         .reseed(&sm_agent::fresh_seed())
@@ -862,7 +867,7 @@ fn restored_clones_reseeded_through_their_agents_never_read_the_same_random_numb
     eprintln!("reseed answered in {:?}", asked.elapsed());
     let after = agent_exec(&agent, "cat /proc/sys/kernel/random/uuid");
     assert_eq!(before.trim().len(), 36, "{before:?}");
-    assert_ne!(before, after);
+    assert_ne!(before.trim(), after.trim());
 
     let snap = dir.path().join("snap");
     assert_eq!(
