@@ -70,6 +70,7 @@ impl Launch {
     /// Runs the command to completion and returns its exit status (128 + signal if killed).
     pub fn run(self, verbose: bool) -> u8 {
         let interactive = self.argv.is_none();
+        log_verbose(verbose, "opening the serial ports");
         let (console, stderr) = match open_ttys(interactive) {
             Ok(t) => t,
             Err(e) => {
@@ -112,6 +113,7 @@ impl Launch {
             return crate::hostio::STATUS_INIT_FAILED;
         };
         cmd.stdin(stdin).stdout(stdout).stderr(err_out);
+        log_verbose(verbose, "serial ports configured; starting the command");
         // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
         // functions (setsid, ioctl) on descriptors the child already owns.
         unsafe {

@@ -1,23 +1,26 @@
-//! `sm run IMAGE`: the image's root file system (pulled and built if needed) and what its
+//! An image to boot: its root file system (pulled and built if needed) and what its
 //! configuration says to run: Entrypoint + Cmd, Env, WorkingDir and User.
 
 use std::path::PathBuf;
 
-use sm::Vm;
 use sm_oci::progress::Progress;
-use sm_oci::{Cache, ImageRef, PullOptions, PullPolicy, RunConfig};
+use sm_oci::{Cache, Digest, ImageRef, PullOptions, PullPolicy, RunConfig};
+
+use crate::Vm;
 
 /// A pulled image ready to boot.
-pub struct Image {
+pub struct PulledImage {
     /// Its read-only root file system image.
     pub rootfs: PathBuf,
     /// Its run configuration.
     pub config: RunConfig,
+    /// The digest of its manifest (what a bake's cache key names it by).
+    pub manifest: Digest,
 }
 
 /// Finds `reference` in the image store, pulling or re-reading it first as `policy` says
 /// (a local layout or archive that changed since it was imported is read again).
-pub fn resolve(reference: &str, insecure: bool, policy: PullPolicy) -> Result<Image, String> {
+pub fn resolve(reference: &str, insecure: bool, policy: PullPolicy) -> Result<PulledImage, String> {
     let image = ImageRef::parse(reference).map_err(|e| e.to_string())?;
     let cache = Cache::open_default().map_err(|e| e.to_string())?;
     let opts = PullOptions {
@@ -26,8 +29,13 @@ pub fn resolve(reference: &str, insecure: bool, policy: PullPolicy) -> Result<Im
     };
     sm_oci::ensure(&cache, &image, &opts, policy, &Progress::auto()).map_err(|e| e.to_string())?;
     let config = sm_oci::image_config(&cache, &image).map_err(|e| e.to_string())?;
-    let rootfs = sm_oci::rootfs_image(&cache, &image).map_err(|e| e.to_string())?;
-    Ok(Image { rootfs, config })
+    let record = sm_oci::rootfs::image_record(&cache, &image).map_err(|e| e.to_string())?;
+    let rootfs = sm_oci::rootfs::build(&cache, &record).map_err(|e| e.to_string())?;
+    Ok(PulledImage {
+        rootfs,
+        config,
+        manifest: record.manifest,
+    })
 }
 
 /// What to run: argv, environment, working directory and user.
@@ -44,7 +52,7 @@ pub struct Plan {
 
 /// Combines the image's configuration with the command line, as docker does: a command
 /// after `--` replaces Cmd and follows Entrypoint.
-pub fn plan(image: Option<&Image>, command: Vec<String>, vm: &Vm) -> Result<Plan, String> {
+pub fn plan(image: Option<&PulledImage>, command: Vec<String>, vm: &Vm) -> Result<Plan, String> {
     let Some(image) = image else {
         let argv = if command.is_empty() {
             vec!["sh".into()]

@@ -1,14 +1,15 @@
 //! `sm`: the front door. One module per subcommand; this file only parses flags, dispatches
 //! and turns any error into one line on stderr and a non-zero exit.
 
+mod baking;
 mod detach;
-mod image;
 mod images;
 mod pull;
 mod restore;
 mod rmi;
 mod run;
 mod snapshot;
+mod snapshots;
 mod terminal;
 
 use std::process::ExitCode;
@@ -50,6 +51,13 @@ enum Command {
     /// Start a clone of a snapshotted VM (its own backends and volume copies, fresh
     /// random state) and run a command in it, or leave it running with -d.
     Restore(restore::Args),
+    /// Boot an image, start a command, warm it up and save it as a named snapshot
+    /// (cached: unchanged inputs boot nothing).
+    Bake(baking::Args),
+    /// List the named snapshots bakes made.
+    Snapshots(snapshots::ListArgs),
+    /// Remove named snapshots.
+    Rmsnap(snapshots::RemoveArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +90,9 @@ fn main() -> ExitCode {
             Ok(code) => return ExitCode::from(code),
             Err(e) => Err(e),
         },
+        Command::Bake(a) => baking::run(a),
+        Command::Snapshots(a) => snapshots::list(a),
+        Command::Rmsnap(a) => snapshots::remove(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,6 +40,26 @@ pub struct Args {
     command: Vec<String>,
 }
 
+impl Args {
+    /// The restore `sm run --snapshot` makes: a clone of `dir` (a store's snapshot) running
+    /// `command`, or supervised in the background (the half of `sm run -d` that stays).
+    pub fn of_snapshot(
+        dir: PathBuf,
+        name: Option<String>,
+        supervise: bool,
+        command: Vec<String>,
+    ) -> Args {
+        Args {
+            dir,
+            name,
+            detach: false,
+            supervise,
+            volumes: vec![],
+            command,
+        }
+    }
+}
+
 fn parse_volume(v: &str) -> Result<(PathBuf, String), String> {
     match v.split_once(':') {
         Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => {

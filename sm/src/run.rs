@@ -52,6 +52,18 @@ pub struct Args {
     /// layouts and archives also when they changed) or never.
     #[arg(long, value_name = "POLICY", default_value = "missing")]
     pull: sm_oci::PullPolicy,
+    /// Start a clone of this named snapshot (`sm bake`) instead of booting: its image,
+    /// mounts, volumes (a private copy of each), ports, environment and workload come from
+    /// the snapshot.
+    #[arg(
+        long,
+        value_name = "NAME",
+        conflicts_with_all = ["image", "mounts", "volumes", "ports", "env", "workdir", "mem", "vcpus"]
+    )]
+    snapshot: Option<String>,
+    /// The snapshot store for --snapshot (default: $SM_HOME/snapshots).
+    #[arg(long, value_name = "DIR", requires = "snapshot")]
+    snapshots_dir: Option<std::path::PathBuf>,
     /// An image to run (pulled if needed): a registry reference, oci-layout:PATH[:TAG],
     /// oci-archive:PATH or docker-archive:PATH. Without it the command runs in the guest's
     /// own minimal root.
@@ -79,9 +91,23 @@ pub fn run(args: Args) -> Result<u8, String> {
     if args.detach {
         return crate::detach::start();
     }
+    if let Some(snapshot) = &args.snapshot {
+        let store = args
+            .snapshots_dir
+            .clone()
+            .map(sm::store::SnapshotStore::at)
+            .unwrap_or_else(sm::store::SnapshotStore::open_default);
+        let dir = store.find(snapshot).map_err(|e| e.to_string())?;
+        return crate::restore::run(crate::restore::Args::of_snapshot(
+            dir,
+            args.name,
+            args.supervise,
+            args.command,
+        ));
+    }
     watch_stop_signals()?;
     let image = match &args.image {
-        Some(r) => Some(crate::image::resolve(r, args.insecure, args.pull)?),
+        Some(r) => Some(sm::image::resolve(r, args.insecure, args.pull)?),
         None => None,
     };
     let config = VmConfig {
@@ -101,7 +127,7 @@ pub fn run(args: Args) -> Result<u8, String> {
         vm.stop();
         return Ok(128 + STOPPED_BY.load(Ordering::SeqCst) as u8);
     }
-    let plan = crate::image::plan(image.as_ref(), args.command, &vm)?;
+    let plan = sm::image::plan(image.as_ref(), args.command, &vm)?;
     let mut exec = vm.exec(&plan.argv);
     for (k, v) in plan.env.iter().chain(&args.env) {
         exec = exec.env(k, v);

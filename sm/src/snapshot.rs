@@ -6,9 +6,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sm::vm::record::{volume_file_name, RunRecord, RECORD_FILE};
+use sm::vm::record::{RunRecord, RECORD_FILE};
 use sm::vm::runtime_root;
-use sm_snapshot::api::{ApiClient, Include};
 
 /// `sm snapshot` flags.
 #[derive(clap::Args, Debug)]
@@ -29,31 +28,7 @@ pub fn run(a: Args) -> Result<(), String> {
         crate::detach::supervisor(&rundir).ok_or(format!("no running VM named {}", a.name))?;
     let record = RunRecord::read(&rundir.join(RECORD_FILE)).map_err(|e| e.to_string())?;
     let out = std::path::absolute(&a.dir).map_err(|e| format!("{}: {e}", a.dir.display()))?;
-    if out.symlink_metadata().is_ok() {
-        return Err(format!("{}: already exists", out.display()));
-    }
-    // The record goes in as a file of its own (sm-vmm copies files, it does not write
-    // them): a private copy, so a VM that stops meanwhile cannot take it away.
-    let tmp = rundir.join(format!("{RECORD_FILE}.snapshot-{}", std::process::id()));
-    record.write(&tmp).map_err(|e| e.to_string())?;
-    let mut include: Vec<Include> = record
-        .volumes
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| !v.read_only)
-        .map(|(i, v)| Include {
-            name: volume_file_name(i),
-            path: v.file.clone(),
-        })
-        .collect();
-    include.push(Include {
-        name: RECORD_FILE.into(),
-        path: tmp.clone(),
-    });
-    let api = ApiClient::new(rundir.join(sm::vm::layout::API_SOCKET));
-    let result = api.pause_snapshot_resume(&out, &include, a.stop);
-    let _ = std::fs::remove_file(&tmp);
-    result.map_err(|e| e.to_string())?;
+    sm::vm::snapshot::take(&rundir, &record, &out, a.stop)?;
     if a.stop {
         // sm-vmm powers off; its supervisor then stops the backends and cleans up.
         let start = Instant::now();

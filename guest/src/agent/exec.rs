@@ -258,14 +258,19 @@ fn enter_root(root: &CStr, cwd: &CStr, uid: Option<u32>, gid: Option<u32>) -> st
 /// for a terminal, EIO once nothing holds it).
 fn pump(mut pipe: Box<dyn Read + Send>, kind: Kind, out: &Mutex<Option<File>>) {
     let mut buf = vec![0u8; DATA_CHUNK];
+    // Once the host has left (a detached workload, a restored clone whose connections were
+    // reset), output is read and dropped: the command runs on as with output to /dev/null
+    // instead of dying of SIGPIPE or blocking on a full pipe.
+    let mut host_left = false;
     loop {
         match pipe.read(&mut buf) {
             Ok(0) => return,
+            Ok(_) if host_left => {}
             Ok(n) => {
                 let mut conn = out.lock().unwrap_or_else(|e| e.into_inner());
                 let Some(conn) = conn.as_mut() else { return };
                 if write_frame(conn, kind, &buf[..n]).is_err() {
-                    return; // The host left; the pipe is drained no further.
+                    host_left = true;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

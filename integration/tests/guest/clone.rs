@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 /// `sm` with its own runtime directory (so leftovers are this test's).
-fn sm(runtime: &Path, args: &[&str]) -> Command {
+pub(crate) fn sm(runtime: &Path, args: &[&str]) -> Command {
     require_kvm();
     let mut c = Command::new(sm_integration::bin_dir().join("sm"));
     c.args(args)
@@ -22,7 +22,7 @@ fn sm(runtime: &Path, args: &[&str]) -> Command {
 }
 
 /// Runs `sm ARGS`, with every log of the runtime directory in the message if it hangs.
-fn run(runtime: &Path, args: &[&str]) -> Output {
+pub(crate) fn run(runtime: &Path, args: &[&str]) -> Output {
     let sm_dir = runtime.join("sm");
     run_with_timeout_explained(&mut sm(runtime, args), Duration::from_secs(240), || {
         logs(&sm_dir)
@@ -30,7 +30,7 @@ fn run(runtime: &Path, args: &[&str]) -> Output {
 }
 
 /// The logs under the runtime directory (sm's steps, sm-vmm's and the backends' output).
-fn logs(sm_dir: &Path) -> String {
+pub(crate) fn logs(sm_dir: &Path) -> String {
     let mut report = String::new();
     let vms = std::fs::read_dir(sm_dir).into_iter().flatten().flatten();
     for entry in vms {
@@ -61,7 +61,7 @@ fn logs(sm_dir: &Path) -> String {
 }
 
 /// Asserts `sm ARGS` succeeds and returns its stdout.
-fn ok(runtime: &Path, args: &[&str]) -> String {
+pub(crate) fn ok(runtime: &Path, args: &[&str]) -> String {
     let out = run(runtime, args);
     assert_eq!(
         out.status.code(),
@@ -74,7 +74,7 @@ fn ok(runtime: &Path, args: &[&str]) -> String {
 }
 
 /// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
+pub(crate) fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if entry.file_name().to_string_lossy().parse::<u32>().is_err() {

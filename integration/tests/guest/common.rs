@@ -53,7 +53,22 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
 /// Waits for `child` with a deadline, collecting whatever of its stdout/stderr pipes the
 /// caller has not taken; kills it and fails the test on a hang.
 pub fn wait_with_timeout(child: Child, limit: Duration) -> Output {
-    wait_with_timeout_explained(child, limit, String::new)
+    wait_with_timeout_explained(child, limit, processes)
+}
+
+/// The test VM's processes with their state, CPU time and wait channel: what a hang
+/// leaves to look at (a spinning leftover, a backend blocked in a call, an idle vCPU).
+pub fn processes() -> String {
+    Command::new("ps")
+        .args(["-eo", "pid,ppid,stat,time,etime,wchan:24,args", "--forest"])
+        .output()
+        .map(|o| {
+            format!(
+                "processes at the hang:\n{}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+        .unwrap_or_else(|e| format!("ps: {e}"))
 }
 
 /// [`run_with_timeout`], with `explain` adding what to look at (logs, processes) to the
@@ -188,7 +203,10 @@ pub fn kill_after(pid: u32, limit: Duration) -> KillAfter {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!("killing pid {pid}: still running after {limit:?}");
+        eprintln!(
+            "killing pid {pid}: still running after {limit:?}; {}",
+            processes()
+        );
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,

@@ -4,6 +4,7 @@
 mod agent;
 mod api;
 mod args;
+mod bake;
 mod blk;
 mod boot;
 mod clone;

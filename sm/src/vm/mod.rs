@@ -8,6 +8,7 @@ pub mod layout;
 pub mod ports;
 pub mod process;
 pub mod record;
+pub mod snapshot;
 pub mod spec;
 
 use std::path::{Path, PathBuf};
@@ -533,7 +534,7 @@ fn prepare_volume(v: &Volume) -> Result<u64, VmError> {
 }
 
 /// A short unique suffix (time-based).
-fn unique() -> String {
+pub(crate) fn unique() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -1,0 +1,428 @@
+//! Bake: boot an image once, start its workload, warm it up (install dependencies, fill a
+//! cache volume), and save the running VM as a named snapshot in the [`SnapshotStore`],
+//! from which clones start in a fraction of a boot. A bake is cached by a hash of
+//! everything that went into it ([`cache_key`]): the same inputs boot nothing, an edited
+//! extra file or a new warm-up tag bakes again.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use sm_oci::PullPolicy;
+
+use crate::image::{self, PulledImage};
+use crate::store::{BakeRecord, SnapshotStore, StoreError};
+use crate::vm::record::RunRecord;
+use crate::vm::{Mount, Volume};
+use crate::{Vm, VmConfig, VmError};
+
+/// Bumped whenever baking changes in a way that makes older snapshots stale.
+const BAKE_FORMAT: u32 = 1;
+
+/// How long a workload must run before the bake goes on (one that ends sooner fails it).
+const WORKLOAD_SETTLE: Duration = Duration::from_secs(1);
+
+/// How long a bake waits for the workload's listener.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why a bake failed. Nothing is left in the store by a failed bake.
+#[derive(Debug, thiserror::Error)]
+pub enum BakeError {
+    /// The snapshot store refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The image could not be pulled or read.
+    #[error("{0}")]
+    Image(String),
+    /// The VM could not be started or driven.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// An extra file could not be read.
+    #[error("extra file {0}: {1}")]
+    ExtraFile(PathBuf, std::io::Error),
+    /// The workload failed to start, or ended before the snapshot.
+    #[error("the command {0}")]
+    Workload(String),
+    /// The warm-up failed.
+    #[error("the warm-up {0}")]
+    Warmup(String),
+    /// The snapshot could not be taken.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// A host file copied into the guest before the warm-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraFile {
+    /// The host file (its contents are part of the cache key).
+    pub host: PathBuf,
+    /// Absolute path in the guest (inside the image's root).
+    pub guest: String,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl std::str::FromStr for ExtraFile {
+    type Err = String;
+    fn from_str(v: &str) -> Result<Self, String> {
+        match v.split_once(':') {
+            Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => Ok(ExtraFile {
+                host: host.into(),
+                guest: guest.into(),
+                mode: 0o644,
+            }),
+            _ => Err(format!("{v:?} is not HOST:GUEST (an absolute guest path)")),
+        }
+    }
+}
+
+/// A warm-up written as code: given the VM, it execs and writes files; an error is one line.
+pub type WarmupFn = Box<dyn FnOnce(&Vm) -> Result<(), String> + Send>;
+
+/// What a bake runs after the workload started (and listens, when asked).
+pub enum Warmup {
+    /// A shell command line (`/bin/sh -c`), with the workload's environment, working
+    /// directory and user; its output goes to sm's stderr. Part of the cache key.
+    Shell(String),
+    /// Code given the VM (exec, files); only the warm-up tag stands for it in the key.
+    Callback(WarmupFn),
+}
+
+/// Everything a bake is made of.
+pub struct BakeOptions {
+    /// The snapshot's name in the store.
+    pub name: String,
+    /// An image reference (registry, `oci-layout:`, `oci-archive:`, `docker-archive:`);
+    /// `None` bakes the guest's own minimal root.
+    pub image: Option<String>,
+    /// Plain HTTP to a registry that is not on a loopback address.
+    pub insecure: bool,
+    /// When to pull the image.
+    pub pull: PullPolicy,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// The workload, started before the warm-up and running in every clone; empty: none
+    /// (the guest idles until commands are run in it).
+    pub cmd: Vec<String>,
+    /// Environment for the workload, the warm-up and later commands (after the image's).
+    pub env: Vec<(String, String)>,
+    /// Working directory (default: the image's).
+    pub workdir: Option<String>,
+    /// Live host directories.
+    pub mounts: Vec<Mount>,
+    /// Block volumes (created if missing); their bytes after the warm-up are baked in.
+    pub volumes: Vec<Volume>,
+    /// Host files staged into the guest before the warm-up.
+    pub extra_files: Vec<ExtraFile>,
+    /// The warm-up, if any.
+    pub warmup: Option<Warmup>,
+    /// Bump to bake again with otherwise unchanged inputs.
+    pub warmup_tag: String,
+    /// Wait until the workload listens on this guest TCP port before the warm-up.
+    pub listen_port: Option<u16>,
+    /// Where the snapshot goes (default: the store in sm's home).
+    pub store: Option<SnapshotStore>,
+}
+
+impl Default for BakeOptions {
+    fn default() -> Self {
+        let vm = VmConfig::default();
+        BakeOptions {
+            name: String::new(),
+            image: None,
+            insecure: false,
+            pull: PullPolicy::Missing,
+            mem_mib: vm.mem_mib,
+            vcpus: vm.vcpus,
+            cmd: vec![],
+            env: vec![],
+            workdir: None,
+            mounts: vec![],
+            volumes: vec![],
+            extra_files: vec![],
+            warmup: None,
+            warmup_tag: String::new(),
+            listen_port: None,
+            store: None,
+        }
+    }
+}
+
+/// What a bake did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Baked {
+    /// The store already held a snapshot of these inputs; nothing was booted.
+    Cached(PathBuf),
+    /// A new snapshot was made.
+    New(PathBuf),
+}
+
+impl Baked {
+    /// The snapshot directory.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            Baked::Cached(p) | Baked::New(p) => p,
+        }
+    }
+}
+
+/// The inputs of a bake as they are hashed.
+#[derive(Serialize)]
+struct KeyInputs<'a> {
+    format: u32,
+    sm: &'static str,
+    image: Option<String>,
+    shape: &'a RunRecord,
+    volume_sizes: Vec<u64>,
+    cmd: &'a [String],
+    env: &'a [(String, String)],
+    workdir: &'a Option<String>,
+    extra_files: Vec<(String, u32, String)>,
+    warmup: Option<&'a str>,
+    warmup_tag: &'a str,
+    listen_port: Option<u16>,
+    kernel: Option<String>,
+    initramfs: Option<String>,
+}
+
+/// The cache key of a bake: sha256 over the image's manifest digest, every option, the
+/// contents of the extra files, the guest kernel and initramfs, and the warm-up tag.
+pub fn cache_key(
+    opts: &BakeOptions,
+    image: Option<&PulledImage>,
+    config: &VmConfig,
+) -> Result<String, BakeError> {
+    let mut extra_files = vec![];
+    for f in &opts.extra_files {
+        let bytes = std::fs::read(&f.host).map_err(|e| BakeError::ExtraFile(f.host.clone(), e))?;
+        extra_files.push((f.guest.clone(), f.mode, hex::encode(Sha256::digest(&bytes))));
+    }
+    let boot = sm_vmm::snapshot::BootHashes::of_files(
+        &sm_vmm::config::default_kernel(),
+        &sm_vmm::config::default_initrd(),
+    );
+    let inputs = KeyInputs {
+        format: BAKE_FORMAT,
+        sm: env!("CARGO_PKG_VERSION"),
+        image: image.map(|i| i.manifest.to_string()),
+        shape: &RunRecord::new(config),
+        volume_sizes: config.volumes.iter().map(|v| v.size_mib).collect(),
+        cmd: &opts.cmd,
+        env: &opts.env,
+        workdir: &opts.workdir,
+        extra_files,
+        warmup: opts.warmup.as_ref().map(|w| match w {
+            Warmup::Shell(s) => s.as_str(),
+            Warmup::Callback(_) => "(callback)",
+        }),
+        warmup_tag: &opts.warmup_tag,
+        listen_port: opts.listen_port,
+        kernel: boot.kernel,
+        initramfs: boot.initramfs,
+    };
+    let json = serde_json::to_vec(&inputs).expect("bake inputs serialize");
+    Ok(hex::encode(Sha256::digest(json)))
+}
+
+/// Bakes `opts` into the store, or finds the snapshot an identical bake made.
+/// `progress` is told each step as it starts.
+pub fn bake(mut opts: BakeOptions, progress: &mut dyn FnMut(&str)) -> Result<Baked, BakeError> {
+    let store = opts
+        .store
+        .clone()
+        .unwrap_or_else(SnapshotStore::open_default);
+    store.path(&opts.name)?;
+    let started = Instant::now();
+    let image = match &opts.image {
+        Some(r) => {
+            progress(&format!("image {r}"));
+            Some(image::resolve(r, opts.insecure, opts.pull).map_err(BakeError::Image)?)
+        }
+        None => None,
+    };
+    let config = VmConfig {
+        name: Some(format!(
+            "bake-{}-{}-{}",
+            opts.name,
+            std::process::id(),
+            crate::vm::unique()
+        )),
+        mem_mib: opts.mem_mib,
+        vcpus: opts.vcpus,
+        mounts: opts.mounts.clone(),
+        volumes: opts.volumes.clone(),
+        ports: vec![],
+        root_image: image.as_ref().map(|i| i.rootfs.clone()),
+    };
+    let key = cache_key(&opts, image.as_ref(), &config)?;
+    let _lock = store.lock(&opts.name)?;
+    if store.record(&opts.name).is_some_and(|r| r.key == key) {
+        let dir = store.find(&opts.name)?;
+        if sm_snapshot::verify_sealed(&dir).is_ok() {
+            return Ok(Baked::Cached(dir));
+        }
+    }
+    progress("booting");
+    let vm = Vm::start(&config)?;
+    let staged = store.staging(&opts.name)?;
+    let snapshot = staged.join(crate::store::SNAPSHOT_DIR);
+    let result = run_and_save(&mut opts, image.as_ref(), &config, &vm, &snapshot, progress);
+    vm.stop();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(e);
+    }
+    let record = BakeRecord {
+        name: opts.name.clone(),
+        key,
+        image: opts.image.clone(),
+        warmup_tag: opts.warmup_tag.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let installed = store.install(&opts.name, &staged, &record);
+    if installed.is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    Ok(Baked::New(installed?))
+}
+
+/// In the booted VM: extra files, workload, listener, warm-up, sync, snapshot (the VM
+/// powers off after it).
+fn run_and_save(
+    opts: &mut BakeOptions,
+    image: Option<&PulledImage>,
+    config: &VmConfig,
+    vm: &Vm,
+    staged: &std::path::Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), BakeError> {
+    let root = vm.guest_root().unwrap_or("").to_owned();
+    for f in &opts.extra_files {
+        let bytes = std::fs::read(&f.host).map_err(|e| BakeError::ExtraFile(f.host.clone(), e))?;
+        vm.write_file(&format!("{root}{}", f.guest), &bytes, f.mode)?;
+    }
+    // The image's environment, working directory and user, as `sm run` uses them; the
+    // command only when one was given (no command: no workload).
+    let command = if opts.cmd.is_empty() {
+        vec!["true".into()] // only for the plan's environment, directory and user
+    } else {
+        opts.cmd.clone()
+    };
+    let plan = image::plan(image, command, vm).map_err(BakeError::Workload)?;
+    let env: Vec<(String, String)> = plan.env.iter().chain(&opts.env).cloned().collect();
+    let workdir = opts.workdir.clone().or(plan.workdir.clone());
+    let exec = |argv: &[String]| {
+        let mut e = vm.exec(argv);
+        for (k, v) in &env {
+            e = e.env(k, v);
+        }
+        if let Some(d) = &workdir {
+            e = e.cwd(d);
+        }
+        if let Some((uid, gid)) = plan.user {
+            e = e.user(uid, gid);
+        }
+        e
+    };
+    let mut workload = None;
+    if !opts.cmd.is_empty() {
+        progress(&format!("starting {:?}", plan.argv));
+        let mut child = exec(&plan.argv)
+            .spawn()
+            .map_err(|e| BakeError::Workload(format!("{:?}: {e}", plan.argv)))?;
+        // A workload that cannot start (not found, bad configuration) usually ends at once.
+        if let Ok(Some(exit)) = child.wait_timeout(WORKLOAD_SETTLE) {
+            return Err(ended(&plan.argv, &exit));
+        }
+        workload = Some(child);
+    }
+    let still_running = |w: &mut Option<crate::Child>| -> Result<(), BakeError> {
+        if let Some(child) = w.as_mut() {
+            if let Ok(Some(exit)) = child.try_wait() {
+                return Err(ended(&plan.argv, &exit));
+            }
+        }
+        Ok(())
+    };
+    if let Some(port) = opts.listen_port {
+        progress(&format!("waiting for a listener on guest port {port}"));
+        let start = Instant::now();
+        while vm.agent().connect_tcp(port).is_err() {
+            still_running(&mut workload)?;
+            if start.elapsed() > LISTEN_TIMEOUT {
+                return Err(BakeError::Workload(format!(
+                    "{:?} did not listen on guest port {port} within {LISTEN_TIMEOUT:?}",
+                    plan.argv
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    match opts.warmup.take() {
+        Some(Warmup::Shell(line)) => {
+            progress(&format!("warm-up: {line}"));
+            let argv = ["/bin/sh".to_owned(), "-c".to_owned(), line];
+            let (mut out, mut err) = (std::io::stderr(), std::io::stderr());
+            let exit = exec(&argv)
+                .stream(None, &mut out, &mut err)
+                .map_err(|e| BakeError::Warmup(e.to_string()))?;
+            if exit.shell_code() != 0 {
+                return Err(BakeError::Warmup(format!("failed ({})", describe(&exit))));
+            }
+        }
+        Some(Warmup::Callback(f)) => {
+            progress("warm-up");
+            f(vm).map_err(BakeError::Warmup)?;
+        }
+        None => {}
+    }
+    still_running(&mut workload)?;
+    progress("sync");
+    // Volumes are copied into the snapshot as they are on the host: what the guest wrote
+    // reaches them first.
+    vm.agent()
+        .exec(
+            &sm_agent::message::ExecRequest {
+                argv: vec!["sync".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .map_err(|e| BakeError::Snapshot(format!("sync: {e}")))?;
+    progress("snapshot");
+    let mut record = RunRecord::new(config);
+    record.image = opts.image.clone();
+    record.guest_root = vm.guest_root().map(str::to_owned);
+    record.env = env.clone();
+    record.workdir = workdir.clone();
+    record.user = plan.user;
+    crate::vm::snapshot::take(vm.runtime_dir(), &record, staged, true)
+        .map_err(BakeError::Snapshot)?;
+    // The workload's connection ends with the VM; in clones it runs on without it.
+    drop(workload);
+    Ok(())
+}
+
+/// The error of a workload that ended before the snapshot.
+fn ended(argv: &[String], exit: &crate::ExitInfo) -> BakeError {
+    BakeError::Workload(format!(
+        "{argv:?} ended before the snapshot ({}): a workload must keep running",
+        describe(exit)
+    ))
+}
+
+/// How a command ended, in words.
+fn describe(exit: &crate::ExitInfo) -> String {
+    match (exit.code, exit.signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "status unknown".into(),
+    }
+}

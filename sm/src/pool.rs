@@ -1,0 +1,421 @@
+//! Pools of restored VMs: clones of one snapshot restored ahead of time and kept paused, so
+//! that [`Pool::acquire`] hands one out by resuming it (milliseconds) instead of booting.
+//! A background thread keeps `min` clones ready, never more than `max` at once, stops idle
+//! ones above `min` after `idle_timeout`, and does every restore and stop off the caller's
+//! path: [`PooledVm::release`] returns at once. Every clone has its own backends and a
+//! private copy of each volume as baked (a reflink where the file system can, else a
+//! sparse copy), dropped with it.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sm_snapshot::api::ApiClient;
+
+use crate::vm::record::{volume_file_name, RunRecord, RECORD_FILE};
+use crate::vm::runtime_root;
+use crate::{Vm, VmError};
+
+/// Why a pool could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The snapshot cannot be used (not verified, no run record).
+    #[error("{0}")]
+    Snapshot(String),
+    /// The options make no sense.
+    #[error("pool options: {0}")]
+    Options(String),
+    /// No VM became free within the acquire timeout.
+    #[error("no VM of the pool became free within {0:?} ({1} in use, max {2})")]
+    Timeout(Duration, usize, usize),
+    /// The last restore failed (the pool retries on the next acquire).
+    #[error("restoring a VM of the pool: {0}")]
+    Restore(String),
+    /// The pool was shut down.
+    #[error("the pool is shut down")]
+    ShutDown,
+    /// Resuming a ready VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+/// How a pool behaves.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// VMs kept restored and paused, ready to hand out.
+    pub min: usize,
+    /// VMs at most at once (ready, handed out and being restored).
+    pub max: usize,
+    /// A released VM is stopped and replaced by a fresh restore (its guest state is thrown
+    /// away); without it the VM is handed out again as it was left.
+    pub restore_on_release: bool,
+    /// How long [`Pool::acquire`] waits for a VM.
+    pub acquire_timeout: Duration,
+    /// Ready VMs above `min` that nobody acquired for this long are stopped.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            min: 1,
+            max: 4,
+            restore_on_release: true,
+            acquire_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A ready VM and when it became ready.
+struct Ready {
+    vm: Vm,
+    since: Instant,
+}
+
+/// What the pool's threads share, under one lock.
+#[derive(Default)]
+struct State {
+    ready: VecDeque<Ready>,
+    /// Handed out.
+    in_use: usize,
+    /// Restores under way.
+    restoring: usize,
+    /// Acquirers waiting.
+    waiting: usize,
+    /// VMs to stop (released with `restore_on_release`, idle, or at shutdown).
+    to_stop: Vec<Vm>,
+    /// The last restore's error, for a waiting acquirer.
+    last_error: Option<String>,
+    shut_down: bool,
+}
+
+impl State {
+    fn total(&self) -> usize {
+        self.ready.len() + self.in_use + self.restoring
+    }
+}
+
+struct Shared {
+    snapshot: PathBuf,
+    record: RunRecord,
+    opts: PoolOptions,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A pool of clones of one snapshot.
+pub struct Pool {
+    shared: Arc<Shared>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A VM handed out by a pool; derefs to [`Vm`]. Give it back with [`PooledVm::release`]
+/// (dropping it releases it too).
+pub struct PooledVm {
+    vm: Option<Vm>,
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    /// A pool of clones of the (verified) snapshot in `snapshot`; starts restoring `min`.
+    pub fn new(snapshot: &Path, opts: PoolOptions) -> Result<Pool, PoolError> {
+        if opts.max == 0 || opts.min > opts.max {
+            return Err(PoolError::Options(format!(
+                "need 0 <= min <= max and max > 0 (min {}, max {})",
+                opts.min, opts.max
+            )));
+        }
+        let snapshot = std::path::absolute(snapshot)
+            .map_err(|e| PoolError::Snapshot(format!("{}: {e}", snapshot.display())))?;
+        sm_snapshot::verify_sealed(&snapshot).map_err(|e| PoolError::Snapshot(e.to_string()))?;
+        let record = RunRecord::read(&snapshot.join(RECORD_FILE))
+            .map_err(|e| PoolError::Snapshot(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            snapshot,
+            record,
+            opts,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        // Restores run on their own threads (several at once when many are wanted); one
+        // thread stops VMs, one keeps the count.
+        let mut workers = vec![];
+        for _ in 0..shared.opts.max.clamp(1, 4) {
+            let s = shared.clone();
+            workers.push(std::thread::spawn(move || restorer(&s)));
+        }
+        let s = shared.clone();
+        workers.push(std::thread::spawn(move || stopper(&s)));
+        Ok(Pool { shared, workers })
+    }
+
+    /// A ready VM, resumed; waits up to the acquire timeout for one.
+    pub fn acquire(&self) -> Result<PooledVm, PoolError> {
+        let opts = &self.shared.opts;
+        let deadline = Instant::now() + opts.acquire_timeout;
+        let mut st = self.shared.lock();
+        st.waiting += 1;
+        self.shared.changed.notify_all();
+        let ready = loop {
+            if st.shut_down {
+                st.waiting -= 1;
+                return Err(PoolError::ShutDown);
+            }
+            if let Some(r) = st.ready.pop_front() {
+                break r;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                st.waiting -= 1;
+                if let Some(e) = st.last_error.take() {
+                    return Err(PoolError::Restore(e));
+                }
+                return Err(PoolError::Timeout(
+                    opts.acquire_timeout,
+                    st.in_use,
+                    opts.max,
+                ));
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        st.waiting -= 1;
+        st.in_use += 1;
+        self.shared.changed.notify_all();
+        drop(st);
+        let vm = ready.vm;
+        if let Err(e) = ApiClient::new(vm.api_socket()).resume() {
+            let mut st = self.shared.lock();
+            st.in_use -= 1;
+            st.to_stop.push(vm);
+            self.shared.changed.notify_all();
+            return Err(PoolError::Restore(format!("resuming: {e}")));
+        }
+        Ok(PooledVm {
+            vm: Some(vm),
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// (ready, in use, being restored) right now.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let st = self.shared.lock();
+        (st.ready.len(), st.in_use, st.restoring)
+    }
+
+    /// Stops every VM of the pool (handed-out ones as they are released) and its threads;
+    /// leaves nothing behind.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        {
+            let mut st = self.shared.lock();
+            st.shut_down = true;
+            let ready: Vec<Vm> = st.ready.drain(..).map(|r| r.vm).collect();
+            st.to_stop.extend(ready);
+            self.shared.changed.notify_all();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+impl PooledVm {
+    /// Gives the VM back and returns at once: with `restore_on_release` it is stopped and
+    /// replaced by a fresh clone off the caller's path, else it is paused and handed out
+    /// again as it is.
+    pub fn release(mut self) {
+        self.give_back();
+    }
+
+    fn give_back(&mut self) {
+        let Some(vm) = self.vm.take() else { return };
+        let mut st = self.shared.lock();
+        st.in_use -= 1;
+        if st.shut_down {
+            // The pool's threads are gone: stop it here.
+            drop(st);
+            vm.stop();
+            return;
+        }
+        if self.shared.opts.restore_on_release {
+            st.to_stop.push(vm);
+        } else if ApiClient::new(vm.api_socket()).pause().is_ok() {
+            st.ready.push_back(Ready {
+                vm,
+                since: Instant::now(),
+            });
+        } else {
+            st.to_stop.push(vm);
+        }
+        self.shared.changed.notify_all();
+    }
+}
+
+impl PooledVm {
+    /// A command to run in the VM with the snapshot's environment, working directory and
+    /// user (the image's, as baked), like every command `sm run --snapshot` runs.
+    pub fn exec<S: AsRef<str>>(&self, argv: &[S]) -> crate::ExecBuilder<'_> {
+        let r = &self.shared.record;
+        let mut e = Vm::exec(self, argv);
+        for (k, v) in &r.env {
+            e = e.env(k, v);
+        }
+        if let Some(d) = &r.workdir {
+            e = e.cwd(d);
+        }
+        if let Some((uid, gid)) = r.user {
+            e = e.user(uid, gid);
+        }
+        e
+    }
+}
+
+impl std::ops::Deref for PooledVm {
+    type Target = Vm;
+    fn deref(&self) -> &Vm {
+        self.vm
+            .as_ref()
+            .expect("a pooled VM is held until released")
+    }
+}
+
+impl Drop for PooledVm {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// Restores clones while fewer than wanted are ready or coming.
+fn restorer(shared: &Shared) {
+    let mut n = 0u64;
+    loop {
+        {
+            let mut st = shared.lock();
+            loop {
+                if st.shut_down {
+                    return;
+                }
+                // Ready or coming: `min`, plus one per waiting acquirer, within `max`.
+                let coming = st.ready.len() + st.restoring;
+                if coming < shared.opts.min + st.waiting && st.total() < shared.opts.max {
+                    st.restoring += 1;
+                    break;
+                }
+                st = shared
+                    .changed
+                    .wait_timeout(st, Duration::from_secs(1))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        n += 1;
+        let result = restore_one(shared, n);
+        let mut st = shared.lock();
+        st.restoring -= 1;
+        match result {
+            Ok(vm) if !st.shut_down => {
+                st.last_error = None;
+                st.ready.push_back(Ready {
+                    vm,
+                    since: Instant::now(),
+                });
+            }
+            Ok(vm) => st.to_stop.push(vm),
+            Err(e) => {
+                crate::trace::step(format_args!("pool restore failed: {e}"));
+                st.last_error = Some(e);
+                drop(st);
+                // Do not spin on a snapshot that cannot be restored.
+                std::thread::sleep(Duration::from_secs(1));
+                shared.changed.notify_all();
+                continue;
+            }
+        }
+        shared.changed.notify_all();
+    }
+}
+
+/// Stops released, idle and leftover VMs, off everybody's path.
+fn stopper(shared: &Shared) {
+    loop {
+        let (batch, done) = {
+            let mut st = shared.lock();
+            let idle = shared.opts.idle_timeout;
+            while st.ready.len() > shared.opts.min
+                && st.ready.front().is_some_and(|r| r.since.elapsed() >= idle)
+            {
+                let r = st.ready.pop_front().expect("checked");
+                st.to_stop.push(r.vm);
+            }
+            if st.to_stop.is_empty() && !st.shut_down {
+                let _ = shared
+                    .changed
+                    .wait_timeout(st, Duration::from_millis(500))
+                    .unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // Handed-out VMs are stopped by their release once the pool is shut down.
+            let done = st.shut_down && st.restoring == 0;
+            (std::mem::take(&mut st.to_stop), done)
+        };
+        for vm in batch {
+            vm.stop();
+        }
+        shared.changed.notify_all();
+        if done && shared.lock().to_stop.is_empty() {
+            return;
+        }
+        if shared.lock().shut_down {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Restores clone number `n`: private copies of the volumes in its runtime directory, then
+/// [`Vm::restore`], then paused until acquired.
+fn restore_one(shared: &Shared, n: u64) -> Result<Vm, String> {
+    let name = format!("pool-{}-{}-{n}", std::process::id(), crate::vm::unique());
+    let dir = runtime_root().join(&name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut record = shared.record.clone();
+    for (i, v) in record.volumes.iter_mut().enumerate() {
+        if v.read_only {
+            continue;
+        }
+        let copy = dir.join(volume_file_name(i));
+        if let Err(e) = sm_snapshot::clone_file(&shared.snapshot.join(volume_file_name(i)), &copy) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.to_string());
+        }
+        v.file = copy;
+    }
+    let config = record.config(Some(name))?;
+    let vm = Vm::restore(&shared.snapshot, &config, record.guest_root.clone())
+        .map_err(|e| e.to_string())?;
+    ApiClient::new(vm.api_socket())
+        .pause()
+        .map_err(|e| format!("pausing: {e}"))?;
+    Ok(vm)
+}
