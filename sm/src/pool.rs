@@ -159,8 +159,13 @@ impl Pool {
 
     /// A ready VM, resumed; waits up to the acquire timeout for one.
     pub fn acquire(&self) -> Result<PooledVm, PoolError> {
+        self.acquire_within(self.shared.opts.acquire_timeout)
+    }
+
+    /// [`Pool::acquire`] with its own timeout.
+    pub fn acquire_within(&self, limit: Duration) -> Result<PooledVm, PoolError> {
         let opts = &self.shared.opts;
-        let deadline = Instant::now() + opts.acquire_timeout;
+        let deadline = Instant::now() + limit;
         let mut st = self.shared.lock();
         st.waiting += 1;
         self.shared.changed.notify_all();
@@ -289,6 +294,21 @@ impl PooledVm {
             e = e.user(uid, gid);
         }
         e
+    }
+
+    /// Saves this VM as it is now into the new directory `dir` (it runs on);
+    /// [`crate::Image::from_snapshot`] pools from it.
+    pub fn snapshot(&self, dir: &Path) -> Result<(), PoolError> {
+        let mut record = self.shared.record.clone();
+        for (i, v) in record.volumes.iter_mut().enumerate() {
+            if !v.read_only {
+                v.file = self.runtime_dir().join(volume_file_name(i));
+            }
+        }
+        let dir = std::path::absolute(dir)
+            .map_err(|e| PoolError::Snapshot(format!("{}: {e}", dir.display())))?;
+        crate::vm::snapshot::take(self.runtime_dir(), &record, &dir, false)
+            .map_err(PoolError::Snapshot)
     }
 }
 

@@ -64,11 +64,75 @@ pub fn processes() -> String {
         .output()
         .map(|o| {
             format!(
-                "processes at the hang:\n{}",
-                String::from_utf8_lossy(&o.stdout)
+                "processes at the hang:\n{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                hung_vmms()
             )
         })
         .unwrap_or_else(|e| format!("ps: {e}"))
+}
+
+/// For each running sm-vmm: its threads' kernel stacks (an idle guest's vCPUs sit in
+/// `kvm_vcpu_block`), and, when `SM_TEST_HUNG_DIR` is set and it has an API socket, a
+/// snapshot of it there (vCPU, LAPIC, IOAPIC and timer state to read after the run).
+fn hung_vmms() -> String {
+    let mut report = String::new();
+    let procs = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    for p in procs {
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.first().is_some_and(|a| a.ends_with("sm-vmm")) {
+            continue;
+        }
+        let pid = p.file_name().to_string_lossy().into_owned();
+        report += &format!("---- sm-vmm {pid} threads ----\n");
+        for t in std::fs::read_dir(p.path().join("task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+            let top: Vec<&str> = stack.lines().take(4).collect();
+            report += &format!(
+                "{} {}: {}\n",
+                t.file_name().to_string_lossy(),
+                comm.trim(),
+                top.join(" < ")
+            );
+        }
+        let api = args.iter().enumerate().find_map(|(i, a)| {
+            a.strip_prefix("--api-socket=")
+                .map(str::to_owned)
+                .or_else(|| {
+                    (a == "--api-socket")
+                        .then(|| args.get(i + 1).cloned())
+                        .flatten()
+                })
+        });
+        let (Some(api), Some(dir)) = (api, std::env::var_os("SM_TEST_HUNG_DIR")) else {
+            continue;
+        };
+        let client = sm_snapshot::api::ApiClient::new(&api);
+        let dest = Path::new(&dir).join(format!("hung-{pid}-{}", std::process::id()));
+        let status = client
+            .status()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        let saved = client
+            .pause()
+            .and_then(|()| client.snapshot(&dest, &[]))
+            .map(|()| format!("saved in {}", dest.display()))
+            .unwrap_or_else(|e| format!("snapshot failed: {e}"));
+        let _ = client.resume();
+        report += &format!("status {status}; {saved}\n");
+    }
+    report
 }
 
 /// [`run_with_timeout`], with `explain` adding what to look at (logs, processes) to the

@@ -12,6 +12,7 @@ mod common;
 mod fs;
 mod image;
 mod pjdfstest;
+mod pool;
 mod readme;
 mod run;
 mod snapshot;
