@@ -23,6 +23,8 @@ use crate::setup::{log_error, log_verbose};
 const VMADDR_CID_ANY: u32 = u32::MAX;
 /// The host's CID.
 const VMADDR_CID_HOST: u32 = 2;
+/// How many times the ready signal is tried.
+const READY_TRIES: u32 = 3;
 
 /// Starts the agent's listener thread if the guest has a vsock device.
 pub fn start(verbose: bool) {
@@ -40,11 +42,22 @@ pub fn start(verbose: bool) {
     let spawned = std::thread::Builder::new()
         .name("agent".into())
         .spawn(move || {
-            if let Err(e) = signal_ready() {
-                log_verbose(
-                    verbose,
-                    &format!("agent: no host took the ready signal: {e}"),
-                );
+            // A few tries: one lost connection must not leave the host waiting (it also
+            // probes the agent's port). No vsock host at all (ENODEV) is not retried.
+            for attempt in 1..=READY_TRIES {
+                match signal_ready() {
+                    Ok(()) => break,
+                    Err(e) => {
+                        log_verbose(
+                            verbose,
+                            &format!("agent: no host took the ready signal ({attempt}): {e}"),
+                        );
+                        if e.raw_os_error() == Some(libc::ENODEV) {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                    }
+                }
             }
             serve(listener)
         });

@@ -27,6 +27,9 @@ pub use spec::{Mount, PortMap, SpecError, Symlinks, Volume};
 
 /// How long the guest may take to boot and start its agent.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// When the agent's own port is first tried while no ready signal has come, and how often.
+const READY_PROBE_AFTER: Duration = Duration::from_secs(5);
+const READY_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Errors starting or driving a VM.
 #[derive(Debug, thiserror::Error)]
@@ -323,9 +326,20 @@ impl Vm {
             .vmm
             .insert(Proc::spawn("sm-vmm", cmd, self.dir.join("sm-vmm.log"))?);
         let start = Instant::now();
+        let mut probed = start;
         while ready.wait(Duration::from_millis(100)).is_err() {
             vmm.check_alive()?;
+            // The ready signal is one vsock connection: should it be lost, the agent
+            // still answers its own port, so ask it now and then.
+            if start.elapsed() > READY_PROBE_AFTER && probed.elapsed() > READY_PROBE_EVERY {
+                probed = Instant::now();
+                if self.agent.wait_ready(Duration::ZERO).is_ok() {
+                    crate::trace::step("the guest agent answers (its ready signal never came)");
+                    break;
+                }
+            }
             if start.elapsed() > BOOT_TIMEOUT {
+                keep_hung(&self.dir, &self.name);
                 return Err(ProcessError::Timeout("the guest agent".into(), BOOT_TIMEOUT).into());
             }
         }
@@ -501,6 +515,23 @@ impl Drop for Vm {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// With `SM_KEEP_HUNG=DIR` set, a guest that did not come up is paused and snapshotted into
+/// `DIR/NAME-PID` before it is stopped, so its vCPU, interrupt controller and timer state
+/// can be read afterwards (a debugging aid; best effort, outcome traced).
+fn keep_hung(rundir: &Path, name: &str) {
+    let Some(dir) = std::env::var_os("SM_KEEP_HUNG") else {
+        return;
+    };
+    let dest = Path::new(&dir).join(format!("{name}-{}", std::process::id()));
+    let api = sm_snapshot::api::ApiClient::new(rundir.join(layout::API_SOCKET));
+    let saved = api.pause().and_then(|()| api.snapshot(&dest, &[]));
+    crate::trace::step(format_args!(
+        "SM_KEEP_HUNG: snapshot of the hung guest in {}: {saved:?}",
+        dest.display()
+    ));
+    eprintln!("sm: SM_KEEP_HUNG: {}: {saved:?}", dest.display());
 }
 
 /// Creates a missing volume sparse and formats it ext4 (kept afterwards); returns the size
