@@ -121,6 +121,8 @@ pub struct BakeOptions {
     pub warmup: Option<Warmup>,
     /// Bump to bake again with otherwise unchanged inputs.
     pub warmup_tag: String,
+    /// Kernel command-line parameters appended after sm's own.
+    pub extra_kernel_args: Option<String>,
     /// Wait until the workload listens on this guest TCP port before the warm-up.
     pub listen_port: Option<u16>,
     /// Where the snapshot goes (default: the store in sm's home).
@@ -145,6 +147,7 @@ impl Default for BakeOptions {
             extra_files: vec![],
             warmup: None,
             warmup_tag: String::new(),
+            extra_kernel_args: None,
             listen_port: None,
             store: None,
         }
@@ -184,6 +187,7 @@ struct KeyInputs<'a> {
     warmup: Option<&'a str>,
     warmup_tag: &'a str,
     listen_port: Option<u16>,
+    kernel_args: &'a Option<String>,
     kernel: Option<String>,
     initramfs: Option<String>,
 }
@@ -220,6 +224,7 @@ pub fn cache_key(
         }),
         warmup_tag: &opts.warmup_tag,
         listen_port: opts.listen_port,
+        kernel_args: &opts.extra_kernel_args,
         kernel: boot.kernel,
         initramfs: boot.initramfs,
     };
@@ -256,6 +261,7 @@ pub fn bake(mut opts: BakeOptions, progress: &mut dyn FnMut(&str)) -> Result<Bak
         volumes: opts.volumes.clone(),
         ports: vec![],
         root_image: image.as_ref().map(|i| i.rootfs.clone()),
+        kernel_args: opts.extra_kernel_args.clone(),
     };
     let key = cache_key(&opts, image.as_ref(), &config)?;
     let _lock = store.lock(&opts.name)?;

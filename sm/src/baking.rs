@@ -43,6 +43,9 @@ pub struct Args {
     /// Change it to bake again with otherwise unchanged inputs.
     #[arg(long, value_name = "TAG", default_value = "")]
     warmup_tag: String,
+    /// Kernel command-line parameters appended after sm's own.
+    #[arg(long, value_name = "PARAMS")]
+    kernel_args: Option<String>,
     /// Wait until CMD listens on this guest TCP port before the warm-up.
     #[arg(long, value_name = "PORT")]
     listen: Option<u16>,
@@ -90,6 +93,7 @@ pub fn run(a: Args) -> Result<(), String> {
         extra_files: a.extra_files,
         warmup: a.warmup.map(Warmup::Shell),
         warmup_tag: a.warmup_tag,
+        extra_kernel_args: a.kernel_args,
         listen_port: a.listen,
         store: a.snapshots_dir.map(SnapshotStore::at),
     };

@@ -118,6 +118,7 @@ pub fn run(args: Args) -> Result<u8, String> {
         volumes: args.volumes,
         ports: args.ports,
         root_image: image.as_ref().map(|i| i.rootfs.clone()),
+        kernel_args: None,
     };
     let vm = Vm::start(&config).map_err(|e| e.to_string())?;
     if let Some(pid) = vm.vmm_pid() {

@@ -34,6 +34,8 @@ fn bake(rt: &Path, store: &str, vol: &str, extra: &str, tag: &str) -> (String, S
             WARMUP,
             "--warmup-tag",
             tag,
+            "--kernel-args",
+            "sm.test=baked",
             "--",
             "sleep",
             "100000",
@@ -112,6 +114,7 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
     // A clone sees the warm volume, the extra file and the workload at once.
     let probe =
         "ls /cache | grep -c '^f'; cat /cache/conf; pidof sleep >/dev/null && echo workload; \
+                 grep -o sm.test=baked /proc/cmdline; \
                  rm /cache/f1; sync";
     let t = Instant::now();
     let out = ok(
@@ -129,7 +132,7 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
         ],
     );
     eprintln!("sm run --snapshot took {:?}", t.elapsed());
-    assert_eq!(out, "2000\nversion one\nworkload\n");
+    assert_eq!(out, "2000\nversion one\nworkload\nsm.test=baked\n");
     // The clone's write went to its own copy: the next clone still has f1.
     let out = ok(
         rt,

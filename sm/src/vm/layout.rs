@@ -143,6 +143,7 @@ impl DeviceLayout {
         args.vsock_socket = Some(self.vsock.clone());
         args.api_socket = Some(self.api.clone());
         args.verbose = verbose;
+        args.cmdline_append = config.kernel_args.clone();
         args.command = vec!["sleep".into(), "2147483647".into()];
         args
     }
@@ -153,6 +154,7 @@ impl DeviceLayout {
     pub fn restore_args(&self, config: &VmConfig, snapshot: &Path, verbose: bool) -> VmmArgs {
         let mut args = self.vmm_args(config, verbose);
         args.command = vec![];
+        args.cmdline_append = None;
         args.cid = Some(GUEST_CID);
         args.restore = Some(snapshot.to_owned());
         args

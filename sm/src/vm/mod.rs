@@ -72,6 +72,9 @@ pub struct VmConfig {
     /// A read-only root file system image (erofs) to run commands in, under a writable
     /// tmpfs overlay; `None` runs them in the guest's own initramfs root.
     pub root_image: Option<PathBuf>,
+    /// Kernel command-line parameters appended after sm-vmm's own (a boot only; a restored
+    /// guest keeps the command line it booted with).
+    pub kernel_args: Option<String>,
 }
 
 impl Default for VmConfig {
@@ -84,6 +87,7 @@ impl Default for VmConfig {
             volumes: vec![],
             ports: vec![],
             root_image: None,
+            kernel_args: None,
         }
     }
 }

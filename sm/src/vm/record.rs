@@ -180,6 +180,7 @@ impl RunRecord {
                 .map(|&(host, guest)| PortMap { host, guest })
                 .collect(),
             root_image: self.root_image.clone(),
+            kernel_args: None,
         })
     }
 
