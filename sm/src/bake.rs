@@ -204,10 +204,12 @@ pub fn cache_key(
         let bytes = std::fs::read(&f.host).map_err(|e| BakeError::ExtraFile(f.host.clone(), e))?;
         extra_files.push((f.guest.clone(), f.mode, hex::encode(Sha256::digest(&bytes))));
     }
-    let boot = sm_vmm::snapshot::BootHashes::of_files(
-        &sm_vmm::config::default_kernel(),
-        &sm_vmm::config::default_initrd(),
-    );
+    let store = opts
+        .store
+        .clone()
+        .unwrap_or_else(SnapshotStore::open_default);
+    let kernel = remembered_hash(&store, &sm_vmm::config::default_kernel());
+    let initramfs = remembered_hash(&store, &sm_vmm::config::default_initrd());
     let inputs = KeyInputs {
         format: BAKE_FORMAT,
         sm: env!("CARGO_PKG_VERSION"),
@@ -225,8 +227,8 @@ pub fn cache_key(
         warmup_tag: &opts.warmup_tag,
         listen_port: opts.listen_port,
         kernel_args: &opts.extra_kernel_args,
-        kernel: boot.kernel,
-        initramfs: boot.initramfs,
+        kernel,
+        initramfs,
     };
     let json = serde_json::to_vec(&inputs).expect("bake inputs serialize");
     Ok(hex::encode(Sha256::digest(json)))
@@ -430,5 +432,91 @@ fn describe(exit: &crate::ExitInfo) -> String {
         (Some(c), _) => format!("exit code {c}"),
         (None, Some(s)) => format!("killed by signal {s}"),
         _ => "status unknown".into(),
+    }
+}
+
+/// A file's identity: any change to its contents changes at least one of these (the change
+/// time cannot be set back by an unprivileged process).
+#[derive(serde::Deserialize, Serialize, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileIdentity {
+    fn of(path: &std::path::Path) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
+}
+
+/// The content digest of `path` (as snapshots record the kernel and initramfs), remembered
+/// in the store by the file's identity, so that a cache hit does not read them again.
+fn remembered_hash(store: &SnapshotStore, path: &std::path::Path) -> Option<String> {
+    type Remembered = std::collections::BTreeMap<String, (FileIdentity, String)>;
+    let file = store.dir().join(".file-hashes.json");
+    let mut known: Remembered = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let key = path.to_string_lossy().into_owned();
+    let identity = FileIdentity::of(path)?;
+    if let Some((id, hash)) = known.get(&key) {
+        if *id == identity {
+            return Some(hash.clone());
+        }
+    }
+    let (_, hash) = sm_snapshot::manifest::hash_file(path).ok()?;
+    // Only if nothing changed while it was read.
+    if FileIdentity::of(path).as_ref() == Some(&identity) {
+        known.insert(key, (identity, hash.clone()));
+        let tmp = store
+            .dir()
+            .join(format!(".file-hashes.json.{}", std::process::id()));
+        if std::fs::create_dir_all(store.dir()).is_ok()
+            && std::fs::write(&tmp, serde_json::to_vec(&known).unwrap_or_default()).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+    Some(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_hash_follows_the_file_and_is_not_read_again_when_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::at(d.path().join("store"));
+        let f = d.path().join("kernel");
+        std::fs::write(&f, b"one").unwrap();
+        let first = remembered_hash(&store, &f).unwrap();
+        assert_eq!(remembered_hash(&store, &f).unwrap(), first);
+        // Remembered: a forged entry with the file's identity is what comes back.
+        let file = store.dir().join(".file-hashes.json");
+        let forged = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace(&first, "feed");
+        std::fs::write(&file, forged).unwrap();
+        assert_eq!(remembered_hash(&store, &f).unwrap(), "feed");
+        // A rewritten file is hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&f, b"two").unwrap();
+        let second = remembered_hash(&store, &f).unwrap();
+        assert_ne!(second, first);
+        assert_ne!(second, "feed");
+        assert_eq!(remembered_hash(&store, &d.path().join("missing")), None);
     }
 }

@@ -86,6 +86,8 @@ struct State {
     waiting: usize,
     /// VMs to stop (released with `restore_on_release`, idle, or at shutdown).
     to_stop: Vec<Vm>,
+    /// Released VMs to pause and queue as ready again (without `restore_on_release`).
+    to_park: Vec<Vm>,
     /// The last restore's error, for a waiting acquirer.
     last_error: Option<String>,
     shut_down: bool,
@@ -257,22 +259,20 @@ impl PooledVm {
     fn give_back(&mut self) {
         let Some(vm) = self.vm.take() else { return };
         let mut st = self.shared.lock();
-        st.in_use -= 1;
         if st.shut_down {
             // The pool's threads are gone: stop it here.
+            st.in_use -= 1;
             drop(st);
             vm.stop();
             return;
         }
+        // Either way the work (stop, or pause) is the stopper thread's, not the caller's.
+        // A VM being parked still counts as in use, so `max` holds meanwhile.
         if self.shared.opts.restore_on_release {
+            st.in_use -= 1;
             st.to_stop.push(vm);
-        } else if ApiClient::new(vm.api_socket()).pause().is_ok() {
-            st.ready.push_back(Ready {
-                vm,
-                since: Instant::now(),
-            });
         } else {
-            st.to_stop.push(vm);
+            st.to_park.push(vm);
         }
         self.shared.changed.notify_all();
     }
@@ -377,9 +377,24 @@ fn restorer(shared: &Shared) {
     }
 }
 
-/// Stops released, idle and leftover VMs, off everybody's path.
+/// Stops released, idle and leftover VMs and parks released ones, off everybody's path.
 fn stopper(shared: &Shared) {
     loop {
+        let parking = std::mem::take(&mut shared.lock().to_park);
+        for vm in parking {
+            let paused = ApiClient::new(vm.api_socket()).pause().is_ok();
+            let mut st = shared.lock();
+            st.in_use -= 1;
+            if paused && !st.shut_down {
+                st.ready.push_back(Ready {
+                    vm,
+                    since: Instant::now(),
+                });
+            } else {
+                st.to_stop.push(vm);
+            }
+            shared.changed.notify_all();
+        }
         let (batch, done) = {
             let mut st = shared.lock();
             let idle = shared.opts.idle_timeout;
@@ -389,7 +404,7 @@ fn stopper(shared: &Shared) {
                 let r = st.ready.pop_front().expect("checked");
                 st.to_stop.push(r.vm);
             }
-            if st.to_stop.is_empty() && !st.shut_down {
+            if st.to_stop.is_empty() && st.to_park.is_empty() && !st.shut_down {
                 let _ = shared
                     .changed
                     .wait_timeout(st, Duration::from_millis(500))
