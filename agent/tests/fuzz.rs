@@ -22,6 +22,7 @@ use sm_agent::client::{Agent, AgentError};
 use sm_agent::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
 use sm_agent::message::{Control, ExecRequest, ExitInfo, Hello, Request, Response, WindowSize};
 use sm_agent::PROTOCOL_VERSION;
+use sm_test_support::fuzz::config;
 
 // ---------------------------------------------------------------------------------------
 // Allocation accounting: the largest single allocation made by the current thread while
@@ -76,19 +77,6 @@ fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let r = f();
     TRACK.with(|t| t.set(false));
     (r, LARGEST.with(|l| l.get()))
-}
-
-/// Cases per property: `PROPTEST_CASES` when set (scripts/fuzz), else `default`.
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -23,20 +23,8 @@ use sm_oci::spec::{
     AnyManifest, ImageConfig, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
 };
 use sm_oci::unpack::{UnpackError, Unpacker};
+use sm_test_support::fuzz::config;
 use tar::EntryType;
-
-/// Cases per property: `PROPTEST_CASES` when set (scripts/fuzz), else `default`.
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Target `oci-spec`: image documents.

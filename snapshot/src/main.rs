@@ -317,9 +317,8 @@ mod tests {
 
     #[test]
     fn restore_passes_the_device_flags_on_to_sm_vmm_in_order() {
-        let a = parse(&[
-            "restore",
-            "/s/snap",
+        // The same flags, in the same order, on both command lines.
+        const DEVICES: [&str; 10] = [
             "--blk-socket",
             "/r/root.sock",
             "--blk-socket",
@@ -330,28 +329,13 @@ mod tests {
             "/r/vsock.sock",
             "--cid",
             "3",
-        ]);
+        ];
+        let a = parse(&[&["restore", "/s/snap"][..], &DEVICES].concat());
         let Command::Restore(r) = a.command else {
             panic!("{a:?}")
         };
         let v = restore_args(&r, Path::new("/s/snap"));
         let v: Vec<_> = v.iter().map(|s| s.to_str().unwrap()).collect();
-        assert_eq!(
-            v,
-            [
-                "--restore",
-                "/s/snap",
-                "--blk-socket",
-                "/r/root.sock",
-                "--blk-socket",
-                "/r/blk-0.sock",
-                "--fs-socket",
-                "m0=/r/fs-0.sock",
-                "--vsock-socket",
-                "/r/vsock.sock",
-                "--cid",
-                "3"
-            ]
-        );
+        assert_eq!(v, [&["--restore", "/s/snap"][..], &DEVICES].concat());
     }
 }

@@ -3,8 +3,9 @@
 //! and waiting until its sandbox is in force ([`Backend`]), checks of its command line and of
 //! the vhost-user socket ([`cli`]), booting the project's guest in QEMU against it
 //! ([`qemu`]), starting and stopping any server process ([`process`]), the registry, token
-//! server and image layout builders of the image tests ([`oci`]), and skipping a test loudly
-//! ([`skip`]). It is a test helper only and never published.
+//! server and image layout builders of the image tests ([`oci`]), the fuzz tests' proptest
+//! settings ([`fuzz`]), and skipping a test loudly ([`skip`]). It is a test helper only and
+//! never published.
 //!
 //! Each test crate names its binary once with a [`Program`] and uses
 //! `Backend<ThatProgram>`; what is particular to a device (QEMU's `-device`, image or share
@@ -13,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod fuzz;
 pub mod oci;
 pub mod process;
 pub mod qemu;

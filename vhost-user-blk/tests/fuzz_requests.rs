@@ -16,6 +16,7 @@
 use std::sync::Mutex;
 
 use proptest::prelude::*;
+use sm_test_support::fuzz::config;
 use sm_vhost_user_blk::config::{MAX_RANGE_SECTORS, MAX_RANGE_SEGMENTS, SECTOR_SIZE};
 use sm_vhost_user_blk::image::{Image, ImageOptions};
 use sm_vhost_user_blk::request::{handle, Segment, MAX_DESCRIPTORS};
@@ -34,19 +35,6 @@ const HDR: u64 = 0x1000;
 const RANGES: u64 = 0x3000;
 const DATA: u64 = 0x10000;
 const STATUS: u64 = 0x8000;
-
-/// Cases per property: `PROPTEST_CASES` when set (scripts/fuzz), else `default`.
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A device: an image file, a copy of what it must hold, and guest memory.
 struct Device {

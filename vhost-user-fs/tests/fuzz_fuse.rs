@@ -24,6 +24,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use proptest::prelude::*;
+use sm_test_support::fuzz::config;
 use sm_vhost_user_fs::fs::{FsConfig, SharedFs};
 use sm_vhost_user_fs::policy::SymlinkPolicy;
 use sm_vhost_user_fs::sys::ProcFds;
@@ -31,19 +32,6 @@ use wire::{op, Wire, IN_HEADER, OUT_HEADER};
 
 /// FUSE's root node ID.
 const ROOT: u64 = 1;
-
-/// Cases per property: `PROPTEST_CASES` when set (scripts/fuzz), else `default`.
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Requests.

@@ -16,6 +16,7 @@
 use std::sync::{Arc, Mutex};
 
 use proptest::prelude::*;
+use sm_test_support::fuzz::config;
 use sm_vmm::devices::virtio_mmio::{MmioTransport, QueueConfig, VirtioDevice, VIRTIO_F_VERSION_1};
 
 const ACK: u32 = 1;
@@ -229,19 +230,6 @@ impl Bench {
         prop_assert_eq!(queues[0].desc, 0x1000);
         prop_assert!(queues.iter().all(|q| q.ready));
         Ok(())
-    }
-}
-
-/// Cases per property: `PROPTEST_CASES` when set (scripts/fuzz), else `default`.
-fn config(default: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
     }
 }
 

@@ -10,7 +10,7 @@ use sm_agent::message::ExecRequest;
 use sm_test_support::process::wait_timeout;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -320,31 +320,89 @@ fn vsock_backend(dir: &Path, name: &str, uds: &Path) -> Backend {
     Backend::start(cmd, &socket)
 }
 
-/// Waits (bounded) for a restored guest's agent to answer `cat /tmp/state`; its output. The
-/// restored vsock device resets its connections, so the first tries may fail.
-///
-/// The clone was started with `--api-socket` [`clone_api`]`(uds)`: its API answers once its
-/// devices are restored and its vCPUs run. vhost-device-vsock loses (and never answers) a
-/// connection made before sm-vmm has handed it the rings, so the agent is asked only then, as
-/// `sm restore` does.
-fn first_answer(uds: &Path, clone: &mut CountingVm, log: &Path) -> String {
-    let api = clone_api(uds);
-    // sm-vmm binds the socket before it restores, and answers once the VM runs.
-    wait_until(
-        Duration::from_secs(120),
-        "the restored VM's API socket",
-        || api.exists(),
-    );
-    assert_eq!(curl(&api, "GET", "/vm", None).0, 200);
-    first_answer_to(uds, clone, log, "cat /tmp/state")
+/// A restored clone's vsock side: its agent at `<dir>/<name>.vsock`, served by a fresh
+/// vhost-device-vsock on `<dir>/<name>-vsock.sock` (its log `<name>-vsock.sock.log`).
+struct CloneVsock {
+    uds: PathBuf,
+    log: PathBuf,
+    backend: Backend,
 }
 
-/// The API socket of the clone whose agent is at `uds`.
-fn clone_api(uds: &Path) -> std::path::PathBuf {
-    uds.with_extension("api")
+impl CloneVsock {
+    fn start(dir: &Path, name: &str) -> Self {
+        let uds = dir.join(format!("{name}.vsock"));
+        let backend = vsock_backend(dir, &format!("{name}-vsock.sock"), &uds);
+        let log = dir.join(format!("{name}-vsock.sock.log"));
+        CloneVsock { uds, log, backend }
+    }
+
+    /// `sm-vmm --restore snap --api-socket <uds>.api`, with `devices` (further device flags)
+    /// and then this vsock backend.
+    fn restore(self, snap: &Path, devices: &[&str]) -> RestoredClone {
+        let api = self.uds.with_extension("api");
+        let vm = CountingVm::spawn(
+            sm_vmm()
+                .arg("--restore")
+                .arg(snap)
+                .arg("--api-socket")
+                .arg(&api)
+                .args(devices)
+                .args(["--vsock-socket", self.backend.socket_str()]),
+        );
+        RestoredClone {
+            vm,
+            api,
+            vsock: self,
+        }
+    }
 }
 
-/// [`first_answer`] for any shell `script`.
+/// A clone restored from a snapshot (see [`CloneVsock::restore`]); the VM stops first.
+struct RestoredClone {
+    vm: CountingVm,
+    api: PathBuf,
+    vsock: CloneVsock,
+}
+
+/// Restores clone `name` of `snap` with a fresh vsock backend of its own ([`CloneVsock`]).
+fn spawn_clone(dir: &Path, snap: &Path, name: &str, devices: &[&str]) -> RestoredClone {
+    CloneVsock::start(dir, name).restore(snap, devices)
+}
+
+impl RestoredClone {
+    /// The agent's socket.
+    fn uds(&self) -> &Path {
+        &self.vsock.uds
+    }
+
+    /// Waits (bounded) until the clone runs: its API answers once its devices are restored
+    /// and its vCPUs run. vhost-device-vsock loses (and never answers) a connection made
+    /// before sm-vmm has handed it the rings, so the agent is asked only then, as
+    /// `sm restore` does.
+    fn wait_running(&self) {
+        // sm-vmm binds the socket before it restores, and answers once the VM runs.
+        wait_until(
+            Duration::from_secs(120),
+            "the restored VM's API socket",
+            || self.api.exists(),
+        );
+        assert_eq!(curl(&self.api, "GET", "/vm", None).0, 200);
+    }
+
+    /// Waits (bounded) for the restored agent to answer `cat /tmp/state`; its output. The
+    /// restored vsock device resets its connections, so the first tries may fail.
+    fn first_answer(&mut self) -> String {
+        self.wait_running();
+        first_answer_to(
+            &self.vsock.uds,
+            &mut self.vm,
+            &self.vsock.log,
+            "cat /tmp/state",
+        )
+    }
+}
+
+/// [`RestoredClone::first_answer`] for any shell `script`.
 fn first_answer_to(uds: &Path, clone: &mut CountingVm, log: &Path, script: &str) -> String {
     let probe = Agent::new(uds).with_io_timeout(Duration::from_secs(10));
     let started = Instant::now();
@@ -451,28 +509,11 @@ fn a_vm_with_its_agent_on_vsock_snapshots_and_restored_clones_answer_with_its_me
     // Two clones at once, each with a fresh vsock backend of its own.
     let mut clones: Vec<_> = ["b", "c"]
         .iter()
-        .map(|name| {
-            let uds = dir.path().join(format!("{name}.vsock"));
-            let backend = vsock_backend(dir.path(), &format!("{name}-vsock.sock"), &uds);
-            let clone = CountingVm::spawn(
-                sm_vmm()
-                    .arg("--restore")
-                    .arg(&snap)
-                    .arg("--api-socket")
-                    .arg(clone_api(&uds))
-                    .args(["--vsock-socket", backend.socket_str()]),
-            );
-            (uds, backend, clone)
-        })
+        .map(|name| spawn_clone(dir.path(), &snap, name, &[]))
         .collect();
-    for (name, (uds, _backend, clone)) in ["b", "c"].iter().zip(clones.iter_mut()) {
-        let log = dir.path().join(format!("{name}-vsock.sock.log"));
-        assert_eq!(
-            first_answer(uds.as_path(), clone, &log),
-            token,
-            "clone {name}"
-        );
-        let agent = Agent::new(uds.as_path()).with_io_timeout(Duration::from_secs(60));
+    for (name, clone) in ["b", "c"].iter().zip(clones.iter_mut()) {
+        assert_eq!(clone.first_answer(), token, "clone {name}");
+        let agent = Agent::new(clone.uds()).with_io_timeout(Duration::from_secs(60));
         assert_eq!(
             agent_exec(&agent, &format!("echo {name} > /tmp/state; cat /tmp/state")).trim(),
             *name
@@ -608,23 +649,12 @@ fn survive_snapshot_and_restore(fs_backend: fn(&Path, &str, &Path) -> Backend) {
     let vsock = vsock_backend(dir.path(), "a-vsock.sock", &uds);
     let socket = dir.path().join("api.sock");
     let fs_flag = format!("w={}", fs.socket_str());
-    let devices = |blk: &Backend, fs: &str, vsock: &Backend| -> Vec<String> {
-        [
-            "--blk-socket",
-            blk.socket_str(),
-            "--fs-socket",
-            fs,
-            "--vsock-socket",
-            vsock.socket_str(),
-        ]
-        .map(String::from)
-        .to_vec()
-    };
     let mut vm = CountingVm::spawn(
         sm_vmm()
             .arg("--api-socket")
             .arg(&socket)
-            .args(devices(&blk, &fs_flag, &vsock))
+            .args(["--blk-socket", blk.socket_str(), "--fs-socket", &fs_flag])
+            .args(["--vsock-socket", vsock.socket_str()])
             .args([
                 "--",
                 "sh",
@@ -687,8 +717,7 @@ fn survive_snapshot_and_restore(fs_backend: fn(&Path, &str, &Path) -> Backend) {
     sm_snapshot::clone_file(&snap.join("vol.img"), &clone_image).unwrap();
     let fs_b = fs_backend(dir.path(), "b-fs.sock", &shared);
     let blk_b = blk_backend(dir.path(), "b-blk.sock", &clone_image);
-    let uds_b = dir.path().join("b.vsock");
-    let vsock_b = vsock_backend(dir.path(), "b-vsock.sock", &uds_b);
+    let vsock_b = CloneVsock::start(dir.path(), "b");
     let fs_flag_b = format!("w={}", fs_b.socket_str());
 
     // The wrong devices are refused in one line before anything runs.
@@ -696,7 +725,7 @@ fn survive_snapshot_and_restore(fs_backend: fn(&Path, &str, &Path) -> Backend) {
         sm_vmm()
             .arg("--restore")
             .arg(&snap)
-            .args(["--vsock-socket", vsock_b.socket_str()]),
+            .args(["--vsock-socket", vsock_b.backend.socket_str()]),
         Duration::from_secs(60),
     );
     let err = stderr(&wrong);
@@ -704,17 +733,17 @@ fn survive_snapshot_and_restore(fs_backend: fn(&Path, &str, &Path) -> Backend) {
     assert!(err.contains("give the same device flags"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
-    let mut clone = CountingVm::spawn(
-        sm_vmm()
-            .arg("--restore")
-            .arg(&snap)
-            .arg("--api-socket")
-            .arg(clone_api(&uds_b))
-            .args(devices(&blk_b, &fs_flag_b, &vsock_b)),
+    let mut clone = vsock_b.restore(
+        &snap,
+        &[
+            "--blk-socket",
+            blk_b.socket_str(),
+            "--fs-socket",
+            &fs_flag_b,
+        ],
     );
-    let log_b = dir.path().join("b-vsock.sock.log");
-    assert_eq!(first_answer(&uds_b, &mut clone, &log_b), "in-ram");
-    let agent_b = Agent::new(&uds_b).with_io_timeout(Duration::from_secs(60));
+    assert_eq!(clone.first_answer(), "in-ram");
+    let agent_b = Agent::new(clone.uds()).with_io_timeout(Duration::from_secs(60));
     // The file the holder opened before the snapshot reads through its old descriptor.
     assert_eq!(
         agent_exec(&agent_b, "cat /proc/$(cat /tmp/holder)/fd/3").trim(),
@@ -750,8 +779,8 @@ fn survive_snapshot_and_restore(fs_backend: fn(&Path, &str, &Path) -> Backend) {
     assert_eq!(volume_mark(&clone_image), "clone--b");
     assert_eq!(volume_mark(&image), "source-b");
     assert_eq!(volume_mark(&snap.join("vol.img")), "volume-a");
-    drop(clone.child.kill());
-    let _ = clone.finish(Duration::from_secs(30));
+    drop(clone.vm.child.kill());
+    let _ = clone.vm.finish(Duration::from_secs(30));
     assert_eq!(
         curl(&socket, "PUT", "/vm/shutdown", None),
         (204, String::new())
@@ -890,31 +919,13 @@ fn restored_clones_reseeded_through_their_agents_never_read_the_same_random_numb
                 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
     let clones: Vec<_> = ["b", "c"]
         .iter()
-        .map(|name| {
-            let uds = dir.path().join(format!("{name}.vsock"));
-            let backend = vsock_backend(dir.path(), &format!("{name}-vsock.sock"), &uds);
-            let clone = CountingVm::spawn(
-                sm_vmm()
-                    .arg("--restore")
-                    .arg(&snap)
-                    .arg("--api-socket")
-                    .arg(clone_api(&uds))
-                    .args(["--vsock-socket", backend.socket_str()]),
-            );
-            (uds, backend, clone)
-        })
+        .map(|name| spawn_clone(dir.path(), &snap, name, &[]))
         .collect();
     let mut seen: Vec<String> = Vec::new();
-    for (name, (uds, _backend, _clone)) in ["b", "c"].iter().zip(&clones) {
-        // Only once the clone runs (see first_answer): an earlier vsock connection is lost.
-        let api = clone_api(uds);
-        wait_until(
-            Duration::from_secs(120),
-            "the restored VM's API socket",
-            || api.exists(),
-        );
-        assert_eq!(curl(&api, "GET", "/vm", None).0, 200);
-        let agent = Agent::new(uds).with_io_timeout(Duration::from_secs(60));
+    for (name, clone) in ["b", "c"].iter().zip(&clones) {
+        // Only once the clone runs: an earlier vsock connection is lost.
+        clone.wait_running();
+        let agent = Agent::new(clone.uds()).with_io_timeout(Duration::from_secs(60));
         // The restored agent listens already; its vsock device is reset, so retry briefly.
         let started = Instant::now();
         while let Err(e) = agent.reseed(&sm_agent::fresh_seed()) {
