@@ -298,7 +298,11 @@ pub fn bake(mut opts: BakeOptions, progress: &mut dyn FnMut(&str)) -> Result<Bak
     if installed.is_err() {
         let _ = std::fs::remove_dir_all(&staged);
     }
-    Ok(Baked::New(installed?))
+    let dir = installed?;
+    // Hashed once here, on the slow path: every later hit and restore reads metadata only.
+    progress("sealing");
+    sm_snapshot::verify_sealed(&dir).map_err(|e| BakeError::Snapshot(e.to_string()))?;
+    Ok(Baked::New(dir))
 }
 
 /// In the booted VM: extra files, workload, listener, warm-up, sync, snapshot (the VM
