@@ -132,6 +132,15 @@ impl Vm {
     /// Starts the backends and sm-vmm, waits for the guest agent, mounts the mounts and
     /// volumes and opens the port forwards.
     pub fn start(config: &VmConfig) -> Result<Vm, VmError> {
+        let mut vm = Vm::with_runtime_dir(config)?;
+        crate::trace::step(format_args!("starting VM {}", vm.name));
+        vm.boot(config)?;
+        Ok(vm)
+    }
+
+    /// A VM with nothing started yet: its name (`config`'s, else a unique one) and its
+    /// runtime directory, created, with sm's log in it; a name a running VM has is refused.
+    fn with_runtime_dir(config: &VmConfig) -> Result<Vm, VmError> {
         let name = config
             .name
             .clone()
@@ -143,8 +152,7 @@ impl Vm {
         std::fs::create_dir_all(&dir)
             .map_err(|e| VmError::Io(format!("creating {}", dir.display()), e))?;
         crate::trace::log_to(&dir.join("sm.log"));
-        crate::trace::step(format_args!("starting VM {name}"));
-        let mut vm = Vm {
+        Ok(Vm {
             name,
             agent: Agent::new(dir.join("vm.vsock")),
             dir,
@@ -153,9 +161,7 @@ impl Vm {
             forwarders: vec![],
             volume_mounts: vec![],
             root: None,
-        };
-        vm.boot(config)?;
-        Ok(vm)
+        })
     }
 
     /// Starts a clone of the VM snapshotted in `snapshot` (a verified directory): fresh
@@ -169,31 +175,12 @@ impl Vm {
         config: &VmConfig,
         guest_root: Option<String>,
     ) -> Result<Vm, VmError> {
-        let name = config
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("vm-{}-{}", std::process::id(), unique()));
-        let dir = runtime_root().join(&name);
-        if dir.join("vm.vsock").exists() {
-            return Err(VmError::NameTaken(name));
-        }
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| VmError::Io(format!("creating {}", dir.display()), e))?;
-        crate::trace::log_to(&dir.join("sm.log"));
+        let mut vm = Vm::with_runtime_dir(config)?;
         crate::trace::step(format_args!(
-            "restoring VM {name} from {}",
+            "restoring VM {} from {}",
+            vm.name,
             snapshot.display()
         ));
-        let mut vm = Vm {
-            name,
-            agent: Agent::new(dir.join("vm.vsock")),
-            dir,
-            vmm: None,
-            backends: vec![],
-            forwarders: vec![],
-            volume_mounts: vec![],
-            root: None,
-        };
         let layout = DeviceLayout::new(config, &vm.dir);
         vm.start_backends(&layout)?;
         let args = layout.restore_args(config, snapshot, crate::trace::enabled());
