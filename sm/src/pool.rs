@@ -449,6 +449,12 @@ fn restore_one(shared: &Shared, n: u64) -> Result<Vm, String> {
     let config = record.config(Some(name))?;
     let vm = Vm::restore(&shared.snapshot, &config, record.guest_root.clone())
         .map_err(|e| e.to_string())?;
+    // One command before parking: the first exec in a fresh clone pays for the guest's first
+    // touches of its memory and the agent's paths, which belongs here, off the acquirer's.
+    vm.exec(&["true"])
+        .timeout(Duration::from_secs(30))
+        .output()
+        .map_err(|e| format!("the clone's first command: {e}"))?;
     ApiClient::new(vm.api_socket())
         .pause()
         .map_err(|e| format!("pausing: {e}"))?;

@@ -11,11 +11,21 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// What a warm-up writes: 2000 files in the volume, the extra file copied beside them.
+/// Also an npm-style link in the live mount (`node_modules/x -> ../packages/x`).
 const WARMUP: &str = "i=0; while [ $i -lt 2000 ]; do echo $i > /cache/f$i; i=$((i+1)); done; \
-                      cp /etc/app.conf /cache/conf; echo warmed";
+                      cp /etc/app.conf /cache/conf; \
+                      mkdir -p /src/packages/x /src/node_modules; \
+                      ln -sfn ../packages/x /src/node_modules/x; echo warmed";
 
 /// Bakes `name` with the test's inputs and `tag`; returns (stdout, stderr).
-fn bake(rt: &Path, store: &str, vol: &str, extra: &str, tag: &str) -> (String, String) {
+fn bake(
+    rt: &Path,
+    store: &str,
+    mount: &str,
+    vol: &str,
+    extra: &str,
+    tag: &str,
+) -> (String, String) {
     let out = run(
         rt,
         &[
@@ -26,6 +36,8 @@ fn bake(rt: &Path, store: &str, vol: &str, extra: &str, tag: &str) -> (String, S
             store,
             "--mem",
             "256",
+            "--mount",
+            mount,
             "--volume",
             vol,
             "--extra-file",
@@ -90,9 +102,12 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
     let conf = data.path().join("app.conf");
     std::fs::write(&conf, "version one\n").unwrap();
     let extra = format!("{}:/etc/app.conf", conf.display());
+    let app = data.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    let mount = format!("{}:/src", app.display());
 
     let t = Instant::now();
-    let (path, err) = bake(rt, store_s, &vol, &extra, "v1");
+    let (path, err) = bake(rt, store_s, &mount, &vol, &extra, "v1");
     eprintln!("bake took {:?}", t.elapsed());
     assert_eq!(
         path.trim(),
@@ -100,10 +115,15 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
         "{err}"
     );
     assert!(err.contains("baked in") && err.contains("warmed"), "{err}");
+    // The guest's npm-style link reached the host verbatim (the default policy: opaque).
+    assert_eq!(
+        std::fs::read_link(app.join("node_modules/x")).unwrap(),
+        Path::new("../packages/x")
+    );
 
     // Unchanged inputs: a hit, nothing booted.
     let t = Instant::now();
-    let (again, err) = bake(rt, store_s, &vol, &extra, "v1");
+    let (again, err) = bake(rt, store_s, &mount, &vol, &extra, "v1");
     eprintln!("cached bake took {:?}", t.elapsed());
     assert_eq!(again, path);
     assert!(
@@ -114,7 +134,7 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
     // A clone sees the warm volume, the extra file and the workload at once.
     let probe =
         "ls /cache | grep -c '^f'; cat /cache/conf; pidof sleep >/dev/null && echo workload; \
-                 grep -o sm.test=baked /proc/cmdline; \
+                 grep -o sm.test=baked /proc/cmdline; readlink /src/node_modules/x; \
                  rm /cache/f1; sync";
     let t = Instant::now();
     let out = ok(
@@ -132,7 +152,10 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
         ],
     );
     eprintln!("sm run --snapshot took {:?}", t.elapsed());
-    assert_eq!(out, "2000\nversion one\nworkload\nsm.test=baked\n");
+    assert_eq!(
+        out,
+        "2000\nversion one\nworkload\nsm.test=baked\n../packages/x\n"
+    );
     // The clone's write went to its own copy: the next clone still has f1.
     let out = ok(
         rt,
@@ -151,7 +174,7 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
 
     // An edited extra file bakes again, and clones see the new contents.
     std::fs::write(&conf, "version two\n").unwrap();
-    let (_, err) = bake(rt, store_s, &vol, &extra, "v1");
+    let (_, err) = bake(rt, store_s, &mount, &vol, &extra, "v1");
     assert!(
         err.contains("baked in"),
         "an edited extra file must re-bake: {err}"
@@ -183,6 +206,8 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
                 store_s,
                 "--mem",
                 "256",
+                "--mount",
+                &mount,
                 "--volume",
                 &vol,
                 "--extra-file",
