@@ -38,6 +38,8 @@ pub enum AgentError {
 
 /// How long the vsock backend and the agent may take to answer a new connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times a CONNECT the vsock backend closes unanswered is tried again.
+const CONNECT_REFUSED_RETRIES: u32 = 2;
 
 /// The collected result of [`Agent::exec`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,14 +99,28 @@ impl Agent {
     /// right behind our Hello: one round trip fewer, and the agent still reads the Hello
     /// first (a version it refuses is answered before the request is looked at).
     pub(crate) fn open(&self, req: Option<&Request>) -> Result<UnixStream, AgentError> {
-        let name = self.uds.display().to_string();
-        let mut s = UnixStream::connect(&self.uds).map_err(|e| AgentError::Connect(name, e))?;
-        // A guest still booting leaves CONNECT unanswered: bound the handshake.
-        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .map_err(FrameError::Io)?;
-        s.write_all(format!("CONNECT {}\n", self.port).as_bytes())
-            .map_err(FrameError::Io)?;
-        let line = read_line(&mut s)?;
+        let mut refused = 0;
+        let (mut s, line) = loop {
+            let name = self.uds.display().to_string();
+            let mut s =
+                UnixStream::connect(&self.uds).map_err(|e| AgentError::Connect(name, e))?;
+            // A guest still booting leaves CONNECT unanswered: bound the handshake.
+            s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+                .map_err(FrameError::Io)?;
+            s.write_all(format!("CONNECT {}\n", self.port).as_bytes())
+                .map_err(FrameError::Io)?;
+            match read_line(&mut s) {
+                Ok(line) => break (s, line),
+                // Refused before anything reached the agent, so safe to try again: a
+                // restored guest resets its connections when it processes the vsock reset
+                // event, and can refuse a new one that reuses the port of one it still had.
+                Err(AgentError::Handshake(_)) if refused < CONNECT_REFUSED_RETRIES => {
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if !line.starts_with("OK ") {
             return Err(AgentError::Handshake(format!(
                 "vsock backend answered {line:?} to CONNECT {}",

@@ -492,6 +492,13 @@ pub fn restore(
         vcpu.restore(saved)?;
     }
     tracing::debug!("restore: vCPUs set at {:?}", started.elapsed());
+    // Only now: an interrupt raised before the local APICs were set would be overwritten.
+    for (_, t) in mmio.devices.iter() {
+        t.lock()
+            .unwrap()
+            .notify_restored()
+            .map_err(VmError::RestoreDevice)?;
+    }
     // Every restore is a new generation: a guest with the vmgenid driver reseeds its RNG.
     vmgenid::regenerate(&ram.memory)?;
     vmgenid::notify(&vm)?;

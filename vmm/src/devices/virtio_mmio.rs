@@ -77,6 +77,11 @@ pub trait VirtioDevice: Send {
             self.device_type()
         ))
     }
+    /// Raises the device's interrupt once: after a restore, for what the restore put in its
+    /// used rings (the vCPUs' interrupt state must be set first, or it would be lost).
+    fn notify_guest(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Restarts the rings [`Self::save_state`] stopped, where they were.
     fn resume_after_save(&mut self) -> Result<(), String> {
         Ok(())

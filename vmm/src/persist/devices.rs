@@ -457,6 +457,15 @@ impl MmioTransport {
         }
     }
 
+    /// Raises a started restored device's interrupt once (after the vCPUs are restored).
+    pub fn notify_restored(&self) -> Result<(), String> {
+        if self.active {
+            self.device.notify_guest()
+        } else {
+            Ok(())
+        }
+    }
+
     /// Starts a restored device that was started at the snapshot, from what its backend
     /// handed over; a transport the guest had not started is left for the guest to start.
     pub fn restore_backend(&mut self, saved: Option<&DeviceHandover>) -> Result<(), String> {

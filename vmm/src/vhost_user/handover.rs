@@ -186,12 +186,10 @@ impl VhostUserDevice {
             self.start_ring(i, q, base)?;
             self.kick(i)?;
         }
-        if self.kind == DeviceKind::VSOCK {
-            // The reset event is in the used ring: tell the guest.
-            self.irq
-                .write(1)
-                .map_err(|e| format!("signalling the transport reset: {e}"))?;
-        }
+        // The guest hears of a vsock reset event through `notify_guest`, called once the
+        // vCPUs (and their local APICs) are restored: an interrupt raised now would reach a
+        // local APIC whose saved state then overwrites it, and the guest would process the
+        // reset only at the device's next interrupt, cutting a connection made meanwhile.
         Ok(())
     }
 

@@ -485,6 +485,14 @@ impl VirtioDevice for VhostUserDevice {
             .map_err(|e| format!("vhost-user backend at {}: {e}", self.name))
     }
 
+    fn notify_guest(&self) -> Result<(), String> {
+        // A spurious interrupt is harmless (the driver scans its used rings); a missed one
+        // (a vsock reset event, a completion) is not.
+        self.irq
+            .write(1)
+            .map_err(|e| format!("vhost-user backend at {}: interrupt: {e}", self.name))
+    }
+
     fn reset(&mut self) {
         self.rings.clear();
         for i in std::mem::take(&mut self.started) {
