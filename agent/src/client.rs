@@ -102,8 +102,7 @@ impl Agent {
         let mut refused = 0;
         let (mut s, line) = loop {
             let name = self.uds.display().to_string();
-            let mut s =
-                UnixStream::connect(&self.uds).map_err(|e| AgentError::Connect(name, e))?;
+            let mut s = UnixStream::connect(&self.uds).map_err(|e| AgentError::Connect(name, e))?;
             // A guest still booting leaves CONNECT unanswered: bound the handshake.
             s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))
                 .map_err(FrameError::Io)?;
