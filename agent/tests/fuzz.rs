@@ -392,6 +392,7 @@ fn a_4_gib_length_prefix_is_refused_without_allocating() {
 // CONNECT handshake, then the agent's frames) answering the host-side client.
 
 /// What the fake guest does with the next connection.
+#[derive(Clone)]
 struct Script {
     /// The answer to `CONNECT <port>\n`.
     handshake: Vec<u8>,
@@ -401,7 +402,8 @@ struct Script {
     hold: bool,
 }
 
-/// A fake vsock backend + guest agent that plays one script per connection.
+/// A fake vsock backend + guest agent that plays the newest script to every connection: the
+/// client tries a CONNECT that is closed unanswered again, and meets the same guest then.
 struct Guest {
     uds: PathBuf,
     scripts: Sender<Script>,
@@ -415,10 +417,20 @@ impl Guest {
         let listener = UnixListener::bind(&uds).unwrap();
         let (tx, rx) = channel::<Script>();
         std::thread::spawn(move || {
+            let mut current: Option<Script> = None;
             for conn in listener.incoming() {
                 let Ok(mut s) = conn else { return };
-                let Ok(script) = rx.recv() else { return };
-                serve(&mut s, script);
+                // A new case sends its script before it connects; a retry finds none.
+                match rx.try_recv() {
+                    Ok(script) => current = Some(script),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                }
+                if current.is_none() {
+                    let Ok(script) = rx.recv() else { return };
+                    current = Some(script);
+                }
+                serve(&mut s, current.clone().expect("set above"));
             }
         });
         Guest {
