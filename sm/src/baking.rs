@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long = "volume", value_name = "FILE:GUEST[:size=N]")]
     volumes: Vec<Volume>,
     /// An environment variable: KEY=VALUE (repeatable).
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = crate::run::parse_env)]
     env: Vec<(String, String)>,
     /// The working directory in the guest.
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
@@ -65,13 +65,6 @@ pub struct Args {
     /// idles until commands are run in it).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
-}
-
-fn parse_env(v: &str) -> Result<(String, String), String> {
-    match v.split_once('=') {
-        Some((k, val)) if !k.is_empty() => Ok((k.into(), val.into())),
-        _ => Err(format!("{v:?} is not KEY=VALUE")),
-    }
 }
 
 /// Runs `sm bake`.

@@ -74,7 +74,8 @@ pub struct Args {
     command: Vec<String>,
 }
 
-fn parse_env(v: &str) -> Result<(String, String), String> {
+/// `-e KEY=VALUE`, as `sm run` and `sm bake` take it.
+pub(crate) fn parse_env(v: &str) -> Result<(String, String), String> {
     match v.split_once('=') {
         Some((k, val)) if !k.is_empty() => Ok((k.into(), val.into())),
         _ => Err(format!("{v:?} is not KEY=VALUE")),
