@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
+node/build.sh  # the Node.js binding's addon, node/sm.node
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p sm-guest --target x86_64-unknown-linux-gnu
 guest/assets/fetch-kernel.sh >/dev/null
 fio=$(guest/assets/build-fio.sh)
