@@ -305,6 +305,45 @@ pub fn bake(mut opts: BakeOptions, progress: &mut dyn FnMut(&str)) -> Result<Bak
     Ok(Baked::New(dir))
 }
 
+/// Unmounts each volume in the guest and syncs, so the snapshot holds no state of them
+/// (clones mount them again, and may then use the user's own file) and their files on the
+/// host, copied into the snapshot, are complete. A volume something still holds open stays
+/// mounted (clones then get copies of it as baked). Returns, per volume, whether it was
+/// unmounted.
+fn unmount_volumes(
+    vm: &Vm,
+    config: &VmConfig,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<bool>, BakeError> {
+    let guest = |argv: Vec<String>| {
+        let req = sm_agent::message::ExecRequest {
+            argv,
+            ..Default::default()
+        };
+        crate::ExecBuilder::new(vm.agent(), req)
+            .timeout(Duration::from_secs(60))
+            .output()
+    };
+    let prefix = vm.guest_root().unwrap_or("");
+    let mut detached = vec![];
+    for v in &config.volumes {
+        let target = format!("{prefix}{}", v.guest);
+        let out = guest(vec!["umount".into(), target])
+            .map_err(|e| BakeError::Snapshot(format!("unmounting {}: {e}", v.guest)))?;
+        let done = out.exit.code == Some(0);
+        if !done {
+            progress(&format!(
+                "volume {} stays mounted ({}): clones get copies of it as baked",
+                v.guest,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        detached.push(done);
+    }
+    guest(vec!["sync".into()]).map_err(|e| BakeError::Snapshot(format!("sync: {e}")))?;
+    Ok(detached)
+}
+
 /// In the booted VM: extra files, workload, listener, warm-up, sync, snapshot (the VM
 /// powers off after it).
 fn run_and_save(
@@ -396,20 +435,13 @@ fn run_and_save(
         None => {}
     }
     still_running(&mut workload)?;
-    progress("sync");
-    // Volumes are copied into the snapshot as they are on the host: what the guest wrote
-    // reaches them first.
-    vm.agent()
-        .exec(
-            &sm_agent::message::ExecRequest {
-                argv: vec!["sync".into()],
-                ..Default::default()
-            },
-            None,
-        )
-        .map_err(|e| BakeError::Snapshot(format!("sync: {e}")))?;
+    progress("unmounting volumes, sync");
+    let detached = unmount_volumes(vm, config, progress)?;
     progress("snapshot");
     let mut record = RunRecord::new(config);
+    for (v, d) in record.volumes.iter_mut().zip(detached) {
+        v.detached = d;
+    }
     record.image = opts.image.clone();
     record.guest_root = vm.guest_root().map(str::to_owned);
     record.env = env.clone();

@@ -2,9 +2,12 @@
 //! that [`Pool::acquire`] hands one out by resuming it (milliseconds) instead of booting.
 //! A background thread keeps `min` clones ready, never more than `max` at once, stops idle
 //! ones above `min` after `idle_timeout`, and does every restore and stop off the caller's
-//! path: [`PooledVm::release`] returns at once. Every clone has its own backends and a
-//! private copy of each volume as baked (a reflink where the file system can, else a
-//! sparse copy), dropped with it.
+//! path: [`PooledVm::release`] returns at once. Every clone has its own backends. A volume
+//! the bake unmounted before its snapshot is the user's own file in one clone at a time
+//! (the first restored while nobody else serves it; [`Pool::acquire`] hands that clone out
+//! first), so what it writes there persists across restores; every other clone gets a
+//! private copy of the volume as baked (a reflink where the file system can, else a sparse
+//! copy), dropped with it. A volume still mounted in the snapshot is a copy in every clone.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -13,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use sm_snapshot::api::ApiClient;
 
-use crate::vm::record::{volume_file_name, RunRecord, RECORD_FILE};
-use crate::vm::runtime_root;
+use crate::vm::record::{RunRecord, RECORD_FILE};
+use crate::vm::{runtime_root, volumes};
 use crate::{Vm, VmError};
 
 /// Why a pool could not do what was asked.
@@ -68,9 +71,15 @@ impl Default for PoolOptions {
     }
 }
 
+/// A restored clone and its own run record (where its volumes are).
+struct Member {
+    vm: Vm,
+    record: RunRecord,
+}
+
 /// A ready VM and when it became ready.
 struct Ready {
-    vm: Vm,
+    member: Member,
     since: Instant,
 }
 
@@ -87,15 +96,35 @@ struct State {
     /// VMs to stop (released with `restore_on_release`, idle, or at shutdown).
     to_stop: Vec<Vm>,
     /// Released VMs to pause and queue as ready again (without `restore_on_release`).
-    to_park: Vec<Vm>,
+    to_park: Vec<Member>,
     /// The last restore's error, for a waiting acquirer.
     last_error: Option<String>,
+    /// The VM that has the user's volume files, from its restore until it has stopped.
+    user_volumes: Option<String>,
+    /// That VM is on its way out: the next restore waits for the files rather than copy.
+    user_volumes_leaving: bool,
     shut_down: bool,
 }
 
 impl State {
     fn total(&self) -> usize {
         self.ready.len() + self.in_use + self.restoring
+    }
+
+    /// Queues `vm` to be stopped.
+    fn retire(&mut self, vm: Vm) {
+        if self.user_volumes.as_deref() == Some(vm.name()) {
+            self.user_volumes_leaving = true;
+        }
+        self.to_stop.push(vm);
+    }
+
+    /// `name` has stopped (or never started): whatever it held is free.
+    fn gone(&mut self, name: &str) {
+        if self.user_volumes.as_deref() == Some(name) {
+            self.user_volumes = None;
+            self.user_volumes_leaving = false;
+        }
     }
 }
 
@@ -122,7 +151,7 @@ pub struct Pool {
 /// A VM handed out by a pool; derefs to [`Vm`]. Give it back with [`PooledVm::release`]
 /// (dropping it releases it too).
 pub struct PooledVm {
-    vm: Option<Vm>,
+    member: Option<Member>,
     shared: Arc<Shared>,
 }
 
@@ -176,7 +205,13 @@ impl Pool {
                 st.waiting -= 1;
                 return Err(PoolError::ShutDown);
             }
-            if let Some(r) = st.ready.pop_front() {
+            // The clone with the user's volume files first: what it writes persists.
+            let holder = st.user_volumes.as_deref();
+            let pos = st
+                .ready
+                .iter()
+                .position(|r| Some(r.member.vm.name()) == holder);
+            if let Some(r) = st.ready.remove(pos.unwrap_or(0)) {
                 break r;
             }
             let now = Instant::now();
@@ -202,16 +237,16 @@ impl Pool {
         st.in_use += 1;
         self.shared.changed.notify_all();
         drop(st);
-        let vm = ready.vm;
-        if let Err(e) = ApiClient::new(vm.api_socket()).resume() {
+        let member = ready.member;
+        if let Err(e) = ApiClient::new(member.vm.api_socket()).resume() {
             let mut st = self.shared.lock();
             st.in_use -= 1;
-            st.to_stop.push(vm);
+            st.retire(member.vm);
             self.shared.changed.notify_all();
             return Err(PoolError::Restore(format!("resuming: {e}")));
         }
         Ok(PooledVm {
-            vm: Some(vm),
+            member: Some(member),
             shared: self.shared.clone(),
         })
     }
@@ -232,8 +267,10 @@ impl Pool {
         {
             let mut st = self.shared.lock();
             st.shut_down = true;
-            let ready: Vec<Vm> = st.ready.drain(..).map(|r| r.vm).collect();
-            st.to_stop.extend(ready);
+            let ready: Vec<Vm> = st.ready.drain(..).map(|r| r.member.vm).collect();
+            for vm in ready {
+                st.retire(vm);
+            }
             self.shared.changed.notify_all();
         }
         for w in self.workers.drain(..) {
@@ -257,22 +294,26 @@ impl PooledVm {
     }
 
     fn give_back(&mut self) {
-        let Some(vm) = self.vm.take() else { return };
+        let Some(member) = self.member.take() else {
+            return;
+        };
         let mut st = self.shared.lock();
         if st.shut_down {
             // The pool's threads are gone: stop it here.
             st.in_use -= 1;
             drop(st);
-            vm.stop();
+            let name = member.vm.name().to_owned();
+            member.vm.stop();
+            self.shared.lock().gone(&name);
             return;
         }
         // Either way the work (stop, or pause) is the stopper thread's, not the caller's.
         // A VM being parked still counts as in use, so `max` holds meanwhile.
         if self.shared.opts.restore_on_release {
             st.in_use -= 1;
-            st.to_stop.push(vm);
+            st.retire(member.vm);
         } else {
-            st.to_park.push(vm);
+            st.to_park.push(member);
         }
         self.shared.changed.notify_all();
     }
@@ -299,11 +340,10 @@ impl PooledVm {
     /// Saves this VM as it is now into the new directory `dir` (it runs on);
     /// [`crate::Image::from_snapshot`] pools from it.
     pub fn snapshot(&self, dir: &Path) -> Result<(), PoolError> {
-        let mut record = self.shared.record.clone();
-        for (i, v) in record.volumes.iter_mut().enumerate() {
-            if !v.read_only {
-                v.file = self.runtime_dir().join(volume_file_name(i));
-            }
+        let mut record = self.member().record.clone();
+        // Its volumes are mounted: clones of this snapshot get copies of them.
+        for v in &mut record.volumes {
+            v.detached = false;
         }
         let dir = std::path::absolute(dir)
             .map_err(|e| PoolError::Snapshot(format!("{}: {e}", dir.display())))?;
@@ -312,12 +352,18 @@ impl PooledVm {
     }
 }
 
+impl PooledVm {
+    fn member(&self) -> &Member {
+        self.member
+            .as_ref()
+            .expect("a pooled VM is held until released")
+    }
+}
+
 impl std::ops::Deref for PooledVm {
     type Target = Vm;
     fn deref(&self) -> &Vm {
-        self.vm
-            .as_ref()
-            .expect("a pooled VM is held until released")
+        &self.member().vm
     }
 }
 
@@ -337,9 +383,13 @@ fn restorer(shared: &Shared) {
                 if st.shut_down {
                     return;
                 }
-                // Ready or coming: `min`, plus one per waiting acquirer, within `max`.
+                // Ready or coming: `min`, plus one per waiting acquirer, within `max`; not
+                // while the user's volume files are about to come free.
                 let coming = st.ready.len() + st.restoring;
-                if coming < shared.opts.min + st.waiting && st.total() < shared.opts.max {
+                if coming < shared.opts.min + st.waiting
+                    && st.total() < shared.opts.max
+                    && !st.user_volumes_leaving
+                {
                     st.restoring += 1;
                     break;
                 }
@@ -355,14 +405,14 @@ fn restorer(shared: &Shared) {
         let mut st = shared.lock();
         st.restoring -= 1;
         match result {
-            Ok(vm) if !st.shut_down => {
+            Ok(member) if !st.shut_down => {
                 st.last_error = None;
                 st.ready.push_back(Ready {
-                    vm,
+                    member,
                     since: Instant::now(),
                 });
             }
-            Ok(vm) => st.to_stop.push(vm),
+            Ok(member) => st.retire(member.vm),
             Err(e) => {
                 crate::trace::step(format_args!("pool restore failed: {e}"));
                 st.last_error = Some(e);
@@ -381,17 +431,17 @@ fn restorer(shared: &Shared) {
 fn stopper(shared: &Shared) {
     loop {
         let parking = std::mem::take(&mut shared.lock().to_park);
-        for vm in parking {
-            let paused = ApiClient::new(vm.api_socket()).pause().is_ok();
+        for member in parking {
+            let paused = ApiClient::new(member.vm.api_socket()).pause().is_ok();
             let mut st = shared.lock();
             st.in_use -= 1;
             if paused && !st.shut_down {
                 st.ready.push_back(Ready {
-                    vm,
+                    member,
                     since: Instant::now(),
                 });
             } else {
-                st.to_stop.push(vm);
+                st.retire(member.vm);
             }
             shared.changed.notify_all();
         }
@@ -402,7 +452,7 @@ fn stopper(shared: &Shared) {
                 && st.ready.front().is_some_and(|r| r.since.elapsed() >= idle)
             {
                 let r = st.ready.pop_front().expect("checked");
-                st.to_stop.push(r.vm);
+                st.retire(r.member.vm);
             }
             if st.to_stop.is_empty() && st.to_park.is_empty() && !st.shut_down {
                 let _ = shared
@@ -416,7 +466,9 @@ fn stopper(shared: &Shared) {
             (std::mem::take(&mut st.to_stop), done)
         };
         for vm in batch {
+            let name = vm.name().to_owned();
             vm.stop();
+            shared.lock().gone(&name);
         }
         shared.changed.notify_all();
         if done && shared.lock().to_stop.is_empty() {
@@ -428,27 +480,63 @@ fn stopper(shared: &Shared) {
     }
 }
 
-/// Restores clone number `n`: private copies of the volumes in its runtime directory, then
-/// [`Vm::restore`], then paused until acquired.
-fn restore_one(shared: &Shared, n: u64) -> Result<Vm, String> {
+/// Restores clone number `n` with its volumes placed (the user's files if they are free,
+/// else private copies in its runtime directory), then [`Vm::restore`], then paused until
+/// acquired.
+fn restore_one(shared: &Shared, n: u64) -> Result<Member, String> {
     let name = format!("pool-{}-{}-{n}", std::process::id(), crate::vm::unique());
     let dir = runtime_root().join(&name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut record = shared.record.clone();
-    for (i, v) in record.volumes.iter_mut().enumerate() {
-        if v.read_only {
-            continue;
+    let user_files = {
+        let mut st = shared.lock();
+        let take = st.user_volumes.is_none() && record.volumes.iter().any(|v| v.detached);
+        if take {
+            st.user_volumes = Some(name.clone());
         }
-        let copy = dir.join(volume_file_name(i));
-        if let Err(e) = sm_snapshot::clone_file(&shared.snapshot.join(volume_file_name(i)), &copy) {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.to_string());
-        }
-        v.file = copy;
+        take
+    };
+    let result = start_clone(shared, &name, &dir, &mut record, user_files);
+    if result.is_err() {
+        // Vm::restore leaves nothing running; the copies go with the directory.
+        let _ = std::fs::remove_dir_all(&dir);
+        shared.lock().gone(&name);
     }
-    let config = record.config(Some(name))?;
-    let vm = Vm::restore(&shared.snapshot, &config, record.guest_root.clone())
-        .map_err(|e| e.to_string())?;
+    result.map(|vm| Member { vm, record })
+}
+
+fn start_clone(
+    shared: &Shared,
+    name: &str,
+    dir: &Path,
+    record: &mut RunRecord,
+    user_files: bool,
+) -> Result<Vm, String> {
+    let mut created = vec![];
+    let snapshot = &shared.snapshot;
+    volumes::place(
+        record,
+        snapshot,
+        dir,
+        |i, v| (user_files && volumes::user_file_fits(snapshot, i, v)).then(|| v.file.clone()),
+        &mut created,
+    )?;
+    let baked = &shared.record.volumes;
+    if user_files
+        && !record
+            .volumes
+            .iter()
+            .zip(baked)
+            .any(|(v, b)| b.detached && v.file == b.file)
+    {
+        // None of the user's files was free after all: let a later clone try.
+        shared.lock().gone(name);
+    }
+    let vm = Vm::restore(snapshot, record, Some(name.to_owned())).map_err(|e| e.to_string())?;
+    // The clone mounted what the bake had unmounted: its record now says mounted.
+    for v in &mut record.volumes {
+        v.detached = false;
+    }
     // One command before parking: the first exec in a fresh clone pays for the guest's first
     // touches of its memory and the agent's paths, which belongs here, off the acquirer's.
     vm.exec(&["true"])

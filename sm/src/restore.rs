@@ -1,16 +1,17 @@
 //! `sm restore DIR [--name N] [-d] [--volume HOST:GUEST]... [-- CMD]`: a clone of the VM
-//! in a snapshot, with its own backends and its own copy of each writable volume, the
+//! in a snapshot, with its own backends, its own copy of each writable volume (or the
+//! user's file of a volume the bake unmounted, when no VM uses it: `sm::vm::volumes`), the
 //! mounts and ports the VM had (from the snapshot's `sm.json`), and fresh random state.
 //! With `-- CMD` the command runs in the clone and `sm` exits with its status; with `-d`
 //! the clone keeps running under its name (`sm exec/ps/stop`).
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sm::vm::record::{volume_file_name, RunRecord, RECORD_FILE};
+use sm::vm::record::{RunRecord, RECORD_FILE};
 use sm::vm::runtime_root;
+use sm::vm::volumes;
 use sm::Vm;
 use sm_agent::message::ExecRequest;
 
@@ -145,20 +146,8 @@ fn in_use(path: &Path) -> Option<String> {
             }
         }
     }
-    let f = std::fs::File::open(&canonical).ok()?;
-    let mut fl = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    match nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_OFD_GETLK(&mut fl)) {
-        Ok(_) if fl.l_type != libc::F_UNLCK as libc::c_short => {
-            Some("another process (it holds the volume's lock)".into())
-        }
-        _ => None,
-    }
+    sm::vm::volumes::served(&canonical)
+        .then(|| "another process (it holds the volume's lock)".into())
 }
 
 /// Runs `sm restore`; returns the exit code.
@@ -223,30 +212,25 @@ fn start(
     created: &mut Vec<PathBuf>,
 ) -> Result<(Vm, RunRecord), String> {
     let mut record = plan.record.clone();
-    for (i, (v, host)) in record.volumes.iter_mut().zip(&plan.hosts).enumerate() {
-        let src = plan.snapshot.join(volume_file_name(i));
-        let dst = match host {
-            Some(h) if h.exists() => {
-                v.file = h.clone();
-                continue;
-            }
-            Some(h) => h.clone(),
-            None => rundir.join(volume_file_name(i)),
-        };
-        sm::trace::step(format_args!(
-            "copying {} to {}",
-            src.display(),
-            dst.display()
-        ));
-        sm_snapshot::clone_file(&src, &dst).map_err(|e| e.to_string())?;
-        created.push(dst.clone());
-        v.file = dst;
-    }
-    // Copies in the runtime directory go with it; only --volume files are kept.
+    // A --volume file in place; else the user's own file of a volume the bake unmounted,
+    // if no VM uses it now; else a private copy in the runtime directory.
+    let own = |i: usize, v: &sm::vm::record::VolumeRecord| match &plan.hosts[i] {
+        Some(host) => Some(host.clone()),
+        None if volumes::user_file_fits(&plan.snapshot, i, v) && in_use(&v.file).is_none() => {
+            Some(v.file.clone())
+        }
+        None => None,
+    };
+    volumes::place(&mut record, &plan.snapshot, rundir, own, created)?;
+    // Copies in the runtime directory go with it; only files outside it are kept.
     created.retain(|f| !f.starts_with(rundir));
-    let config = record.config(Some(name.to_owned()))?;
-    let vm = Vm::restore(&plan.snapshot, &config, record.guest_root.clone())
-        .map_err(|e| e.to_string())?;
+    let vm =
+        Vm::restore(&plan.snapshot, &record, Some(name.to_owned())).map_err(|e| e.to_string())?;
+    // The clone mounted what the bake had unmounted: its record (`sm snapshot` copies it
+    // into a snapshot of this clone) now says mounted.
+    for v in &mut record.volumes {
+        v.detached = false;
+    }
     Ok((vm, record))
 }
 
@@ -296,28 +280,5 @@ mod tests {
         for bad in ["b.img", ":/cache", "b.img:cache"] {
             assert!(parse_volume(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn a_file_locked_by_a_volume_backend_is_in_use_and_a_free_one_is_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("v.img");
-        std::fs::write(&p, b"x").unwrap();
-        assert_eq!(in_use(&p), None);
-        // The lock sm-vhost-user-blk takes (OFD locks conflict between open files, also
-        // within one process).
-        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-        let fl = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: 0,
-            l_len: 0,
-            l_pid: 0,
-        };
-        nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&fl)).unwrap();
-        let who = in_use(&p).expect("a locked volume is in use");
-        assert!(who.contains("lock"), "{who}");
-        drop(f);
-        assert_eq!(in_use(&p), None);
     }
 }

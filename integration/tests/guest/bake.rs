@@ -1,9 +1,10 @@
-//! `sm bake`, `sm run --snapshot`, `sm snapshots` and `sm rmsnap`: a workload, an extra
-//! file and a warm-up that fills a volume with thousands of files are baked once; clones
-//! see the files and the running workload at once without re-running the warm-up, and
-//! write only to their own copy of the volume; unchanged inputs are a cache hit that boots
-//! nothing (also for two bakes at once), an edited extra file or a new tag bakes again; a
-//! workload that ends or a warm-up that fails stores nothing and leaves nothing running.
+//! `sm bake`, `sm run --snapshot`, `sm snapshots` and `sm rmsnap`: in an OCI image the test
+//! builds, a workload, an extra file and a warm-up that fills a volume with thousands of
+//! files are baked once; clones see the files and the running workload at once without
+//! re-running the warm-up, and write to the user's volume file (what one writes, the next
+//! sees); unchanged inputs are a cache hit that boots nothing (also for two bakes at once),
+//! an edited extra file or a new tag bakes again; a workload that ends or a warm-up that
+//! fails stores nothing and leaves nothing running.
 
 use crate::clone::{logs, ok, processes_mentioning, run, sm};
 use crate::common::*;
@@ -12,14 +13,16 @@ use std::time::{Duration, Instant};
 
 /// What a warm-up writes: 2000 files in the volume, the extra file copied beside them.
 /// Also an npm-style link in the live mount (`node_modules/x -> ../packages/x`).
-const WARMUP: &str = "i=0; while [ $i -lt 2000 ]; do echo $i > /cache/f$i; i=$((i+1)); done; \
+const WARMUP: &str =
+    "set -e; i=0; while [ $i -lt 2000 ]; do echo $i > /cache/f$i; i=$((i+1)); done; \
                       cp /etc/app.conf /cache/conf; \
                       mkdir -p /src/packages/x /src/node_modules; \
                       ln -sfn ../packages/x /src/node_modules/x; echo warmed";
 
-/// Bakes `name` with the test's inputs and `tag`; returns (stdout, stderr).
+/// Bakes `app` from `image` with the test's inputs and `tag`; returns (stdout, stderr).
 fn bake(
     rt: &Path,
+    image: &str,
     store: &str,
     mount: &str,
     vol: &str,
@@ -30,6 +33,7 @@ fn bake(
         rt,
         &[
             "bake",
+            image,
             "--name",
             "app",
             "--snapshots-dir",
@@ -105,9 +109,12 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
     let app = data.path().join("app");
     std::fs::create_dir(&app).unwrap();
     let mount = format!("{}:/src", app.display());
+    let layout = data.path().join("layout");
+    crate::image::build_layout(&layout, None);
+    let image = format!("oci-layout:{}:latest", layout.display());
 
     let t = Instant::now();
-    let (path, err) = bake(rt, store_s, &mount, &vol, &extra, "v1");
+    let (path, err) = bake(rt, &image, store_s, &mount, &vol, &extra, "v1");
     eprintln!("bake took {:?}", t.elapsed());
     assert_eq!(
         path.trim(),
@@ -123,7 +130,7 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
 
     // Unchanged inputs: a hit, nothing booted.
     let t = Instant::now();
-    let (again, err) = bake(rt, store_s, &mount, &vol, &extra, "v1");
+    let (again, err) = bake(rt, &image, store_s, &mount, &vol, &extra, "v1");
     eprintln!("cached bake took {:?}", t.elapsed());
     assert_eq!(again, path);
     assert!(
@@ -156,7 +163,8 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
         out,
         "2000\nversion one\nworkload\nsm.test=baked\n../packages/x\n"
     );
-    // The clone's write went to its own copy: the next clone still has f1.
+    // The bake unmounted the volume before its snapshot, so the clone used the user's file
+    // (nobody else did): its write persists, and the next clone sees it.
     let out = ok(
         rt,
         &[
@@ -166,15 +174,16 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
             "--snapshots-dir",
             store_s,
             "--",
-            "cat",
-            "/cache/f1",
+            "sh",
+            "-c",
+            "test -e /cache/f1 && echo f1 || echo gone; cat /cache/f2",
         ],
     );
-    assert_eq!(out, "1\n");
+    assert_eq!(out, "gone\n2\n");
 
     // An edited extra file bakes again, and clones see the new contents.
     std::fs::write(&conf, "version two\n").unwrap();
-    let (_, err) = bake(rt, store_s, &mount, &vol, &extra, "v1");
+    let (_, err) = bake(rt, &image, store_s, &mount, &vol, &extra, "v1");
     assert!(
         err.contains("baked in"),
         "an edited extra file must re-bake: {err}"
@@ -200,6 +209,7 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
             rt,
             &[
                 "bake",
+                &image,
                 "--name",
                 "app",
                 "--snapshots-dir",

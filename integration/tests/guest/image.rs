@@ -54,7 +54,12 @@ fn layer() -> Vec<u8> {
     h.set_uid(1234);
     h.set_gid(4321);
     t.append_data(&mut h, "srv/own", &[][..]).unwrap();
-    for applet in ["sh", "cat", "echo", "id", "pwd", "ls"] {
+    // The applets these tests and the bake tests (integration/tests/guest/bake.rs) use.
+    let applets = [
+        "sh", "cat", "echo", "id", "pwd", "ls", "mkdir", "ln", "cp", "rm", "sync", "grep", "pidof",
+        "readlink", "sleep", "test",
+    ];
+    for applet in applets {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
@@ -65,7 +70,9 @@ fn layer() -> Vec<u8> {
     t.into_inner().unwrap()
 }
 
-fn build_layout(dir: &Path) {
+/// Builds the test image as an OCI layout in `dir` (tag `latest`), its commands running as
+/// `user` (a name from its /etc/passwd) or, with `None`, as root.
+pub(crate) fn build_layout(dir: &Path, user: Option<&str>) {
     let layer = layer();
     let (layer_digest, layer_size) = blob(dir, &layer);
     let config = serde_json::json!({
@@ -74,7 +81,7 @@ fn build_layout(dir: &Path) {
             "Env": ["PATH=/bin", "GREETING=from the image"],
             "Cmd": ["sh", "-c", "echo $GREETING; pwd; id -u; id -g; cat /etc/os-release"],
             "WorkingDir": "/srv",
-            "User": "app"
+            "User": user.unwrap_or("")
         },
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]}
     });
@@ -102,7 +109,7 @@ fn build_layout(dir: &Path) {
 fn an_oci_image_runs_with_its_own_config_and_a_writable_overlay() {
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
-    build_layout(&layout);
+    build_layout(&layout, Some("app"));
     let image = format!("oci-layout:{}:latest", layout.display());
     let sm = |args: &[&str]| {
         require_kvm();

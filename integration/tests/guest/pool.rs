@@ -1,9 +1,10 @@
 //! The library's pools (`sm::Image::build`, `image.pool`, `pool.acquire`, `vm.release`):
 //! an image baked with a warm-up written as code (a cache hit the second time) hands out
 //! restored clones that see the warm volume and the running workload at once, never share
-//! a writable volume, lose what the previous user wrote when `restore_on_release` is set
-//! and keep it when not; an acquire beyond `max` fails after its timeout; a shut-down pool
-//! leaves nothing running.
+//! a writable volume (the first has the user's file, and what it writes there persists;
+//! the others copies), lose what the previous user wrote to tmpfs when `restore_on_release`
+//! is set and keep it when not; an acquire beyond `max` fails after its timeout; a
+//! shut-down pool leaves nothing running.
 
 use crate::clone::processes_mentioning;
 use crate::common::*;
@@ -23,6 +24,16 @@ fn sh(vm: &sm::PooledVm, script: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The file `path` inside the ext4 image `volume`, read on the host (debugfs, read-only).
+fn in_volume(volume: &std::path::Path, path: &str) -> String {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(volume)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn build(store: &std::path::Path, volume: &std::path::Path) -> sm::Image {
@@ -100,8 +111,10 @@ fn a_pool_hands_out_warm_clones_and_resets_them_on_release() {
     eprintln!("acquire -> first exec output took {:?}", t.elapsed());
     assert_eq!(first, "500\nworkload\n");
     sh(&a, "echo a > /tmp/mark; echo a > /cache/mine; sync");
+    // The first VM has the user's own volume file: its write is there on the host.
+    assert_eq!(in_volume(&volume, "/mine"), "a\n");
 
-    // Another VM at the same time has its own volume.
+    // Another VM at the same time has its own copy of the volume as baked.
     let b = pool.acquire().unwrap();
     assert_eq!(
         sh(&b, "cat /cache/mine 2>/dev/null; ls /cache | grep -c '^f'"),
@@ -120,11 +133,12 @@ fn a_pool_hands_out_warm_clones_and_resets_them_on_release() {
     let t = Instant::now();
     a.release();
     eprintln!("release returned after {:?}", t.elapsed());
-    // The next VM is a fresh clone: nothing of a's.
+    // The next VM is a fresh clone: nothing of a's in its RAM, but the user's volume file,
+    // free again, with what a wrote to it.
     let d = pool.acquire_within(Duration::from_secs(180)).unwrap();
     assert_eq!(
         sh(&d, "cat /tmp/mark /cache/mine 2>/dev/null; echo ok"),
-        "ok\n"
+        "a\nok\n"
     );
     drop((b, c, d));
     pool.shutdown();

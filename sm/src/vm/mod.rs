@@ -10,6 +10,7 @@ pub mod process;
 pub mod record;
 pub mod snapshot;
 pub mod spec;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -164,17 +165,19 @@ impl Vm {
         })
     }
 
-    /// Starts a clone of the VM snapshotted in `snapshot` (a verified directory): fresh
-    /// backends for `config`'s devices (which must be the snapshotted VM's, in order, with
-    /// each writable volume pointing at the clone's own copy), then `sm-vmm --restore`;
-    /// waits for the guest agent, reseeds the guest's random state, and re-opens the port
-    /// forwards. The guest's mounts and volumes are still mounted (they are in its RAM);
-    /// commands run under `guest_root` as before. Nothing is left running on failure.
+    /// Starts a clone, named `name`, of the VM snapshotted in `snapshot` (a verified
+    /// directory) and described by `record` (the snapshot's, with each writable volume
+    /// pointing at the clone's file: [`volumes::place`]): fresh backends for its devices,
+    /// then `sm-vmm --restore`; waits for the guest agent, reseeds the guest's random state,
+    /// mounts the volumes the snapshot was taken without, and re-opens the port forwards.
+    /// The guest's mounts and other volumes are still mounted (they are in its RAM);
+    /// commands run under the recorded guest root. Nothing is left running on failure.
     pub fn restore(
         snapshot: &Path,
-        config: &VmConfig,
-        guest_root: Option<String>,
+        record: &record::RunRecord,
+        name: Option<String>,
     ) -> Result<Vm, VmError> {
+        let config = &record.config(name).map_err(VmError::Guest)?;
         let mut vm = Vm::with_runtime_dir(config)?;
         crate::trace::step(format_args!(
             "restoring VM {} from {}",
@@ -222,12 +225,15 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(50));
         }
         crate::trace::step("reseeded");
-        vm.root = guest_root;
+        vm.root = record.guest_root.clone();
         let prefix = vm.root.clone().unwrap_or_default();
-        vm.volume_mounts = layout
-            .volume_disks()
-            .map(|(_, v)| format!("{prefix}{}", v.guest))
-            .collect();
+        for ((disk, v), r) in layout.volume_disks().zip(&record.volumes) {
+            let target = format!("{prefix}{}", v.guest);
+            if r.detached {
+                vm.guest_mount(&target, &["-t", "ext4", &disk.guest_dev])?;
+            }
+            vm.volume_mounts.push(target);
+        }
         for p in &config.ports {
             vm.expose_tcp(*p)?;
         }
@@ -373,7 +379,13 @@ impl Vm {
         ];
         argv.extend_from_slice(args);
         crate::trace::step(format_args!("mounting {target} in the guest"));
-        let out = self.exec(&argv).output()?;
+        // In the guest's own root, not the image's: `target` is a full guest path and the
+        // image may have no `mount` at all.
+        let req = ExecRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let out = ExecBuilder::new(&self.agent, req).output()?;
         if out.exit.code != Some(0) {
             return Err(VmError::Guest(format!(
                 "mounting {target} in the guest failed: {}",

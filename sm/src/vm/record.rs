@@ -63,6 +63,12 @@ pub struct VolumeRecord {
     /// Read-only (sm's volumes are writable today; kept so a read-only one is never copied).
     #[serde(default)]
     pub read_only: bool,
+    /// Unmounted in the guest when the snapshot was taken (a bake does that): a clone mounts
+    /// it after the restore, so any file holding the volume's file system can back it (the
+    /// user's own, whose bytes then persist across restores). A volume still mounted in the
+    /// snapshot is in the guest's RAM as it was, so only a copy of the snapshot's fits.
+    #[serde(default)]
+    pub detached: bool,
 }
 
 /// What `sm restore` needs to know about a VM.
@@ -133,6 +139,7 @@ impl RunRecord {
                     file: absolute(&v.file),
                     guest: v.guest.clone(),
                     read_only: false,
+                    detached: false,
                 })
                 .collect(),
             ports: config.ports.iter().map(|p| (p.host, p.guest)).collect(),
