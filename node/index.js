@@ -71,6 +71,12 @@ function execOptions(o) {
   };
 }
 
+/** `signal: null` when no signal ended the command. */
+function withSignal(r) {
+  if (r.signal === undefined) r.signal = null;
+  return r;
+}
+
 /** Runs `fn` and turns a synchronous throw into a rejection. */
 async function call(fn) {
   return fn();
@@ -94,7 +100,7 @@ class Child {
       return this._raw.kill(n);
     });
   }
-  wait() { return this._raw.wait(); }
+  wait() { return this._raw.wait().then(withSignal); }
   /** stdout as a Readable stream (read as it comes). */
   get stdout() { return (this._stdout ??= readable((n) => this._raw.readStdout(n))); }
   /** stderr as a Readable stream. */
@@ -125,7 +131,7 @@ function readable(read) {
 class Vm {
   constructor(raw) { this._raw = raw; }
   /** Runs a command to its end: `{ stdout, stderr, exitCode, signal }`. */
-  exec(options) { return call(() => this._raw.exec(execOptions(options))); }
+  exec(options) { return call(() => this._raw.exec(execOptions(options))).then(withSignal); }
   /** Starts a command; drive it through the child. */
   spawn(options) { return call(async () => new Child(await this._raw.spawn(execOptions(options)))); }
   writeFile(file, data, mode) { return call(() => this._raw.writeFile(String(file), bytes(data), mode)); }
