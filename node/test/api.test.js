@@ -39,7 +39,7 @@ test('a pooled VM sees the warm volume, the workload and the baked environment',
   const vm = await pool.acquire();
   try {
     const r = await vm.exec({
-      argv: ['sh', '-c', 'cat /cache/from-writefile /cache/late; ls /cache | grep -c "^f"; pidof sleep >/dev/null && echo workload; echo $GREETING'],
+      argv: ['sh', '-c', 'cat /cache/from-writefile /cache/late; ls /cache | grep -c "^f[0-9]"; pidof sleep >/dev/null && echo workload; echo $GREETING'],
     });
     assert.equal(r.exitCode, 0, r.stderr.toString());
     assert.equal(r.stdout.toString(), 'written by the warm-up\nlate\n20\nworkload\nhi\n');

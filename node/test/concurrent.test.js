@@ -40,5 +40,5 @@ test('8 VMs at once from one process, the event loop never blocked', async () =>
     clearInterval(ticker);
     await pool.shutdown();
   }
-  assert.ok(worst < 1000, `the event loop paused for ${worst} ms`);
+  assert.ok(worst < 1500, `the event loop paused for ${worst} ms`);
 });

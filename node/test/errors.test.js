@@ -53,6 +53,8 @@ test('pool and timeout: bad pool options, an acquire beyond max, a shut-down poo
   const image = await build();
   await rejectsWith(image.pool({ min: 3, max: 2 }), 'pool');
   const pool = await image.pool({ min: 1, max: 1, acquireTimeoutMs: 1500 });
+  // The acquire timeout is the pool's: let its one VM be restored first.
+  for (let i = 0; i < 600 && pool.counts().ready < 1; i++) await new Promise((r) => setTimeout(r, 200));
   const vm = await pool.acquire();
   const t = Date.now();
   const e = await rejectsWith(pool.acquire(), 'timeout');
