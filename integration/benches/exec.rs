@@ -9,12 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sm::{Vm, VmConfig};
-use sm_integration::bench::env_or;
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
+use sm_integration::bench::{env_or, percentile};
 
 fn timed(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
     let mut t: Vec<Duration> = (0..n)

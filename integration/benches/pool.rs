@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use sm_integration::bench::env_or;
+use sm_integration::bench::{env_or, percentile};
 use sm_integration::bin_dir;
 
 /// Guest memory of every VM, in MiB.
@@ -47,48 +47,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The `p` quantile (nearest rank) of `v`, in ms.
-fn percentile(v: &[Duration], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort();
-    ms(v[((v.len() as f64 - 1.0) * p).round() as usize])
-}
-
 fn median_u64(mut v: Vec<u64>) -> u64 {
     v.sort();
     v[v.len() / 2]
-}
-
-/// The baked image: boot, `sleep 100000`, a warm-up that fills the volume, snapshot.
-fn build(store: &Path, volume: &Path) -> sm::Image {
-    sm::Image::build(sm::BuildOptions {
-        name: NAME.into(),
-        mem_mib: MEM_MIB,
-        volumes: vec![sm::Volume {
-            file: volume.to_owned(),
-            guest: "/cache".into(),
-            size_mib: 64,
-        }],
-        cmd: vec!["sleep".into(), "100000".into()],
-        warmup: Some(sm::Warmup::Callback(Box::new(|vm: &sm::Vm| {
-            let out = vm
-                .exec(&[
-                    "sh",
-                    "-c",
-                    "for i in $(seq 1 500); do echo $i > /cache/f$i; done",
-                ])
-                .output()
-                .map_err(|e| e.to_string())?;
-            match out.exit.code {
-                Some(0) => Ok(()),
-                c => Err(format!("warm-up exited {c:?}")),
-            }
-        }))),
-        warmup_tag: "v1".into(),
-        store: Some(sm::store::SnapshotStore::at(store)),
-        ..Default::default()
-    })
-    .expect("bake")
 }
 
 /// Runs `sm ARGS` to its end and returns how long it took; panics with its stderr if it
@@ -336,11 +297,11 @@ fn main() {
 
     eprintln!("baking");
     let t = Instant::now();
-    let image = build(&store, &volume);
+    let image = sm_integration::warm::build(NAME, MEM_MIB, &store, &volume);
     let bake = t.elapsed();
     assert!(!image.was_cached(), "a fresh store: the first build bakes");
     let t = Instant::now();
-    let cached = build(&store, &volume);
+    let cached = sm_integration::warm::build(NAME, MEM_MIB, &store, &volume);
     let bake_cached = t.elapsed();
     assert!(cached.was_cached(), "unchanged inputs: a hit");
 

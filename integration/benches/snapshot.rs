@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use sm_agent::client::{Agent, ReadySignal};
 use sm_agent::message::ExecRequest;
-use sm_integration::bench::env_or;
+use sm_integration::bench::{env_or, percentile};
 use sm_integration::bin_dir;
 use sm_snapshot::api::ApiClient;
 use sm_test_support::process::spawn_listening;
@@ -333,17 +333,6 @@ fn snapshot_size(dir: &Path) -> ((u64, u64), (u64, u64), String) {
         }
     }
     (total, mem, memory)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The `p` quantile (nearest rank) of `v`, in ms.
-fn percentile(v: &[Duration], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort();
-    ms(v[((v.len() as f64 - 1.0) * p).round() as usize])
 }
 
 fn median_u64(mut v: Vec<u64>) -> u64 {

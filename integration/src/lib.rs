@@ -2,6 +2,7 @@
 //! run in is the `sm-testvm` crate).
 
 pub mod bench;
+pub mod warm;
 
 use std::path::{Path, PathBuf};
 

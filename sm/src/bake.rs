@@ -17,8 +17,15 @@ use crate::vm::record::RunRecord;
 use crate::vm::{Mount, Volume};
 use crate::{Vm, VmConfig, VmError};
 
-/// Bumped whenever baking changes in a way that makes older snapshots stale.
-const BAKE_FORMAT: u32 = 1;
+/// Bumped whenever baking changes in a way that makes older snapshots stale (2: volumes
+/// unmounted before the snapshot; the guest zeroes freed pages).
+const BAKE_FORMAT: u32 = 2;
+
+/// Kernel parameters every baked guest boots with, before the user's: pages the guest
+/// frees are zeroed, so the snapshot (which skips all-zero pages) and every clone's memory
+/// hold only what the guest still uses, not the garbage of what it freed (measured: the
+/// memory file of an idle 256 MiB guest, 103 MiB without, 60 MiB with).
+const BAKE_KERNEL_ARGS: &str = "init_on_free=1";
 
 /// How long a workload must run before the bake goes on (one that ends sooner fails it).
 const WORKLOAD_SETTLE: Duration = Duration::from_secs(1);
@@ -194,22 +201,20 @@ struct KeyInputs<'a> {
 
 /// The cache key of a bake: sha256 over the image's manifest digest, every option, the
 /// contents of the extra files, the guest kernel and initramfs, and the warm-up tag.
+/// `store` remembers the kernel's and initramfs's digests by file identity.
 pub fn cache_key(
     opts: &BakeOptions,
     image: Option<&PulledImage>,
     config: &VmConfig,
+    store: &SnapshotStore,
 ) -> Result<String, BakeError> {
     let mut extra_files = vec![];
     for f in &opts.extra_files {
         let bytes = std::fs::read(&f.host).map_err(|e| BakeError::ExtraFile(f.host.clone(), e))?;
         extra_files.push((f.guest.clone(), f.mode, hex::encode(Sha256::digest(&bytes))));
     }
-    let store = opts
-        .store
-        .clone()
-        .unwrap_or_else(SnapshotStore::open_default);
-    let kernel = remembered_hash(&store, &sm_vmm::config::default_kernel());
-    let initramfs = remembered_hash(&store, &sm_vmm::config::default_initrd());
+    let kernel = remembered_hash(store, &sm_vmm::config::default_kernel());
+    let initramfs = remembered_hash(store, &sm_vmm::config::default_initrd());
     let inputs = KeyInputs {
         format: BAKE_FORMAT,
         sm: env!("CARGO_PKG_VERSION"),
@@ -226,7 +231,7 @@ pub fn cache_key(
         }),
         warmup_tag: &opts.warmup_tag,
         listen_port: opts.listen_port,
-        kernel_args: &opts.extra_kernel_args,
+        kernel_args: &config.kernel_args,
         kernel,
         initramfs,
     };
@@ -263,9 +268,12 @@ pub fn bake(mut opts: BakeOptions, progress: &mut dyn FnMut(&str)) -> Result<Bak
         volumes: opts.volumes.clone(),
         ports: vec![],
         root_image: image.as_ref().map(|i| i.rootfs.clone()),
-        kernel_args: opts.extra_kernel_args.clone(),
+        kernel_args: Some(match &opts.extra_kernel_args {
+            Some(extra) => format!("{BAKE_KERNEL_ARGS} {extra}"),
+            None => BAKE_KERNEL_ARGS.into(),
+        }),
     };
-    let key = cache_key(&opts, image.as_ref(), &config)?;
+    let key = cache_key(&opts, image.as_ref(), &config, &store)?;
     let _lock = store.lock(&opts.name)?;
     if store.record(&opts.name).is_some_and(|r| r.key == key) {
         let dir = store.find(&opts.name)?;

@@ -19,33 +19,33 @@ const WARMUP: &str =
                       mkdir -p /src/packages/x /src/node_modules; \
                       ln -sfn ../packages/x /src/node_modules/x; echo warmed";
 
-/// Bakes `app` from `image` with the test's inputs and `tag`; returns (stdout, stderr).
-fn bake(
-    rt: &Path,
-    image: &str,
-    store: &str,
-    mount: &str,
-    vol: &str,
-    extra: &str,
-    tag: &str,
-) -> (String, String) {
-    let out = run(
-        rt,
-        &[
+/// What the test bakes from: `sm bake` flag values.
+struct Inputs {
+    image: String,
+    store: String,
+    mount: String,
+    vol: String,
+    extra: String,
+}
+
+impl Inputs {
+    /// `sm bake` of `app` with these inputs and `tag`.
+    fn args(&self, tag: &str) -> Vec<String> {
+        let flags = [
             "bake",
-            image,
+            &self.image,
             "--name",
             "app",
             "--snapshots-dir",
-            store,
+            &self.store,
             "--mem",
             "256",
             "--mount",
-            mount,
+            &self.mount,
             "--volume",
-            vol,
+            &self.vol,
             "--extra-file",
-            extra,
+            &self.extra,
             "--warmup",
             WARMUP,
             "--warmup-tag",
@@ -55,16 +55,37 @@ fn bake(
             "--",
             "sleep",
             "100000",
-        ],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "sm bake: {}\n{}",
-        stderr(&out),
-        logs(&rt.join("sm"))
-    );
-    (stdout(&out), stderr(&out))
+        ];
+        flags.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Bakes with `tag`; returns (stdout, stderr).
+    fn bake(&self, rt: &Path, tag: &str) -> (String, String) {
+        let args = self.args(tag);
+        let out = run(rt, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "sm bake: {}\n{}",
+            stderr(&out),
+            logs(&rt.join("sm"))
+        );
+        (stdout(&out), stderr(&out))
+    }
+
+    /// The output of `argv` in a clone of `app` (`sm run --snapshot`), checked to succeed.
+    fn in_clone(&self, rt: &Path, argv: &[&str]) -> String {
+        let mut args = vec![
+            "run",
+            "--snapshot",
+            "app",
+            "--snapshots-dir",
+            &self.store,
+            "--",
+        ];
+        args.extend_from_slice(argv);
+        ok(rt, &args)
+    }
 }
 
 /// Asserts `sm ARGS` fails, its last stderr line an `sm: ` error naming `needle`, and that
@@ -112,9 +133,16 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
     let layout = data.path().join("layout");
     crate::image::build_layout(&layout, None);
     let image = format!("oci-layout:{}:latest", layout.display());
+    let inputs = Inputs {
+        image,
+        store: store_s.to_owned(),
+        mount,
+        vol,
+        extra,
+    };
 
     let t = Instant::now();
-    let (path, err) = bake(rt, &image, store_s, &mount, &vol, &extra, "v1");
+    let (path, err) = inputs.bake(rt, "v1");
     eprintln!("bake took {:?}", t.elapsed());
     assert_eq!(
         path.trim(),
@@ -130,7 +158,7 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
 
     // Unchanged inputs: a hit, nothing booted.
     let t = Instant::now();
-    let (again, err) = bake(rt, &image, store_s, &mount, &vol, &extra, "v1");
+    let (again, err) = inputs.bake(rt, "v1");
     eprintln!("cached bake took {:?}", t.elapsed());
     assert_eq!(again, path);
     assert!(
@@ -144,20 +172,7 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
                  grep -o sm.test=baked /proc/cmdline; readlink /src/node_modules/x; \
                  rm /cache/f1; sync";
     let t = Instant::now();
-    let out = ok(
-        rt,
-        &[
-            "run",
-            "--snapshot",
-            "app",
-            "--snapshots-dir",
-            store_s,
-            "--",
-            "sh",
-            "-c",
-            probe,
-        ],
-    );
+    let out = inputs.in_clone(rt, &["sh", "-c", probe]);
     eprintln!("sm run --snapshot took {:?}", t.elapsed());
     assert_eq!(
         out,
@@ -165,15 +180,9 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
     );
     // The bake unmounted the volume before its snapshot, so the clone used the user's file
     // (nobody else did): its write persists, and the next clone sees it.
-    let out = ok(
+    let out = inputs.in_clone(
         rt,
         &[
-            "run",
-            "--snapshot",
-            "app",
-            "--snapshots-dir",
-            store_s,
-            "--",
             "sh",
             "-c",
             "test -e /cache/f1 && echo f1 || echo gone; cat /cache/f2",
@@ -183,54 +192,18 @@ fn a_bake_is_cached_restored_with_its_warm_volume_and_baked_again_on_change() {
 
     // An edited extra file bakes again, and clones see the new contents.
     std::fs::write(&conf, "version two\n").unwrap();
-    let (_, err) = bake(rt, &image, store_s, &mount, &vol, &extra, "v1");
+    let (_, err) = inputs.bake(rt, "v1");
     assert!(
         err.contains("baked in"),
         "an edited extra file must re-bake: {err}"
     );
-    let out = ok(
-        rt,
-        &[
-            "run",
-            "--snapshot",
-            "app",
-            "--snapshots-dir",
-            store_s,
-            "--",
-            "cat",
-            "/cache/conf",
-        ],
-    );
+    let out = inputs.in_clone(rt, &["cat", "/cache/conf"]);
     assert_eq!(out, "version two\n");
 
     // A new tag bakes again; two bakes of it at once bake once (the other waits, then hits).
     let spawn = || {
-        let mut c = sm(
-            rt,
-            &[
-                "bake",
-                &image,
-                "--name",
-                "app",
-                "--snapshots-dir",
-                store_s,
-                "--mem",
-                "256",
-                "--mount",
-                &mount,
-                "--volume",
-                &vol,
-                "--extra-file",
-                &extra,
-                "--warmup",
-                WARMUP,
-                "--warmup-tag",
-                "v2",
-                "--",
-                "sleep",
-                "100000",
-            ],
-        );
+        let args = inputs.args("v2");
+        let mut c = sm(rt, &args.iter().map(String::as_str).collect::<Vec<_>>());
         c.stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -36,37 +36,6 @@ fn in_volume(volume: &std::path::Path, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn build(store: &std::path::Path, volume: &std::path::Path) -> sm::Image {
-    sm::Image::build(sm::BuildOptions {
-        name: "pooltest".into(),
-        mem_mib: 256,
-        volumes: vec![sm::Volume {
-            file: volume.to_owned(),
-            guest: "/cache".into(),
-            size_mib: 64,
-        }],
-        cmd: vec!["sleep".into(), "100000".into()],
-        warmup: Some(sm::Warmup::Callback(Box::new(|vm: &sm::Vm| {
-            let out = vm
-                .exec(&[
-                    "sh",
-                    "-c",
-                    "for i in $(seq 1 500); do echo $i > /cache/f$i; done",
-                ])
-                .output()
-                .map_err(|e| e.to_string())?;
-            match out.exit.code {
-                Some(0) => Ok(()),
-                c => Err(format!("warm-up exited {c:?}")),
-            }
-        }))),
-        warmup_tag: "v1".into(),
-        store: Some(sm::store::SnapshotStore::at(store)),
-        ..Default::default()
-    })
-    .expect("bake")
-}
-
 #[test]
 fn a_pool_hands_out_warm_clones_and_resets_them_on_release() {
     require_kvm();
@@ -79,12 +48,12 @@ fn a_pool_hands_out_warm_clones_and_resets_them_on_release() {
     let volume = data.path().join("cache.img");
 
     let t = Instant::now();
-    let image = build(&store, &volume);
+    let image = sm_integration::warm::build("pooltest", 256, &store, &volume);
     eprintln!("bake took {:?}", t.elapsed());
     assert!(!image.was_cached());
     let t = Instant::now();
     assert!(
-        build(&store, &volume).was_cached(),
+        sm_integration::warm::build("pooltest", 256, &store, &volume).was_cached(),
         "unchanged inputs: a hit"
     );
     eprintln!("a cached build took {:?}", t.elapsed());

@@ -1,0 +1,38 @@
+//! The baked image the pool tests and the pool benchmark share: the guest's own root,
+//! `sleep 100000` as the workload, a 64 MiB volume at `/cache` that a warm-up callback fills
+//! with 500 files (`f1`..`f500`), then the snapshot.
+
+use std::path::Path;
+
+/// Files the warm-up writes into the volume.
+pub const WARM_FILES: usize = 500;
+
+/// Bakes (or finds, if unchanged) `name` with `mem_mib` of RAM into the store at `store`,
+/// the volume's file at `volume`.
+pub fn build(name: &str, mem_mib: u64, store: &Path, volume: &Path) -> sm::Image {
+    sm::Image::build(sm::BuildOptions {
+        name: name.into(),
+        mem_mib,
+        volumes: vec![sm::Volume {
+            file: volume.to_owned(),
+            guest: "/cache".into(),
+            size_mib: 64,
+        }],
+        cmd: vec!["sleep".into(), "100000".into()],
+        warmup: Some(sm::Warmup::Callback(Box::new(|vm: &sm::Vm| {
+            let fill = format!("for i in $(seq 1 {WARM_FILES}); do echo $i > /cache/f$i; done");
+            let out = vm
+                .exec(&["sh", "-c", &fill])
+                .output()
+                .map_err(|e| e.to_string())?;
+            match out.exit.code {
+                Some(0) => Ok(()),
+                c => Err(format!("warm-up exited {c:?}")),
+            }
+        }))),
+        warmup_tag: "v1".into(),
+        store: Some(sm::store::SnapshotStore::at(store)),
+        ..Default::default()
+    })
+    .expect("bake")
+}
