@@ -469,7 +469,7 @@ impl Pool {
                     .ok_or_else(|| Fail::new("pool", "the pool is shut down"))?;
                 pool.acquire().map_err(pool_fail)
             },
-            |_, vm| Ok(Vm::of(Arc::new(VmInner::new(Target::Pooled(vm))))),
+            |_, vm| Ok(Vm::of(Arc::new(VmInner::new(Target::Pooled(Box::new(vm)))))),
         )
     }
 
@@ -529,7 +529,7 @@ pub struct PoolCounts {
 /// What a JS VM object drives.
 enum Target {
     /// A VM handed out by a pool.
-    Pooled(sm::PooledVm),
+    Pooled(Box<sm::PooledVm>),
     /// The VM of a bake, during its warm-up (its agent and the image's root).
     Warmup { agent: Agent, root: Option<String> },
 }
@@ -606,7 +606,7 @@ impl VmInner {
             f.close();
         }
         if let Some(Target::Pooled(vm)) = target {
-            vm.release();
+            (*vm).release();
         }
     }
 }

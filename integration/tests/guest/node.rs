@@ -90,10 +90,18 @@ fn examples() -> Vec<String> {
 
 #[test]
 fn node_test_suite_passes() {
-    node(
-        &["--test", "--test-concurrency=1"],
-        Duration::from_secs(1500),
-    );
+    let mut files: Vec<String> = std::fs::read_dir(package().join("test"))
+        .expect("node/test")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".test.js"))
+        .map(|n| format!("test/{n}"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no tests in node/test");
+    let mut args = vec!["--test", "--test-concurrency=1"];
+    args.extend(files.iter().map(String::as_str));
+    node(&args, Duration::from_secs(1500));
 }
 
 #[test]
@@ -102,4 +110,104 @@ fn every_example_runs() {
         node(&[&format!("examples/{name}")], Duration::from_secs(600));
     }
     assert!(Path::new(&package().join("README.md")).exists());
+}
+
+/// p50 and p99 of `samples` (ms).
+fn quantiles(samples: &[f64]) -> (f64, f64) {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let q = |p: f64| s[((p * s.len() as f64) as usize).min(s.len() - 1)];
+    (q(0.5), q(0.99))
+}
+
+/// The binding's cost: pool cycles (acquire -> exec `true` -> release, in a pool of one VM
+/// handed out again as left) through the Rust library and through JS
+/// (`node/bench/pool.js`), on the same snapshot, in alternating rounds; prints p50 and p99
+/// of each. A benchmark of a few minutes, run by hand:
+/// `... sm-testvm ... -- <guest test binary> --test-threads=1 --ignored --nocapture node::binding_overhead`
+/// (`SM_BENCH_CYCLES`, default 200 per round and side).
+#[test]
+#[ignore = "a benchmark, run by hand"]
+fn binding_overhead() {
+    require_kvm();
+    require_node();
+    let runtime = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // The library finds its runtime directory here; this module's tests run one at a time.
+    std::env::set_var("XDG_RUNTIME_DIR", runtime.path());
+    std::env::set_var("SM_BIN_DIR", sm_integration::bin_dir());
+    let cycles: usize = std::env::var("SM_BENCH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let image = sm::Image::build(sm::BuildOptions {
+        name: "bench".into(),
+        mem_mib: 256,
+        cmd: vec!["sleep".into(), "100000".into()],
+        store: Some(sm::store::SnapshotStore::at(data.path().join("snapshots"))),
+        ..Default::default()
+    })
+    .expect("bake");
+    let (mut rust, mut js) = (vec![], vec![]);
+    for round in 1..=2 {
+        let pool = image
+            .pool(sm::PoolOptions {
+                min: 1,
+                max: 1,
+                restore_on_release: false,
+                acquire_timeout: Duration::from_secs(300),
+                idle_timeout: Duration::from_secs(600),
+            })
+            .unwrap();
+        let cycle = || {
+            let t = Instant::now();
+            let vm = pool.acquire().unwrap();
+            let out = vm.exec(&["true"]).output().unwrap();
+            assert_eq!(out.exit.code, Some(0));
+            vm.release();
+            t.elapsed().as_secs_f64() * 1000.0
+        };
+        for _ in 0..10 {
+            cycle();
+        }
+        let before = rust.len();
+        for _ in 0..cycles {
+            rust.push(cycle());
+        }
+        pool.shutdown();
+        eprintln!(
+            "round {round}: rust p50/p99 {:?}",
+            quantiles(&rust[before..])
+        );
+
+        let out = Command::new("node")
+            .arg("bench/pool.js")
+            .current_dir(package())
+            .env("SM_BENCH_SNAPSHOT", image.snapshot())
+            .env("SM_BENCH_CYCLES", cycles.to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("node bench/pool.js");
+        assert!(out.status.success(), "node bench/pool.js: {}", out.status);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the bench's JSON");
+        let samples: Vec<f64> = v["samples"]
+            .as_array()
+            .expect("samples")
+            .iter()
+            .filter_map(|s| s.as_f64())
+            .collect();
+        eprintln!("round {round}: js p50/p99 {:?}", quantiles(&samples));
+        js.extend(samples);
+    }
+    let (r50, r99) = quantiles(&rust);
+    let (j50, j99) = quantiles(&js);
+    println!("pool cycle (acquire -> exec `true` -> release, reuse, 1 caller), ms");
+    println!("through        runs    p50 ms    p99 ms");
+    println!("Rust library  {:>5} {:>9.2} {:>9.2}", rust.len(), r50, r99);
+    println!("Node.js       {:>5} {:>9.2} {:>9.2}", js.len(), j50, j99);
+    println!(
+        "binding overhead: p50 {:+.1}%, p99 {:+.1}% (goal: at most +10%)",
+        (j50 / r50 - 1.0) * 100.0,
+        (j99 / r99 - 1.0) * 100.0
+    );
 }
