@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 use sm_launch::{ArgWriter, CommandLine};
+use sm_vhost_user_common::startup::ListenArgs;
 
 /// Size of a new image when `--size-mib` is not given.
 pub const DEFAULT_SIZE_MIB: u64 = 1024;
@@ -14,9 +15,13 @@ pub const DEFAULT_SIZE_MIB: u64 = 1024;
 #[derive(Parser, Clone, Debug, PartialEq, Eq)]
 #[command(name = "sm-vhost-user-blk", version)]
 pub struct BlkArgs {
-    /// vhost-user socket to listen on (created; a stale socket is replaced).
-    #[arg(long)]
-    pub socket: PathBuf,
+    /// vhost-user socket to listen on (created; a stale socket is replaced). Exactly one of
+    /// --socket, --fd and socket activation (LISTEN_FDS) gives the socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Serve on this inherited listening socket instead of binding one (virtiofsd's flag).
+    #[arg(long, value_name = "N")]
+    pub fd: Option<i32>,
     /// Raw image file; created sparse when missing.
     #[arg(long)]
     pub file: PathBuf,
@@ -47,7 +52,8 @@ impl BlkArgs {
     /// Flags serving `file` on `socket`, everything else at its default.
     pub fn new(socket: impl Into<PathBuf>, file: impl Into<PathBuf>) -> BlkArgs {
         BlkArgs {
-            socket: socket.into(),
+            socket: Some(socket.into()),
+            fd: None,
             file: file.into(),
             size_mib: None,
             read_only: false,
@@ -57,10 +63,21 @@ impl BlkArgs {
     }
 }
 
+impl ListenArgs for BlkArgs {
+    fn socket(&self) -> Option<&std::path::Path> {
+        self.socket.as_deref()
+    }
+
+    fn fd(&self) -> Option<i32> {
+        self.fd
+    }
+}
+
 impl CommandLine for BlkArgs {
     fn to_args(&self) -> Vec<OsString> {
         let BlkArgs {
             socket,
+            fd,
             file,
             size_mib,
             read_only,
@@ -68,7 +85,8 @@ impl CommandLine for BlkArgs {
             sandbox,
         } = self;
         ArgWriter::new::<BlkArgs>()
-            .value("socket", socket)
+            .option("socket", socket.as_ref())
+            .option("fd", fd.map(|f| f.to_string()))
             .value("file", file)
             .option("size_mib", size_mib.map(|s| s.to_string()))
             .switch("read_only", *read_only)
@@ -90,6 +108,9 @@ mod tests {
         a.read_only = true;
         a.num_queues = 4;
         a.sandbox = SandboxMode::None;
+        sm_launch::assert_round_trip(&a);
+        a.socket = None;
+        a.fd = Some(3);
         sm_launch::assert_round_trip(&a);
     }
 }

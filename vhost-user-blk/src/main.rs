@@ -1,5 +1,6 @@
-//! `sm-vhost-user-blk`: parses flags, opens and locks the image, binds the vhost-user socket,
-//! enters the sandbox, then serves frontends until killed. Errors are one line on stderr and
+//! `sm-vhost-user-blk`: parses flags, opens and locks the image, binds the vhost-user socket
+//! (or takes it over: `--fd N`, `LISTEN_FDS`), enters the sandbox, then serves frontends until
+//! killed, telling systemd how it goes (`NOTIFY_SOCKET`). Errors are one line on stderr and
 //! a non-zero exit; stdout stays silent.
 
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use sm_vhost_user_blk::cli::{BlkArgs, SandboxMode, DEFAULT_SIZE_MIB};
 use sm_vhost_user_blk::image::{Image, ImageError, ImageOptions, IMAGE_SYSCALLS};
 use sm_vhost_user_blk::serve::{self, ServeError};
+use sm_vhost_user_common::serve::ListenSource;
 use tracing::{info, warn};
 
 /// Everything that stops the backend.
@@ -21,21 +23,21 @@ enum MainError {
     Sandbox(#[from] sm_sandbox::SandboxError),
 }
 
-fn run(args: BlkArgs) -> Result<(), MainError> {
+fn run(args: BlkArgs, source: ListenSource) -> Result<(), MainError> {
     let image = Arc::new(Image::open(&ImageOptions {
         path: args.file.clone(),
         size_mib: args.size_mib,
         default_size_mib: DEFAULT_SIZE_MIB,
         read_only: args.read_only,
     })?);
-    let listener = serve::bind(&args.socket)?;
+    let listener = source.listen()?;
     info!(
         "serving {} ({} MiB{}, {} queue(s)) on {}",
         args.file.display(),
         image.capacity() >> 20,
         if image.read_only() { ", read-only" } else { "" },
         args.num_queues,
-        args.socket.display()
+        source
     );
     match args.sandbox {
         SandboxMode::Namespace => {

@@ -1,7 +1,8 @@
 //! sm-vhost-user-common holds the runtime code that sm's vhost-user backends
 //! (sm-vhost-user-blk, sm-vhost-user-fs) share instead of copying: what a process does from
 //! `main` until it serves ([`startup`]: inherited descriptors, one-line flag errors, logging),
-//! binding the socket and serving frontends one connection at a time ([`serve`]), and the
+//! binding or taking over the socket and serving frontends one connection at a time
+//! ([`serve`]), systemd's readiness, status and watchdog notifications ([`notify`]), and the
 //! device glue every backend needs ([`queue`]: guest memory and vring types, per-connection
 //! queue state with the EVENT_IDX drain loop, queue event dispatch, and the workaround for
 //! the exit eventfds vhost-user-backend 0.22 leaks; a vring that makes GET_VRING_BASE wait
@@ -11,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+pub mod notify;
 pub mod queue;
 pub mod serve;
 pub mod startup;

@@ -359,7 +359,8 @@ fn poisoned() -> io::Error {
 /// The body of
 /// [`VhostUserBackend::handle_event`](vhost_user_backend::VhostUserBackend::handle_event) for
 /// a device with one queue per thread: a kick runs `process` on the thread's vring with the
-/// device's queue index (`thread_id`). Errors are logged, never returned: an error would end the queue's thread.
+/// device's queue index (`thread_id`); a watchdog tick is answered ([`crate::notify`]).
+/// Errors are logged, never returned: an error would end the queue's thread.
 pub fn handle_queue_event(
     device_event: u16,
     evset: EventSet,
@@ -367,6 +368,10 @@ pub fn handle_queue_event(
     thread_id: usize,
     process: impl FnOnce(&Vring, usize) -> io::Result<()>,
 ) -> io::Result<()> {
+    if device_event == crate::notify::WATCHDOG_EVENT {
+        crate::notify::watchdog_answer(thread_id);
+        return Ok(());
+    }
     if evset != EventSet::IN {
         debug!("queue thread {thread_id}: ignoring event set {evset:?}");
         return Ok(());

@@ -1,31 +1,83 @@
-//! What a backend's `main` does around its own work: close inherited descriptors, parse
-//! flags with errors as one stderr line, log to stderr, and turn the outcome into an exit code.
+//! What a backend's `main` does around its own work: parse flags with errors as one stderr
+//! line, find its listening socket, close the other inherited descriptors, log to stderr,
+//! connect to the service manager's notification socket, and turn the outcome into an exit
+//! code.
 
 use std::fmt::Display;
+use std::os::fd::RawFd;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing::warn;
 
-/// Runs a backend binary called `name`: closes inherited descriptors, parses `A` from the
-/// command line (a usage error is one stderr line and exit status 2), logs to stderr with
-/// `default_filter` unless `SM_LOG` or `SM_DEBUG` says otherwise, then calls `run`; its
-/// error is one stderr line and exit status 1. Stdout stays silent.
-pub fn main<A: Parser, E: Display>(
+use crate::notify;
+use crate::serve::ListenSource;
+
+/// A backend's flags that say where its listening socket comes from.
+pub trait ListenArgs {
+    /// `--socket PATH`.
+    fn socket(&self) -> Option<&Path>;
+    /// `--fd N`.
+    fn fd(&self) -> Option<RawFd>;
+}
+
+/// Runs a backend binary called `name`: parses `A` from the command line (a usage error is
+/// one stderr line and exit status 2), finds the listening socket (exactly one of `--socket`,
+/// `--fd` and `LISTEN_FDS`, else one line and exit status 2), closes every other inherited
+/// descriptor, logs to stderr with `default_filter` unless `SM_LOG` or `SM_DEBUG` says
+/// otherwise, connects to `$NOTIFY_SOCKET`, then calls `run`; its error is one stderr line,
+/// a `STATUS=` and `STOPPING=1` notification, and exit status 1. Stdout stays silent.
+pub fn main<A: Parser + ListenArgs, E: Display>(
     name: &str,
     default_filter: &str,
-    run: impl FnOnce(A) -> Result<(), E>,
+    run: impl FnOnce(A, ListenSource) -> Result<(), E>,
 ) -> ExitCode {
-    sm_sandbox::close_inherited_fds();
+    // Parsing opens nothing, so the inherited descriptors are still as they came.
     let args = match sm_launch::parse_args::<A>(name) {
         Ok(a) => a,
-        Err(code) => return ExitCode::from(code),
+        Err(code) => {
+            sm_sandbox::close_inherited_fds();
+            return ExitCode::from(code);
+        }
     };
+    let source = match ListenSource::resolve(args.socket(), args.fd()) {
+        Ok(s) => s,
+        Err(e) => {
+            sm_sandbox::close_inherited_fds();
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    close_inherited_fds_but(source.inherited_fd());
     sm_launch::init_logging(default_filter);
-    match run(args) {
+    if let Err(e) = notify::init() {
+        warn!("no service manager notifications: {e}");
+    }
+    match run(args, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{name}: {e}");
+            let line = format!("{name}: {e}");
+            notify::stopping(&line);
+            eprintln!("{line}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Closes every descriptor above stderr except `keep`.
+fn close_inherited_fds_but(keep: Option<RawFd>) {
+    let Some(keep) = keep.filter(|&fd| fd > 2) else {
+        sm_sandbox::close_inherited_fds();
+        return;
+    };
+    let keep = keep as u32;
+    // SAFETY: close_range takes integers only; nothing of this process is open above 2 yet
+    // but the inherited descriptors, of which `keep` stays open.
+    unsafe {
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use sm_launch::{ArgWriter, CommandLine};
+use sm_vhost_user_common::startup::ListenArgs;
 
 use crate::confine::Isolation;
 use crate::policy::{CacheMode, SymlinkPolicy};
@@ -14,9 +15,13 @@ use crate::policy::{CacheMode, SymlinkPolicy};
 #[derive(Parser, Clone, Debug, PartialEq, Eq)]
 #[command(name = "sm-vhost-user-fs", version)]
 pub struct FsArgs {
-    /// vhost-user socket to listen on (created; a stale socket is replaced).
-    #[arg(long)]
-    pub socket: PathBuf,
+    /// vhost-user socket to listen on (created; a stale socket is replaced). Exactly one of
+    /// --socket, --fd and socket activation (LISTEN_FDS) gives the socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Serve on this inherited listening socket instead of binding one (virtiofsd's flag).
+    #[arg(long, value_name = "N")]
+    pub fd: Option<i32>,
     /// Directory to share; the guest sees nothing outside it.
     #[arg(long)]
     pub shared_dir: PathBuf,
@@ -58,7 +63,8 @@ impl FsArgs {
     /// Flags sharing `shared_dir` on `socket`, everything else at its default.
     pub fn new(socket: impl Into<PathBuf>, shared_dir: impl Into<PathBuf>) -> FsArgs {
         FsArgs {
-            socket: socket.into(),
+            socket: Some(socket.into()),
+            fd: None,
             shared_dir: shared_dir.into(),
             tag: None,
             symlinks: SymlinkPolicy::Opaque,
@@ -73,10 +79,21 @@ impl FsArgs {
     }
 }
 
+impl ListenArgs for FsArgs {
+    fn socket(&self) -> Option<&std::path::Path> {
+        self.socket.as_deref()
+    }
+
+    fn fd(&self) -> Option<i32> {
+        self.fd
+    }
+}
+
 impl CommandLine for FsArgs {
     fn to_args(&self) -> Vec<OsString> {
         let FsArgs {
             socket,
+            fd,
             shared_dir,
             tag,
             symlinks,
@@ -89,7 +106,8 @@ impl CommandLine for FsArgs {
             thread_pool_size,
         } = self;
         ArgWriter::new::<FsArgs>()
-            .value("socket", socket)
+            .option("socket", socket.as_ref())
+            .option("fd", fd.map(|f| f.to_string()))
             .value("shared_dir", shared_dir)
             .option("tag", tag.as_ref())
             .choice("symlinks", symlinks)
@@ -122,6 +140,11 @@ mod tests {
         a.dax_window_mib = 1024;
         a.thread_pool_size = 4;
         sm_launch::assert_round_trip(&a);
+        sm_launch::assert_round_trip(&FsArgs {
+            socket: None,
+            fd: Some(7),
+            ..a.clone()
+        });
         for p in [SymlinkPolicy::Deny, SymlinkPolicy::Opaque] {
             sm_launch::assert_round_trip(&FsArgs {
                 symlinks: p,

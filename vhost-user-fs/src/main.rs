@@ -1,10 +1,12 @@
-//! `sm-vhost-user-fs`: parses flags, binds the vhost-user socket, enters the sandbox, opens
-//! the shared directory from inside it, then serves frontends until killed. Errors are one
+//! `sm-vhost-user-fs`: parses flags, binds the vhost-user socket (or takes it over: `--fd N`,
+//! `LISTEN_FDS`), enters the sandbox, opens the shared directory from inside it, then serves
+//! frontends until killed, telling systemd how it goes (`NOTIFY_SOCKET`). Errors are one
 //! line on stderr and a non-zero exit; stdout stays silent.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use sm_vhost_user_common::serve::ListenSource;
 use sm_vhost_user_fs::cli::FsArgs;
 use sm_vhost_user_fs::config::{ConfigError, DeviceConfig};
 use sm_vhost_user_fs::confine::{
@@ -32,7 +34,7 @@ enum MainError {
     Confine(#[from] ConfineError),
 }
 
-fn run(args: FsArgs) -> Result<(), MainError> {
+fn run(args: FsArgs, source: ListenSource) -> Result<(), MainError> {
     let shared = args
         .shared_dir
         .canonicalize()
@@ -56,7 +58,7 @@ fn run(args: FsArgs) -> Result<(), MainError> {
     };
     let isolation = args.sandbox;
     check_isolation(isolation, &fs)?;
-    let listener = serve::bind(&args.socket)?;
+    let listener = source.listen()?;
     raise_fd_limit();
     info!(
         "serving {} ({:?} symlinks{}, cache {:?}) on {}",
@@ -64,7 +66,7 @@ fn run(args: FsArgs) -> Result<(), MainError> {
         args.symlinks,
         if args.read_only { ", read-only" } else { "" },
         args.cache,
-        args.socket.display()
+        source
     );
     let Confined { root, proc } = confine(isolation, &shared, &fs)?;
     serve::serve(
