@@ -18,6 +18,7 @@ pub mod initcfg;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod notify;
 pub mod persist;
 pub mod snapshot;
 pub mod vcpu;

@@ -1,5 +1,6 @@
 //! `sm-vmm`: boot a Linux guest on KVM and run one command in it (or an interactive shell),
-//! exiting with the command's exit status.
+//! exiting with the command's exit status; under a service manager (`NOTIFY_SOCKET`) it says
+//! when the VM runs and stops, and feeds the watchdog ([`sm_vmm::notify`]).
 
 use std::process::ExitCode;
 
@@ -16,6 +17,9 @@ fn main() -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     sm_launch::init_logging("error");
+    if let Err(e) = sm_vmm::notify::init() {
+        tracing::warn!("no service manager notifications: {e}");
+    }
     let api_socket = args.api_socket.clone();
     let bind_api = || match api_socket.as_deref().map(ApiSocket::bind).transpose() {
         Ok(api) => Ok(api),
@@ -55,7 +59,14 @@ fn main() -> ExitCode {
 }
 
 /// The exit status for how the VM ended: the command's, or one saying why there is none.
+/// Tells the service manager the VM is stopping (`STOPPING=1`).
 fn exit_code(outcome: Result<VmOutcome, vm::VmError>, interactive: bool) -> ExitCode {
+    sm_vmm::notify::stopping(match &outcome {
+        Ok(VmOutcome::Stopped { .. }) => "the guest stopped",
+        Ok(VmOutcome::Signalled(_)) => "stopping on a signal",
+        Ok(VmOutcome::Quit) => "the console quit",
+        Err(_) => "the VM failed",
+    });
     match outcome {
         Ok(VmOutcome::Stopped {
             status: Some(s), ..

@@ -30,6 +30,7 @@ use crate::initcfg::{InitConfig, InitConfigError};
 use crate::kvm::{self, KvmError};
 use crate::layout::*;
 use crate::memory::{ram_end, GuestRam, MemoryError};
+use crate::notify;
 use crate::persist::devices::{BackendRecord, DeviceStateError, DeviceStates, VringBase};
 use crate::persist::{self, ClockRestore, KvmSnapshot, PersistError, VcpuSaveContext};
 use crate::snapshot::{self, BootHashes, IncludeFile, LoadedSnapshot, SnapshotError, VmShape};
@@ -666,8 +667,10 @@ fn run_machine(
         .transpose()
         .map_err(|e| VmError::Host("spawning the API thread", e))?;
 
+    notify::ready("running");
+    let mut watchdog = notify::Watchdog::from_env();
     let outcome = loop {
-        match rx.recv() {
+        match watchdog.recv(&rx) {
             Ok(Event::Vcpu(VcpuEvent::Stop(stop))) => {
                 break VmOutcome::Stopped {
                     stop,
@@ -691,9 +694,14 @@ fn run_machine(
                 let answer: Result<Answer, ApiError> = match call.request {
                     Request::Pause => pause
                         .pause(&vcpu_threads)
+                        .map(|()| notify::status("paused"))
                         .map(|()| Answer::Done)
                         .map_err(Into::into),
-                    Request::Resume => pause.resume().map(|()| Answer::Done).map_err(Into::into),
+                    Request::Resume => pause
+                        .resume()
+                        .map(|()| notify::status("running"))
+                        .map(|()| Answer::Done)
+                        .map_err(Into::into),
                     Request::Snapshot {
                         destination,
                         include,
