@@ -13,6 +13,8 @@ dpkg -s libseccomp-dev libcap-ng-dev libaio-dev zlib1g-dev >/dev/null 2>&1 || ne
 for bin in docker-registry skopeo umoci mkfs.erofs fsck.erofs htpasswd openssl curl mkfs.ext4; do
   command -v "$bin" >/dev/null || need_apt=1
 done
+# systemd-analyze verifies the unit files in systemd/ (a host test).
+command -v systemd-analyze >/dev/null || need_apt=1
 if [ "$need_apt" = 1 ]; then
   apt-get update -q
   # Debian 12's QEMU (7.2) is the project's peer. Some images carry a newer qemu-utils from
@@ -23,7 +25,7 @@ if [ "$need_apt" = 1 ]; then
     "qemu-system-x86=$v" "qemu-utils=$v" "qemu-block-extra=$v" "qemu-system-common=$v" "qemu-system-data" \
     busybox-static cpio kmod binutils xz-utils libseccomp-dev libcap-ng-dev \
     libaio-dev zlib1g-dev make curl e2fsprogs \
-    docker-registry skopeo umoci erofs-utils apache2-utils openssl
+    docker-registry skopeo umoci erofs-utils apache2-utils openssl systemd
 fi
 # The Rust virtiofsd shares the host root into the test VM (Debian 7.2's C virtiofsd cannot
 # enforce read-only).

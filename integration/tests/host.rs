@@ -10,6 +10,10 @@ use std::process::Command;
 #[path = "guest/readme/parse.rs"]
 mod readme_parse;
 
+// systemd units and sm-vmm's notifications (issue 13).
+#[path = "host/supervision.rs"]
+mod supervision;
+
 fn sm_vmm() -> PathBuf {
     sm_integration::bin_dir().join("sm-vmm")
 }
