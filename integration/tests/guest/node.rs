@@ -60,7 +60,22 @@ fn node(args: &[&str], limit: Duration) {
         args.join(" "),
         t.elapsed().as_secs_f64()
     );
-    assert!(status.success(), "node {}: {status}", args.join(" "));
+    if !status.success() {
+        // What the VMs of the run were doing: each one's sm.log, as far as it got.
+        for d in std::fs::read_dir(runtime.path().join("sm"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let log = std::fs::read_to_string(d.path().join("sm.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            eprintln!("--- {}/sm.log (end):", d.path().display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        panic!("node {}: {status}", args.join(" "));
+    }
     // Everything was shut down: no sm-vmm or backend of this run is left.
     let start = Instant::now();
     let mut left = processes_mentioning(&rt);
@@ -107,7 +122,9 @@ fn node_test_suite_passes() {
 #[test]
 fn every_example_runs() {
     for name in examples() {
-        node(&[&format!("examples/{name}")], Duration::from_secs(600));
+        // Each takes well under a minute; a hang fails (with what was running) before the
+        // test VM's stall watchdog (300 s without output) would stop everything.
+        node(&[&format!("examples/{name}")], Duration::from_secs(240));
     }
     assert!(Path::new(&package().join("README.md")).exists());
 }
