@@ -224,6 +224,8 @@ fn watchdog_pings_stop_while_the_backend_is_stopped() {
     // SAFETY: kill() on the backend's own child, which is alive (it just pinged).
     unsafe { libc::kill(server, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_millis(100));
+    // What was sent before the stop took hold.
+    lines_within(&notify, Duration::from_millis(150));
     let lines = lines_within(&notify, Duration::from_millis(600));
     assert_eq!(pings(&lines), 0, "{lines:?}");
     // SAFETY: as above.

@@ -124,6 +124,9 @@ struct Watchdog {
 
 static WATCHDOG: Mutex<Option<Watchdog>> = Mutex::new(None);
 
+/// The shortest time between two ticks, whatever `WATCHDOG_USEC` says.
+const MIN_TICK: Duration = Duration::from_millis(10);
+
 /// New tick eventfds for `threads` queue threads (a new daemon's); the caller registers
 /// each with its thread's epoll loop under [`WATCHDOG_EVENT`]. Replaces the previous
 /// daemon's. Starts the ticker thread the first time. `None` without a watchdog.
@@ -145,7 +148,7 @@ pub fn watchdog_ticks(threads: usize) -> io::Result<Option<Vec<RawFd>>> {
         spawned = std::thread::Builder::new()
             .name("watchdog-tick".into())
             .spawn(move || loop {
-                std::thread::sleep(interval / 4);
+                std::thread::sleep((interval / 4).max(MIN_TICK));
                 tick();
             })
             .map(drop);
