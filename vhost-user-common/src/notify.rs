@@ -167,20 +167,34 @@ fn tick() {
     }
 }
 
+impl Watchdog {
+    /// Queue thread `thread` answers its tick; true when it was the last of them to answer
+    /// (a ping is due), and every thread must answer again before the next.
+    fn answer(&mut self, thread: usize) -> bool {
+        let (Some(tick), Some(answered)) = (self.ticks.get(thread), self.answered.get_mut(thread))
+        else {
+            return false;
+        };
+        // Clears the eventfd (it is level-triggered); EAGAIN when it was read already.
+        let _ = tick.read();
+        *answered = true;
+        if self.answered.iter().all(|&a| a) {
+            self.answered.iter_mut().for_each(|a| *a = false);
+            return true;
+        }
+        false
+    }
+}
+
 /// A queue thread's answer to its tick ([`WATCHDOG_EVENT`] on thread `thread`); the last
 /// thread to answer sends `WATCHDOG=1`.
 pub fn watchdog_answer(thread: usize) {
-    let mut guard = WATCHDOG.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(w) = guard.as_mut() else { return };
-    let (Some(tick), Some(answered)) = (w.ticks.get(thread), w.answered.get_mut(thread)) else {
-        return;
-    };
-    // Clears the eventfd (it is level-triggered); EAGAIN when another tick was read already.
-    let _ = tick.read();
-    *answered = true;
-    if w.answered.iter().all(|&a| a) {
-        w.answered.iter_mut().for_each(|a| *a = false);
-        drop(guard);
+    let due = WATCHDOG
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .is_some_and(|w| w.answer(thread));
+    if due {
         notify(&[NotifyState::Watchdog]);
     }
 }
@@ -286,6 +300,31 @@ mod tests {
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"WATCHDOG=1\n");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A ping is due only once every queue thread has answered; a thread that answers
+    /// twice (or a stray thread number) does not make up for one that does not.
+    #[test]
+    fn a_ping_needs_every_queue_thread() {
+        let mut w = Watchdog {
+            ticks: (0..3)
+                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+                .collect(),
+            answered: vec![false; 3],
+        };
+        for t in &w.ticks {
+            t.write(1).unwrap();
+        }
+        assert!(!w.answer(0));
+        assert!(!w.answer(0));
+        assert!(!w.answer(7));
+        assert!(!w.answer(2));
+        assert!(w.ticks[0].read().is_err(), "the tick was not read");
+        assert!(w.answer(1), "all three answered");
+        // The next ping needs all three again.
+        assert!(!w.answer(1));
+        assert!(!w.answer(2));
+        assert!(w.answer(0));
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
