@@ -294,3 +294,26 @@ fn exactly_one_socket_source() {
         assert!(log.contains(&format!("--fd 5: {why}")), "{log}");
     }
 }
+
+/// A backend that cannot start says why to its service manager too, before it exits.
+#[test]
+fn a_failed_start_is_stopping_with_the_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (notify, notify_path) = notify_socket(d);
+    let out = Command::new(Blk::PATH)
+        .args(["--socket", s(&d.join("s.sock")), "--file"])
+        .arg(d.join("none.img"))
+        .arg("--read-only")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let lines = wait_line(&notify, "STOPPING=1", 5, d);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        lines.iter().any(|l| *l == format!("STATUS={}", err.trim())),
+        "{lines:?} vs {err}"
+    );
+    assert!(!lines.iter().any(|l| l == "READY=1"), "{lines:?}");
+}
