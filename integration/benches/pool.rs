@@ -52,23 +52,30 @@ fn median_u64(mut v: Vec<u64>) -> u64 {
     v[v.len() / 2]
 }
 
-/// Runs `sm ARGS` to its end and returns how long it took; panics with its stderr if it
-/// failed.
+/// Runs `sm ARGS` to its end and returns how long it took. A run that fails is said on
+/// stderr and run again, twice at most (nested guests in the test VM now and then wait
+/// forever for an interrupt: README, "Where guests run"); a third failure panics.
 fn sm_cli(args: &[&str]) -> Duration {
-    let start = Instant::now();
-    let out = Command::new(bin_dir().join("sm"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn sm");
-    let took = start.elapsed();
-    assert!(
-        out.status.success(),
-        "sm {args:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
+    for attempt in 1..=3 {
+        let start = Instant::now();
+        let out = Command::new(bin_dir().join("sm"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("spawn sm");
+        let took = start.elapsed();
+        if out.status.success() {
+            return took;
+        }
+        let why = format!(
+            "sm {args:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        assert!(attempt < 3, "{why} (3 times)");
+        eprintln!("RETRIED (not counted): {why}");
+    }
+    unreachable!()
 }
 
 /// What one pool cycle took.
@@ -184,7 +191,10 @@ fn memfd_kib(pid: u32) -> u64 {
                 .is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:"))
         })
         .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        .map(|md| md.blocks() / 2)
+        // Several descriptors of one memfd (sm-vmm holds one per mapped range) count once.
+        .map(|md| (md.ino(), md.blocks() / 2))
+        .collect::<BTreeMap<u64, u64>>()
+        .values()
         .sum()
 }
 
@@ -297,11 +307,11 @@ fn main() {
 
     eprintln!("baking");
     let t = Instant::now();
-    let image = sm_integration::warm::build(NAME, MEM_MIB, &store, &volume);
+    let image = sm_integration::warm::build(NAME, None, MEM_MIB, &store, &volume);
     let bake = t.elapsed();
     assert!(!image.was_cached(), "a fresh store: the first build bakes");
     let t = Instant::now();
-    let cached = sm_integration::warm::build(NAME, MEM_MIB, &store, &volume);
+    let cached = sm_integration::warm::build(NAME, None, MEM_MIB, &store, &volume);
     let bake_cached = t.elapsed();
     assert!(cached.was_cached(), "unchanged inputs: a hit");
 

@@ -539,7 +539,12 @@ fn start_clone(
     }
     // One command before parking: the first exec in a fresh clone pays for the guest's first
     // touches of its memory and the agent's paths, which belongs here, off the acquirer's.
-    vm.exec(&["true"])
+    // It runs in the guest's own root: an image need not have `true` (distroless has none).
+    let req = sm_agent::message::ExecRequest {
+        argv: vec!["true".into()],
+        ..Default::default()
+    };
+    crate::ExecBuilder::new(vm.agent(), req)
         .timeout(Duration::from_secs(30))
         .output()
         .map_err(|e| format!("the clone's first command: {e}"))?;

@@ -1,6 +1,6 @@
 //! The library's pools (`sm::Image::build`, `image.pool`, `pool.acquire`, `vm.release`):
-//! an image baked with a warm-up written as code (a cache hit the second time) hands out
-//! restored clones that see the warm volume and the running workload at once, never share
+//! an OCI image the test builds, baked with a warm-up written as code (a cache hit the
+//! second time), hands out restored clones that see the warm volume and the running workload at once, never share
 //! a writable volume (the first has the user's file, and what it writes there persists;
 //! the others copies), lose what the previous user wrote to tmpfs when `restore_on_release`
 //! is set and keep it when not; an acquire beyond `max` fails after its timeout; a
@@ -46,16 +46,17 @@ fn a_pool_hands_out_warm_clones_and_resets_them_on_release() {
     let data = tempfile::tempdir().unwrap();
     let store = data.path().join("snapshots");
     let volume = data.path().join("cache.img");
+    let layout = data.path().join("layout");
+    crate::image::build_layout(&layout, None);
+    let reference = format!("oci-layout:{}:latest", layout.display());
+    let build = || sm_integration::warm::build("pooltest", Some(&reference), 256, &store, &volume);
 
     let t = Instant::now();
-    let image = sm_integration::warm::build("pooltest", 256, &store, &volume);
+    let image = build();
     eprintln!("bake took {:?}", t.elapsed());
     assert!(!image.was_cached());
     let t = Instant::now();
-    assert!(
-        sm_integration::warm::build("pooltest", 256, &store, &volume).was_cached(),
-        "unchanged inputs: a hit"
-    );
+    assert!(build().was_cached(), "unchanged inputs: a hit");
     eprintln!("a cached build took {:?}", t.elapsed());
 
     let pool = image
