@@ -68,7 +68,57 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Runs `work` on a thread of its own and returns a promise settled with `convert`'s value
+/// A job for a worker thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Idle worker threads (an id and the channel each waits on). Blocking calls need a thread
+/// each (a `readStdout` may wait for minutes while other calls go on), so the set grows with
+/// the calls in flight; a worker idle for [`WORKER_IDLE`] ends. Reusing threads keeps a
+/// thread's start off every call's path.
+static IDLE: Mutex<Vec<(u64, std::sync::mpsc::Sender<Job>)>> = Mutex::new(Vec::new());
+
+/// How long an idle worker waits for another job.
+const WORKER_IDLE: Duration = Duration::from_secs(30);
+
+/// Runs `job` on an idle worker, or on a new one.
+fn submit(job: Job) -> std::io::Result<()> {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut job = job;
+    while let Some((_, tx)) = lock(&IDLE).pop() {
+        // A worker leaves the list before it ends, so this one is alive and takes the job.
+        match tx.send(job) {
+            Ok(()) => return Ok(()),
+            Err(back) => job = back.0,
+        }
+    }
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("sm-node".into())
+        .spawn(move || {
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                job();
+                lock(&IDLE).push((id, tx.clone()));
+                next = match rx.recv_timeout(WORKER_IDLE) {
+                    Ok(job) => Some(job),
+                    Err(_) => {
+                        let mut idle = lock(&IDLE);
+                        if let Some(i) = idle.iter().position(|(w, _)| *w == id) {
+                            idle.swap_remove(i);
+                            return;
+                        }
+                        drop(idle);
+                        // Taken off the list just now: its job is on the way.
+                        rx.recv().ok()
+                    }
+                };
+            }
+        })
+        .map(|_| ())
+}
+
+/// Runs `work` on a worker thread and returns a promise settled with `convert`'s value
 /// (on the JS thread), or rejected with the failure.
 fn promise<'e, T, D, W, C>(env: &'e Env, work: W, convert: C) -> Result<Object<'e>>
 where
@@ -78,16 +128,14 @@ where
     C: FnOnce(Env, T) -> Result<D> + Send + 'static,
 {
     let (deferred, promise) = env.create_deferred()?;
-    std::thread::Builder::new()
-        .name("sm-node".into())
-        .spawn(move || {
-            let result = work();
-            deferred.resolve(move |env| match result {
-                Ok(v) => convert(env, v),
-                Err(f) => Err(f.into_js(env)),
-            });
-        })
-        .map_err(|e| napi::Error::from_reason(format!("starting a thread: {e}")))?;
+    submit(Box::new(move || {
+        let result = work();
+        deferred.resolve(move |env| match result {
+            Ok(v) => convert(env, v),
+            Err(f) => Err(f.into_js(env)),
+        });
+    }))
+    .map_err(|e| napi::Error::from_reason(format!("starting a thread: {e}")))?;
     Ok(promise)
 }
 

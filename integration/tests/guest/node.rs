@@ -142,7 +142,7 @@ fn quantiles(samples: &[f64]) -> (f64, f64) {
 /// (`node/bench/pool.js`), on the same snapshot, in alternating rounds; prints p50 and p99
 /// of each. A benchmark of a few minutes, run by hand:
 /// `... sm-testvm ... -- <guest test binary> --test-threads=1 --ignored --nocapture node::binding_overhead`
-/// (`SM_BENCH_CYCLES`, default 200 per round and side).
+/// (`SM_BENCH_CYCLES`, default 100 per round and side, 4 rounds).
 #[test]
 #[ignore = "a benchmark, run by hand"]
 fn binding_overhead() {
@@ -156,7 +156,7 @@ fn binding_overhead() {
     let cycles: usize = std::env::var("SM_BENCH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(100);
     let image = sm::Image::build(sm::BuildOptions {
         name: "bench".into(),
         mem_mib: 256,
@@ -165,8 +165,7 @@ fn binding_overhead() {
         ..Default::default()
     })
     .expect("bake");
-    let (mut rust, mut js) = (vec![], vec![]);
-    for round in 1..=2 {
+    let run_rust = |rust: &mut Vec<f64>| {
         let pool = image
             .pool(sm::PoolOptions {
                 min: 1,
@@ -192,11 +191,9 @@ fn binding_overhead() {
             rust.push(cycle());
         }
         pool.shutdown();
-        eprintln!(
-            "round {round}: rust p50/p99 {:?}",
-            quantiles(&rust[before..])
-        );
-
+        eprintln!("rust p50/p99 {:?}", quantiles(&rust[before..]));
+    };
+    let run_js = |js: &mut Vec<f64>| {
         let out = Command::new("node")
             .arg("bench/pool.js")
             .current_dir(package())
@@ -213,8 +210,19 @@ fn binding_overhead() {
             .iter()
             .filter_map(|s| s.as_f64())
             .collect();
-        eprintln!("round {round}: js p50/p99 {:?}", quantiles(&samples));
+        eprintln!("js p50/p99 {:?}", quantiles(&samples));
         js.extend(samples);
+    };
+    // Rounds in the order R J J R R J J R: a drift of the machine's speed falls on both.
+    let (mut rust, mut js) = (vec![], vec![]);
+    for round in 0..4 {
+        if round % 2 == 0 {
+            run_rust(&mut rust);
+            run_js(&mut js);
+        } else {
+            run_js(&mut js);
+            run_rust(&mut rust);
+        }
     }
     let (r50, r99) = quantiles(&rust);
     let (j50, j99) = quantiles(&js);
