@@ -66,6 +66,16 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// The environment of systemd's service protocol (notify, watchdog, socket activation).
+const SERVICE_PROTOCOL_ENV: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
 impl Proc {
     /// Starts `cmd` in its own process group, stdout and stderr to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self, ProcessError> {
@@ -73,6 +83,11 @@ impl Proc {
         let err = out
             .try_clone()
             .map_err(|e| ProcessError::Spawn(name.into(), e))?;
+        // systemd's service protocol is between a service manager and its own child: sm's
+        // processes must not answer for sm (or take its sockets) should sm run as a service.
+        for var in SERVICE_PROTOCOL_ENV {
+            cmd.env_remove(var);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
