@@ -24,9 +24,10 @@
 //! second exec in the same VM, to tell resuming from the exec itself.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Barrier;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use sm_integration::bench::{env_or, percentile};
@@ -64,6 +65,7 @@ fn sm_cli(args: &[&str]) -> Duration {
             .output()
             .expect("spawn sm");
         let took = start.elapsed();
+        progressed(BEGAN.get().copied().unwrap_or(start));
         if out.status.success() {
             return took;
         }
@@ -100,6 +102,43 @@ fn exec_true(vm: &sm::PooledVm) {
     assert_eq!(out.exit.code, Some(0), "`true` in a pooled VM");
 }
 
+/// Seconds since the bench began at which something last finished (a cycle, an `sm` run).
+static PROGRESS: AtomicU64 = AtomicU64::new(0);
+/// When the bench began.
+static BEGAN: OnceLock<Instant> = OnceLock::new();
+
+/// Something finished `since` the bench began.
+fn progressed(since: Instant) {
+    PROGRESS.store(since.elapsed().as_secs(), Ordering::Relaxed);
+}
+
+/// If nothing finishes for `limit`, says what every process under `root` is doing (their
+/// states and each VM's `sm.log`) and ends the bench, before the test VM's own stall timeout
+/// stops it without a word.
+fn watch_progress(began: Instant, root: PathBuf, limit: Duration) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(5));
+        let last = Duration::from_secs(PROGRESS.load(Ordering::Relaxed));
+        if began.elapsed().saturating_sub(last) < limit {
+            continue;
+        }
+        eprintln!("STALLED: nothing finished for {limit:?}; processes:");
+        let _ = Command::new("ps")
+            .args(["-eo", "pid,ppid,stat,etime,wchan:24,args"])
+            .status();
+        for dir in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let log = std::fs::read_to_string(dir.path().join("sm.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            eprintln!(
+                "--- {}: {}",
+                dir.path().display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+        std::process::exit(3);
+    });
+}
+
 /// One pool cycle: acquire, exec `true` until its output (and once more), release.
 fn cycle(pool: &sm::Pool) -> Cycle {
     let start = Instant::now();
@@ -112,6 +151,7 @@ fn cycle(pool: &sm::Pool) -> Cycle {
     let second = t.elapsed();
     let t = Instant::now();
     vm.release();
+    progressed(BEGAN.get().copied().unwrap_or(start));
     Cycle {
         first,
         acquire,
@@ -289,7 +329,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo bench --list / test discovery.
     }
-    let began = Instant::now();
+    let began = *BEGAN.get_or_init(Instant::now);
     let acquires: usize = env_or("SM_BENCH_ACQUIRES", 100).max(1);
     let cli_runs = (acquires / 8).max(3);
     let fresh_samples = (acquires / 4).max(1);
@@ -299,6 +339,7 @@ fn main() {
     std::env::set_var("XDG_RUNTIME_DIR", runtime.path());
     std::env::set_var("SM_BIN_DIR", bin_dir());
     let root = runtime.path().join("sm");
+    watch_progress(began, root.clone(), Duration::from_secs(240));
     let data = tempfile::tempdir().expect("tempdir");
     let store = data.path().join("snapshots");
     let volume = data.path().join("cache.img");
