@@ -150,8 +150,7 @@ class Vm {
     });
   }
   snapshot(dir) { return call(() => this._raw.snapshot(path.resolve(String(dir)))); }
-  /** Gives it back to its pool (at once when nothing can make that wait). */
-  release() { return this._raw.tryRelease() ? Promise.resolve() : this._raw.release(); }
+  release() { return this._raw.release(); }
 }
 
 class Pool {

@@ -68,57 +68,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A job for a worker thread.
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Idle worker threads (an id and the channel each waits on). Blocking calls need a thread
-/// each (a `readStdout` may wait for minutes while other calls go on), so the set grows with
-/// the calls in flight; a worker idle for [`WORKER_IDLE`] ends. Reusing threads keeps a
-/// thread's start off every call's path.
-static IDLE: Mutex<Vec<(u64, std::sync::mpsc::Sender<Job>)>> = Mutex::new(Vec::new());
-
-/// How long an idle worker waits for another job.
-const WORKER_IDLE: Duration = Duration::from_secs(30);
-
-/// Runs `job` on an idle worker, or on a new one.
-fn submit(job: Job) -> std::io::Result<()> {
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut job = job;
-    while let Some((_, tx)) = lock(&IDLE).pop() {
-        // A worker leaves the list before it ends, so this one is alive and takes the job.
-        match tx.send(job) {
-            Ok(()) => return Ok(()),
-            Err(back) => job = back.0,
-        }
-    }
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = std::sync::mpsc::channel::<Job>();
-    std::thread::Builder::new()
-        .name("sm-node".into())
-        .spawn(move || {
-            let mut next = Some(job);
-            while let Some(job) = next.take() {
-                job();
-                lock(&IDLE).push((id, tx.clone()));
-                next = match rx.recv_timeout(WORKER_IDLE) {
-                    Ok(job) => Some(job),
-                    Err(_) => {
-                        let mut idle = lock(&IDLE);
-                        if let Some(i) = idle.iter().position(|(w, _)| *w == id) {
-                            idle.swap_remove(i);
-                            return;
-                        }
-                        drop(idle);
-                        // Taken off the list just now: its job is on the way.
-                        rx.recv().ok()
-                    }
-                };
-            }
-        })
-        .map(|_| ())
-}
-
-/// Runs `work` on a worker thread and returns a promise settled with `convert`'s value
+/// Runs `work` on a thread of its own and returns a promise settled with `convert`'s value
 /// (on the JS thread), or rejected with the failure.
 fn promise<'e, T, D, W, C>(env: &'e Env, work: W, convert: C) -> Result<Object<'e>>
 where
@@ -128,14 +78,16 @@ where
     C: FnOnce(Env, T) -> Result<D> + Send + 'static,
 {
     let (deferred, promise) = env.create_deferred()?;
-    submit(Box::new(move || {
-        let result = work();
-        deferred.resolve(move |env| match result {
-            Ok(v) => convert(env, v),
-            Err(f) => Err(f.into_js(env)),
-        });
-    }))
-    .map_err(|e| napi::Error::from_reason(format!("starting a thread: {e}")))?;
+    std::thread::Builder::new()
+        .name("sm-node".into())
+        .spawn(move || {
+            let result = work();
+            deferred.resolve(move |env| match result {
+                Ok(v) => convert(env, v),
+                Err(f) => Err(f.into_js(env)),
+            });
+        })
+        .map_err(|e| napi::Error::from_reason(format!("starting a thread: {e}")))?;
     Ok(promise)
 }
 
@@ -508,7 +460,6 @@ impl Pool {
     #[napi(ts_return_type = "Promise<Vm>")]
     pub fn acquire<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
         let cell = self.cell();
-        let pool_of_vm = cell.clone();
         promise(
             env,
             move || {
@@ -518,11 +469,7 @@ impl Pool {
                     .ok_or_else(|| Fail::new("pool", "the pool is shut down"))?;
                 pool.acquire().map_err(pool_fail)
             },
-            move |_, vm| {
-                let mut inner = VmInner::new(Target::Pooled(Box::new(vm)));
-                inner.pool = Some(pool_of_vm);
-                Ok(Vm::of(Arc::new(inner)))
-            },
+            |_, vm| Ok(Vm::of(Arc::new(VmInner::new(Target::Pooled(Box::new(vm)))))),
         )
     }
 
@@ -621,8 +568,6 @@ impl Target {
 
 struct VmInner {
     target: RwLock<Option<Target>>,
-    /// The pool a pooled VM came from (while it is not shut down, a release never waits).
-    pool: Option<PoolCell>,
     /// Why there is no target any more.
     gone: Mutex<&'static str>,
     forwarders: Mutex<Vec<Arc<Forward>>>,
@@ -632,7 +577,6 @@ impl VmInner {
     fn new(target: Target) -> VmInner {
         VmInner {
             target: RwLock::new(Some(target)),
-            pool: None,
             gone: Mutex::new("the VM was released"),
             forwarders: Mutex::new(vec![]),
         }
@@ -924,34 +868,6 @@ impl Vm {
             },
             |_, ()| Ok(()),
         )
-    }
-
-    /// [`Vm::release`] on the JS thread when nothing can make it wait (a pooled VM of a
-    /// running pool, no call in flight, no forwarder: sm's release then only queues the VM
-    /// for the pool's threads); `false`: nothing done, use `release`. Saves `release` its
-    /// trip through a worker thread.
-    #[napi]
-    pub fn try_release(&self) -> bool {
-        let inner = self.inner();
-        let Some(cell) = &inner.pool else {
-            return false;
-        };
-        let Ok(pool) = cell.try_read() else {
-            return false;
-        };
-        if pool.is_none() || !lock(&inner.forwarders).is_empty() {
-            return false;
-        }
-        let Ok(mut target) = inner.target.try_write() else {
-            return false;
-        };
-        *lock(&inner.gone) = "the VM was released";
-        if let Some(Target::Pooled(vm)) = target.take() {
-            (*vm).release();
-        }
-        drop(target);
-        drop(pool);
-        true
     }
 
     /// Gives the VM back to its pool (its forwarders close); later calls reject.
