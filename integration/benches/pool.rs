@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
-use sm_integration::bench::{env_or, percentile};
+use sm_integration::bench::{env_or, memfd_kib, percentile};
 use sm_integration::bin_dir;
 
 /// Guest memory of every VM, in MiB.
@@ -217,25 +217,6 @@ fn pss_kib(pid: u32) -> (u64, u64) {
     };
     let pss = field("Pss:").unwrap_or_else(|| panic!("no Pss in /proc/{pid}/smaps_rollup"));
     (pss, field("Pss_Shmem:").unwrap_or(0))
-}
-
-/// KiB allocated in the memfds process `pid` holds open (sm-vmm's guest RAM).
-fn memfd_kib(pid: u32) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    fds.filter_map(Result::ok)
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:"))
-        })
-        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        // Several descriptors of one memfd (sm-vmm holds one per mapped range) count once.
-        .map(|md| (md.ino(), md.blocks() / 2))
-        .collect::<BTreeMap<u64, u64>>()
-        .values()
-        .sum()
 }
 
 /// The memory of one pooled VM, in KiB.

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use sm_agent::client::{Agent, ReadySignal};
 use sm_agent::message::ExecRequest;
-use sm_integration::bench::{env_or, percentile};
+use sm_integration::bench::{env_or, memfd_kib, percentile};
 use sm_integration::bin_dir;
 use sm_snapshot::api::ApiClient;
 use sm_test_support::process::spawn_listening;
@@ -294,21 +294,6 @@ fn pss_kib(pid: u32) -> (u64, u64) {
     };
     let pss = field("Pss:").unwrap_or_else(|| panic!("no Pss in /proc/{pid}/smaps_rollup"));
     (pss, field("Pss_Shmem:").unwrap_or(0))
-}
-
-/// KiB allocated in the memfds process `pid` holds open (sm-vmm's guest RAM).
-fn memfd_kib(pid: u32) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"));
-    fds.filter_map(Result::ok)
-        .filter(|fd| {
-            std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:"))
-        })
-        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
-        .map(|md| md.blocks() / 2)
-        .sum()
 }
 
 /// (allocated bytes, apparent bytes) of every file in `dir`, and of its memory file, and the
