@@ -34,6 +34,33 @@ pub enum AgentError {
     /// The agent did not come up in time; the last attempt's error.
     #[error("the guest agent did not answer within {0:?} (last: {1})")]
     NotReady(Duration, String),
+    /// A collected command wrote more than [`MAX_COLLECTED_OUTPUT`] bytes to one stream.
+    #[error("the command wrote more than {limit} MiB to {0}; stream its output instead", limit = MAX_COLLECTED_OUTPUT >> 20)]
+    OutputTooLarge(&'static str),
+}
+
+/// The most [`Agent::exec`] collects of one stream: the guest is untrusted, and a command
+/// that writes without end must not take the host's memory with it.
+pub const MAX_COLLECTED_OUTPUT: usize = 256 << 20;
+
+/// A buffer that refuses to grow past [`MAX_COLLECTED_OUTPUT`].
+struct Collected {
+    buf: Vec<u8>,
+    full: bool,
+}
+
+impl Write for Collected {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > MAX_COLLECTED_OUTPUT {
+            self.full = true;
+            return Err(io::Error::other("collected output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// How long the vsock backend and the agent may take to answer a new connection.
@@ -162,17 +189,25 @@ impl Agent {
         Ok(s)
     }
 
-    /// Runs a command to completion and collects its output; `stdin` (if any) is sent
-    /// and closed.
+    /// Runs a command to completion and collects its output (at most
+    /// [`MAX_COLLECTED_OUTPUT`] bytes of each stream); `stdin` (if any) is sent and closed.
     pub fn exec(&self, req: &ExecRequest, stdin: Option<&[u8]>) -> Result<ExecOutput, AgentError> {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let collected = || Collected {
+            buf: Vec::new(),
+            full: false,
+        };
+        let (mut out, mut err) = (collected(), collected());
         let mut req = req.clone();
         req.stdin = stdin.is_some();
         let input = stdin.map(|b| Box::new(io::Cursor::new(b.to_vec())) as Box<dyn Read + Send>);
-        let exit = self.exec_streaming(&req, input, &mut out, &mut err)?;
+        let exit = match self.exec_streaming(&req, input, &mut out, &mut err) {
+            Err(_) if out.full => return Err(AgentError::OutputTooLarge("stdout")),
+            Err(_) if err.full => return Err(AgentError::OutputTooLarge("stderr")),
+            r => r?,
+        };
         Ok(ExecOutput {
-            stdout: out,
-            stderr: err,
+            stdout: out.buf,
+            stderr: err.buf,
             exit,
         })
     }
@@ -477,5 +512,26 @@ impl Write for TcpTunnel {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collected_output_stops_at_its_limit() {
+        let mut c = Collected {
+            buf: Vec::new(),
+            full: false,
+        };
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..(MAX_COLLECTED_OUTPUT >> 20) {
+            c.write_all(&chunk).unwrap();
+        }
+        assert!(!c.full);
+        assert!(c.write_all(b"x").is_err());
+        assert!(c.full);
+        assert_eq!(c.buf.len(), MAX_COLLECTED_OUTPUT);
     }
 }
