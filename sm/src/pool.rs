@@ -544,7 +544,9 @@ fn start_clone(
         argv: vec!["true".into()],
         ..Default::default()
     };
-    crate::ExecBuilder::new(vm.agent(), req)
+    // Bounded on the host too: a clone whose guest does not answer is dropped, not waited on.
+    let agent = vm.agent().clone().with_io_timeout(Duration::from_secs(35));
+    crate::ExecBuilder::new(&agent, req)
         .timeout(Duration::from_secs(30))
         .output()
         .map_err(|e| format!("the clone's first command: {e}"))?;

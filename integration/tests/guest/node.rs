@@ -1,5 +1,5 @@
 //! The Node.js binding (`node/`): its `node --test` suite and every example
-//! (`node examples/X.js`) run against real guests, each with its own runtime directory and
+//! (`node examples/X.js`) run against real guests booted from an OCI image the test builds, each with its own runtime directory and
 //! snapshot store; each must exit 0 and leave no VM process behind. Node.js and the built
 //! addon (`node/build.sh`, which `scripts/build.sh` runs) are required: their absence fails
 //! the module, it does not skip it.
@@ -39,7 +39,15 @@ fn node(args: &[&str], limit: Duration) {
     let runtime = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let rt = runtime.path().to_str().unwrap().to_owned();
-    eprintln!("=== node {} (in {})", args.join(" "), package().display());
+    // The image the run bakes: one the test builds (busybox, as an OCI layout).
+    let layout = data.path().join("layout");
+    crate::image::build_layout(&layout, None);
+    let image = format!("oci-layout:{}:latest", layout.display());
+    eprintln!(
+        "=== node {} (in {}, image {image})",
+        args.join(" "),
+        package().display()
+    );
     let t = Instant::now();
     let mut child = Command::new("node")
         .args(args)
@@ -48,6 +56,7 @@ fn node(args: &[&str], limit: Duration) {
         .env("SM_BIN_DIR", sm_integration::bin_dir())
         .env("SM_EXAMPLE_SNAPSHOTS", data.path().join("snapshots"))
         .env("SM_NODE_TEST_DATA", data.path())
+        .env("SM_EXAMPLE_REF", &image)
         .env("TMPDIR", data.path())
         .stdin(Stdio::null())
         .spawn()

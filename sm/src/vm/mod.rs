@@ -128,6 +128,8 @@ const RESEED_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the guest may take to unmount volumes and sync at stop.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much longer than a command's own timeout the host waits for the guest's answer.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
 
 impl Vm {
     /// Starts the backends and sm-vmm, waits for the guest agent, mounts the mounts and
@@ -497,9 +499,13 @@ impl Vm {
                 argv: argv.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
             };
-            let _ = ExecBuilder::new(&self.agent, req)
-                .timeout(SYNC_TIMEOUT)
-                .output();
+            // Bounded on the host too: a guest that stopped answering must not hold up the
+            // stop (its own timeout only works while it runs).
+            let agent = self
+                .agent
+                .clone()
+                .with_io_timeout(SYNC_TIMEOUT + STOP_MARGIN);
+            let _ = ExecBuilder::new(&agent, req).timeout(SYNC_TIMEOUT).output();
         }
         crate::trace::step("stopping sm-vmm");
         if let Some(mut vmm) = self.vmm.take() {
