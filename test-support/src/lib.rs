@@ -19,6 +19,7 @@ pub mod oci;
 pub mod process;
 pub mod qemu;
 pub mod skip;
+pub mod supervision;
 
 pub use skip::{is_root, require, skip_or_fail};
 

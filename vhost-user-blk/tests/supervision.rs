@@ -7,16 +7,17 @@
 #[allow(unused_imports)] // The shared module re-exports what other test binaries use.
 mod common;
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::{Blk, Program};
-use sm_test_support::process::signal_and_wait;
 use sm_test_support::s;
+use sm_test_support::supervision::{
+    lines, notify_socket, spawn_backend, stop, wait_line, Handover,
+};
 use sm_vhost_user_common::testing::{GuestMemory, TestFrontend};
 
 const T_IN: u32 = 0;
@@ -27,96 +28,6 @@ fn header(kind: u32, sector: u64) -> Vec<u8> {
     h[0..4].copy_from_slice(&kind.to_le_bytes());
     h[8..16].copy_from_slice(&sector.to_le_bytes());
     h
-}
-
-/// How the listening socket reaches the backend.
-enum Handover<'a> {
-    /// At descriptor 3 with `LISTEN_FDS=1` and `LISTEN_PID` set to the backend's PID.
-    Activation(&'a UnixListener),
-    /// Descriptor `fd` at descriptor `n`, named by `--fd n`.
-    Fd(RawFd, RawFd),
-}
-
-/// Starts the backend with `args`, the socket handed over as `handover` says, and `env`.
-fn spawn(dir: &Path, args: &[&str], handover: Handover, env: &[(&str, &str)]) -> Child {
-    let (listener, target, activated) = match handover {
-        Handover::Activation(l) => (l.as_raw_fd(), 3, true),
-        Handover::Fd(fd, n) => (fd, n, false),
-    };
-    let mut cmd = if activated {
-        // LISTEN_PID must name the backend: the shell's PID, which exec keeps.
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
-            .arg(Blk::PATH)
-            .env("LISTEN_FDS", "1");
-        c
-    } else {
-        Command::new(Blk::PATH)
-    };
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("backend.log")).unwrap());
-    // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if listener == target {
-                if libc::fcntl(target, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(listener, target) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    cmd.spawn().expect("spawn sm-vhost-user-blk")
-}
-
-/// The notification socket a service manager would bind.
-fn notify_socket(dir: &Path) -> (UnixDatagram, String) {
-    let path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    (sock, s(&path).to_owned())
-}
-
-/// Notification lines received until one equals `want` (or `secs` pass: then panics).
-fn wait_line(sock: &UnixDatagram, want: &str, secs: u64, dir: &Path) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        if let Ok(n) = sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            seen.extend(msg.lines().map(str::to_owned));
-            if msg.lines().any(|l| l == want) {
-                return seen;
-            }
-        }
-    }
-    let log = std::fs::read_to_string(dir.join("backend.log")).unwrap_or_default();
-    panic!("no {want:?} in {secs} s; got {seen:?}\n--- backend log\n{log}");
-}
-
-/// Every notification line received within `d`.
-fn lines_within(sock: &UnixDatagram, d: Duration) -> Vec<String> {
-    let deadline = Instant::now() + d;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        if let Ok(n) = sock.recv(&mut buf) {
-            seen.extend(
-                String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .map(str::to_owned),
-            );
-        }
-    }
-    seen
 }
 
 /// Writes a sector through a real virtqueue and reads it back.
@@ -134,14 +45,6 @@ fn write_and_read_back(socket: &Path) {
     assert!(reply.bytes[..512].iter().all(|&b| b == 0xa5), "read back");
 }
 
-fn stop(child: &mut Child, notify: &UnixDatagram, dir: &Path) {
-    // SAFETY: kill() on our own child, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    wait_line(notify, "STOPPING=1", 5, dir);
-    let exit = signal_and_wait(child, libc::SIGTERM, Duration::from_secs(5)).status;
-    assert_eq!(exit.signal(), Some(libc::SIGTERM), "{exit:?}");
-}
-
 #[test]
 fn socket_activated_backend_serves_and_notifies() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,16 +53,17 @@ fn socket_activated_backend_serves_and_notifies() {
     let listener = UnixListener::bind(&socket).unwrap();
     let (notify, notify_path) = notify_socket(d);
     let img = d.join("vol.img");
-    let mut child = spawn(
+    let mut child = spawn_backend(
+        Blk::PATH,
         d,
         &["--file", s(&img), "--size-mib", "4"],
         Handover::Activation(&listener),
         &[("NOTIFY_SOCKET", &notify_path)],
     );
-    let lines = wait_line(&notify, "READY=1", 10, d);
+    let seen = wait_line(&notify, "READY=1", 10, d);
     assert!(
-        lines.iter().any(|l| l == "STATUS=waiting for the frontend"),
-        "{lines:?}"
+        seen.iter().any(|l| l == "STATUS=waiting for the frontend"),
+        "{seen:?}"
     );
     // The test's own copy goes away: the backend alone holds the socket.
     drop(listener);
@@ -176,7 +80,8 @@ fn fd_flag_backend_serves_a_frontend() {
     let listener = UnixListener::bind(&socket).unwrap();
     let (notify, notify_path) = notify_socket(d);
     let img = d.join("vol.img");
-    let mut child = spawn(
+    let mut child = spawn_backend(
+        Blk::PATH,
         d,
         &["--fd", "7", "--file", s(&img), "--size-mib", "4"],
         Handover::Fd(listener.as_raw_fd(), 7),
@@ -204,30 +109,31 @@ fn watchdog_pings_stop_while_the_backend_is_stopped() {
     let listener = UnixListener::bind(&socket).unwrap();
     let (notify, notify_path) = notify_socket(d);
     let img = d.join("vol.img");
-    let mut child = spawn(
+    let mut child = spawn_backend(
+        Blk::PATH,
         d,
         &["--file", s(&img), "--size-mib", "4", "--num-queues", "2"],
         Handover::Activation(&listener),
         &[("NOTIFY_SOCKET", &notify_path), ("WATCHDOG_USEC", "200000")],
     );
     wait_line(&notify, "READY=1", 10, d);
-    let pings = |lines: &[String]| lines.iter().filter(|l| *l == "WATCHDOG=1").count();
+    let pings = |seen: &[String]| seen.iter().filter(|l| *l == "WATCHDOG=1").count();
     // Every 50 ms (a quarter of the interval), once both queue threads answered.
-    let lines = lines_within(&notify, Duration::from_secs(1));
-    assert!(pings(&lines) >= 5, "{lines:?}");
+    let seen = lines(&notify, Duration::from_secs(1), None);
+    assert!(pings(&seen) >= 5, "{seen:?}");
     // Serving a frontend keeps them coming.
     write_and_read_back(&socket);
-    let lines = lines_within(&notify, Duration::from_millis(500));
-    assert!(pings(&lines) >= 2, "{lines:?}");
+    let seen = lines(&notify, Duration::from_millis(500), None);
+    assert!(pings(&seen) >= 2, "{seen:?}");
     // A stopped (hung) backend sends none; resumed, it pings again.
     let server = sandboxed_child(child.id() as i32).expect("sandboxed child");
     // SAFETY: kill() on the backend's own child, which is alive (it just pinged).
     unsafe { libc::kill(server, libc::SIGSTOP) };
     std::thread::sleep(Duration::from_millis(100));
     // What was sent before the stop took hold.
-    lines_within(&notify, Duration::from_millis(150));
-    let lines = lines_within(&notify, Duration::from_millis(600));
-    assert_eq!(pings(&lines), 0, "{lines:?}");
+    lines(&notify, Duration::from_millis(150), None);
+    let seen = lines(&notify, Duration::from_millis(600), None);
+    assert_eq!(pings(&seen), 0, "{seen:?}");
     // SAFETY: as above.
     unsafe { libc::kill(server, libc::SIGCONT) };
     wait_line(&notify, "WATCHDOG=1", 2, d);
@@ -260,7 +166,8 @@ fn exactly_one_socket_source() {
     );
     // LISTEN_FDS with --socket: two sources.
     let listener = UnixListener::bind(d.join("a.sock")).unwrap();
-    let child = spawn(
+    let child = spawn_backend(
+        Blk::PATH,
         d,
         &["--socket", s(&sock), "--file", s(&img)],
         Handover::Activation(&listener),
@@ -282,7 +189,8 @@ fn exactly_one_socket_source() {
         (file.as_raw_fd(), "not a socket"),
         (datagram.as_raw_fd(), "not a stream socket"),
     ] {
-        let child = spawn(
+        let child = spawn_backend(
+            Blk::PATH,
             d,
             &["--fd", "5", "--file", s(&img)],
             Handover::Fd(fd, 5),
@@ -309,11 +217,11 @@ fn a_failed_start_is_stopping_with_the_error_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let lines = wait_line(&notify, "STOPPING=1", 5, d);
+    let seen = wait_line(&notify, "STOPPING=1", 5, d);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        lines.iter().any(|l| *l == format!("STATUS={}", err.trim())),
-        "{lines:?} vs {err}"
+        seen.iter().any(|l| *l == format!("STATUS={}", err.trim())),
+        "{seen:?} vs {err}"
     );
-    assert!(!lines.iter().any(|l| l == "READY=1"), "{lines:?}");
+    assert!(!seen.iter().any(|l| l == "READY=1"), "{seen:?}");
 }

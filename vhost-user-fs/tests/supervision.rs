@@ -7,102 +7,22 @@
 #[allow(unused_imports)] // The shared module re-exports what other test binaries use.
 mod common;
 
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Fs, Program};
-use sm_test_support::process::signal_and_wait;
 use sm_test_support::s;
+use sm_test_support::supervision::{
+    lines, notify_socket, spawn_backend, stop, wait_line, Handover,
+};
 use sm_vhost_user_common::testing::{GuestMemory, TestFrontend};
 
 /// The request queue (0 is high priority).
 const REQ: usize = 1;
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_INIT: u32 = 26;
-
-/// Starts the backend with `args`, `listener` at descriptor `target` (with `LISTEN_FDS=1`
-/// and `LISTEN_PID` when `activated`), and `env`.
-fn spawn(
-    dir: &Path,
-    args: &[&str],
-    listener: RawFd,
-    target: RawFd,
-    activated: bool,
-    env: &[(&str, &str)],
-) -> Child {
-    let mut cmd = if activated {
-        // LISTEN_PID must name the backend: the shell's PID, which exec keeps.
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
-            .arg(Fs::PATH)
-            .env("LISTEN_FDS", "1");
-        c
-    } else {
-        Command::new(Fs::PATH)
-    };
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("backend.log")).unwrap());
-    // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if listener == target {
-                if libc::fcntl(target, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(listener, target) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    cmd.spawn().expect("spawn sm-vhost-user-fs")
-}
-
-/// The notification socket a service manager would bind.
-fn notify_socket(dir: &Path) -> (UnixDatagram, String) {
-    let path = dir.join("notify.sock");
-    let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    (sock, s(&path).to_owned())
-}
-
-/// Notification lines received within `d`, or until one equals `until`.
-fn lines(sock: &UnixDatagram, d: Duration, until: Option<&str>) -> Vec<String> {
-    let deadline = Instant::now() + d;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        if let Ok(n) = sock.recv(&mut buf) {
-            seen.extend(
-                String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .map(str::to_owned),
-            );
-            if until.is_some_and(|u| seen.iter().any(|l| l == u)) {
-                break;
-            }
-        }
-    }
-    seen
-}
-
-fn wait_line(sock: &UnixDatagram, want: &str, secs: u64, dir: &Path) -> Vec<String> {
-    let seen = lines(sock, Duration::from_secs(secs), Some(want));
-    if !seen.iter().any(|l| l == want) {
-        let log = std::fs::read_to_string(dir.join("backend.log")).unwrap_or_default();
-        panic!("no {want:?} in {secs} s; got {seen:?}\n--- backend log\n{log}");
-    }
-    seen
-}
 
 /// One FUSE request on the request queue: (error, reply body).
 fn fuse(fe: &mut TestFrontend, mem: &GuestMemory, opcode: u32, node: u64, body: &[u8]) -> i32 {
@@ -141,14 +61,6 @@ fn init_and_lookup(socket: &Path, present: &str) {
     );
 }
 
-fn stop(child: &mut Child, notify: &UnixDatagram, dir: &Path) {
-    // SAFETY: kill() on our own child, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    wait_line(notify, "STOPPING=1", 5, dir);
-    let exit = signal_and_wait(child, libc::SIGTERM, Duration::from_secs(5)).status;
-    assert_eq!(exit.signal(), Some(libc::SIGTERM), "{exit:?}");
-}
-
 /// A temporary directory with a share holding one file.
 fn share() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -165,12 +77,11 @@ fn socket_activated_backend_serves_and_notifies() {
     let socket = d.join("fs.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     let (notify, notify_path) = notify_socket(d);
-    let mut child = spawn(
+    let mut child = spawn_backend(
+        Fs::PATH,
         d,
         &["--shared-dir", s(&shared)],
-        listener.as_raw_fd(),
-        3,
-        true,
+        Handover::Activation(&listener),
         &[("NOTIFY_SOCKET", &notify_path)],
     );
     let seen = wait_line(&notify, "READY=1", 10, d);
@@ -191,7 +102,8 @@ fn fd_flag_backend_serves_and_feeds_the_watchdog() {
     let socket = d.join("fs.sock");
     let listener = UnixListener::bind(&socket).unwrap();
     let (notify, notify_path) = notify_socket(d);
-    let mut child = spawn(
+    let mut child = spawn_backend(
+        Fs::PATH,
         d,
         &[
             "--fd",
@@ -201,9 +113,7 @@ fn fd_flag_backend_serves_and_feeds_the_watchdog() {
             "--thread-pool-size",
             "2",
         ],
-        listener.as_raw_fd(),
-        9,
-        false,
+        Handover::Fd(listener.as_raw_fd(), 9),
         &[("NOTIFY_SOCKET", &notify_path), ("WATCHDOG_USEC", "200000")],
     );
     wait_line(&notify, "READY=1", 10, d);
@@ -244,12 +154,11 @@ fn exactly_one_socket_source() {
         assert_eq!(out.status.code(), Some(2), "{out:?}");
     }
     let listener = UnixListener::bind(d.join("a.sock")).unwrap();
-    let child = spawn(
+    let child = spawn_backend(
+        Fs::PATH,
         d,
         &["--fd", "3", "--shared-dir", s(&shared)],
-        listener.as_raw_fd(),
-        3,
-        true,
+        Handover::Activation(&listener),
         &[],
     );
     let out = child.wait_with_output().unwrap();
