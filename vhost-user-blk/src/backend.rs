@@ -18,7 +18,7 @@ use std::sync::Arc;
 use sm_vhost_user_common::queue::{handle_queue_event, one_queue_per_thread, QueueState};
 use sm_vhost_user_common::serve::ServedBackend;
 use sm_vhost_user_common::state::StateTransfer;
-use tracing::warn;
+use tracing::{trace, warn};
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
 };
@@ -75,6 +75,7 @@ impl BlkBackend {
         if chains.is_empty() {
             return Ok(());
         }
+        let taken = chains.len();
         for chain in chains {
             let head = chain.head_index();
             let segments = chain.map(|d| Segment {
@@ -87,9 +88,11 @@ impl BlkBackend {
                 warn!("cannot return descriptor {head} to the guest: {e}");
             }
         }
-        if vring.needs_notification().map_err(io::Error::other)? {
+        let notify = vring.needs_notification().map_err(io::Error::other)?;
+        if notify {
             vring.signal_used_queue()?;
         }
+        trace!(taken, notify, "requests completed");
         Ok(())
     }
 }

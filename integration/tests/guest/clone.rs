@@ -24,9 +24,11 @@ pub(crate) fn sm(runtime: &Path, args: &[&str]) -> Command {
 /// Runs `sm ARGS`, with every log of the runtime directory in the message if it hangs.
 pub(crate) fn run(runtime: &Path, args: &[&str]) -> Output {
     let sm_dir = runtime.join("sm");
-    run_with_timeout_explained(&mut sm(runtime, args), Duration::from_secs(240), || {
-        logs(&sm_dir)
-    })
+    run_retrying_stall_explained(
+        || sm(runtime, args),
+        Duration::from_secs(240),
+        || logs(&sm_dir),
+    )
 }
 
 /// The logs under the runtime directory (sm's steps, sm-vmm's and the backends' output).

@@ -135,21 +135,6 @@ fn hung_vmms() -> String {
     report
 }
 
-/// [`run_with_timeout`], with `explain` adding what to look at (logs, processes) to the
-/// failure of a hang.
-pub fn run_with_timeout_explained(
-    cmd: &mut Command,
-    limit: Duration,
-    explain: impl FnOnce() -> String,
-) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    wait_with_timeout_explained(child, limit, explain)
-}
-
 /// [`wait_with_timeout`], with `explain` run before a hung child is stopped (SIGTERM, then
 /// SIGKILL after 10 s) and its words added to the failure.
 pub fn wait_with_timeout_explained(
@@ -185,11 +170,164 @@ pub fn wait_with_timeout_explained(
 }
 
 /// Boots a guest running `args` (after `--`) with extra sm-vmm flags; 120 s deadline
-/// (the test VM runs nested under software emulation).
+/// (the test VM runs nested under software emulation), booted once more if the guest
+/// stalled ([`run_retrying_stall`]).
 pub fn boot(flags: &[&str], args: &[&str]) -> Output {
-    let mut cmd = sm_vmm();
-    cmd.args(flags).arg("--").args(args);
-    run_with_timeout(&mut cmd, Duration::from_secs(120))
+    run_retrying_stall(
+        || {
+            let mut cmd = sm_vmm();
+            cmd.args(flags).arg("--").args(args);
+            cmd
+        },
+        Duration::from_secs(120),
+    )
+}
+
+/// Runs the command `make` builds (in its own process group) with a deadline. A hang where
+/// every vCPU of every guest the command started sits halted waiting for an interrupt is the
+/// nested emulation's stall (README, "Where guests run"), not the command's: the whole
+/// group is stopped and the command runs once more, with a loud `RETRY:` line. Any other
+/// hang, or a second stall, fails the test with what was running.
+pub fn run_retrying_stall(make: impl FnMut() -> Command, limit: Duration) -> Output {
+    run_retrying_stall_explained(make, limit, String::new)
+}
+
+/// [`run_retrying_stall`], with `explain` adding what to look at (logs) to a hang's report.
+pub fn run_retrying_stall_explained(
+    mut make: impl FnMut() -> Command,
+    limit: Duration,
+    explain: impl Fn() -> String,
+) -> Output {
+    use std::os::unix::process::CommandExt;
+    for attempt in 1.. {
+        let mut cmd = make();
+        cmd.process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let (o, e) = (
+            drain(child.stdout.take().map(|p| Box::new(p) as _)),
+            drain(child.stderr.take().map(|p| Box::new(p) as _)),
+        );
+        if let Some(status) = wait_timeout(&mut child, limit) {
+            return Output {
+                status,
+                stdout: o.join().unwrap(),
+                stderr: e.join().unwrap(),
+            };
+        }
+        let stalled = guests_stalled(child.id());
+        let explained = format!("{}{}", explain(), processes());
+        stop_group(&mut child);
+        let stderr = String::from_utf8_lossy(&e.join().unwrap()).into_owned();
+        if stalled && attempt == 1 {
+            eprintln!(
+                "RETRY: {cmd:?} hung after {limit:?} with its guest's vCPUs halted waiting for \
+                 an interrupt (the nested emulation's stall); running it once more\n{explained}"
+            );
+            continue;
+        }
+        panic!(
+            "the command (pid {}) did not finish within {limit:?}{}; stderr so far: {stderr}\n{explained}",
+            child.id(),
+            if stalled { ", its guest stalled twice" } else { "" }
+        );
+    }
+    unreachable!()
+}
+
+/// A thread reading all of `pipe` (nothing if it is `None`).
+fn drain(pipe: Option<Box<dyn std::io::Read + Send>>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut v);
+        }
+        v
+    })
+}
+
+/// Stops `child`'s process group (SIGTERM, then SIGKILL after 10 s) and reaps `child`.
+fn stop_group(child: &mut Child) {
+    let group = child.id() as libc::pid_t;
+    // SAFETY: kill() of the process group our unreaped child leads; it exists until we reap
+    // the child below, so the ID cannot name anything else.
+    unsafe { libc::kill(-group, libc::SIGTERM) };
+    if wait_timeout(child, Duration::from_secs(10)).is_none() {
+        // SAFETY: as above; the child is still not reaped.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        let _ = child.wait();
+    }
+    // SAFETY: SIGKILL to whatever of the group is left (processes that ignored SIGTERM); an
+    // empty group makes this fail with ESRCH, which is fine.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+}
+
+/// Whether `root` started at least one sm-vmm and every vCPU thread of each sits halted in
+/// KVM (`kvm_vcpu_block`/`kvm_vcpu_halt`).
+fn guests_stalled(root: u32) -> bool {
+    let vmms: Vec<u32> = descendants(root)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sm-vmm")
+        })
+        .collect();
+    !vmms.is_empty()
+        && vmms.iter().all(|pid| {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten();
+            let mut vcpus = 0;
+            for t in tasks {
+                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                if !comm.starts_with("vcpu") {
+                    continue;
+                }
+                vcpus += 1;
+                let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
+                if !stack.contains("kvm_vcpu_block") && !stack.contains("kvm_vcpu_halt") {
+                    return false;
+                }
+            }
+            vcpus > 0
+        })
+}
+
+/// Every process below `root` (children, their children, ...).
+fn descendants(root: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
+            // The parent is the second field after the command name's closing parenthesis.
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
 }
 
 /// Lossy stdout, for messages.

@@ -120,13 +120,16 @@ fn an_oci_image_runs_with_its_own_config_and_a_writable_overlay() {
     let image = format!("oci-layout:{}:latest", layout.display());
     let sm = |args: &[&str]| {
         require_kvm();
-        let mut c = Command::new(sm_integration::bin_dir().join("sm"));
-        c.env("XDG_RUNTIME_DIR", work.path())
-            .env("SM_HOME", work.path().join("sm"))
-            .env("SM_BIN_DIR", sm_integration::bin_dir())
-            .stdin(Stdio::null())
-            .args(args);
-        run_with_timeout(&mut c, Duration::from_secs(180))
+        let make = || {
+            let mut c = Command::new(sm_integration::bin_dir().join("sm"));
+            c.env("XDG_RUNTIME_DIR", work.path())
+                .env("SM_HOME", work.path().join("sm"))
+                .env("SM_BIN_DIR", sm_integration::bin_dir())
+                .stdin(Stdio::null())
+                .args(args);
+            c
+        };
+        run_retrying_stall(make, Duration::from_secs(180))
     };
     // The image's own command, environment, working directory and user.
     let out = sm(&["run", &image]);

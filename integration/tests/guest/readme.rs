@@ -489,7 +489,7 @@ fn check_stdout(line: &CommandLine, out: &str, expected: &Stdout) {
 }
 
 fn runs(place: &Place, line: &CommandLine, stdout: &Stdout, after: Option<(&str, &str)>) {
-    let out = run_with_timeout(&mut place.shell(&line.command), LIMIT);
+    let out = run_retrying_stall(|| place.shell(&line.command), LIMIT);
     assert_eq!(
         out.status.code(),
         Some(line.claimed_exit()),

@@ -37,7 +37,31 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 /// (sm's steps, sm-vmm's and the backends' output) and the processes still running.
 fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output {
     let sm_dir = runtime.join("sm");
-    run_with_timeout_explained(cmd, Duration::from_secs(120), || {
+    let (program, args) = (
+        cmd.get_program().to_owned(),
+        cmd.get_args().map(|a| a.to_owned()).collect::<Vec<_>>(),
+    );
+    let envs: Vec<_> = cmd
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+        .collect();
+    let dir = cmd.get_current_dir().map(Path::to_path_buf);
+    // The same command again for a retry (a Command cannot be cloned).
+    let remake = || {
+        let mut c = Command::new(&program);
+        c.args(&args).stdin(Stdio::null());
+        if let Some(dir) = &dir {
+            c.current_dir(dir);
+        }
+        for (k, v) in &envs {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    };
+    run_retrying_stall_explained(remake, Duration::from_secs(120), || {
         let mut report = String::new();
         let vms = std::fs::read_dir(&sm_dir).into_iter().flatten().flatten();
         for log in vms.flat_map(|vm| std::fs::read_dir(vm.path()).into_iter().flatten().flatten()) {
