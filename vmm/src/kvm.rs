@@ -37,18 +37,25 @@ pub fn is_pvm_only(sys_module: &Path) -> bool {
         && !sys_module.join("kvm_amd").exists()
 }
 
-/// Opens /dev/kvm and checks it can run sm-vmm's guests with `vcpus` vCPUs.
+/// Refuses a host whose KVM cannot boot a stock kernel. PVM offers the ordinary KVM API,
+/// but a stock kernel would fall into its instruction emulator and die: sm-vmm says so
+/// plainly instead of hanging. Asked once the VM and its devices are set up (the API works),
+/// so a broken backend is reported first on every host.
+pub fn refuse_pvm_only() -> Result<(), KvmError> {
+    if is_pvm_only(Path::new("/sys/module")) {
+        return Err(KvmError::PvmOnly);
+    }
+    Ok(())
+}
+
+/// Opens /dev/kvm and checks it has the API sm-vmm uses for `vcpus` vCPUs (whether it can
+/// boot the guest is [`refuse_pvm_only`]'s question).
 pub fn open(vcpus: u32) -> Result<Kvm, KvmError> {
     let kvm = Kvm::new().map_err(|e| match e.errno() {
         libc::ENOENT => KvmError::Missing,
         libc::EACCES | libc::EPERM => KvmError::PermissionDenied,
         _ => KvmError::Open(std::io::Error::from_raw_os_error(e.errno())),
     })?;
-    // PVM offers the ordinary KVM API, but a stock kernel would fall into its instruction
-    // emulator and die: refuse plainly instead of hanging.
-    if is_pvm_only(Path::new("/sys/module")) {
-        return Err(KvmError::PvmOnly);
-    }
     for (cap, name) in [
         (Cap::Irqchip, "in-kernel irqchip"),
         (Cap::Pit2, "in-kernel PIT"),

@@ -281,6 +281,7 @@ fn attach_devices(
             }?;
             memory_slot += 1;
         }
+        device.finish_setup()?;
         shmem_next += span;
         if kind == DeviceKind::VSOCK {
             check_cid(&device, config.cid)?;
@@ -405,6 +406,7 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
     // Fetched once: it shapes every vCPU's CPUID and where shared memory may go.
     let cpuid = supported_cpuid(&kvm)?;
     let (mmio, slots) = attach_devices(&vm, &ram, config, guest_phys_bits(&cpuid))?;
+    kvm::refuse_pvm_only()?;
     let mmio = Arc::new(mmio);
     boot::write_acpi(&ram.memory, &acpi::build_tables(config.vcpus, &slots)?)?;
     vmgenid::regenerate(&ram.memory)?;
@@ -465,6 +467,7 @@ pub fn restore(
     }
     tracing::debug!("restore: VM created at {:?}", started.elapsed());
     let (mmio, _slots) = attach_devices(&vm, &ram, devices, guest_phys_bits(&cpuid))?;
+    kvm::refuse_pvm_only()?;
     let mmio = Arc::new(mmio);
     tracing::debug!("restore: backends connected at {:?}", started.elapsed());
     let bus = console_bus(&vm)?;

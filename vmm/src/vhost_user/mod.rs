@@ -5,13 +5,17 @@
 //! shared memory regions (virtio-fs DAX) gets them as guest-physical windows it fills
 //! through its backend-request channel ([`shmem`]). Written once for every device type.
 
+mod deadline;
 mod handover;
 pub mod shmem;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use deadline::SetupDeadline;
 use shmem::{SharedMemoryRegion, ShmemError};
 
 use vhost::vhost_user::message::{
@@ -42,6 +46,17 @@ pub enum VhostUserError {
     /// A shared memory region the backend asks for cannot be set up.
     #[error("vhost-user backend at {0}: {1}")]
     SharedMemory(String, ShmemError),
+    /// The backend did not finish setup in time.
+    #[error(
+        "vhost-user backend at {0}: no answer to {1} within {2} s of setup (is the backend stuck?)"
+    )]
+    Timeout(String, &'static str, u64),
+    /// The backend hung up (or sent half a message and hung up) during setup.
+    #[error("vhost-user backend at {0} closed the connection during {1}")]
+    Closed(String, &'static str),
+    /// The backend's shared memory regions are not ones sm-vmm can place.
+    #[error("vhost-user backend at {0} asks for {1}")]
+    BadShmemConfig(String, String),
 }
 
 /// What kind of device a backend serves, and what the VMM may pass through of it.
@@ -114,9 +129,78 @@ const QUEUE_SIZE: u16 = 256;
 /// large pages and its memory hotplug code accepts it).
 pub const SHMEM_ALIGN: u64 = 1 << 30;
 
-/// Guest-physical space a region of `size` bytes takes: whole [`SHMEM_ALIGN`] units.
+/// Most shared memory regions a backend may ask for (each takes a KVM memory slot; virtio-fs
+/// uses one).
+pub const MAX_SHMEM_REGIONS: usize = 8;
+/// Largest shared memory region: x86-64's 52-bit physical address limit, so placement
+/// arithmetic cannot overflow (the guest's own limit is checked when placing).
+pub const MAX_SHMEM_SIZE: u64 = 1 << 52;
+/// How long a backend's whole setup (connect to shared memory) may take: a backend that
+/// stops answering must not hang sm-vmm before the guest even boots.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Guest-physical space a region of `size` bytes takes: whole [`SHMEM_ALIGN`] units
+/// (`u64::MAX` if that overflows, which no address space holds).
 fn placed_size(size: u64) -> u64 {
-    size.next_multiple_of(SHMEM_ALIGN)
+    size.checked_next_multiple_of(SHMEM_ALIGN)
+        .unwrap_or(u64::MAX)
+}
+
+/// Checks the region sizes a backend's GET_SHMEM_CONFIG reply gives (0: no region with
+/// that ID) and returns them.
+fn shmem_sizes(nregions: u32, sizes: &[u64]) -> Result<Vec<u64>, String> {
+    let n = nregions as usize;
+    if n > MAX_SHMEM_REGIONS {
+        return Err(format!(
+            "{nregions} shared memory regions (sm-vmm places at most {MAX_SHMEM_REGIONS})"
+        ));
+    }
+    let sizes = &sizes[..n.min(sizes.len())];
+    for (id, size) in sizes.iter().enumerate() {
+        if *size > MAX_SHMEM_SIZE || size % shmem::PAGE_SIZE != 0 {
+            return Err(format!(
+                "shared memory region {id} of {size:#x} bytes (must be whole 4 KiB pages, at most {MAX_SHMEM_SIZE:#x})"
+            ));
+        }
+    }
+    Ok(sizes.to_vec())
+}
+
+/// The error for a failed setup `step`: a timeout if the setup deadline shut the socket.
+fn step_error(
+    name: &str,
+    step: &'static str,
+    deadline: &AtomicBool,
+    e: vhost::Error,
+) -> VhostUserError {
+    use vhost::vhost_user::Error as E;
+    let name = name.to_string();
+    if deadline.load(Ordering::SeqCst) {
+        return VhostUserError::Timeout(name, step, SETUP_TIMEOUT.as_secs());
+    }
+    match e {
+        vhost::Error::VhostUserProtocol(E::Disconnected | E::PartialMessage) => {
+            VhostUserError::Closed(name, step)
+        }
+        e => VhostUserError::Protocol(name, step, e),
+    }
+}
+
+/// Host address of the guest's ring at `gpa` of `len` bytes, which must lie inside one
+/// region of guest RAM: a ring the guest places elsewhere (MMIO, a DAX window, past RAM)
+/// is refused here and never reaches the backend.
+fn ring_host_address(memory: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<u64, String> {
+    let end = gpa.checked_add(len).ok_or("ring address overflows")?;
+    let in_one_region = memory
+        .iter()
+        .any(|r| r.start_addr().0 <= gpa && end <= r.start_addr().0 + r.len());
+    if !in_one_region {
+        return Err(format!("ring at {gpa:#x}+{len:#x} is not inside guest RAM"));
+    }
+    memory
+        .get_host_address(GuestAddress(gpa))
+        .map(|p| p as u64)
+        .map_err(|e| e.to_string())
 }
 
 /// A virtio device served by a vhost-user backend.
@@ -144,6 +228,8 @@ pub struct VhostUserDevice {
     shmem_sizes: Vec<u64>,
     /// The regions, once placed in the guest-physical address space.
     shmem: Vec<Option<Arc<SharedMemoryRegion>>>,
+    /// The setup deadline, until [`Self::finish_setup`].
+    deadline: Option<SetupDeadline>,
     reply_ack: bool,
 }
 
@@ -161,12 +247,19 @@ impl VhostUserDevice {
         if !path.exists() {
             return Err(VhostUserError::NoSocket(name));
         }
-        let err = |step| {
-            let name = name.clone();
-            move |e| VhostUserError::Protocol(name, step, e)
-        };
         let mut frontend = Frontend::connect(path, kind.max_queues as u64)
             .map_err(|e| VhostUserError::Connect(name.clone(), e))?;
+        // Bounded until [`Self::finish_setup`]: run-time requests (state transfer) may
+        // legitimately take longer.
+        let deadline = SetupDeadline::start(frontend.as_raw_fd(), SETUP_TIMEOUT).map_err(|e| {
+            VhostUserError::Protocol(name.clone(), "setup watchdog", vhost::Error::IOError(e))
+        })?;
+        let fired = deadline.flag();
+        let err = |step| {
+            let name = name.clone();
+            let fired = fired.clone();
+            move |e| step_error(&name, step, &fired, e)
+        };
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
         if backend_features & VIRTIO_F_VERSION_1 == 0 {
@@ -228,8 +321,9 @@ impl VhostUserDevice {
             let c = frontend
                 .get_shmem_config()
                 .map_err(err("GET_SHMEM_CONFIG"))?;
-            let n = (c.nregions as usize).min(c.memory_sizes.len());
-            c.memory_sizes[..n].to_vec()
+            let sizes = c.memory_sizes;
+            shmem_sizes(c.nregions, &sizes)
+                .map_err(|what| VhostUserError::BadShmemConfig(name.clone(), what))?
         } else {
             vec![]
         };
@@ -260,14 +354,32 @@ impl VhostUserDevice {
             protocol_features,
             shmem_sizes,
             shmem: vec![],
+            deadline: Some(deadline),
             reply_ack: protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK),
         })
     }
 
     /// Guest-physical space the device's shared memory regions take, each aligned to
     /// [`SHMEM_ALIGN`] (0: the device has none).
+    /// (`u64::MAX` if the sum overflows, which no guest address space holds).
     pub fn shared_memory_span(&self) -> u64 {
-        self.shmem_sizes.iter().map(|s| placed_size(*s)).sum()
+        self.shmem_sizes
+            .iter()
+            .try_fold(0u64, |sum, s| sum.checked_add(placed_size(*s)))
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Ends setup: replies from here on (activation, snapshots) may take as long as the
+    /// backend needs.
+    pub fn finish_setup(&mut self) -> Result<(), VhostUserError> {
+        match self.deadline.take() {
+            Some(d) if d.fired() => Err(VhostUserError::Timeout(
+                self.name.clone(),
+                "setup",
+                SETUP_TIMEOUT.as_secs(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Places the device's shared memory regions from guest-physical address `base` on
@@ -288,7 +400,8 @@ impl VhostUserDevice {
             let region = SharedMemoryRegion::new(next, size)
                 .map_err(|e| VhostUserError::SharedMemory(self.name.clone(), e))?;
             let region = Arc::new(region);
-            next += placed_size(size);
+            // Cannot overflow: the caller checked that the whole span fits the guest.
+            next = next.saturating_add(placed_size(size));
             self.shmem.push(Some(region.clone()));
             placed.push(region);
         }
@@ -305,7 +418,10 @@ impl VhostUserDevice {
             })?;
         self.frontend
             .set_backend_request_fd(&channel)
-            .map_err(|e| VhostUserError::Protocol(self.name.clone(), "SET_BACKEND_REQ_FD", e))?;
+            .map_err(|e| {
+                let fired = AtomicBool::new(self.deadline.as_ref().is_some_and(|d| d.fired()));
+                step_error(&self.name, "SET_BACKEND_REQ_FD", &fired, e)
+            })?;
         Ok(placed)
     }
 
@@ -330,18 +446,7 @@ impl VhostUserDevice {
     }
 
     fn host_address(&self, gpa: u64, len: u64) -> Result<u64, String> {
-        let end = gpa.checked_add(len).ok_or("ring address overflows")?;
-        let in_one_region = self
-            .memory
-            .iter()
-            .any(|r| r.start_addr().0 <= gpa && end <= r.start_addr().0 + r.len());
-        if !in_one_region {
-            return Err(format!("ring at {gpa:#x}+{len:#x} is not inside guest RAM"));
-        }
-        self.memory
-            .get_host_address(GuestAddress(gpa))
-            .map(|p| p as u64)
-            .map_err(|e| e.to_string())
+        ring_host_address(&self.memory, gpa, len)
     }
 
     fn memory_table(&self) -> Vec<VhostUserMemoryRegionInfo> {
@@ -513,6 +618,59 @@ impl AsRawFd for VhostUserDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rings_the_guest_places_outside_ram_never_reach_the_backend() {
+        // Two adjacent regions and a hole, as guest RAM split around the 32-bit MMIO gap.
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+            (GuestAddress(0x100000), 0x10000),
+        ])
+        .unwrap();
+        let host = |gpa| memory.get_host_address(GuestAddress(gpa)).unwrap() as u64;
+        assert_eq!(ring_host_address(&memory, 0x1000, 4096), Ok(host(0x1000)));
+        assert_eq!(
+            ring_host_address(&memory, 0x100000, 0x10000),
+            Ok(host(0x100000))
+        );
+        for (gpa, len) in [
+            (0x20000, 16),      // in the hole
+            (0x1fff0, 0x20),    // runs off RAM into the hole
+            (0xfff0, 0x20),     // spans two regions (not contiguous on the host)
+            (0x10f000, 0x2000), // past the end of RAM
+            (0xd000_0000, 16),  // a virtio-mmio window
+            (1 << 40, 16),      // a DAX window
+            (u64::MAX - 8, 16), // the end address overflows
+            (0x1000, u64::MAX), // so does an absurd length
+        ] {
+            let e = ring_host_address(&memory, gpa, len).unwrap_err();
+            assert!(
+                e.contains("guest RAM") || e.contains("overflows"),
+                "{gpa:#x}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_memory_sizes_that_cannot_be_placed_are_refused() {
+        let gib = 1 << 30;
+        assert_eq!(shmem_sizes(2, &[gib, 0, 5]), Ok(vec![gib, 0]));
+        assert_eq!(shmem_sizes(0, &[gib]), Ok(vec![]));
+        for (n, sizes) in [
+            (1, &[u64::MAX][..]),
+            (1, &[u64::MAX - 4095]),
+            (1, &[MAX_SHMEM_SIZE + 4096]),
+            (1, &[4097]),
+            (9, &[4096; 9]),
+            (u32::MAX, &[4096]),
+        ] {
+            assert!(shmem_sizes(n, sizes).is_err(), "{n} {sizes:x?}");
+        }
+        // Placement saturates instead of wrapping to a small span.
+        assert_eq!(placed_size(1), SHMEM_ALIGN);
+        assert_eq!(placed_size(u64::MAX - 4095), u64::MAX);
+    }
 
     #[test]
     fn fs_config_pads_the_tag_and_counts_request_queues() {

@@ -17,7 +17,7 @@ use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
 use vhost::vhost_user::{FrontendReqHandler, HandlerResult, VhostUserFrontendReqHandler};
 
 /// Alignment of a map request's offsets and length.
-const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = 4096;
 
 /// Errors setting a shared memory region up.
 #[derive(Debug, thiserror::Error)]
