@@ -225,7 +225,7 @@ fn require_host() {
     ] {
         assert!(
             f.exists(),
-            "hostile_backend needs {} (make install-data)",
+            "hostile_backend needs {} (scripts/build.sh installs it)",
             f.display()
         );
     }
