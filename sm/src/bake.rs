@@ -324,11 +324,7 @@ fn unmount_volumes(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<bool>, BakeError> {
     let guest = |argv: Vec<String>| {
-        let req = sm_agent::message::ExecRequest {
-            argv,
-            ..Default::default()
-        };
-        crate::ExecBuilder::new(vm.agent(), req)
+        crate::ExecBuilder::in_guest_root(vm.agent(), &argv)
             .timeout(Duration::from_secs(60))
             .output()
     };
@@ -362,10 +358,9 @@ fn run_and_save(
     staged: &std::path::Path,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), BakeError> {
-    let root = vm.guest_root().unwrap_or("").to_owned();
     for f in &opts.extra_files {
         let bytes = std::fs::read(&f.host).map_err(|e| BakeError::ExtraFile(f.host.clone(), e))?;
-        vm.write_file(&format!("{root}{}", f.guest), &bytes, f.mode)?;
+        vm.write_file(&f.guest, &bytes, f.mode)?;
     }
     // The image's environment, working directory and user, as `sm run` uses them; the
     // command only when one was given (no command: no workload).

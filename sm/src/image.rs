@@ -100,9 +100,8 @@ pub fn plan(image: Option<&PulledImage>, command: Vec<String>, vm: &Vm) -> Resul
 
 /// `user[:group]` by number or by name in the image's /etc/passwd and /etc/group.
 fn resolve_user(spec: &str, vm: &Vm) -> Result<(u32, u32), String> {
-    let root = vm.guest_root().unwrap_or("");
     let read = |f: &str| {
-        vm.read_file(&format!("{root}{f}"), 1 << 20)
+        vm.read_file(f, 1 << 20)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     };

@@ -540,13 +540,9 @@ fn start_clone(
     // One command before parking: the first exec in a fresh clone pays for the guest's first
     // touches of its memory and the agent's paths, which belongs here, off the acquirer's.
     // It runs in the guest's own root: an image need not have `true` (distroless has none).
-    let req = sm_agent::message::ExecRequest {
-        argv: vec!["true".into()],
-        ..Default::default()
-    };
     // Bounded on the host too: a clone whose guest does not answer is dropped, not waited on.
     let agent = vm.agent().clone().with_io_timeout(Duration::from_secs(35));
-    crate::ExecBuilder::new(&agent, req)
+    crate::ExecBuilder::in_guest_root(&agent, &["true"])
         .timeout(Duration::from_secs(30))
         .output()
         .map_err(|e| format!("the clone's first command: {e}"))?;

@@ -81,6 +81,10 @@ fn a_pool_hands_out_warm_clones_and_resets_them_on_release() {
     eprintln!("acquire -> first exec output took {:?}", t.elapsed());
     assert_eq!(first, "500\nworkload\n");
     sh(&a, "echo a > /tmp/mark; echo a > /cache/mine; sync");
+    // Files written and read through the library are where the image's commands see them.
+    a.write_file("/tmp/from-host", b"host\n", 0o600).unwrap();
+    assert_eq!(sh(&a, "cat /tmp/from-host"), "host\n");
+    assert_eq!(a.read_file("/tmp/mark", 64).unwrap(), b"a\n");
     // The first VM has the user's own volume file: its write is there on the host.
     assert_eq!(in_volume(&volume, "/mine"), "a\n");
 

@@ -21,6 +21,19 @@ impl<'a> ExecBuilder<'a> {
         ExecBuilder { agent, req }
     }
 
+    /// `argv` in the guest's own root, never an image's: for sm's own work in the guest
+    /// (mounts, syncs), which must not depend on what the image holds.
+    pub fn in_guest_root<S: AsRef<str>>(agent: &'a Agent, argv: &[S]) -> Self {
+        let argv = argv.iter().map(|s| s.as_ref().to_owned()).collect();
+        ExecBuilder::new(
+            agent,
+            ExecRequest {
+                argv,
+                ..Default::default()
+            },
+        )
+    }
+
     /// Sets an environment variable (the first one replaces the default environment's
     /// variables except `PATH`, which is kept unless set).
     pub fn env(mut self, key: &str, value: &str) -> Self {

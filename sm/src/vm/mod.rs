@@ -383,11 +383,7 @@ impl Vm {
         crate::trace::step(format_args!("mounting {target} in the guest"));
         // In the guest's own root, not the image's: `target` is a full guest path and the
         // image may have no `mount` at all.
-        let req = ExecRequest {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        };
-        let out = ExecBuilder::new(&self.agent, req).output()?;
+        let out = ExecBuilder::in_guest_root(&self.agent, &argv).output()?;
         if out.exit.code != Some(0) {
             return Err(VmError::Guest(format!(
                 "mounting {target} in the guest failed: {}",
@@ -452,20 +448,29 @@ impl Vm {
         self.root.as_deref()
     }
 
-    /// Writes `data` to `path` in the guest (atomically; parents created).
+    /// Where a path of the VM's file system is in the guest: under the image's root when the
+    /// VM runs an image (where its commands run), else the guest's own.
+    fn in_root(&self, path: &str) -> String {
+        format!("{}{path}", self.root.as_deref().unwrap_or(""))
+    }
+
+    /// Writes `data` to `path` (atomically; parents created), in the image's root when the VM
+    /// runs an image, as its commands see it.
     pub fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), VmError> {
-        self.agent.write_file(path, data, mode)?;
+        self.agent.write_file(&self.in_root(path), data, mode)?;
         Ok(())
     }
 
-    /// Reads the guest file at `path`, refusing files over `max_bytes`.
+    /// Reads the file at `path` (in the image's root when the VM runs an image), refusing
+    /// files over `max_bytes`.
     pub fn read_file(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, VmError> {
-        Ok(self.agent.read_file(path, max_bytes)?)
+        Ok(self.agent.read_file(&self.in_root(path), max_bytes)?)
     }
 
-    /// Forwards host 127.0.0.1:`map.host` to guest port `map.guest`.
-    pub fn expose_tcp(&mut self, map: PortMap) -> Result<(), VmError> {
-        let f = PortForwarder::start(self.agent.clone(), map).map_err(|e| {
+    /// Forwards host 127.0.0.1:`map.host` (any free port if 0) to guest port `map.guest`
+    /// until the returned forwarder is dropped; its `local_addr` is the bound address.
+    pub fn forward_tcp(&self, map: PortMap) -> Result<PortForwarder, VmError> {
+        PortForwarder::start(self.agent.clone(), map).map_err(|e| {
             VmError::Io(
                 format!(
                     "-p {}:{}: listening on 127.0.0.1:{}",
@@ -473,7 +478,12 @@ impl Vm {
                 ),
                 e,
             )
-        })?;
+        })
+    }
+
+    /// Forwards host 127.0.0.1:`map.host` to guest port `map.guest` for the VM's life.
+    pub fn expose_tcp(&mut self, map: PortMap) -> Result<(), VmError> {
+        let f = self.forward_tcp(map)?;
         self.forwarders.push(f);
         Ok(())
     }
@@ -495,17 +505,15 @@ impl Vm {
             let script = "for t in \"$@\"; do umount \"$t\" 2>/dev/null; done; sync";
             let mut argv = vec!["sh", "-c", script, "sh"];
             argv.extend(self.volume_mounts.iter().rev().map(String::as_str));
-            let req = ExecRequest {
-                argv: argv.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            };
             // Bounded on the host too: a guest that stopped answering must not hold up the
             // stop (its own timeout only works while it runs).
             let agent = self
                 .agent
                 .clone()
                 .with_io_timeout(SYNC_TIMEOUT + STOP_MARGIN);
-            let _ = ExecBuilder::new(&agent, req).timeout(SYNC_TIMEOUT).output();
+            let _ = ExecBuilder::in_guest_root(&agent, &argv)
+                .timeout(SYNC_TIMEOUT)
+                .output();
         }
         crate::trace::step("stopping sm-vmm");
         if let Some(mut vmm) = self.vmm.take() {

@@ -1,0 +1,362 @@
+//! A VM in JS: `exec`, `spawn`, files, `exposeTcp`, `snapshot`, `release`.
+
+use super::*;
+
+/// What a JS VM object drives.
+pub(crate) enum Target {
+    /// A VM handed out by a pool.
+    Pooled(Box<sm::PooledVm>),
+    /// The VM of a bake, during its warm-up (its agent and the image's root).
+    Warmup { agent: Agent, root: Option<String> },
+}
+
+impl Target {
+    pub(crate) fn agent(&self) -> &Agent {
+        match self {
+            Target::Pooled(vm) => vm.agent(),
+            Target::Warmup { agent, .. } => agent,
+        }
+    }
+
+    pub(crate) fn root(&self) -> &str {
+        match self {
+            Target::Pooled(vm) => vm.guest_root().unwrap_or(""),
+            Target::Warmup { root, .. } => root.as_deref().unwrap_or(""),
+        }
+    }
+
+    /// A command with the VM's defaults (a pooled VM: the snapshot's environment, working
+    /// directory and user).
+    pub(crate) fn exec(&self, argv: &[String]) -> sm::ExecBuilder<'_> {
+        match self {
+            Target::Pooled(vm) => vm.exec(argv),
+            Target::Warmup { agent, root } => sm::ExecBuilder::new(
+                agent,
+                ExecRequest {
+                    argv: argv.to_vec(),
+                    root: root.clone(),
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+}
+
+pub(crate) struct VmInner {
+    target: RwLock<Option<Target>>,
+    /// Why there is no target any more.
+    gone: Mutex<&'static str>,
+    forwarders: Mutex<Vec<Arc<Forward>>>,
+}
+
+impl VmInner {
+    pub(crate) fn new(target: Target) -> VmInner {
+        VmInner {
+            target: RwLock::new(Some(target)),
+            gone: Mutex::new("the VM was released"),
+            forwarders: Mutex::new(vec![]),
+        }
+    }
+
+    /// `f` with the target, unless the VM is gone.
+    pub(crate) fn with<R>(
+        &self,
+        f: impl FnOnce(&Target) -> std::result::Result<R, Fail>,
+    ) -> std::result::Result<R, Fail> {
+        let g = self.target.read().unwrap_or_else(|e| e.into_inner());
+        match g.as_ref() {
+            Some(t) => f(t),
+            None => Err(Fail::new("pool", *lock(&self.gone))),
+        }
+    }
+
+    /// Drops the target (a pooled VM goes back to its pool) and closes the forwarders.
+    pub(crate) fn invalidate(&self, why: &'static str) {
+        *lock(&self.gone) = why;
+        let target = self
+            .target
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        for f in lock(&self.forwarders).drain(..) {
+            f.close();
+        }
+        if let Some(Target::Pooled(vm)) = target {
+            (*vm).release();
+        }
+    }
+}
+
+/// `vm.exec`'s and `vm.spawn`'s options (index.js turns `env` into `KEY=VALUE` strings).
+#[napi(object)]
+pub struct ExecOptions {
+    /// The command and its arguments.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` (replacing the defaults except `PATH`).
+    pub env: Option<Vec<String>>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Bytes for stdin (exec only).
+    pub stdin: Option<Buffer>,
+    /// Kill the command (SIGKILL to its process group) after this; exec rejects with
+    /// code `timeout`.
+    pub timeout_ms: Option<f64>,
+}
+
+/// A finished command.
+#[napi(object)]
+pub struct ExecResult {
+    /// Everything it wrote to stdout.
+    pub stdout: Buffer,
+    /// Everything it wrote to stderr.
+    pub stderr: Buffer,
+    /// Its exit code as a shell reports it (128 + N after signal N).
+    pub exit_code: i32,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+}
+
+/// `vm.exposeTcp`'s options.
+#[napi(object)]
+pub struct ExposeOptions {
+    /// The guest TCP port (on the guest's loopback).
+    pub guest_port: u32,
+    /// The host port on 127.0.0.1; 0 or none: any free one.
+    pub host_port: Option<u32>,
+}
+
+/// Builds a command from `o` on `t`.
+pub(crate) fn build_exec<'a>(
+    t: &'a Target,
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &Option<String>,
+    timeout: Option<Duration>,
+) -> sm::ExecBuilder<'a> {
+    let mut e = t.exec(argv);
+    for (k, v) in env {
+        e = e.env(k, v);
+    }
+    if let Some(d) = cwd {
+        e = e.cwd(d);
+    }
+    if let Some(t) = timeout {
+        e = e.timeout(t);
+    }
+    e
+}
+
+/// A VM: handed out by `pool.acquire()`, or given to a warm-up.
+#[napi]
+pub struct Vm {
+    /// Taken by `Drop`, which hands it to a thread (a release may wait).
+    inner: Option<Arc<VmInner>>,
+}
+
+impl Vm {
+    pub(crate) fn of(inner: Arc<VmInner>) -> Vm {
+        Vm { inner: Some(inner) }
+    }
+
+    pub(crate) fn inner(&self) -> Arc<VmInner> {
+        self.inner.clone().expect("held until dropped")
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let _ = std::thread::Builder::new().spawn(move || drop(inner));
+        }
+    }
+}
+
+impl Drop for VmInner {
+    fn drop(&mut self) {
+        for f in lock(&self.forwarders).drain(..) {
+            f.close();
+        }
+    }
+}
+
+#[napi]
+impl Vm {
+    /// Runs a command to its end: `{ stdout, stderr, exitCode, signal }`.
+    #[napi(ts_return_type = "Promise<ExecResult>")]
+    pub fn exec<'e>(&self, env: &'e Env, options: ExecOptions) -> Result<Object<'e>> {
+        let inner = self.inner();
+        let stdin = options.stdin.as_ref().map(|b| b.to_vec());
+        let ExecOptions {
+            argv,
+            env: vars,
+            cwd,
+            timeout_ms,
+            ..
+        } = options;
+        promise(
+            env,
+            move || {
+                let vars = env_pairs(vars)?;
+                let timeout = timeout_ms.map(|ms| Duration::from_millis(ms as u64));
+                let out = inner.with(|t| {
+                    build_exec(t, &argv, &vars, &cwd, timeout)
+                        .output_with_stdin(stdin.as_deref())
+                        .map_err(|e| Fail::new("exec", format!("{argv:?}: {e}")))
+                })?;
+                if out.exit.timed_out {
+                    let mut f = Fail::new(
+                        "timeout",
+                        format!(
+                            "{argv:?} did not finish within {} ms (killed)",
+                            timeout_ms.unwrap_or(0.0) as u64
+                        ),
+                    );
+                    f.output = Some((out.stdout, out.stderr));
+                    return Err(f);
+                }
+                Ok(out)
+            },
+            |_, out| {
+                Ok(ExecResult {
+                    exit_code: out.exit.shell_code().into(),
+                    signal: out.exit.signal,
+                    stdout: out.stdout.into(),
+                    stderr: out.stderr.into(),
+                })
+            },
+        )
+    }
+
+    /// Starts a command and returns at once with a child to drive it.
+    #[napi(ts_return_type = "Promise<Child>")]
+    pub fn spawn<'e>(&self, env: &'e Env, options: ExecOptions) -> Result<Object<'e>> {
+        let inner = self.inner();
+        let ExecOptions {
+            argv,
+            env: vars,
+            cwd,
+            timeout_ms,
+            ..
+        } = options;
+        promise(
+            env,
+            move || {
+                let vars = env_pairs(vars)?;
+                let timeout = timeout_ms.map(|ms| Duration::from_millis(ms as u64));
+                let child = inner.with(|t| {
+                    build_exec(t, &argv, &vars, &cwd, timeout)
+                        .stdin()
+                        .spawn()
+                        .map_err(|e| Fail::new("exec", format!("{argv:?}: {e}")))
+                })?;
+                Child::start(child)
+            },
+            |_, child| Ok(child),
+        )
+    }
+
+    /// Writes `data` to the guest file `path` (atomically; parents created).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn write_file<'e>(
+        &self,
+        env: &'e Env,
+        path: String,
+        data: Buffer,
+        mode: Option<u32>,
+    ) -> Result<Object<'e>> {
+        let inner = self.inner();
+        let data = data.to_vec();
+        promise(
+            env,
+            move || {
+                inner.with(|t| {
+                    let full = format!("{}{path}", t.root());
+                    t.agent()
+                        .write_file(&full, &data, mode.unwrap_or(0o644))
+                        .map(|_| ())
+                        .map_err(|e| Fail::new("io", format!("writing {path}: {e}")))
+                })
+            },
+            |_, ()| Ok(()),
+        )
+    }
+
+    /// The contents of the guest file `path` (refused above `maxBytes`, default 256 MiB).
+    #[napi(ts_return_type = "Promise<Buffer>")]
+    pub fn read_file<'e>(
+        &self,
+        env: &'e Env,
+        path: String,
+        max_bytes: Option<f64>,
+    ) -> Result<Object<'e>> {
+        let inner = self.inner();
+        promise(
+            env,
+            move || {
+                inner.with(|t| {
+                    let full = format!("{}{path}", t.root());
+                    t.agent()
+                        .read_file(&full, max_bytes.map_or(DEFAULT_READ_MAX, |m| m as u64))
+                        .map_err(|e| Fail::new("io", format!("reading {path}: {e}")))
+                })
+            },
+            |_, bytes| Ok(Buffer::from(bytes)),
+        )
+    }
+
+    /// Forwards host 127.0.0.1:`hostPort` (any free port if 0 or none) to `guestPort`.
+    #[napi(ts_return_type = "Promise<Forwarder>")]
+    pub fn expose_tcp<'e>(&self, env: &'e Env, options: ExposeOptions) -> Result<Object<'e>> {
+        let inner = self.inner();
+        promise(
+            env,
+            move || {
+                let guest = u16::try_from(options.guest_port)
+                    .map_err(|_| Fail::new("args", format!("guestPort {}", options.guest_port)))?;
+                let host = u16::try_from(options.host_port.unwrap_or(0))
+                    .map_err(|_| Fail::new("args", "hostPort out of range"))?;
+                let agent = inner.with(|t| Ok(t.agent().clone()))?;
+                let f = Forward::start(agent, host, guest)
+                    .map_err(|e| Fail::new("io", format!("listening on 127.0.0.1:{host}: {e}")))?;
+                lock(&inner.forwarders).push(f.clone());
+                Ok(f)
+            },
+            |_, f| Ok(Forwarder { inner: f }),
+        )
+    }
+
+    /// Saves this VM as it is now into the new directory `dir` (it runs on).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn snapshot<'e>(&self, env: &'e Env, dir: String) -> Result<Object<'e>> {
+        let inner = self.inner();
+        promise(
+            env,
+            move || {
+                inner.with(|t| match t {
+                    Target::Pooled(vm) => vm
+                        .snapshot(std::path::Path::new(&dir))
+                        .map_err(|e| Fail::new("snapshot", e)),
+                    Target::Warmup { .. } => Err(Fail::new(
+                        "snapshot",
+                        "a warm-up's VM is snapshotted by the bake itself",
+                    )),
+                })
+            },
+            |_, ()| Ok(()),
+        )
+    }
+
+    /// Gives the VM back to its pool (its forwarders close); later calls reject.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn release<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
+        let inner = self.inner();
+        promise(
+            env,
+            move || {
+                inner.invalidate("the VM was released");
+                Ok(())
+            },
+            |_, ()| Ok(()),
+        )
+    }
+}
