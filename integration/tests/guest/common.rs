@@ -142,30 +142,22 @@ pub fn wait_with_timeout_explained(
     limit: Duration,
     explain: impl FnOnce() -> String,
 ) -> Output {
-    let read = |p: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        })
-    };
-    let o = read(child.stdout.take().map(|p| Box::new(p) as _));
-    let e = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let o = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let e = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let Some(status) = wait_timeout(&mut child, limit) else {
         let explained = explain();
         signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(10));
         panic!(
             "the command (pid {}) did not finish within {limit:?}; stderr so far: {}\n{explained}",
             child.id(),
-            String::from_utf8_lossy(&e.join().unwrap())
+            // Only what was written so far: a detached child may keep the pipe open.
+            String::from_utf8_lossy(&e.so_far())
         );
     };
     Output {
         status,
-        stdout: o.join().unwrap(),
-        stderr: e.join().unwrap(),
+        stdout: o.all(),
+        stderr: e.all(),
     }
 }
 
@@ -212,14 +204,15 @@ pub fn run_retrying_stall_explained(
         if let Some(status) = wait_timeout(&mut child, limit) {
             return Output {
                 status,
-                stdout: o.join().unwrap(),
-                stderr: e.join().unwrap(),
+                stdout: o.all(),
+                stderr: e.all(),
             };
         }
         let stalled = guests_stalled(child.id());
         let explained = format!("{}{}", explain(), processes());
         stop_group(&mut child);
-        let stderr = String::from_utf8_lossy(&e.join().unwrap()).into_owned();
+        // Only what was written so far: a process outside the group may keep the pipe open.
+        let stderr = String::from_utf8_lossy(&e.so_far()).into_owned();
         if stalled && attempt == 1 {
             eprintln!(
                 "RETRY: {cmd:?} hung after {limit:?} with its guest's vCPUs halted waiting for \
@@ -236,15 +229,45 @@ pub fn run_retrying_stall_explained(
     unreachable!()
 }
 
-/// A thread reading all of `pipe` (nothing if it is `None`).
-fn drain(pipe: Option<Box<dyn std::io::Read + Send>>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut v);
+/// A pipe read to its end on a thread of its own, whose contents so far can be taken
+/// without waiting for the end (a process that escaped a stopped group may hold it open).
+struct Drained {
+    bytes: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drained {
+    /// All of it, once every writer closed the pipe.
+    fn all(self) -> Vec<u8> {
+        let Drained { bytes, thread } = self;
+        let _ = thread.join();
+        let all = bytes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        all
+    }
+
+    /// What has been read until now.
+    fn so_far(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Starts reading `pipe` (nothing if it is `None`).
+fn drain(pipe: Option<Box<dyn std::io::Read + Send>>) -> Drained {
+    let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = bytes.clone();
+    let thread = std::thread::spawn(move || {
+        let Some(mut p) = pipe else { return };
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = p.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&buf[..n]);
         }
-        v
-    })
+    });
+    Drained { bytes, thread }
 }
 
 /// Stops `child`'s process group (SIGTERM, then SIGKILL after 10 s) and reaps `child`.
