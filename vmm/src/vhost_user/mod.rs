@@ -11,7 +11,7 @@ pub mod shmem;
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,16 +166,12 @@ fn shmem_sizes(nregions: u32, sizes: &[u64]) -> Result<Vec<u64>, String> {
     Ok(sizes.to_vec())
 }
 
-/// The error for a failed setup `step`: a timeout if the setup deadline shut the socket.
-fn step_error(
-    name: &str,
-    step: &'static str,
-    deadline: &AtomicBool,
-    e: vhost::Error,
-) -> VhostUserError {
+/// The error for a failed setup `step`: a timeout if the setup deadline had fired (and so
+/// shut the socket).
+fn step_error(name: &str, step: &'static str, timed_out: bool, e: vhost::Error) -> VhostUserError {
     use vhost::vhost_user::Error as E;
     let name = name.to_string();
-    if deadline.load(Ordering::SeqCst) {
+    if timed_out {
         return VhostUserError::Timeout(name, step, SETUP_TIMEOUT.as_secs());
     }
     match e {
@@ -258,7 +254,7 @@ impl VhostUserDevice {
         let err = |step| {
             let name = name.clone();
             let fired = fired.clone();
-            move |e| step_error(&name, step, &fired, e)
+            move |e| step_error(&name, step, fired.load(Ordering::SeqCst), e)
         };
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
@@ -360,8 +356,8 @@ impl VhostUserDevice {
     }
 
     /// Guest-physical space the device's shared memory regions take, each aligned to
-    /// [`SHMEM_ALIGN`] (0: the device has none).
-    /// (`u64::MAX` if the sum overflows, which no guest address space holds).
+    /// [`SHMEM_ALIGN`] (0: the device has none; `u64::MAX` if the sum overflows, which no
+    /// guest address space holds).
     pub fn shared_memory_span(&self) -> u64 {
         self.shmem_sizes
             .iter()
@@ -419,8 +415,8 @@ impl VhostUserDevice {
         self.frontend
             .set_backend_request_fd(&channel)
             .map_err(|e| {
-                let fired = AtomicBool::new(self.deadline.as_ref().is_some_and(|d| d.fired()));
-                step_error(&self.name, "SET_BACKEND_REQ_FD", &fired, e)
+                let timed_out = self.deadline.as_ref().is_some_and(SetupDeadline::fired);
+                step_error(&self.name, "SET_BACKEND_REQ_FD", timed_out, e)
             })?;
         Ok(placed)
     }
