@@ -6,45 +6,12 @@
 #[allow(unused_imports)] // The shared module re-exports what other test binaries use.
 mod common;
 
-use std::os::fd::AsRawFd;
-
 use common::Backend;
 use sm_test_support::s;
+use sm_vhost_user_common::testing::{GuestMemory, QUEUE_SIZE};
 use vhost::vhost_user::message::{VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
-use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-
-const MEM: usize = 1 << 20;
-const QUEUE_SIZE: u16 = 16;
-
-/// `MEM` bytes of shared memory and its mapping.
-struct Memory {
-    file: std::fs::File,
-    ptr: u64,
-}
-
-impl Memory {
-    fn new() -> Memory {
-        let file = tempfile::tempfile().unwrap();
-        file.set_len(MEM as u64).unwrap();
-        // SAFETY: maps the whole new file shared; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                MEM,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        Memory {
-            file,
-            ptr: ptr as u64,
-        }
-    }
-}
+use vhost::{VhostBackend, VringConfigData};
 
 fn rings(desc: u64, avail: u64, used: u64) -> VringConfigData {
     VringConfigData {
@@ -60,7 +27,7 @@ fn rings(desc: u64, avail: u64, used: u64) -> VringConfigData {
 
 /// A fresh connection to `b` set up to SET_VRING_NUM of queue 0 with `mem` as the memory
 /// table, with REPLY_ACK so every step is answered.
-fn connect(b: &Backend, mem: &Memory) -> Frontend {
+fn connect(b: &Backend, mem: &GuestMemory) -> Frontend {
     let mut fe = Frontend::connect(&b.socket, 1).expect("connect");
     fe.set_owner().unwrap();
     let features = fe.get_features().unwrap();
@@ -70,14 +37,7 @@ fn connect(b: &Backend, mem: &Memory) -> Frontend {
         .unwrap();
     fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
     fe.set_features(features).unwrap();
-    let region = VhostUserMemoryRegionInfo {
-        guest_phys_addr: 0,
-        memory_size: MEM as u64,
-        userspace_addr: mem.ptr,
-        mmap_offset: 0,
-        mmap_handle: mem.file.as_raw_fd(),
-    };
-    fe.set_mem_table(&[region]).expect("SET_MEM_TABLE");
+    fe.set_mem_table(&[mem.region()]).expect("SET_MEM_TABLE");
     fe.set_vring_num(0, QUEUE_SIZE).unwrap();
     fe
 }
@@ -88,9 +48,10 @@ fn ring_addresses_outside_shared_memory_are_refused_and_the_backend_serves_on() 
     let image = dir.path().join("disk.img");
     let b = Backend::start(dir.path(), "blk", &["--file", s(&image), "--size-mib", "1"]);
     let pid = b.sandboxed_pid();
-    let mem = Memory::new();
-    let va = mem.ptr;
-    let end = va + MEM as u64;
+    let mem = GuestMemory::new();
+    let region = mem.region();
+    let va = region.userspace_addr;
+    let end = va + region.memory_size;
     for (what, config) in [
         (
             "desc below the memory",
@@ -123,7 +84,4 @@ fn ring_addresses_outside_shared_memory_are_refused_and_the_backend_serves_on() 
         .unwrap_or_else(|e| panic!("good rings after the bad ones: {e}\n{}", b.log()));
     fe.set_vring_base(0, 0).unwrap();
     assert_eq!(b.sandboxed_pid(), pid, "{}", b.log());
-    drop(fe);
-    // SAFETY: unmaps the mapping made in Memory::new; nothing uses it any more.
-    unsafe { libc::munmap(mem.ptr as *mut libc::c_void, MEM) };
 }

@@ -104,7 +104,8 @@ impl GuestMemory {
         u16::from_le(v)
     }
 
-    fn region(&self) -> VhostUserMemoryRegionInfo {
+    /// The memory table entry that shares all of it at guest address 0.
+    pub fn region(&self) -> VhostUserMemoryRegionInfo {
         VhostUserMemoryRegionInfo {
             guest_phys_addr: 0,
             memory_size: MEM_SIZE as u64,
