@@ -91,20 +91,9 @@ fn hung_vmms() -> String {
         }
         let pid = p.file_name().to_string_lossy().into_owned();
         report += &format!("---- sm-vmm {pid} threads ----\n");
-        for t in std::fs::read_dir(p.path().join("task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
-            let top: Vec<&str> = stack.lines().take(4).collect();
-            report += &format!(
-                "{} {}: {}\n",
-                t.file_name().to_string_lossy(),
-                comm.trim(),
-                top.join(" < ")
-            );
+        for t in threads(&pid) {
+            let top: Vec<&str> = t.stack.lines().take(4).collect();
+            report += &format!("{} {}: {}\n", t.tid, t.comm, top.join(" < "));
         }
         let api = args.iter().enumerate().find_map(|(i, a)| {
             a.strip_prefix("--api-socket=")
@@ -297,24 +286,41 @@ fn guests_stalled(root: u32) -> bool {
         .collect();
     !vmms.is_empty()
         && vmms.iter().all(|pid| {
-            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            let vcpus: Vec<Thread> = threads(&pid.to_string())
                 .into_iter()
-                .flatten()
-                .flatten();
-            let mut vcpus = 0;
-            for t in tasks {
-                let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-                if !comm.starts_with("vcpu") {
-                    continue;
-                }
-                vcpus += 1;
-                let stack = std::fs::read_to_string(t.path().join("stack")).unwrap_or_default();
-                if !stack.contains("kvm_vcpu_block") && !stack.contains("kvm_vcpu_halt") {
-                    return false;
-                }
-            }
-            vcpus > 0
+                .filter(|t| t.comm.starts_with("vcpu"))
+                .collect();
+            !vcpus.is_empty()
+                && vcpus.iter().all(|t| {
+                    t.stack.contains("kvm_vcpu_block") || t.stack.contains("kvm_vcpu_halt")
+                })
         })
+}
+
+/// One thread of a process, as /proc shows it.
+struct Thread {
+    tid: String,
+    comm: String,
+    /// Its kernel stack, innermost frame first.
+    stack: String,
+}
+
+/// The threads of process `pid` (none if it is gone).
+fn threads(pid: &str) -> Vec<Thread> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten();
+    tasks
+        .map(|t| {
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            Thread {
+                tid: t.file_name().to_string_lossy().into_owned(),
+                comm: read("comm").trim().to_owned(),
+                stack: read("stack"),
+            }
+        })
+        .collect()
 }
 
 /// Every process below `root` (children, their children, ...).
