@@ -328,9 +328,10 @@ fn unmount_volumes(
             .timeout(Duration::from_secs(60))
             .output()
     };
+    let prefix = vm.guest_root().unwrap_or("");
     let mut detached = vec![];
     for v in &config.volumes {
-        let target = vm.in_root(&v.guest);
+        let target = format!("{prefix}{}", v.guest);
         let out = guest(vec!["umount".into(), target])
             .map_err(|e| BakeError::Snapshot(format!("unmounting {}: {e}", v.guest)))?;
         let done = out.exit.code == Some(0);

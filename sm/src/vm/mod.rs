@@ -228,8 +228,9 @@ impl Vm {
         }
         crate::trace::step("reseeded");
         vm.root = record.guest_root.clone();
+        let prefix = vm.root.clone().unwrap_or_default();
         for ((disk, v), r) in layout.volume_disks().zip(&record.volumes) {
-            let target = vm.in_root(&v.guest);
+            let target = format!("{prefix}{}", v.guest);
             if r.detached {
                 vm.guest_mount(&target, &["-t", "ext4", &disk.guest_dev])?;
             }
@@ -261,17 +262,18 @@ impl Vm {
         if let Some(root) = layout.root_disk() {
             self.assemble_root(&root.guest_dev)?;
         }
+        let prefix = self.root.clone().unwrap_or_default();
         for share in &layout.shares {
             let m = &share.mount;
             let mut opts = String::from(if m.read_only { "ro" } else { "rw" });
             if m.dax {
                 opts.push_str(",dax=always");
             }
-            let target = self.in_root(&m.guest);
+            let target = format!("{prefix}{}", m.guest);
             self.guest_mount(&target, &["-t", "virtiofs", "-o", &opts, &share.tag])?;
         }
         for (disk, v) in layout.volume_disks() {
-            let target = self.in_root(&v.guest);
+            let target = format!("{prefix}{}", v.guest);
             self.guest_mount(&target, &["-t", "ext4", &disk.guest_dev])?;
             self.volume_mounts.push(target);
         }
@@ -448,7 +450,7 @@ impl Vm {
 
     /// Where a path of the VM's file system is in the guest: under the image's root when the
     /// VM runs an image (where its commands run), else the guest's own.
-    pub(crate) fn in_root(&self, path: &str) -> String {
+    fn in_root(&self, path: &str) -> String {
         format!("{}{path}", self.root.as_deref().unwrap_or(""))
     }
 
