@@ -125,53 +125,25 @@ pub struct ExposeOptions {
     pub host_port: Option<u32>,
 }
 
-/// What `exec` and `spawn` take from their options to the thread that runs the command
-/// (their `stdin` Buffer stays on the JS thread).
-pub(crate) struct ExecPlan {
-    argv: Vec<String>,
-    env: Option<Vec<String>>,
-    cwd: Option<String>,
-    timeout_ms: Option<f64>,
-}
-
-impl ExecPlan {
-    pub(crate) fn new(o: ExecOptions) -> ExecPlan {
-        ExecPlan {
-            argv: o.argv,
-            env: o.env,
-            cwd: o.cwd,
-            timeout_ms: o.timeout_ms,
-        }
+/// Builds a command from `o` on `t`.
+pub(crate) fn build_exec<'a>(
+    t: &'a Target,
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: &Option<String>,
+    timeout: Option<Duration>,
+) -> sm::ExecBuilder<'a> {
+    let mut e = t.exec(argv);
+    for (k, v) in env {
+        e = e.env(k, v);
     }
-
-    /// The `KEY=VALUE` pairs, checked (taken: call once).
-    pub(crate) fn vars(&mut self) -> std::result::Result<Vec<(String, String)>, Fail> {
-        env_pairs(self.env.take())
+    if let Some(d) = cwd {
+        e = e.cwd(d);
     }
-
-    /// The command on `t` with `vars`, its working directory and timeout.
-    pub(crate) fn command<'a>(
-        &self,
-        t: &'a Target,
-        vars: &[(String, String)],
-    ) -> sm::ExecBuilder<'a> {
-        let mut e = t.exec(&self.argv);
-        for (k, v) in vars {
-            e = e.env(k, v);
-        }
-        if let Some(d) = &self.cwd {
-            e = e.cwd(d);
-        }
-        if let Some(ms) = self.timeout_ms {
-            e = e.timeout(Duration::from_millis(ms as u64));
-        }
-        e
+    if let Some(t) = timeout {
+        e = e.timeout(t);
     }
-
-    /// Why a command failed to run, as the rejection says it.
-    fn failed(&self, e: impl std::fmt::Display) -> Fail {
-        Fail::new("exec", format!("{:?}: {e}", self.argv))
-    }
+    e
 }
 
 /// A VM: handed out by `pool.acquire()`, or given to a warm-up.
@@ -214,23 +186,29 @@ impl Vm {
     pub fn exec<'e>(&self, env: &'e Env, options: ExecOptions) -> Result<Object<'e>> {
         let inner = self.inner();
         let stdin = options.stdin.as_ref().map(|b| b.to_vec());
-        let mut plan = ExecPlan::new(options);
+        let ExecOptions {
+            argv,
+            env: vars,
+            cwd,
+            timeout_ms,
+            ..
+        } = options;
         promise(
             env,
             move || {
-                let vars = plan.vars()?;
+                let vars = env_pairs(vars)?;
+                let timeout = timeout_ms.map(|ms| Duration::from_millis(ms as u64));
                 let out = inner.with(|t| {
-                    plan.command(t, &vars)
+                    build_exec(t, &argv, &vars, &cwd, timeout)
                         .output_with_stdin(stdin.as_deref())
-                        .map_err(|e| plan.failed(e))
+                        .map_err(|e| Fail::new("exec", format!("{argv:?}: {e}")))
                 })?;
                 if out.exit.timed_out {
                     let mut f = Fail::new(
                         "timeout",
                         format!(
-                            "{:?} did not finish within {} ms (killed)",
-                            plan.argv,
-                            plan.timeout_ms.unwrap_or(0.0) as u64
+                            "{argv:?} did not finish within {} ms (killed)",
+                            timeout_ms.unwrap_or(0.0) as u64
                         ),
                     );
                     f.output = Some((out.stdout, out.stderr));
@@ -253,16 +231,23 @@ impl Vm {
     #[napi(ts_return_type = "Promise<Child>")]
     pub fn spawn<'e>(&self, env: &'e Env, options: ExecOptions) -> Result<Object<'e>> {
         let inner = self.inner();
-        let mut plan = ExecPlan::new(options);
+        let ExecOptions {
+            argv,
+            env: vars,
+            cwd,
+            timeout_ms,
+            ..
+        } = options;
         promise(
             env,
             move || {
-                let vars = plan.vars()?;
+                let vars = env_pairs(vars)?;
+                let timeout = timeout_ms.map(|ms| Duration::from_millis(ms as u64));
                 let child = inner.with(|t| {
-                    plan.command(t, &vars)
+                    build_exec(t, &argv, &vars, &cwd, timeout)
                         .stdin()
                         .spawn()
-                        .map_err(|e| plan.failed(e))
+                        .map_err(|e| Fail::new("exec", format!("{argv:?}: {e}")))
                 })?;
                 Child::start(child)
             },
