@@ -4,13 +4,15 @@
 //! `sm` builds every command line from typed values and a renamed or removed flag is a
 //! compile error (or, for a changed `long` name, a failed round-trip test) instead of a
 //! process that refuses to start. It also holds what every binary does the same way: flag
-//! errors as one line ([`one_line`]), the one logging switch ([`init_logging`]) and how a
-//! started process is waited for until it serves ([`readiness`]).
+//! errors as one line ([`one_line`]), the one logging switch ([`init_logging`]), how a
+//! started process is waited for until it serves ([`readiness`]), and the service manager's
+//! end of sd_notify ([`notify`]).
 
 #![warn(missing_docs)]
 
 mod args;
 mod logging;
+pub mod notify;
 pub mod readiness;
 
 pub use args::{assert_round_trip, ArgWriter, CommandLine};

@@ -1,5 +1,6 @@
-//! When a started process serves: today, when its listening socket exists (the supervision
-//! work replaces this with `READY=1` over sd_notify). `sm` and the tests wait the same way.
+//! When a started process that does not speak sd_notify serves: when its listening socket
+//! exists (vhost-device-vsock; sm's own processes say `READY=1`, see [`crate::notify`]).
+//! `sm` and the tests wait the same way.
 
 use std::path::Path;
 use std::process::{Child, ExitStatus};
