@@ -272,6 +272,7 @@ pub fn bake(mut opts: BakeOptions, progress: &mut dyn FnMut(&str)) -> Result<Bak
             Some(extra) => format!("{BAKE_KERNEL_ARGS} {extra}"),
             None => BAKE_KERNEL_ARGS.into(),
         }),
+        backend_watchdog: crate::vm::BACKEND_WATCHDOG,
     };
     let key = cache_key(&opts, image.as_ref(), &config, &store)?;
     let _lock = store.lock(&opts.name)?;

@@ -197,9 +197,15 @@ pub fn run(a: Args) -> Result<u8, String> {
         run_command(&vm, &record, a.command.clone(), a.supervise)
     };
     let sig = stopped();
+    // Read before the stop (see run.rs): a backend that kept failing ended the clone.
+    let failure = vm.failure();
     vm.stop();
     if sig != 0 {
         return Ok(128 + sig as u8);
+    }
+    if let Some(line) = failure {
+        eprintln!("{line}");
+        return Ok(1);
     }
     result
 }

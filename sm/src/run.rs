@@ -120,6 +120,7 @@ pub fn run(args: Args) -> Result<u8, String> {
         ports: args.ports,
         root_image: image.as_ref().map(|i| i.rootfs.clone()),
         kernel_args: None,
+        backend_watchdog: sm::vm::BACKEND_WATCHDOG,
     };
     let vm = Vm::start(&config).map_err(|e| e.to_string())?;
     if let Some(pid) = vm.vmm_pid() {
@@ -162,9 +163,16 @@ pub fn run(args: Args) -> Result<u8, String> {
     };
     sm::trace::step(format_args!("the command ended: {result:?}"));
     let stopped = STOPPED_BY.load(Ordering::SeqCst);
+    // Read before the stop: a backend that kept failing stopped sm-vmm, which ended the
+    // command; its line says why, instead of the broken connection's.
+    let failure = vm.failure();
     vm.stop();
     if stopped != 0 {
         return Ok(128 + stopped as u8);
+    }
+    if let Some(line) = failure {
+        eprintln!("{line}");
+        return Ok(1);
     }
     let exit = result?;
     Ok(exit.shell_code())

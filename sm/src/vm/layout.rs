@@ -4,14 +4,14 @@
 //! types ([`sm_launch::CommandLine`]), so a renamed flag does not compile.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use sm_launch::CommandLine;
 use sm_vhost_user_blk::cli::BlkArgs;
 use sm_vhost_user_fs::cli::FsArgs;
 use sm_vmm::cli::{blk_device_name, FsSocket, VmmArgs};
 
-use super::process::tool;
+use super::process::{tool, INHERITED_FD};
+use super::service::{Readiness, ServiceSpec};
 use super::spec::{Mount, Volume};
 use super::VmConfig;
 
@@ -162,9 +162,10 @@ impl DeviceLayout {
 }
 
 impl Disk {
-    /// The backend's flags: the root image read-only, a volume at its size (`size_mib`).
+    /// The backend's flags: the root image read-only, a volume at its size (`size_mib`);
+    /// the socket is sm's, inherited as descriptor 3.
     pub fn backend_args(&self, size_mib: Option<u64>) -> BlkArgs {
-        match &self.role {
+        let args = match &self.role {
             DiskRole::Root(image) => BlkArgs {
                 read_only: true,
                 ..BlkArgs::new(&self.socket, image)
@@ -173,18 +174,35 @@ impl Disk {
                 size_mib,
                 ..BlkArgs::new(&self.socket, &v.file)
             },
+        };
+        BlkArgs {
+            socket: None,
+            fd: Some(INHERITED_FD),
+            ..args
         }
     }
 
-    /// The backend's command line.
-    pub fn backend_command(&self, size_mib: Option<u64>) -> Command {
-        self.backend_args(size_mib)
-            .to_command(tool("sm-vhost-user-blk"))
+    /// What the supervisor runs for this disk, named `name`.
+    pub fn service(&self, name: String, size_mib: Option<u64>) -> ServiceSpec {
+        let image = match &self.role {
+            DiskRole::Root(image) => image.clone(),
+            DiskRole::Volume(v) => v.file.clone(),
+        };
+        ServiceSpec {
+            name,
+            program: tool("sm-vhost-user-blk"),
+            args: self.backend_args(size_mib).to_args(),
+            socket: self.socket.clone(),
+            readiness: Readiness::Notify,
+            image: Some(image),
+            stale: vec![],
+        }
     }
 }
 
 impl Share {
-    /// The backend's flags: the mount's policy, under the share's tag.
+    /// The backend's flags: the mount's policy, under the share's tag; the socket is sm's,
+    /// inherited as descriptor 3.
     pub fn backend_args(&self) -> FsArgs {
         let m = &self.mount;
         FsArgs {
@@ -194,24 +212,46 @@ impl Share {
             allow_devices: m.devices,
             allow_setuid: m.suid,
             dax_window_mib: if m.dax { DAX_WINDOW_MIB } else { 0 },
+            socket: None,
+            fd: Some(INHERITED_FD),
             ..FsArgs::new(&self.socket, &m.host)
         }
     }
 
-    /// The backend's command line.
-    pub fn backend_command(&self) -> Command {
-        self.backend_args().to_command(tool("sm-vhost-user-fs"))
+    /// What the supervisor runs for this share.
+    pub fn service(&self) -> ServiceSpec {
+        ServiceSpec {
+            name: format!("fs backend for {}", self.mount.host.display()),
+            program: tool("sm-vhost-user-fs"),
+            args: self.backend_args().to_args(),
+            socket: self.socket.clone(),
+            readiness: Readiness::Notify,
+            image: None,
+            stale: vec![],
+        }
     }
 }
 
-/// vhost-device-vsock's command line (a peer's binary: its flags are its own).
-pub fn vsock_backend_command(layout: &DeviceLayout) -> Command {
-    let mut cmd = Command::new(tool("vhost-device-vsock"));
-    cmd.args(["--guest-cid", &GUEST_CID.to_string(), "--socket"])
-        .arg(&layout.vsock)
-        .arg("--uds-path")
-        .arg(&layout.agent);
-    cmd
+/// What the supervisor runs for the agent's vsock: vhost-device-vsock (a peer's binary: its
+/// flags are its own; it binds its sockets itself and speaks no sd_notify).
+pub fn vsock_service(layout: &DeviceLayout) -> ServiceSpec {
+    let args = [
+        "--guest-cid".into(),
+        GUEST_CID.to_string().into(),
+        "--socket".into(),
+        layout.vsock.clone().into(),
+        "--uds-path".into(),
+        layout.agent.clone().into(),
+    ];
+    ServiceSpec {
+        name: "vhost-device-vsock".into(),
+        program: tool("vhost-device-vsock"),
+        args: args.into(),
+        socket: layout.vsock.clone(),
+        readiness: Readiness::SocketFile,
+        image: None,
+        stale: vec![layout.vsock.clone(), layout.agent.clone()],
+    }
 }
 
 #[cfg(test)]
@@ -316,8 +356,10 @@ mod tests {
         assert_eq!((a.symlinks, b.symlinks), (Symlinks::Opaque, Symlinks::Deny));
         assert_eq!(b.shared_dir, Path::new("/h/1"));
         sm_launch::assert_round_trip(&b);
-        let cmd = l.shares[1].backend_command();
-        assert!(cmd.get_args().any(|x| x == "--allow-devices"));
+        let svc = l.shares[1].service();
+        assert!(svc.args.iter().any(|x| x == "--allow-devices"));
+        assert!(svc.args.iter().any(|x| x == "--fd=3"), "{svc:?}");
+        assert_eq!(b.socket, None);
     }
 
     #[test]
@@ -329,6 +371,10 @@ mod tests {
         let vol = l.disks[1].backend_args(Some(64));
         assert!(!vol.read_only);
         assert_eq!(vol.size_mib, Some(64));
+        assert_eq!((vol.socket.as_deref(), vol.fd), (None, Some(3)));
         sm_launch::assert_round_trip(&vol);
+        let svc = l.disks[1].service("volume /v/0.img".into(), Some(64));
+        assert_eq!(svc.image.as_deref(), Some(Path::new("/v/0.img")));
+        assert_eq!(svc.socket, Path::new("/r/blk-0.sock"));
     }
 }

@@ -8,8 +8,11 @@ pub mod layout;
 pub mod ports;
 pub mod process;
 pub mod record;
+pub mod restart;
+pub mod service;
 pub mod snapshot;
 pub mod spec;
+pub mod supervisor;
 pub mod volumes;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ pub use ports::PortForwarder;
 use process::{tool, Proc, ProcessError};
 use sm_launch::CommandLine;
 pub use spec::{Mount, PortMap, SpecError, Symlinks, Volume};
+pub use supervisor::{ProcessInfo, Supervisor};
 
 /// How long the guest may take to boot and start its agent.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -76,7 +80,13 @@ pub struct VmConfig {
     /// Kernel command-line parameters appended after sm-vmm's own (a boot only; a restored
     /// guest keeps the command line it booted with).
     pub kernel_args: Option<String>,
+    /// The watchdog interval asked of each backend (`WATCHDOG_USEC`); one that sends no
+    /// `WATCHDOG=1` for this long is killed and restarted. Zero: no watchdog.
+    pub backend_watchdog: Duration,
 }
+
+/// The default [`VmConfig::backend_watchdog`].
+pub const BACKEND_WATCHDOG: Duration = Duration::from_secs(10);
 
 impl Default for VmConfig {
     fn default() -> Self {
@@ -89,6 +99,7 @@ impl Default for VmConfig {
             ports: vec![],
             root_image: None,
             kernel_args: None,
+            backend_watchdog: BACKEND_WATCHDOG,
         }
     }
 }
@@ -116,7 +127,7 @@ pub struct Vm {
     name: String,
     dir: PathBuf,
     vmm: Option<Proc>,
-    backends: Vec<Proc>,
+    supervisor: Supervisor,
     agent: Agent,
     forwarders: Vec<PortForwarder>,
     volume_mounts: Vec<String>,
@@ -158,9 +169,9 @@ impl Vm {
         Ok(Vm {
             name,
             agent: Agent::new(dir.join("vm.vsock")),
+            supervisor: Supervisor::new(&dir, config.backend_watchdog),
             dir,
             vmm: None,
-            backends: vec![],
             forwarders: vec![],
             volume_mounts: vec![],
             root: None,
@@ -194,6 +205,7 @@ impl Vm {
         let vmm = vm
             .vmm
             .insert(Proc::spawn("sm-vmm", cmd, vm.dir.join("sm-vmm.log"))?);
+        vm.supervisor.set_vmm(vmm.pid().as_raw());
         let start = Instant::now();
         // The API answers once the VM runs again: only then is the guest's vsock device
         // back (connections made while it is being restored can stall the vsock backend).
@@ -248,6 +260,17 @@ impl Vm {
         self.vmm.as_mut().is_some_and(|v| v.check_alive().is_ok())
     }
 
+    /// The one line saying why the VM was stopped from the host side (a backend that kept
+    /// failing), if it was.
+    pub fn failure(&self) -> Option<String> {
+        self.supervisor.failure()
+    }
+
+    /// sm-vmm and every backend: process ID, state, restarts and last exit.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.supervisor.processes()
+    }
+
     /// sm-vmm's control API socket.
     pub fn api_socket(&self) -> PathBuf {
         self.dir.join(layout::API_SOCKET)
@@ -284,8 +307,8 @@ impl Vm {
         Ok(())
     }
 
-    /// Starts one backend per share and disk, and vhost-device-vsock, each waited for by
-    /// its socket.
+    /// Starts one backend per share and disk, and vhost-device-vsock, each waited for until
+    /// ready, then the thread that restarts them.
     fn start_backends(&mut self, layout: &DeviceLayout) -> Result<(), VmError> {
         for share in &layout.shares {
             let host = &share.mount.host;
@@ -295,8 +318,7 @@ impl Vm {
                     host.display()
                 )));
             }
-            let name = format!("fs backend for {}", host.display());
-            self.backend(&name, share.backend_command(), &share.socket)?;
+            self.supervisor.start(share.service())?;
         }
         for disk in &layout.disks {
             let (name, size) = match &disk.role {
@@ -306,13 +328,12 @@ impl Vm {
                     Some(prepare_volume(v)?),
                 ),
             };
-            self.backend(&name, disk.backend_command(size), &disk.socket)?;
+            self.supervisor.start(disk.service(name, size))?;
         }
-        self.backend(
-            "vhost-device-vsock",
-            layout::vsock_backend_command(layout),
-            &layout.vsock,
-        )
+        self.supervisor.start(layout::vsock_service(layout))?;
+        self.supervisor
+            .watch()
+            .map_err(|e| VmError::Io("starting the supervisor thread".into(), e))
     }
 
     /// Starts sm-vmm and waits for the guest agent's ready signal.
@@ -324,6 +345,7 @@ impl Vm {
         let vmm = self
             .vmm
             .insert(Proc::spawn("sm-vmm", cmd, self.dir.join("sm-vmm.log"))?);
+        self.supervisor.set_vmm(vmm.pid().as_raw());
         let start = Instant::now();
         let mut probed = start;
         while ready.wait(Duration::from_millis(100)).is_err() {
@@ -357,17 +379,6 @@ impl Vm {
         }
         self.root = Some(GUEST_ROOT.into());
         Ok(())
-    }
-
-    fn backend(&mut self, name: &str, cmd: Command, socket: &Path) -> Result<(), VmError> {
-        let log = self
-            .dir
-            .join(format!("backend-{}.log", self.backends.len()));
-        crate::trace::step(format_args!("starting {name}"));
-        let mut p = Proc::spawn(name, cmd, log)?;
-        let ready = p.wait_for_socket(socket);
-        self.backends.push(p);
-        Ok(ready?)
     }
 
     /// Mounts in the guest: `mount ARGS... TARGET` after creating TARGET.
@@ -488,16 +499,18 @@ impl Vm {
         Ok(())
     }
 
-    /// Stops the VM: sm-vmm first (the guest powers off), then the backends.
+    /// Stops the VM: no more restarts; the guest unmounts its volumes and syncs; sm-vmm
+    /// (the guest powers off), then the backends, newest first.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if self.vmm.is_none() && self.backends.is_empty() && !self.dir.exists() {
+        if self.vmm.is_none() && !self.dir.exists() {
             return; // Already stopped (stop, then drop).
         }
         crate::trace::step("stopping the VM");
+        self.supervisor.stopping();
         self.forwarders.clear();
         if self.vmm.as_mut().is_some_and(|v| v.check_alive().is_ok()) {
             // Volumes are ext4 in the guest: unmount them (newest first) so that everything
@@ -519,9 +532,7 @@ impl Vm {
         if let Some(mut vmm) = self.vmm.take() {
             vmm.stop(Duration::from_secs(5));
         }
-        for mut b in self.backends.drain(..).rev() {
-            b.stop(Duration::from_secs(2));
-        }
+        self.supervisor.stop();
         crate::trace::step("backends stopped");
         crate::trace::dump_logs(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -1,14 +1,15 @@
 //! The processes behind one VM (backends, sm-vmm): found next to `sm` or on `PATH`,
 //! started in their own process groups (a terminal's Ctrl-C reaches `sm`, which stops them
-//! in order), waited for by their sockets, and stopped VMM first, then backends.
+//! in order; a group is killed whole), a backend with the listening socket sm bound for it.
 
 use std::fs::File;
+use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 /// Errors starting or waiting for a process.
@@ -31,9 +32,6 @@ pub enum ProcessError {
     #[error("{0} was not ready within {1:?}")]
     Timeout(String, Duration),
 }
-
-/// How long a backend may take to listen on its socket.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The path of one of sm's programs: `$SM_BIN_DIR`, then beside the running executable,
 /// then `PATH`.
@@ -66,6 +64,9 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
+/// Where an inherited listening socket is in the child (`--fd 3`).
+pub const INHERITED_FD: RawFd = 3;
+
 /// The environment of systemd's service protocol (notify, watchdog, socket activation).
 const SERVICE_PROTOCOL_ENV: [&str; 6] = [
     "NOTIFY_SOCKET",
@@ -78,7 +79,19 @@ const SERVICE_PROTOCOL_ENV: [&str; 6] = [
 
 impl Proc {
     /// Starts `cmd` in its own process group, stdout and stderr to `log`.
-    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self, ProcessError> {
+    pub fn spawn(name: &str, cmd: Command, log: PathBuf) -> Result<Self, ProcessError> {
+        Self::spawn_with(name, cmd, log, None, &[])
+    }
+
+    /// As [`Proc::spawn`], with `inherit` (a listening socket) at descriptor 3 and `env`
+    /// (sm's own service-protocol variables) set.
+    pub fn spawn_with(
+        name: &str,
+        mut cmd: Command,
+        log: PathBuf,
+        inherit: Option<RawFd>,
+        env: &[(&str, String)],
+    ) -> Result<Self, ProcessError> {
         let out = File::create(&log).map_err(|e| ProcessError::Spawn(name.into(), e))?;
         let err = out
             .try_clone()
@@ -87,6 +100,24 @@ impl Proc {
         // processes must not answer for sm (or take its sockets) should sm run as a service.
         for var in SERVICE_PROTOCOL_ENV {
             cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
+        if let Some(fd) = inherit {
+            // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe (sm
+            // has threads: nothing that allocates or locks may run between fork and exec).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = if fd == INHERITED_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, INHERITED_FD)
+                    };
+                    if r < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -100,21 +131,6 @@ impl Proc {
             child,
             log,
         })
-    }
-
-    /// Waits until `socket` exists (the backend listens), or fails if it exits first.
-    pub fn wait_for_socket(&mut self, socket: &Path) -> Result<(), ProcessError> {
-        use sm_launch::readiness::{wait_for_socket, NotReady};
-        match wait_for_socket(&mut self.child, socket, READY_TIMEOUT, || true) {
-            Ok(()) => Ok(()),
-            Err(NotReady::Exited(status)) => Err(ProcessError::Died {
-                name: self.name.clone(),
-                status,
-                log: log_tail(&self.log),
-            }),
-            Err(NotReady::TimedOut(limit)) => Err(ProcessError::Timeout(self.name.clone(), limit)),
-            Err(NotReady::Wait(e)) => Err(ProcessError::Spawn(self.name.clone(), e)),
-        }
     }
 
     /// Fails with the end of its log if the process has exited.
@@ -132,6 +148,31 @@ impl Proc {
     /// The process ID.
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Stops its whole process group (a sandboxed backend's server runs in a PID namespace
+    /// under it): `signal` to the group, up to `grace` for it to go, then SIGKILL, then until
+    /// no process of the group is left (at most [`GROUP_GONE_LIMIT`]). Returns how the
+    /// leader ended, if it was reaped here.
+    pub fn stop_group(&mut self, signal: Signal, grace: Duration) -> Option<ExitStatus> {
+        let pgid = self.pid();
+        let _ = killpg(pgid, signal);
+        let mut status = self.child.try_wait().ok().flatten();
+        let start = Instant::now();
+        while signal != Signal::SIGKILL && start.elapsed() < grace {
+            status = status.or_else(|| self.child.try_wait().ok().flatten());
+            if status.is_some() && !group_alive(pgid) {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let status = status.or_else(|| self.child.wait().ok());
+        let start = Instant::now();
+        while group_alive(pgid) && start.elapsed() < GROUP_GONE_LIMIT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        status
     }
 
     /// Asks it to stop (SIGTERM), waits up to `grace`, then kills it.
@@ -152,8 +193,35 @@ impl Proc {
     }
 }
 
+/// How long a killed process group may take to be gone.
+pub const GROUP_GONE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Whether process group `pgid` has a process that is not a zombie (an orphaned zombie
+/// waits for the host's init to reap it but holds nothing any more).
+pub fn group_alive(pgid: Pid) -> bool {
+    if killpg(pgid, None) == Err(nix::errno::Errno::ESRCH) {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|e| {
+        std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                // After the command's closing parenthesis: state, ppid, pgrp.
+                let rest = s.rsplit_once(") ")?.1.to_owned();
+                let mut f = rest.split_whitespace();
+                let state = f.next()?.to_owned();
+                let pgrp: i32 = f.nth(1)?.parse().ok()?;
+                Some(pgrp == pgid.as_raw() && state != "Z")
+            })
+            .unwrap_or(false)
+    })
+}
+
 /// The last line of a log file, as ": <line>" (or nothing).
-fn log_tail(log: &Path) -> String {
+pub fn log_tail(log: &Path) -> String {
     std::fs::read_to_string(log)
         .ok()
         .and_then(|t| {

@@ -188,6 +188,7 @@ impl RunRecord {
                 .collect(),
             root_image: self.root_image.clone(),
             kernel_args: None,
+            backend_watchdog: super::BACKEND_WATCHDOG,
         })
     }
 

@@ -99,6 +99,7 @@ mod tests {
             ports: vec![],
             root_image: None,
             kernel_args: None,
+            backend_watchdog: crate::vm::BACKEND_WATCHDOG,
         });
         r.volumes[0].detached = detached;
         r
