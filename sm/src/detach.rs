@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sm::vm::record::{RunRecord, RECORD_FILE};
-use sm::vm::runtime_root;
+use sm::vm::supervisor::PROCESSES_FILE;
+use sm::vm::{runtime_root, ProcessInfo};
 use sm::Vm;
 use sm_agent::message::ExecRequest;
 
@@ -164,7 +165,8 @@ pub fn alive(pid: Pid) -> bool {
         .unwrap_or(false)
 }
 
-/// `sm ps`: the running detached VMs.
+/// `sm ps`: the running detached VMs, each followed by a row per process (name, PID,
+/// state, restarts, how and when its last run ended).
 pub fn ps() -> Result<(), String> {
     println!("{:<24} {:>8}", "NAME", "PID");
     let Ok(entries) = std::fs::read_dir(runtime_root()) else {
@@ -180,8 +182,45 @@ pub fn ps() -> Result<(), String> {
     rows.sort();
     for (name, pid) in rows {
         println!("{name:<24} {pid:>8}");
+        for p in processes(&runtime_root().join(&name)) {
+            println!("  {}", process_row(&p));
+        }
     }
     Ok(())
+}
+
+/// The processes a VM's supervisor last recorded (none if it recorded nothing readable).
+fn processes(dir: &Path) -> Vec<ProcessInfo> {
+    std::fs::read(dir.join(PROCESSES_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// `volume ./pg.img  4577  running  restarts 2  last: killed by SIGKILL 16:02:11`.
+fn process_row(p: &ProcessInfo) -> String {
+    let pid = p.pid.map_or("-".into(), |p| p.to_string());
+    let state = serde_json::to_value(p.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut row = format!(
+        "{:<32} {pid:>8}  {state:<10}  restarts {}",
+        p.name, p.restarts
+    );
+    if let Some(last) = &p.last_exit {
+        row.push_str(&format!("  last: {last}"));
+        if let Some(at) = p.last_exit_at {
+            let t = at % 86_400;
+            row.push_str(&format!(
+                " {:02}:{:02}:{:02} UTC",
+                t / 3600,
+                t / 60 % 60,
+                t % 60
+            ));
+        }
+    }
+    row
 }
 
 /// `sm stop NAME`.
@@ -205,4 +244,43 @@ pub fn stop(a: StopArgs) -> Result<(), String> {
     }
     let _ = std::fs::remove_file(runtime_root().join(format!("{}.log", a.name)));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sm::vm::service::State;
+
+    #[test]
+    fn a_process_row_says_state_restarts_and_the_last_exit() {
+        let mut p = ProcessInfo {
+            name: "volume ./pg.img".into(),
+            pid: Some(4577),
+            state: State::Running,
+            restarts: 2,
+            last_exit: Some("killed by SIGKILL".into()),
+            last_exit_at: Some(86_400 * 20_000 + 16 * 3600 + 2 * 60 + 11),
+            status: None,
+        };
+        let row = process_row(&p);
+        let words: Vec<_> = row.split_whitespace().collect();
+        assert_eq!(
+            words,
+            [
+                "volume", "./pg.img", "4577", "running", "restarts", "2", "last:", "killed", "by",
+                "SIGKILL", "16:02:11", "UTC"
+            ]
+        );
+        p.last_exit = None;
+        p.pid = None;
+        p.state = State::Restarting;
+        let words: Vec<_> = process_row(&p)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            words,
+            ["volume", "./pg.img", "-", "restarting", "restarts", "2"]
+        );
+    }
 }
