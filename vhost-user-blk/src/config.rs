@@ -8,7 +8,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_MQ,
     VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_IN_ORDER, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 /// Bytes per virtio-blk sector; sector numbers in requests always count these.
@@ -57,6 +57,10 @@ impl DeviceConfig {
             VIRTIO_BLK_F_DISCARD,
             VIRTIO_BLK_F_WRITE_ZEROES,
             VIRTIO_BLK_F_MQ,
+            // Each queue's thread completes its requests in the order it took them, so a
+            // frontend can replay a crashed backend's unfinished requests from the used
+            // index (`process_available`).
+            VIRTIO_F_IN_ORDER,
         ];
         let mut features = bits.iter().fold(0u64, |acc, bit| acc | (1 << bit));
         if self.read_only {

@@ -27,6 +27,7 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::Backend;
 use vhost_user_backend::{VhostUserBackend, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER;
 use virtio_queue::DescriptorChain;
 use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -174,7 +175,14 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn features(&self) -> u64 {
-        self.config.features()
+        // Without a pool every request completes in the order it was taken, which lets a
+        // frontend replay a crashed backend's unfinished requests from the used index.
+        let in_order = if self.pool.is_none() {
+            1 << VIRTIO_F_IN_ORDER
+        } else {
+            0
+        };
+        self.config.features() | in_order
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

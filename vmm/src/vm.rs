@@ -96,6 +96,9 @@ pub enum VmError {
         /// Physical address bits the vCPUs report.
         bits: u32,
     },
+    /// A backend hung up and did not come back as the same device.
+    #[error("{0}")]
+    BackendLost(String),
     /// Host resources (fds, threads) ran out.
     #[error("{0}: {1}")]
     Host(&'static str, std::io::Error),
@@ -129,6 +132,8 @@ pub enum VmOutcome {
 
 enum Event {
     Vcpu(VcpuEvent),
+    /// A backend hung up and could not be brought back: the line that says why.
+    BackendLost(String),
     Signal(i32),
     Quit,
     Api(ApiCall),
@@ -643,6 +648,15 @@ fn run_machine(
             let _ = fwd.send(Event::Vcpu(ev));
         }
     });
+    let (lost_tx, lost_rx) = mpsc::channel::<String>();
+    crate::vhost_user::reconnect::watch_all(&m.mmio, lost_tx)
+        .map_err(|e| VmError::Host("spawning a backend watch thread", e))?;
+    let lost_fwd = tx.clone();
+    std::thread::spawn(move || {
+        if let Ok(line) = lost_rx.recv() {
+            let _ = lost_fwd.send(Event::BackendLost(line));
+        }
+    });
     let sig_tx = tx.clone();
     std::thread::spawn(move || {
         if let Ok(sig) = stop_signals.wait() {
@@ -681,6 +695,7 @@ fn run_machine(
                 }
             }
             Ok(Event::Vcpu(VcpuEvent::Error(e))) => return Err(e.into()),
+            Ok(Event::BackendLost(line)) => return Err(VmError::BackendLost(line)),
             Ok(Event::Signal(sig)) => break VmOutcome::Signalled(sig),
             Ok(Event::Quit) | Err(_) => break VmOutcome::Quit,
             // Like a power-off: the command's status if sm-init reported one, else success.

@@ -15,5 +15,6 @@ mod node;
 mod pjdfstest;
 mod pool;
 mod readme;
+mod restart;
 mod run;
 mod snapshot;

@@ -77,6 +77,11 @@ pub trait VirtioDevice: Send {
             self.device_type()
         ))
     }
+    /// The vhost-user device behind the transport, if it is one (to follow its backend's
+    /// connection: [`crate::vhost_user::reconnect`]).
+    fn vhost_user(&mut self) -> Option<&mut crate::vhost_user::VhostUserDevice> {
+        None
+    }
     /// Raises the device's interrupt once: after a restore, for what the restore put in its
     /// used rings (the vCPUs' interrupt state must be set first, or it would be lost).
     fn notify_guest(&self) -> Result<(), String> {

@@ -17,7 +17,7 @@ use vhost::vhost_user::message::{
 };
 use vhost::vhost_user::VhostUserFrontend;
 use vhost::VhostBackend;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{DeviceKind, VhostUserDevice};
@@ -33,6 +33,12 @@ const VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 impl VhostUserDevice {
     /// Why this device cannot be snapshotted, if it cannot.
     pub(super) fn snapshot_refusal(&self) -> Result<(), String> {
+        if self.down {
+            return Err(format!(
+                "vhost-user backend at {} hung up and has not come back yet",
+                self.name
+            ));
+        }
         if self.shmem.iter().any(Option::is_some) {
             return Err(format!(
                 "virtio-fs at {}: a DAX window cannot be snapshotted yet (mount it without dax)",
@@ -172,6 +178,7 @@ impl VhostUserDevice {
         if let Some(state) = &saved.backend_state {
             self.transfer_in(state)?;
         }
+        self.acked = Some(features);
         self.set_features_and_memory(features)?;
         for (i, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
             let mut base = saved
@@ -195,7 +202,7 @@ impl VhostUserDevice {
 
     /// Kicks ring `i`: requests the guest queued before the ring stopped, which the backend
     /// had not taken, would otherwise wait for the guest's next kick (which may never come).
-    fn kick(&self, i: usize) -> Result<(), String> {
+    pub(super) fn kick(&self, i: usize) -> Result<(), String> {
         self.kicks[i]
             .write(1)
             .map_err(|e| format!("kicking ring {i}: {e}"))
@@ -204,19 +211,15 @@ impl VhostUserDevice {
     /// Puts a VIRTIO_VSOCK_EVENT_TRANSPORT_RESET into the event ring's next buffer (taken at
     /// `base`) and returns the position the backend goes on from. A guest that left no event
     /// buffer gets none (it had no connections to reset).
-    fn post_vsock_reset(&self, q: &QueueConfig, base: u16, features: u64) -> Result<u16, String> {
+    pub(super) fn post_vsock_reset(
+        &self,
+        q: &QueueConfig,
+        base: u16,
+        features: u64,
+    ) -> Result<u16, String> {
         let fail = |e: &dyn std::fmt::Display| format!("vsock event ring: {e}");
         let mem = self.memory.as_ref();
-        let mut ring = Queue::new(q.size).map_err(|e| fail(&e))?;
-        ring.set_size(q.size);
-        ring.set_desc_table_address(Some(q.desc as u32), Some((q.desc >> 32) as u32));
-        ring.set_avail_ring_address(Some(q.avail as u32), Some((q.avail >> 32) as u32));
-        ring.set_used_ring_address(Some(q.used as u32), Some((q.used >> 32) as u32));
-        ring.set_event_idx(features & (1 << 29) != 0);
-        ring.set_ready(true);
-        if !ring.is_valid(mem) {
-            return Err(fail(&"the ring is not inside guest RAM"));
-        }
+        let mut ring = self.guest_ring(q, features).map_err(|e| fail(&e))?;
         let used = ring
             .used_idx(mem, std::sync::atomic::Ordering::Acquire)
             .map_err(|e| fail(&e))?;

@@ -7,19 +7,22 @@
 
 mod deadline;
 mod handover;
+mod link;
+pub mod reconnect;
 pub mod shmem;
 
+use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadline::SetupDeadline;
+use link::Link;
 use shmem::{SharedMemoryRegion, ShmemError};
 
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -123,6 +126,8 @@ pub fn fs_config(tag: &str, request_queues: u32) -> Vec<u8> {
 /// withheld from the guest.
 const TRANSPORT_FEATURES: u64 = (1 << 28) | (1 << 29) | VIRTIO_F_VERSION_1;
 const DEVICE_FEATURES: u64 = (1 << 24) - 1;
+/// VIRTIO_F_IN_ORDER: the device uses buffers in the order they were made available.
+const VIRTIO_F_IN_ORDER: u64 = 1 << 35;
 /// Size of every queue sm-vmm offers.
 const QUEUE_SIZE: u16 = 256;
 /// Guest-physical alignment of each shared memory region (so the guest can map it with
@@ -203,16 +208,25 @@ fn ring_host_address(memory: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<u64
 pub struct VhostUserDevice {
     name: String,
     kind: DeviceKind,
+    /// Where the config space comes from (to negotiate again after a hang-up).
+    source: DeviceConfig,
     frontend: Frontend,
     backend_features: u64,
     queues: usize,
+    /// The backend as first negotiated (a returning backend must match it).
+    first: link::Identity,
     config: Vec<u8>,
+    /// The driver's writes to a backend-owned config space, by offset (replayed to a
+    /// returning backend).
+    config_writes: BTreeMap<u32, Vec<u8>>,
     /// Config space writes go to the backend (it owns the config).
     backend_config: bool,
     memory: Arc<GuestMemoryMmap>,
     memfd: RawFd,
     kicks: Vec<EventFd>,
     irq: EventFd,
+    /// The driver's features while the device is started.
+    acked: Option<u64>,
     started: Vec<usize>,
     /// Each started ring's set-up, so a snapshot can restart it.
     rings: Vec<(usize, QueueConfig)>,
@@ -227,6 +241,8 @@ pub struct VhostUserDevice {
     /// The setup deadline, until [`Self::finish_setup`].
     deadline: Option<SetupDeadline>,
     reply_ack: bool,
+    /// The backend hung up: the rings wait for it to come back ([`reconnect`]).
+    down: bool,
 }
 
 impl VhostUserDevice {
@@ -240,89 +256,8 @@ impl VhostUserDevice {
         memfd: RawFd,
     ) -> Result<Self, VhostUserError> {
         let name = path.display().to_string();
-        if !path.exists() {
-            return Err(VhostUserError::NoSocket(name));
-        }
-        let mut frontend = Frontend::connect(path, kind.max_queues as u64)
-            .map_err(|e| VhostUserError::Connect(name.clone(), e))?;
-        // Bounded until [`Self::finish_setup`]: run-time requests (state transfer) may
-        // legitimately take longer.
-        let deadline = SetupDeadline::start(frontend.as_raw_fd(), SETUP_TIMEOUT).map_err(|e| {
-            VhostUserError::Protocol(name.clone(), "setup watchdog", vhost::Error::IOError(e))
-        })?;
-        let fired = deadline.flag();
-        let err = |step| {
-            let name = name.clone();
-            let fired = fired.clone();
-            move |e| step_error(&name, step, fired.load(Ordering::SeqCst), e)
-        };
-        frontend.set_owner().map_err(err("SET_OWNER"))?;
-        let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
-        if backend_features & VIRTIO_F_VERSION_1 == 0 {
-            return Err(VhostUserError::Unsupported(
-                name,
-                "does not offer VIRTIO_F_VERSION_1 (sm-vmm drives modern devices only)",
-            ));
-        }
-        if backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
-            return Err(VhostUserError::Unsupported(
-                name,
-                "does not offer VHOST_USER_F_PROTOCOL_FEATURES",
-            ));
-        }
-        let offered = frontend
-            .get_protocol_features()
-            .map_err(err("GET_PROTOCOL_FEATURES"))?;
-        let backend_config = *source == DeviceConfig::FromBackend;
-        // DEVICE_STATE: the backend can hand over its state for a snapshot.
-        let mut wanted = VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::DEVICE_STATE;
-        if backend_config {
-            wanted |= VhostUserProtocolFeatures::CONFIG;
-        }
-        // Shared memory regions need the backend-request channel for their map requests.
-        let shmem = VhostUserProtocolFeatures::SHMEM | VhostUserProtocolFeatures::BACKEND_REQ;
-        if offered.contains(shmem) {
-            wanted |= shmem;
-        }
-        let protocol_features = offered & wanted;
-        if backend_config && !protocol_features.contains(VhostUserProtocolFeatures::CONFIG) {
-            return Err(VhostUserError::Unsupported(name, "does not offer VHOST_USER_PROTOCOL_F_CONFIG (needed for the device's config space)"));
-        }
-        frontend
-            .set_protocol_features(protocol_features)
-            .map_err(err("SET_PROTOCOL_FEATURES"))?;
-        if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-        }
-        let queues = if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
-            (frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))? as usize)
-                .clamp(1, kind.max_queues)
-        } else {
-            kind.fixed_queues
-        };
-        let config = match source {
-            DeviceConfig::FsTag(tag) => fs_config(tag, queues.saturating_sub(1) as u32),
-            DeviceConfig::FromBackend => {
-                let size = kind.config_size;
-                let empty = vec![0u8; size as usize];
-                frontend
-                    .get_config(0, size, VhostUserConfigFlags::WRITABLE, &empty)
-                    .map_err(err("GET_CONFIG"))?
-                    .1
-            }
-        };
-        let shmem_sizes = if protocol_features.contains(VhostUserProtocolFeatures::SHMEM) {
-            let c = frontend
-                .get_shmem_config()
-                .map_err(err("GET_SHMEM_CONFIG"))?;
-            let sizes = c.memory_sizes;
-            shmem_sizes(c.nregions, &sizes)
-                .map_err(|what| VhostUserError::BadShmemConfig(name.clone(), what))?
-        } else {
-            vec![]
-        };
+        let link = Link::negotiate(path, kind, source)?;
+        let queues = link.identity.queues;
         let kicks = (0..queues)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
@@ -332,26 +267,34 @@ impl VhostUserDevice {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| {
             VhostUserError::Protocol(name.clone(), "eventfd", vhost::Error::IOError(e))
         })?;
+        let reply_ack = link
+            .protocol_features
+            .contains(VhostUserProtocolFeatures::REPLY_ACK);
         Ok(VhostUserDevice {
             name,
             kind,
-            frontend,
-            backend_features,
+            source: source.clone(),
+            frontend: link.frontend,
+            backend_features: link.identity.backend_features,
             queues,
-            config,
-            backend_config,
+            config: link.identity.config.clone(),
+            config_writes: BTreeMap::new(),
+            backend_config: *source == DeviceConfig::FromBackend,
             memory,
             memfd,
             kicks,
             irq,
+            acked: None,
             started: vec![],
             rings: vec![],
             stopped: vec![],
-            protocol_features,
-            shmem_sizes,
+            protocol_features: link.protocol_features,
+            shmem_sizes: link.identity.shmem_sizes.clone(),
+            first: link.identity,
             shmem: vec![],
-            deadline: Some(deadline),
-            reply_ack: protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK),
+            deadline: Some(link.deadline),
+            reply_ack,
+            down: false,
         })
     }
 
@@ -458,11 +401,16 @@ impl VhostUserDevice {
             .collect()
     }
 
-    /// SET_FEATURES and SET_MEM_TABLE: what every ring start needs first.
+    /// SET_FEATURES and SET_MEM_TABLE: what every ring start needs first. The driver's
+    /// `features`, plus the vhost-user protocol bit and, if the backend offers it,
+    /// VIRTIO_F_IN_ORDER: the guest is never offered in-order rings (sm-vmm gains nothing
+    /// from them), but the backend's promise to complete in order is what lets sm-vmm
+    /// replay its unfinished requests after a crash ([`reconnect`]).
     fn set_features_and_memory(&mut self, features: u64) -> Result<(), String> {
         let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        let in_order = self.backend_features & VIRTIO_F_IN_ORDER;
         self.frontend
-            .set_features(features | protocol_bit)
+            .set_features(features | protocol_bit | in_order)
             .map_err(|e| format!("SET_FEATURES: {e}"))?;
         self.frontend
             .set_mem_table(&self.memory_table())
@@ -471,6 +419,14 @@ impl VhostUserDevice {
 
     /// Starts ring `i` as the driver set it up, the backend taking the next request at `base`.
     fn start_ring(&mut self, i: usize, q: &QueueConfig, base: u16) -> Result<(), String> {
+        self.program_ring(i, q, base)?;
+        self.started.push(i);
+        self.rings.push((i, *q));
+        Ok(())
+    }
+
+    /// Hands ring `i` to the backend: its size, addresses, `base`, interrupt and kick.
+    fn program_ring(&mut self, i: usize, q: &QueueConfig, base: u16) -> Result<(), String> {
         let fail = |step: &str, e: vhost::Error| format!("{step}: {e}");
         let size = u64::from(q.size);
         let config = VringConfigData {
@@ -499,13 +455,19 @@ impl VhostUserDevice {
             .map_err(|e| fail("SET_VRING_KICK", e))?;
         self.frontend
             .set_vring_enable(i, true)
-            .map_err(|e| fail("SET_VRING_ENABLE", e))?;
-        self.started.push(i);
-        self.rings.push((i, *q));
-        Ok(())
+            .map_err(|e| fail("SET_VRING_ENABLE", e))
     }
 
     fn start(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), String> {
+        self.acked = Some(features);
+        if self.down {
+            // Started with the backend, when it is back.
+            for (i, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
+                self.started.push(i);
+                self.rings.push((i, *q));
+            }
+            return Ok(());
+        }
         self.set_features_and_memory(features)?;
         for (i, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
             self.start_ring(i, q, 0)?;
@@ -542,6 +504,10 @@ impl VirtioDevice for VhostUserDevice {
         };
         dst.copy_from_slice(data);
         if !self.backend_config {
+            return;
+        }
+        self.config_writes.insert(offset as u32, data.to_vec());
+        if self.down {
             return;
         }
         if let Err(e) =
@@ -586,6 +552,10 @@ impl VirtioDevice for VhostUserDevice {
             .map_err(|e| format!("vhost-user backend at {}: {e}", self.name))
     }
 
+    fn vhost_user(&mut self) -> Option<&mut VhostUserDevice> {
+        Some(self)
+    }
+
     fn notify_guest(&self) -> Result<(), String> {
         // A spurious interrupt is harmless (the driver scans its used rings); a missed one
         // (a vsock reset event, a completion) is not.
@@ -596,7 +566,12 @@ impl VirtioDevice for VhostUserDevice {
 
     fn reset(&mut self) {
         self.rings.clear();
-        for i in std::mem::take(&mut self.started) {
+        self.acked = None;
+        let started = std::mem::take(&mut self.started);
+        if self.down {
+            return;
+        }
+        for i in started {
             // GET_VRING_BASE stops the ring in the backend.
             if let Err(e) = self.frontend.get_vring_base(i) {
                 tracing::warn!("{}: GET_VRING_BASE({i}) failed: {e}", self.name);
