@@ -134,3 +134,181 @@ fn a_block_backend_killed_during_fio_is_replaced_and_nothing_is_lost() {
     );
     kill_group(&mut kills.last);
 }
+
+#[test]
+fn a_file_system_backend_that_dies_stops_the_vm_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).unwrap();
+    let socket = dir.path().join("fs.sock");
+    let mut backend = {
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new(sm_integration::bin_dir().join("sm-vhost-user-fs"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--shared-dir")
+            .arg(&share)
+            .args(["--tag", "m0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start sm-vhost-user-fs");
+        wait_until(Duration::from_secs(30), "the backend's socket", || {
+            socket.exists()
+        });
+        child
+    };
+    let marker = share.join("running");
+    let fs_socket = format!("m0={}", socket.display());
+    let killed = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            wait_until(Duration::from_secs(240), "the guest to write", || {
+                marker.exists()
+            });
+            kill_group(&mut backend);
+            Instant::now()
+        });
+        let guest = "mkdir /m && mount -t virtiofs m0 /m && touch /m/running && \
+                     while :; do ls /m >/dev/null; done";
+        let out = run_retrying_stall(
+            || {
+                let mut cmd = sm_vmm();
+                cmd.args(["--fs-socket", &fs_socket])
+                    .args(["--", "sh", "-c", guest]);
+                cmd
+            },
+            Duration::from_secs(300),
+        );
+        (
+            killer.join().expect("the killer thread"),
+            out,
+            Instant::now(),
+        )
+    });
+    let (at, out, ended) = killed;
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {log}");
+    assert!(
+        lines[0].starts_with("sm-vmm: virtio-fs backend at ") && lines[0].contains("hung up"),
+        "{log}"
+    );
+    assert!(
+        ended.duration_since(at) < Duration::from_secs(30),
+        "the VM stopped {:?} after the kill",
+        ended.duration_since(at)
+    );
+}
+
+/// `sm` with its own runtime directory (so leftovers are this test's).
+fn sm(runtime: &Path) -> Command {
+    let mut c = Command::new(sm_integration::bin_dir().join("sm"));
+    c.env("XDG_RUNTIME_DIR", runtime)
+        .env("SM_BIN_DIR", sm_integration::bin_dir())
+        .stdin(Stdio::null());
+    c
+}
+
+/// The PID of the one running process whose command line contains all of `words`.
+fn pid_of(words: &[&str]) -> Option<i32> {
+    let mut found = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if words.iter().all(|w| cmd.contains(w)) {
+                found.push(pid);
+            }
+        }
+    }
+    // The sandbox forks: the group leader is the lowest PID of the two.
+    found.into_iter().min()
+}
+
+#[test]
+fn sm_restarts_a_killed_volume_backend_and_the_guest_sees_no_error() {
+    require_kvm();
+    let runtime = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let image = data.path().join("pg.img");
+    let volume = format!("{}:/data:size=256M", image.display());
+    let out = run_with_timeout(
+        sm(runtime.path()).args([
+            "run", "--detach", "--name", "db", "--volume", &volume, "--", "sleep", "100000",
+        ]),
+        Duration::from_secs(180),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let img = image.display().to_string();
+    let backend = || pid_of(&["sm-vhost-user-blk", &img]);
+    assert!(backend().is_some(), "the volume's backend runs");
+
+    let fio = "fio --name=v --filename=/data/f --size=48M --direct=1 --ioengine=libaio \
+               --iodepth=16 --rw=randwrite --bs=4k --verify=crc32c --verify_fatal=1 \
+               --output-format=terse --terse-version=3";
+    let mut exec = sm(runtime.path());
+    exec.args(["exec", "db", "--", "sh", "-c", fio])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = exec.spawn().expect("sm exec");
+    let mut kills = vec![];
+    while kills.len() < 3 && started.elapsed() < Duration::from_secs(200) {
+        std::thread::sleep(Duration::from_millis(2500));
+        if let Some(pid) = backend() {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            kills.push(started.elapsed());
+            // Back under a new PID before the next kill.
+            wait_until(Duration::from_secs(30), "the backend's restart", || {
+                backend().is_some_and(|p| p != pid)
+            });
+        }
+    }
+    let out = wait_with_timeout(child, Duration::from_secs(300));
+    let finished = started.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        kills.len() == 3 && kills.iter().all(|k| *k < finished),
+        "three kills while fio ran (kills at {kills:?}, fio done at {finished:?})"
+    );
+    let terse = stdout(&out);
+    let fields: Vec<&str> = terse.trim().split(';').collect();
+    assert_eq!(fields.get(4), Some(&"0"), "fio errors: {terse}");
+    assert_eq!(fields.get(5), Some(&"49152"), "verified KiB: {terse}");
+
+    let out = run_with_timeout(sm(runtime.path()).arg("ps"), Duration::from_secs(30));
+    let ps = stdout(&out);
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("pg.img") && l.contains("running") && l.contains("restarts 3")),
+        "sm ps shows the volume's backend running after 3 restarts:\n{ps}"
+    );
+    let out = run_with_timeout(
+        sm(runtime.path()).args([
+            "exec",
+            "db",
+            "--",
+            "sh",
+            "-c",
+            "dmesg | grep -ci 'i/o error'; true",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(stdout(&out), "0\n", "I/O errors in the guest's log");
+    let out = run_with_timeout(
+        sm(runtime.path()).args(["stop", "db"]),
+        Duration::from_secs(90),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(backend().is_none(), "no backend left");
+}

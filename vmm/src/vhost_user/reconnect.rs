@@ -9,7 +9,8 @@
 //! before it, so every request the guest submitted and never saw completed is taken again,
 //! and none twice. A backend that does not promise that order cannot be replayed: the VM
 //! stops with one line instead (vsock excepted: its requests mean nothing to a new backend
-//! anyway, and the guest is told its connections are gone).
+//! anyway, and the guest is told its connections are gone). virtio-fs stops the VM too: its
+//! state (the guest's node IDs and open files) dies with the backend.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
@@ -176,8 +177,18 @@ impl VhostUserDevice {
     }
 
     /// Whether a lost backend's requests can be replayed on a new one: none were started,
-    /// or it completes them in order, or it is vsock (whose connections reset anyway).
+    /// or it completes them in order, or it is vsock (whose connections reset anyway). Never
+    /// for virtio-fs: the guest's node IDs and open file handles lived in the dead
+    /// backend's tables, so a new one would fail the open files and the requests in
+    /// flight with EBADF (tried: the mount itself goes on working); stopping the VM with
+    /// one line is the honest answer until the tables outlive the process.
     fn replayable(&self) -> Result<(), String> {
+        if self.kind == DeviceKind::FS {
+            return Err(format!(
+                "virtio-fs backend at {} hung up; a new one cannot take over the guest's open files (they lived in its tables), so the VM stops",
+                self.name
+            ));
+        }
         if self.acked.is_none()
             || self.kind == DeviceKind::VSOCK
             || self.backend_features & VIRTIO_F_IN_ORDER != 0
