@@ -72,7 +72,7 @@ pub enum State {
 /// Why a run of a backend ended.
 #[derive(Debug)]
 pub enum Failure {
-    /// It exited (the end of its log, as ": line", or empty).
+    /// It exited or was killed (the end of its log, as ": line", or empty).
     Exited(ExitStatus, String),
     /// It was not ready within [`READY_TIMEOUT`].
     NotReady,
@@ -85,7 +85,11 @@ pub enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Exited(status, log) => write!(f, "{}{log}", describe(*status)),
+            // A process that exits says why last; a killed one's last line is unrelated.
+            Failure::Exited(status, log) if status.code().is_some() => {
+                write!(f, "{}{log}", describe(*status))
+            }
+            Failure::Exited(status, _) => write!(f, "{}", describe(*status)),
             Failure::NotReady => write!(f, "not ready within {READY_TIMEOUT:?}"),
             Failure::Watchdog(d) => write!(f, "missed its watchdog ({d:?})"),
             Failure::Spawn(e) => write!(f, "{e}"),
