@@ -2,7 +2,8 @@
 //! -p sm-vhost-user-blk`), on the host, no VM: a killed backend is back within 1 s on the
 //! same socket inode, sandboxed again; a stopped one is caught by its watchdog; a replaced
 //! image and a backend that fails every restart each give up with one line and stop
-//! "sm-vmm" (a stand-in process here); a stop leaves no process.
+//! "sm-vmm" (a stand-in process here); a stop leaves no process; vhost-device-vsock, which
+//! speaks no sd_notify, is restarted by its socket file and never watchdogged.
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
@@ -277,4 +278,50 @@ fn stop_leaves_no_process() {
     let json = std::fs::read(f.dir.path().join("processes.json")).unwrap();
     let rows: Vec<ProcessInfo> = serde_json::from_slice(&json).unwrap();
     assert_eq!(rows, sup.processes());
+}
+
+#[test]
+fn vhost_device_vsock_without_sd_notify_is_restarted_by_its_socket_file() {
+    let Some(vsock) = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("vhost-device-vsock"))
+        .find(|p| p.is_file())
+    else {
+        sm_test_support::skip_or_fail("vhost-device-vsock is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, uds) = (dir.path().join("vsock.sock"), dir.path().join("vm.vsock"));
+    let args = ["--guest-cid", "3", "--socket", "", "--uds-path", ""];
+    let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    args[3] = socket.clone().into();
+    args[5] = uds.clone().into();
+    let mut sup = Supervisor::new(dir.path(), Duration::from_secs(1));
+    sup.start(ServiceSpec {
+        name: "vhost-device-vsock".into(),
+        program: vsock,
+        args,
+        socket: socket.clone(),
+        readiness: Readiness::SocketFile,
+        image: None,
+        stale: vec![socket.clone(), uds],
+    })
+    .expect("vhost-device-vsock starts");
+    sup.watch().unwrap();
+    let row = || sup.processes().into_iter().next().unwrap();
+    let old = row().pid.unwrap();
+    // No watchdog for a backend that cannot ping: it runs on past the 1 s interval.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        (row().state, row().restarts, row().pid),
+        (State::Running, 0, Some(old))
+    );
+    killpg(Pid::from_raw(old), Signal::SIGKILL).unwrap();
+    wait_until(Duration::from_secs(2), "restarted and listening", || {
+        let r = row();
+        r.restarts == 1 && r.state == State::Running
+    });
+    std::os::unix::net::UnixStream::connect(&socket).expect("the new socket accepts");
+    let new = row().pid.unwrap();
+    sup.stop();
+    assert!(gone(old) && gone(new));
 }
