@@ -49,8 +49,23 @@ fn kill_group(child: &mut Child) {
     wait_until(
         Duration::from_secs(10),
         "the backend's group to be gone",
-        || killpg(group, None).is_err(),
+        || !group_alive(group.as_raw()),
     );
+}
+
+/// Whether any process of group `pgid` is still running: zombies do not count (an orphan
+/// the test VM's init has not reaped yet holds nothing, not even the image's lock).
+fn group_alive(pgid: i32) -> bool {
+    let pgid = pgid.to_string();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.first().is_some_and(|s| *s != "Z") && fields.get(2) == Some(&pgid.as_str())
+    })
 }
 
 /// What the killer thread did.
