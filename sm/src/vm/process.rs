@@ -92,7 +92,12 @@ impl Proc {
         inherit: Option<RawFd>,
         env: &[(&str, String)],
     ) -> Result<Self, ProcessError> {
-        let out = File::create(&log).map_err(|e| ProcessError::Spawn(name.into(), e))?;
+        // Appended to: a restarted backend's log keeps what the crashed run said.
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| ProcessError::Spawn(name.into(), e))?;
         let err = out
             .try_clone()
             .map_err(|e| ProcessError::Spawn(name.into(), e))?;
