@@ -327,3 +327,95 @@ fn sm_restarts_a_killed_volume_backend_and_the_guest_sees_no_error() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(backend().is_none(), "no backend left");
 }
+
+/// Runs `cmd` (an `sm run` in the foreground); once `ready` holds, kills the process group
+/// of the backend whose command line has all of `words`. Returns sm's output and how long
+/// after the kill it ended.
+fn kill_under_sm_run(
+    mut cmd: Command,
+    ready: impl Fn() -> bool,
+    words: &[&str],
+) -> (std::process::Output, Duration) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("sm run");
+    wait_until(Duration::from_secs(240), "the guest to start", ready);
+    let pid = pid_of(words).expect("the backend runs");
+    killpg(Pid::from_raw(pid), Signal::SIGKILL).expect("kill the backend");
+    let killed = Instant::now();
+    let out = wait_with_timeout(child, Duration::from_secs(120));
+    (out, killed.elapsed())
+}
+
+#[test]
+fn a_volume_backend_that_keeps_crashing_stops_sm_run_with_one_line() {
+    require_kvm();
+    let runtime = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // sm finds its programs in SM_BIN_DIR first: a block backend that runs the real one the
+    // first time and fails at once on every later start.
+    let bin = data.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let real = sm_integration::bin_dir().join("sm-vhost-user-blk");
+    let wrapper = bin.join("sm-vhost-user-blk");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n[ -e \"$0.ran\" ] && {{ echo 'cannot start' >&2; exit 1; }}\ntouch \"$0.ran\"\nexec {} \"$@\"\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = data.path().join("vol.img");
+    let volume = format!("{}:/data:size=64M", image.display());
+    let marker = data.path().join("guest-ran");
+    let share = format!("{}:/host", data.path().display());
+    let img = image.display().to_string();
+    let mut cmd = sm(runtime.path());
+    cmd.env("SM_BIN_DIR", &bin)
+        .args(["run", "--volume", &volume, "--mount", &share, "--"])
+        .args(["sh", "-c", "touch /host/guest-ran; sleep 1000"]);
+    let (out, after) = kill_under_sm_run(cmd, || marker.exists(), &["sm-vhost-user-blk", &img]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {log}");
+    assert!(
+        lines[0].starts_with("sm: ")
+            && lines[0].contains("vol.img")
+            && lines[0].contains("stopping the VM"),
+        "{log}"
+    );
+    assert!(
+        after < Duration::from_secs(60),
+        "stopped {after:?} after the kill"
+    );
+    assert!(pid_of(&[&img]).is_none(), "nothing of the VM is left");
+}
+
+#[test]
+fn sm_run_whose_mount_backend_dies_ends_with_one_line() {
+    require_kvm();
+    let runtime = tempfile::tempdir().unwrap();
+    let share = tempfile::tempdir().unwrap();
+    let marker = share.path().join("guest-ran");
+    let mount = format!("{}:/host", share.path().display());
+    let dir = share.path().display().to_string();
+    let mut cmd = sm(runtime.path());
+    cmd.args(["run", "--mount", &mount, "--", "sh", "-c"])
+        .arg("touch /host/guest-ran; while :; do ls /host >/dev/null; done");
+    let (out, after) = kill_under_sm_run(cmd, || marker.exists(), &["sm-vhost-user-fs", &dir]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {log}");
+    assert!(
+        lines[0].starts_with("sm: virtio-fs backend at ") && lines[0].contains("hung up"),
+        "{log}"
+    );
+    assert!(
+        after < Duration::from_secs(60),
+        "stopped {after:?} after the kill"
+    );
+}

@@ -261,9 +261,18 @@ impl Vm {
     }
 
     /// The one line saying why the VM was stopped from the host side (a backend that kept
-    /// failing), if it was.
+    /// failing, or one sm-vmm could not take back), if it was.
     pub fn failure(&self) -> Option<String> {
-        self.supervisor.failure()
+        self.supervisor.failure().or_else(|| self.vmm_failure())
+    }
+
+    /// sm-vmm's own one-line error, if it stopped the VM with one (a backend it lost for
+    /// good): sm-vmm prints `sm-vmm: ...` only as it exits with an error.
+    fn vmm_failure(&self) -> Option<String> {
+        let log = std::fs::read_to_string(self.dir.join("sm-vmm.log")).ok()?;
+        let last = log.lines().rev().find(|l| !l.trim().is_empty())?;
+        last.strip_prefix("sm-vmm: ")
+            .map(|why| format!("sm: {why}"))
     }
 
     /// sm-vmm and every backend: process ID, state, restarts and last exit.
