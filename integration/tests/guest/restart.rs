@@ -246,6 +246,19 @@ fn pid_of(words: &[&str]) -> Option<i32> {
 
 #[test]
 fn sm_restarts_a_killed_volume_backend_and_the_guest_sees_no_error() {
+    fio_while_the_backend_fails(Signal::SIGKILL, 3);
+}
+
+#[test]
+fn a_stopped_volume_backend_misses_its_watchdog_and_is_replaced() {
+    // SIGSTOP: the backend still holds its socket, only the watchdog (10 s) can tell.
+    fio_while_the_backend_fails(Signal::SIGSTOP, 1);
+}
+
+/// A detached VM runs fio with verify on a volume while its backend's process group gets
+/// `signal`, `times` times: sm restarts it each time, fio finishes with no error and every
+/// block verifies, the guest's log has no I/O error, `sm ps` counts the restarts.
+fn fio_while_the_backend_fails(signal: Signal, times: usize) {
     require_kvm();
     let runtime = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
@@ -272,10 +285,10 @@ fn sm_restarts_a_killed_volume_backend_and_the_guest_sees_no_error() {
     let started = Instant::now();
     let child = exec.spawn().expect("sm exec");
     let mut kills = vec![];
-    while kills.len() < 3 && started.elapsed() < Duration::from_secs(200) {
+    while kills.len() < times && started.elapsed() < Duration::from_secs(200) {
         std::thread::sleep(Duration::from_millis(2500));
         if let Some(pid) = backend() {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let _ = killpg(Pid::from_raw(pid), signal);
             kills.push(started.elapsed());
             // Back under a new PID before the next kill.
             wait_until(Duration::from_secs(30), "the backend's restart", || {
@@ -293,8 +306,8 @@ fn sm_restarts_a_killed_volume_backend_and_the_guest_sees_no_error() {
         stderr(&out)
     );
     assert!(
-        kills.len() == 3 && kills.iter().all(|k| *k < finished),
-        "three kills while fio ran (kills at {kills:?}, fio done at {finished:?})"
+        kills.len() == times && kills.iter().all(|k| *k < finished),
+        "{times} x {signal} while fio ran (at {kills:?}, fio done at {finished:?})"
     );
     let terse = stdout(&out);
     let fields: Vec<&str> = terse.trim().split(';').collect();
@@ -304,9 +317,10 @@ fn sm_restarts_a_killed_volume_backend_and_the_guest_sees_no_error() {
     let out = run_with_timeout(sm(runtime.path()).arg("ps"), Duration::from_secs(30));
     let ps = stdout(&out);
     assert!(
-        ps.lines()
-            .any(|l| l.contains("pg.img") && l.contains("running") && l.contains("restarts 3")),
-        "sm ps shows the volume's backend running after 3 restarts:\n{ps}"
+        ps.lines().any(|l| l.contains("pg.img")
+            && l.contains("running")
+            && l.contains(&format!("restarts {times}"))),
+        "sm ps shows the volume's backend running after {times} restarts:\n{ps}"
     );
     let out = run_with_timeout(
         sm(runtime.path()).args([
