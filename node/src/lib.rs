@@ -76,16 +76,14 @@ where
     C: FnOnce(Env, T) -> Result<D> + Send + 'static,
 {
     let (deferred, promise) = env.create_deferred()?;
-    std::thread::Builder::new()
-        .name("sm-node".into())
-        .spawn(move || {
-            let result = work();
-            deferred.resolve(move |env| match result {
-                Ok(v) => convert(env, v),
-                Err(f) => Err(f.into_js(env)),
-            });
-        })
-        .map_err(|e| napi::Error::from_reason(format!("starting a thread: {e}")))?;
+    workers::run(Box::new(move || {
+        let result = work();
+        deferred.resolve(move |env| match result {
+            Ok(v) => convert(env, v),
+            Err(f) => Err(f.into_js(env)),
+        });
+    }))
+    .map_err(|e| napi::Error::from_reason(format!("starting a thread: {e}")))?;
     Ok(promise)
 }
 
@@ -127,6 +125,7 @@ mod forward;
 mod image;
 mod pool;
 mod vm;
+mod workers;
 
 pub use child::*;
 pub use forward::*;
