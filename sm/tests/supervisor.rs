@@ -3,8 +3,10 @@
 //! same socket inode, sandboxed again; a stopped one is caught by its watchdog; a replaced
 //! image and a backend that fails every restart each give up with one line and stop
 //! "sm-vmm" (a stand-in process here); a stop leaves no process; vhost-device-vsock, which
-//! speaks no sd_notify, is restarted by its socket file and never watchdogged.
+//! speaks no sd_notify, is restarted by its socket file and never watchdogged; an idle
+//! backend does not wake the supervisor's thread.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -124,6 +126,57 @@ fn assert_stopped_by_sigterm(vmm: &mut Child) {
     });
     let status = vmm.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+}
+
+/// The voluntary context switches (how often it went to sleep) of each of this process's
+/// `sm-supervisor` threads, by thread ID.
+fn supervisor_threads() -> HashMap<String, u64> {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim_end() != "sm-supervisor" {
+                return None;
+            }
+            let status = std::fs::read_to_string(dir.join("status")).ok()?;
+            let switches = status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?;
+            let tid = dir.file_name()?.to_string_lossy().into_owned();
+            Some((tid, switches.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_backend_does_not_wake_the_supervisor() {
+    let f = Fixture::new();
+    let mut sup = Supervisor::new(f.dir.path(), Duration::from_secs(10));
+    sup.start(f.spec(Path::new(BLK)))
+        .expect("the backend starts");
+    let before = supervisor_threads();
+    sup.watch().unwrap();
+    // Other tests run supervisors in this process too: ours is among those new now.
+    let mut ours = HashMap::new();
+    wait_until(Duration::from_secs(1), "the thread named", || {
+        ours = supervisor_threads();
+        ours.retain(|tid, _| !before.contains_key(tid));
+        !ours.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let start = supervisor_threads();
+    std::thread::sleep(Duration::from_secs(2));
+    let end = supervisor_threads();
+    let woke = ours
+        .keys()
+        .filter_map(|tid| Some(end.get(tid)? - start.get(tid)?))
+        .min()
+        .expect("the thread runs");
+    // A 20 ms tick would be 100; the backend pings its 10 s watchdog every 5 s at most.
+    assert!(woke <= 4, "the supervisor woke {woke} times in 2 s");
+    assert_eq!(backend(&sup).state, State::Running);
+    sup.stop();
 }
 
 #[test]

@@ -2,10 +2,11 @@
 //! changes across restarts and handed over as descriptor 3 (`--fd 3`, see
 //! [`super::process::INHERITED_FD`]); its own
 //! `NOTIFY_SOCKET` (`READY=1`, `WATCHDOG=1`, `STATUS=`); the process of its current run; and
-//! what a restart needs to know (history, the image's identity).
+//! what a restart needs to know (history, the image's identity). The supervisor's thread
+//! sleeps on [`Service::wait_fds`] until [`Service::deadline`].
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::ExitStatusExt;
@@ -14,6 +15,7 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use sm_launch::notify::{Notification, NotifySocket};
 
@@ -22,6 +24,12 @@ use super::restart::History;
 
 /// How long a (re)started backend may take to be ready.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a [`Readiness::SocketFile`] backend is looked at while it starts: nothing
+/// tells sm when its socket file appears.
+const SOCKET_FILE_LOOK: Duration = Duration::from_millis(20);
+/// How often a running backend is looked at when nothing can tell sm of its exit (no
+/// pidfd: Linux before 5.3, or out of descriptors).
+pub(super) const UNWATCHED_LOOK: Duration = Duration::from_millis(100);
 
 /// How sm learns that a backend serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,6 +137,8 @@ pub struct Service {
     log: PathBuf,
     watchdog: Duration,
     pub(super) proc: Option<Proc>,
+    /// Readable once `proc` exits.
+    pidfd: Option<OwnedFd>,
     pub(super) state: State,
     pub(super) restarts: u32,
     pub(super) last_exit: Option<(String, SystemTime)>,
@@ -171,6 +181,7 @@ impl Service {
             notify,
             watchdog,
             proc: None,
+            pidfd: None,
             state: State::Starting,
             restarts: 0,
             last_exit: None,
@@ -213,6 +224,7 @@ impl Service {
         }
         let fd = self.listener.as_ref().map(|l| l.as_raw_fd());
         let p = Proc::spawn_with(&self.spec.name, cmd, self.log.clone(), fd, &env)?;
+        self.pidfd = pidfd_open(p.pid()).ok();
         self.proc = Some(p);
         self.state = State::Starting;
         self.ready_deadline = Instant::now() + READY_TIMEOUT;
@@ -244,8 +256,13 @@ impl Service {
         let Some(p) = self.proc.as_mut() else {
             return event;
         };
-        if let Ok(Some(status)) = p.child.try_wait() {
-            return Some(Event::Failed(Failure::Exited(status, log_tail(&p.log))));
+        match p.child.try_wait() {
+            Ok(Some(status)) => {
+                return Some(Event::Failed(Failure::Exited(status, log_tail(&p.log))))
+            }
+            Ok(None) => {}
+            // Reaped elsewhere (SIGCHLD ignored): its pidfd would wake the supervisor forever.
+            Err(_) => self.pidfd = None,
         }
         if self.state == State::Starting
             && self.spec.readiness == Readiness::SocketFile
@@ -261,6 +278,36 @@ impl Service {
             return Some(Event::Failed(Failure::Watchdog(self.watchdog)));
         }
         event
+    }
+
+    /// What wakes the supervisor for this backend: its notifications and its process's exit,
+    /// while it runs.
+    pub(super) fn wait_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        let live = self.proc.is_some() && matches!(self.state, State::Starting | State::Running);
+        let notify = self.notify.as_ref().map(AsFd::as_fd);
+        let exit = self.pidfd.as_ref().map(AsFd::as_fd);
+        notify.into_iter().chain(exit).filter(move |_| live)
+    }
+
+    /// When it must be looked at even if none of [`Service::wait_fds`] wakes the supervisor.
+    pub(super) fn deadline(&self, now: Instant) -> Option<Instant> {
+        let starting = self.state == State::Starting;
+        match self.state {
+            State::Restarting => self.next_start,
+            State::Starting | State::Running if self.proc.is_some() => {
+                let look = if starting && self.spec.readiness == Readiness::SocketFile {
+                    Some(now + SOCKET_FILE_LOOK)
+                } else {
+                    self.pidfd.is_none().then(|| now + UNWATCHED_LOOK)
+                };
+                let ready = starting.then_some(self.ready_deadline);
+                [look, ready, self.watchdog_deadline]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            }
+            _ => None,
+        }
     }
 
     /// Moves its deadlines `by` later: sm itself did not run for that long (a stopped or
@@ -286,6 +333,7 @@ impl Service {
     /// Ends the current run (SIGKILL to its process group, until it is gone) and records
     /// `failure` as its last exit; returns how long it had been ready.
     pub fn kill(&mut self, failure: &Failure) -> Option<Duration> {
+        self.pidfd = None;
         if let Some(mut p) = self.proc.take() {
             p.stop_group(Signal::SIGKILL, Duration::ZERO);
         }
@@ -297,6 +345,7 @@ impl Service {
     /// Stops the current run with the VM: SIGTERM to its group, `grace`, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
         self.state = State::Stopping;
+        self.pidfd = None;
         if let Some(mut p) = self.proc.take() {
             if let Some(status) = p.stop_group(Signal::SIGTERM, grace) {
                 self.last_exit = Some((describe(status), SystemTime::now()));
@@ -312,6 +361,17 @@ impl Service {
             _ => true,
         }
     }
+}
+
+/// A descriptor that becomes readable when `pid`, a child not reaped yet, exits.
+fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a PID and flags and touches no memory of this process.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor (close-on-exec); nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// A file's (device, inode).

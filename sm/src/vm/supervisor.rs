@@ -3,27 +3,30 @@
 //! restarts one that exits or misses its watchdog (its process group killed and gone first),
 //! with backoff and a burst limit ([`RestartPolicy`]). When it gives up it stores one line
 //! ([`Supervisor::failure`]) and stops sm-vmm. Every change is written to
-//! `<dir>/processes.json` for `sm ps`.
+//! `<dir>/processes.json` for `sm ps`. The thread sleeps in poll(2) until a backend
+//! notifies or exits, a deadline passes, or the owner wakes it: an idle VM costs no wake-ups.
 
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use super::process::ProcessError;
 use super::restart::{Decision, RestartPolicy};
-use super::service::{Event, Failure, Service, ServiceSpec, State};
+use super::service::{Event, Failure, Service, ServiceSpec, State, UNWATCHED_LOOK};
 
 /// The file `sm ps` reads, in the VM's runtime directory.
 pub const PROCESSES_FILE: &str = "processes.json";
 
-/// How often the thread looks at the backends.
-const TICK: Duration = Duration::from_millis(20);
 /// A look this much later than due means sm itself was not running.
 const LATE: Duration = Duration::from_secs(1);
 
@@ -61,6 +64,8 @@ struct Shared {
 pub struct Supervisor {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The owner's end of the thread's wake-up socket.
+    wake: Option<UnixDatagram>,
 }
 
 impl Supervisor {
@@ -78,6 +83,7 @@ impl Supervisor {
                 watchdog,
             }),
             thread: None,
+            wake: None,
         }
     }
 
@@ -97,18 +103,23 @@ impl Supervisor {
         });
         self.shared.lock().push(svc);
         self.shared.publish();
+        self.wake();
         result
     }
 
     /// Starts the thread that restarts failed backends.
     pub fn watch(&mut self) -> std::io::Result<()> {
         if self.thread.is_none() {
+            let (wake, woken) = UnixDatagram::pair()?;
+            wake.set_nonblocking(true)?;
+            woken.set_nonblocking(true)?;
             let shared = self.shared.clone();
             self.thread = Some(
                 std::thread::Builder::new()
                     .name("sm-supervisor".into())
-                    .spawn(move || shared.run())?,
+                    .spawn(move || shared.run(&woken))?,
             );
+            self.wake = Some(wake);
         }
         Ok(())
     }
@@ -132,6 +143,14 @@ impl Supervisor {
     /// No restarts from now on (the VM stops).
     pub fn stopping(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Makes the thread look again (a full queue means it has a wake-up pending already).
+    fn wake(&self) {
+        if let Some(w) = &self.wake {
+            let _ = w.send(&[0]);
+        }
     }
 
     /// Stops every backend, newest first: SIGTERM to its process group, 2 s, SIGKILL,
@@ -180,17 +199,20 @@ impl Shared {
             .clone()
     }
 
-    /// The thread: every [`TICK`], each backend's notifications and process.
-    fn run(&self) {
+    /// The thread: looks at each backend's notifications and process whenever [`Shared::wait`]
+    /// returns.
+    fn run(&self, woken: &UnixDatagram) {
         let mut last = Instant::now();
+        let mut due: Option<Instant> = None;
         while !self.stopping.load(Ordering::SeqCst) {
             let changed = {
                 let mut services = self.lock();
                 let mut changed = false;
-                // A long gap since the last look means this thread was not running either:
-                // deadlines that passed meanwhile say nothing about the backends.
+                // Waking up long after the deadline asked for means this thread was not
+                // running either: deadlines that passed meanwhile say nothing about the
+                // backends.
                 let gap = last.elapsed();
-                if gap > LATE {
+                if due.is_some_and(|d| d.elapsed() > LATE) {
                     services.iter_mut().for_each(|s| s.postpone(gap));
                 }
                 for svc in services.iter_mut() {
@@ -202,8 +224,45 @@ impl Shared {
                 self.publish();
             }
             last = Instant::now();
-            std::thread::sleep(TICK);
+            due = self.wait(woken);
         }
+    }
+
+    /// Blocks until a backend notifies or exits, `woken` is written to, or the earliest
+    /// deadline passes; returns that deadline.
+    fn wait(&self, woken: &UnixDatagram) -> Option<Instant> {
+        let (fds, due) = {
+            let services = self.lock();
+            let now = Instant::now();
+            let mut due = services.iter().filter_map(|s| s.deadline(now)).min();
+            // Copies, so that the lock is not held while blocked (`sm ps`, a new backend).
+            let fds = services
+                .iter()
+                .flat_map(Service::wait_fds)
+                .map(|fd| fd.try_clone_to_owned())
+                .collect::<std::io::Result<Vec<OwnedFd>>>()
+                .unwrap_or_else(|_| {
+                    // Out of descriptors: look again soon instead.
+                    let soon = now + UNWATCHED_LOOK;
+                    due = Some(due.map_or(soon, |d| d.min(soon)));
+                    vec![]
+                });
+            (fds, due)
+        };
+        let mut polled: Vec<_> = std::iter::once(woken.as_fd())
+            .chain(fds.iter().map(AsFd::as_fd))
+            .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+            .collect();
+        let timeout = due.map_or(PollTimeout::NONE, |d| {
+            let ns = d.saturating_duration_since(Instant::now()).as_nanos();
+            PollTimeout::try_from(ns.div_ceil(1_000_000)).unwrap_or(PollTimeout::MAX)
+        });
+        match poll(&mut polled, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => std::thread::sleep(UNWATCHED_LOOK),
+        }
+        while woken.recv(&mut [0; 8]).is_ok() {}
+        due
     }
 
     /// Looks after one backend; true if its state changed.
