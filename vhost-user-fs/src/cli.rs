@@ -9,6 +9,7 @@ use sm_launch::{ArgWriter, CommandLine};
 use sm_vhost_user_common::startup::ListenArgs;
 
 use crate::confine::Isolation;
+use crate::idmap::IdRule;
 use crate::policy::{CacheMode, SymlinkPolicy};
 
 /// Share a host directory with a guest as a virtio-fs device over vhost-user.
@@ -50,6 +51,16 @@ pub struct FsArgs {
     /// setuid-root program on the host. For trusted single-tenant guests only.
     #[arg(long)]
     pub allow_setuid: bool,
+    /// Translate user IDs between guest and host (repeatable, virtiofsd's syntax):
+    /// `map:GUEST:HOST:COUNT`, `guest:GUEST:HOST:COUNT` and `host:HOST:GUEST:COUNT` (one
+    /// way), `squash-guest:GUEST:COUNT:HOST`, `squash-host:HOST:COUNT:GUEST`,
+    /// `forbid-guest:GUEST:COUNT` (EPERM). Unmatched guest IDs pass unchanged; once a rule
+    /// maps host to guest, unmatched host IDs show as 65534.
+    #[arg(long, value_name = "RULE")]
+    pub translate_uid: Vec<IdRule>,
+    /// Translate group IDs, as --translate-uid does user IDs.
+    #[arg(long, value_name = "RULE")]
+    pub translate_gid: Vec<IdRule>,
     /// Size of the DAX window in MiB (0: no DAX), a multiple of 2: the guest can then mount
     /// with `-o dax=always` and map the host's page cache directly.
     #[arg(long, default_value_t = 0)]
@@ -73,6 +84,8 @@ impl FsArgs {
             sandbox: Isolation::Namespace,
             allow_devices: false,
             allow_setuid: false,
+            translate_uid: vec![],
+            translate_gid: vec![],
             dax_window_mib: 0,
             thread_pool_size: 0,
         }
@@ -102,6 +115,8 @@ impl CommandLine for FsArgs {
             sandbox,
             allow_devices,
             allow_setuid,
+            translate_uid,
+            translate_gid,
             dax_window_mib,
             thread_pool_size,
         } = self;
@@ -116,6 +131,14 @@ impl CommandLine for FsArgs {
             .choice("sandbox", sandbox)
             .switch("allow_devices", *allow_devices)
             .switch("allow_setuid", *allow_setuid)
+            .values(
+                "translate_uid",
+                translate_uid.iter().map(ToString::to_string),
+            )
+            .values(
+                "translate_gid",
+                translate_gid.iter().map(ToString::to_string),
+            )
             .value("dax_window_mib", dax_window_mib.to_string())
             .value("thread_pool_size", thread_pool_size.to_string())
             .finish()
@@ -137,6 +160,11 @@ mod tests {
         a.sandbox = Isolation::Chroot;
         a.allow_devices = true;
         a.allow_setuid = true;
+        a.translate_uid = vec![
+            "map:0:100000:65536".parse().unwrap(),
+            "forbid-guest:65536:10".parse().unwrap(),
+        ];
+        a.translate_gid = vec!["squash-guest:0:65536:100000".parse().unwrap()];
         a.dax_window_mib = 1024;
         a.thread_pool_size = 4;
         sm_launch::assert_round_trip(&a);

@@ -5,7 +5,7 @@
 //! symlink policy, read-only mode and the shared directory's boundary on every host call.
 //!
 //! [`policy`] holds the rules as pure functions, [`sys`] the system call wrappers,
-//! [`inode`] and [`handle`] the tables of host descriptors, [`fs`] the FUSE operations,
+//! [`inode`] and [`handle`] the tables of host descriptors, [`idmap`] guest/host ID translation, [`fs`] the FUSE operations,
 //! [`watch`] notices host changes, [`config`] is what the device advertises, [`dax`] the
 //! DAX window's map requests to the frontend, [`backend`] the vhost-user device and its
 //! queue loop (with [`pool`] for `--thread-pool-size`),
@@ -20,6 +20,7 @@ pub mod confine;
 pub mod dax;
 pub mod fs;
 pub mod handle;
+pub mod idmap;
 pub mod inode;
 pub mod policy;
 pub mod pool;

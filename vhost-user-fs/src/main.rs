@@ -13,6 +13,7 @@ use sm_vhost_user_fs::confine::{
     check_isolation, confine, raise_fd_limit, ConfineError, Confined, Isolation,
 };
 use sm_vhost_user_fs::fs::FsConfig;
+use sm_vhost_user_fs::idmap::{IdMap, IdMapError, IdMaps};
 use sm_vhost_user_fs::serve::{self, ServeError, Share};
 use tracing::info;
 
@@ -28,6 +29,8 @@ enum MainError {
     NotADir(PathBuf),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("--translate-{0}: {1}")]
+    IdMap(&'static str, IdMapError),
     #[error(transparent)]
     Serve(#[from] ServeError),
     #[error(transparent)]
@@ -56,6 +59,10 @@ fn run(args: FsArgs, source: ListenSource) -> Result<(), MainError> {
         allow_devices: args.allow_devices,
         allow_setuid: args.allow_setuid,
     };
+    let ids = IdMaps {
+        uids: IdMap::new(&args.translate_uid).map_err(|e| MainError::IdMap("uid", e))?,
+        gids: IdMap::new(&args.translate_gid).map_err(|e| MainError::IdMap("gid", e))?,
+    };
     let isolation = args.sandbox;
     check_isolation(isolation, &fs)?;
     let listener = source.listen()?;
@@ -75,6 +82,7 @@ fn run(args: FsArgs, source: ListenSource) -> Result<(), MainError> {
             root,
             proc,
             fs,
+            ids,
             device,
             pool_size: args.thread_pool_size.into(),
             // inotify names directories through /proc/self/fd, which a chroot does not hold.

@@ -12,6 +12,7 @@ use tracing::warn;
 use crate::backend::FsBackend;
 use crate::config::DeviceConfig;
 use crate::fs::{FsConfig, SharedFs};
+use crate::idmap::IdMaps;
 use crate::sys::ProcFds;
 use crate::watch::Watcher;
 
@@ -23,6 +24,8 @@ pub struct Share {
     pub proc: ProcFds,
     /// The file system's behaviour.
     pub fs: FsConfig,
+    /// Guest/host ID translation.
+    pub ids: IdMaps,
     /// What the device announces.
     pub device: DeviceConfig,
     /// Worker threads for the request queue (0: none).
@@ -43,7 +46,8 @@ pub fn serve(listener: UnixListener, share: Share) -> Result<(), ServeError> {
             share.proc.try_clone().map_err(root_err)?,
             share.fs,
         )
-        .map_err(root_err)?;
+        .map_err(root_err)?
+        .with_id_maps(share.ids.clone());
         let fs = match share.watch.then(Watcher::new) {
             Some(Ok(w)) => fs.with_watcher(w),
             Some(Err(e)) => {

@@ -49,6 +49,20 @@ fn bad_input_gives_one_line_and_nonzero_exit() {
         &["--thread-pool-size"],
     );
     assert_one_line_error(&with(&["--tag", &"t".repeat(37)]), &["--tag", "37"]);
+    let uid = with(&["--translate-uid", "map:0:100000"]);
+    assert_one_line_error(&uid, &["--translate-uid", "map:0:100000"]);
+    assert_eq!(uid.status.code(), Some(2), "a bad rule is a usage error");
+    assert_one_line_error(
+        &with(&["--translate-gid", "squash-guest:0:0:5"]),
+        &["--translate-gid", "count"],
+    );
+    assert_one_line_error(
+        &with(&[
+            "--translate-uid=map:0:1000:10",
+            "--translate-uid=forbid-guest:9:1",
+        ]),
+        &["--translate-uid", "forbid-guest:9:1 overlaps map:0:1000:10"],
+    );
     assert_one_line_error(
         &run(&["--socket", s(&sock), "--shared-dir", s(&d.join("nope"))]),
         &["--shared-dir", "nope", "No such file"],

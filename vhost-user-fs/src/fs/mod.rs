@@ -35,6 +35,7 @@ use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use crate::handle::HandleTable;
+use crate::idmap::IdMaps;
 use crate::inode::{InodeData, InodeKey, InodeTable};
 use crate::policy::{self, CacheMode, SymlinkPolicy, ALWAYS_TIMEOUT_SECS, AUTO_TIMEOUT_MS};
 use crate::sys::{self, ProcFds};
@@ -76,6 +77,8 @@ pub struct SharedFs {
     watcher: Option<Watcher>,
     /// What the last FUSE INIT agreed (or a snapshot's), as `FsOptions` bits.
     fuse_options: Mutex<Option<u64>>,
+    /// `--translate-uid` and `--translate-gid`.
+    ids: IdMaps,
 }
 
 /// Shorthand for an errno as an `io::Error`.
@@ -101,6 +104,7 @@ impl SharedFs {
             depths: Mutex::new(HashMap::new()),
             watcher: None,
             fuse_options: Mutex::new(None),
+            ids: IdMaps::default(),
         })
     }
 
@@ -108,6 +112,39 @@ impl SharedFs {
     pub fn with_watcher(mut self, watcher: Watcher) -> SharedFs {
         self.watcher = Some(watcher);
         self
+    }
+
+    /// Translates owners between guest and host IDs by `ids`.
+    pub fn with_id_maps(mut self, ids: IdMaps) -> SharedFs {
+        self.ids = ids;
+        self
+    }
+
+    /// The guest caller's context with host IDs (EPERM for an ID the guest may not use).
+    fn host_ctx(&self, ctx: &Context) -> io::Result<Context> {
+        let uid = self.ids.uids.to_host(ctx.uid);
+        let gid = self.ids.gids.to_host(ctx.gid);
+        match (uid, gid) {
+            (Some(uid), Some(gid)) => Ok(Context {
+                uid,
+                gid,
+                pid: ctx.pid,
+            }),
+            _ => Err(errno(libc::EPERM)),
+        }
+    }
+
+    /// Host attributes with the owner the guest sees.
+    fn guest_attr(&self, mut st: stat64) -> stat64 {
+        st.st_uid = self.ids.uids.to_guest(st.st_uid);
+        st.st_gid = self.ids.gids.to_guest(st.st_gid);
+        st
+    }
+
+    /// An entry with the owner the guest sees.
+    fn guest_entry(&self, mut e: Entry) -> Entry {
+        e.attr = self.guest_attr(e.attr);
+        e
     }
 
     /// The configuration.
@@ -299,6 +336,7 @@ impl FileSystem for SharedFs {
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         self.do_lookup(parent, name_ok(name)?)
+            .map(|e| self.guest_entry(e))
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
@@ -312,7 +350,7 @@ impl FileSystem for SharedFs {
         _handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
         let node = self.inodes.get(inode)?;
-        Ok((sys::fstat(node.fd())?, self.timeout()))
+        Ok((self.guest_attr(sys::fstat(node.fd())?), self.timeout()))
     }
 
     fn setattr(
@@ -324,9 +362,17 @@ impl FileSystem for SharedFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        let mut attr = attr;
+        let forbidden = || errno(libc::EPERM);
+        if valid.contains(SetattrValid::UID) {
+            attr.st_uid = self.ids.uids.to_host(attr.st_uid).ok_or_else(forbidden)?;
+        }
+        if valid.contains(SetattrValid::GID) {
+            attr.st_gid = self.ids.gids.to_host(attr.st_gid).ok_or_else(forbidden)?;
+        }
         self.do_setattr(inode, &attr, handle, valid)?;
         let node = self.inodes.get(inode)?;
-        Ok((sys::fstat(node.fd())?, self.timeout()))
+        Ok((self.guest_attr(sys::fstat(node.fd())?), self.timeout()))
     }
 
     fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
@@ -338,7 +384,9 @@ impl FileSystem for SharedFs {
     }
 
     fn symlink(&self, ctx: &Context, link: &CStr, parent: u64, name: &CStr) -> io::Result<Entry> {
-        self.do_symlink(ctx, link, parent, name_ok(name)?)
+        let ctx = self.host_ctx(ctx)?;
+        self.do_symlink(&ctx, link, parent, name_ok(name)?)
+            .map(|e| self.guest_entry(e))
     }
 
     fn mknod(
@@ -350,7 +398,9 @@ impl FileSystem for SharedFs {
         rdev: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.do_mknod(ctx, parent, name_ok(name)?, mode & !umask, rdev)
+        let ctx = self.host_ctx(ctx)?;
+        self.do_mknod(&ctx, parent, name_ok(name)?, mode & !umask, rdev)
+            .map(|e| self.guest_entry(e))
     }
 
     fn mkdir(
@@ -361,7 +411,9 @@ impl FileSystem for SharedFs {
         mode: u32,
         umask: u32,
     ) -> io::Result<Entry> {
-        self.do_mkdir(ctx, parent, name_ok(name)?, mode & !umask)
+        let ctx = self.host_ctx(ctx)?;
+        self.do_mkdir(&ctx, parent, name_ok(name)?, mode & !umask)
+            .map(|e| self.guest_entry(e))
     }
 
     fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
@@ -392,6 +444,7 @@ impl FileSystem for SharedFs {
         newname: &CStr,
     ) -> io::Result<Entry> {
         self.do_link(inode, newparent, name_ok(newname)?)
+            .map(|e| self.guest_entry(e))
     }
 
     fn open(
@@ -412,8 +465,14 @@ impl FileSystem for SharedFs {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
-        let (entry, handle) = self.do_create(ctx, parent, name_ok(name)?, &args)?;
-        Ok((entry, Some(handle), self.open_options(), None))
+        let ctx = self.host_ctx(ctx)?;
+        let (entry, handle) = self.do_create(&ctx, parent, name_ok(name)?, &args)?;
+        Ok((
+            self.guest_entry(entry),
+            Some(handle),
+            self.open_options(),
+            None,
+        ))
     }
 
     fn read(
@@ -576,7 +635,11 @@ impl FileSystem for SharedFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        self.do_readdirplus(inode, handle, offset, add_entry)
+        self.do_readdirplus(inode, handle, offset, &mut |d, e| {
+            // Node ID 0: an entry not looked up, which the kernel ignores.
+            let e = if e.inode == 0 { e } else { self.guest_entry(e) };
+            add_entry(d, e)
+        })
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {

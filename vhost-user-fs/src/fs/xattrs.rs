@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use fuse_backend_rs::api::filesystem::{GetxattrReply, ListxattrReply};
 
 use super::{errno, SharedFs};
+use crate::idmap::is_acl_xattr;
 use crate::sys;
 
 /// Largest value or name list a guest can ask for (the kernel's own XATTR_SIZE_MAX).
@@ -41,6 +42,10 @@ impl SharedFs {
             return Ok(GetxattrReply::Count(n as u32));
         }
         buf.truncate(n);
+        if is_acl_xattr(name.to_bytes()) {
+            // A POSIX ACL names users and groups: the guest sees its own IDs (same length).
+            buf = self.ids.acl_to_guest(&buf);
+        }
         Ok(GetxattrReply::Value(buf))
     }
 
@@ -70,6 +75,13 @@ impl SharedFs {
             return Err(errno(libc::EPERM));
         }
         let fd = self.xattr_fd(inode)?;
+        if is_acl_xattr(name.to_bytes()) {
+            let value = self
+                .ids
+                .acl_to_host(value)
+                .ok_or_else(|| errno(libc::EPERM))?;
+            return sys::fsetxattr(fd.as_fd(), name, &value, flags as i32);
+        }
         sys::fsetxattr(fd.as_fd(), name, value, flags as i32)
     }
 
