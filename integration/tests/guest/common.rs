@@ -199,7 +199,11 @@ pub fn run_retrying_stall_explained(
         }
         let stalled = guests_stalled(child.id());
         let explained = format!("{}{}", explain(), processes());
+        // Listed before the group stops: its backends and sm-vmm lead groups of their own,
+        // and once orphaned they would keep what a retry needs (a volume's lock).
+        let started = descendants(child.id());
         stop_group(&mut child);
+        kill_all(&started);
         // Only what was written so far: a process outside the group may keep the pipe open.
         let stderr = String::from_utf8_lossy(&e.so_far()).into_owned();
         if stalled && attempt == 1 {
@@ -273,6 +277,26 @@ fn stop_group(child: &mut Child) {
     // SAFETY: SIGKILL to whatever of the group is left (processes that ignored SIGTERM); an
     // empty group makes this fail with ESRCH, which is fine.
     unsafe { libc::kill(-group, libc::SIGKILL) };
+}
+
+/// SIGKILLs each of `pids` still running and waits (10 s at most) until none runs.
+fn kill_all(pids: &[u32]) {
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            // The state follows the command name; a zombie holds nothing.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    for pid in pids.iter().filter(|p| running(p)) {
+        // SAFETY: kill() with a PID listed moments ago as a descendant of our child; at
+        // worst it names a process that already ended.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(running) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Whether `root` started at least one sm-vmm and every vCPU thread of each sits halted in
