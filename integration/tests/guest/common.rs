@@ -300,8 +300,19 @@ fn kill_all(pids: &[u32]) {
 }
 
 /// Whether `root` started at least one sm-vmm and every vCPU thread of each sits halted in
-/// KVM (`kvm_vcpu_block`/`kvm_vcpu_halt`).
+/// KVM (`kvm_vcpu_block`/`kvm_vcpu_halt`), in any of 10 looks 100 ms apart: a stalled guest
+/// still wakes for its timers now and then, and one look can land on such a moment.
 fn guests_stalled(root: u32) -> bool {
+    (0..10).any(|look| {
+        if look > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        all_vcpus_halted(root)
+    })
+}
+
+/// One look for [`guests_stalled`].
+fn all_vcpus_halted(root: u32) -> bool {
     let vmms: Vec<u32> = descendants(root)
         .into_iter()
         .filter(|pid| {
