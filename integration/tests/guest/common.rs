@@ -263,6 +263,17 @@ fn drain(pipe: Option<Box<dyn std::io::Read + Send>>) -> Drained {
     Drained { bytes, thread }
 }
 
+/// After a command (started in its own process group) hung: whether its guests stalled
+/// (see [`run_retrying_stall`]); either way the command, its group and every process it
+/// started are stopped.
+pub fn stop_hung(child: &mut Child) -> bool {
+    let stalled = guests_stalled(child.id());
+    let started = descendants(child.id());
+    stop_group(child);
+    kill_all(&started);
+    stalled
+}
+
 /// Stops `child`'s process group (SIGTERM, then SIGKILL after 10 s) and reaps `child`.
 fn stop_group(child: &mut Child) {
     let group = child.id() as libc::pid_t;
