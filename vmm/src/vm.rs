@@ -648,15 +648,11 @@ fn run_machine(
             let _ = fwd.send(Event::Vcpu(ev));
         }
     });
-    let (lost_tx, lost_rx) = mpsc::channel::<String>();
-    crate::vhost_user::reconnect::watch_all(&m.mmio, lost_tx)
-        .map_err(|e| VmError::Host("spawning a backend watch thread", e))?;
-    let lost_fwd = tx.clone();
-    std::thread::spawn(move || {
-        if let Ok(line) = lost_rx.recv() {
-            let _ = lost_fwd.send(Event::BackendLost(line));
-        }
-    });
+    let lost_tx = tx.clone();
+    crate::vhost_user::reconnect::watch_all(&m.mmio, move |line| {
+        let _ = lost_tx.send(Event::BackendLost(line));
+    })
+    .map_err(|e| VmError::Host("spawning a backend watch thread", e))?;
     let sig_tx = tx.clone();
     std::thread::spawn(move || {
         if let Ok(sig) = stop_signals.wait() {

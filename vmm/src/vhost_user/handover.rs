@@ -181,15 +181,13 @@ impl VhostUserDevice {
         self.acked = Some(features);
         self.set_features_and_memory(features)?;
         for (i, q) in queues.iter().enumerate().filter(|(_, q)| q.ready) {
-            let mut base = saved
+            let base = saved
                 .vring_bases
                 .iter()
                 .find(|(s, _)| *s == i)
                 .map(|(_, b)| *b)
                 .ok_or_else(|| format!("the snapshot has no position for ring {i}"))?;
-            if self.kind == DeviceKind::VSOCK && i == VSOCK_EVENT_QUEUE {
-                base = self.post_vsock_reset(q, base, features)?;
-            }
+            let base = self.post_vsock_reset(i, q, base, features)?;
             self.start_ring(i, q, base)?;
             self.kick(i)?;
         }
@@ -208,15 +206,20 @@ impl VhostUserDevice {
             .map_err(|e| format!("kicking ring {i}: {e}"))
     }
 
-    /// Puts a VIRTIO_VSOCK_EVENT_TRANSPORT_RESET into the event ring's next buffer (taken at
-    /// `base`) and returns the position the backend goes on from. A guest that left no event
-    /// buffer gets none (it had no connections to reset).
+    /// For a vsock device's event ring (`i`), puts a VIRTIO_VSOCK_EVENT_TRANSPORT_RESET into
+    /// its next buffer (taken at `base`) and returns the position the backend goes on from;
+    /// any other ring goes on from `base`. A guest that left no event buffer gets none (it
+    /// had no connections to reset).
     pub(super) fn post_vsock_reset(
         &self,
+        i: usize,
         q: &QueueConfig,
         base: u16,
         features: u64,
     ) -> Result<u16, String> {
+        if self.kind != DeviceKind::VSOCK || i != VSOCK_EVENT_QUEUE {
+            return Ok(base);
+        }
         let fail = |e: &dyn std::fmt::Display| format!("vsock event ring: {e}");
         let mem = self.memory.as_ref();
         let mut ring = self.guest_ring(q, features).map_err(|e| fail(&e))?;

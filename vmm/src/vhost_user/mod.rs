@@ -211,10 +211,9 @@ pub struct VhostUserDevice {
     /// Where the config space comes from (to negotiate again after a hang-up).
     source: DeviceConfig,
     frontend: Frontend,
-    backend_features: u64,
-    queues: usize,
-    /// The backend as first negotiated (a returning backend must match it).
-    first: link::Identity,
+    /// The backend's features, queues, config and shared memory as first negotiated (a
+    /// returning backend must match them).
+    identity: link::Identity,
     config: Vec<u8>,
     /// The driver's writes to a backend-owned config space, by offset (replayed to a
     /// returning backend).
@@ -234,8 +233,6 @@ pub struct VhostUserDevice {
     stopped: Vec<(usize, u16)>,
     /// Protocol features both sides agreed on.
     protocol_features: VhostUserProtocolFeatures,
-    /// Sizes of the shared memory regions the backend asks for, by ID (0: none).
-    shmem_sizes: Vec<u64>,
     /// The regions, once placed in the guest-physical address space.
     shmem: Vec<Option<Arc<SharedMemoryRegion>>>,
     /// The setup deadline, until [`Self::finish_setup`].
@@ -257,8 +254,7 @@ impl VhostUserDevice {
     ) -> Result<Self, VhostUserError> {
         let name = path.display().to_string();
         let link = Link::negotiate(path, kind, source)?;
-        let queues = link.identity.queues;
-        let kicks = (0..queues)
+        let kicks = (0..link.identity.queues)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
@@ -275,8 +271,6 @@ impl VhostUserDevice {
             kind,
             source: source.clone(),
             frontend: link.frontend,
-            backend_features: link.identity.backend_features,
-            queues,
             config: link.identity.config.clone(),
             config_writes: BTreeMap::new(),
             backend_config: *source == DeviceConfig::FromBackend,
@@ -289,8 +283,7 @@ impl VhostUserDevice {
             rings: vec![],
             stopped: vec![],
             protocol_features: link.protocol_features,
-            shmem_sizes: link.identity.shmem_sizes.clone(),
-            first: link.identity,
+            identity: link.identity,
             shmem: vec![],
             deadline: Some(link.deadline),
             reply_ack,
@@ -302,7 +295,8 @@ impl VhostUserDevice {
     /// [`SHMEM_ALIGN`] (0: the device has none; `u64::MAX` if the sum overflows, which no
     /// guest address space holds).
     pub fn shared_memory_span(&self) -> u64 {
-        self.shmem_sizes
+        self.identity
+            .shmem_sizes
             .iter()
             .try_fold(0u64, |sum, s| sum.checked_add(placed_size(*s)))
             .unwrap_or(u64::MAX)
@@ -331,7 +325,7 @@ impl VhostUserDevice {
     ) -> Result<Vec<Arc<SharedMemoryRegion>>, VhostUserError> {
         let mut next = base;
         let mut placed = Vec::new();
-        for size in self.shmem_sizes.clone() {
+        for size in self.identity.shmem_sizes.clone() {
             if size == 0 {
                 self.shmem.push(None);
                 continue;
@@ -408,7 +402,7 @@ impl VhostUserDevice {
     /// replay its unfinished requests after a crash ([`reconnect`]).
     fn set_features_and_memory(&mut self, features: u64) -> Result<(), String> {
         let protocol_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        let in_order = self.backend_features & VIRTIO_F_IN_ORDER;
+        let in_order = self.identity.backend_features & VIRTIO_F_IN_ORDER;
         self.frontend
             .set_features(features | protocol_bit | in_order)
             .map_err(|e| format!("SET_FEATURES: {e}"))?;
@@ -482,11 +476,11 @@ impl VirtioDevice for VhostUserDevice {
     }
 
     fn features(&self) -> u64 {
-        self.backend_features & (TRANSPORT_FEATURES | DEVICE_FEATURES)
+        self.identity.backend_features & (TRANSPORT_FEATURES | DEVICE_FEATURES)
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_SIZE; self.queues]
+        vec![QUEUE_SIZE; self.identity.queues]
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {

@@ -14,11 +14,12 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::VhostUserFrontend;
 use virtio_queue::{Queue, QueueT};
 
 use super::link::{Identity, Link};
@@ -31,19 +32,20 @@ pub const RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// First pause between connection attempts (doubling up to [`MAX_BACKOFF`]).
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// virtio-vsock's event queue.
-const VSOCK_EVENT_QUEUE: usize = 2;
 
 /// Starts a watch thread for every vhost-user device on `mmio`; a backend that is lost for
-/// good sends the one line that says why on `lost` (the VM should then stop).
-pub fn watch_all(mmio: &Arc<MmioBus>, lost: Sender<String>) -> std::io::Result<()> {
+/// good calls `lost` with the one line that says why (the VM should then stop).
+pub fn watch_all(
+    mmio: &Arc<MmioBus>,
+    lost: impl Fn(String) + Clone + Send + 'static,
+) -> std::io::Result<()> {
     for index in 0..mmio.devices.len() {
         let (mmio, lost) = (mmio.clone(), lost.clone());
         std::thread::Builder::new()
             .name(format!("vhost-user-watch-{index}"))
             .spawn(move || {
                 if let Err(line) = watch(&mmio.devices[index].1) {
-                    let _ = lost.send(line);
+                    lost(line);
                 }
             })?;
     }
@@ -191,7 +193,7 @@ impl VhostUserDevice {
         }
         if self.acked.is_none()
             || self.kind == DeviceKind::VSOCK
-            || self.backend_features & VIRTIO_F_IN_ORDER != 0
+            || self.identity.backend_features & VIRTIO_F_IN_ORDER != 0
         {
             return Ok(());
         }
@@ -206,12 +208,12 @@ impl VhostUserDevice {
     /// channel for shared memory, the driver's config writes; then one kick per ring and
     /// one interrupt (for completions the old backend wrote but never signalled).
     pub(super) fn reconnect(&mut self, link: Link) -> Result<(), String> {
-        compatible(self.features(), &self.first, &link.identity)?;
+        compatible(self.features(), &self.identity, &link.identity)?;
         self.frontend = link.frontend;
         self.protocol_features = link.protocol_features;
         self.reply_ack = self
             .protocol_features
-            .contains(vhost::vhost_user::message::VhostUserProtocolFeatures::REPLY_ACK);
+            .contains(VhostUserProtocolFeatures::REPLY_ACK);
         self.deadline = Some(link.deadline);
         self.down = false;
         if self.shmem.iter().any(Option::is_some) {
@@ -221,32 +223,22 @@ impl VhostUserDevice {
                 self.reply_ack,
             )
             .map_err(|e| format!("backend channel: {e}"))?;
-            vhost::vhost_user::VhostUserFrontend::set_backend_request_fd(
-                &mut self.frontend,
-                &channel,
-            )
-            .map_err(|e| format!("SET_BACKEND_REQ_FD: {e}"))?;
+            self.frontend
+                .set_backend_request_fd(&channel)
+                .map_err(|e| format!("SET_BACKEND_REQ_FD: {e}"))?;
         }
         if let Some(features) = self.acked {
             self.set_features_and_memory(features)?;
             for (i, q) in self.rings.clone() {
                 let used = self.used_index(&q, features)?;
-                let base = if self.kind == DeviceKind::VSOCK && i == VSOCK_EVENT_QUEUE {
-                    self.post_vsock_reset(&q, used, features)?
-                } else {
-                    used
-                };
+                let base = self.post_vsock_reset(i, &q, used, features)?;
                 self.program_ring(i, &q, base)?;
             }
         }
         for (offset, data) in self.config_writes.clone() {
-            vhost::vhost_user::VhostUserFrontend::set_config(
-                &mut self.frontend,
-                offset,
-                vhost::vhost_user::message::VhostUserConfigFlags::WRITABLE,
-                &data,
-            )
-            .map_err(|e| format!("SET_CONFIG: {e}"))?;
+            self.frontend
+                .set_config(offset, VhostUserConfigFlags::WRITABLE, &data)
+                .map_err(|e| format!("SET_CONFIG: {e}"))?;
         }
         self.finish_setup().map_err(|e| e.to_string())?;
         for i in self.started.clone() {
