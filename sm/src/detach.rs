@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use sm::vm::process::alive;
 use sm::vm::record::{RunRecord, RECORD_FILE};
 use sm::vm::supervisor::PROCESSES_FILE;
 use sm::vm::{runtime_root, ProcessInfo};
@@ -155,14 +156,6 @@ pub fn supervisor(dir: &Path) -> Option<Pid> {
         .ok()?;
     let pid = Pid::from_raw(pid);
     alive(pid).then_some(pid)
-}
-
-/// Whether `pid` runs (an exited process waiting to be reaped does not count).
-pub fn alive(pid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
-        .unwrap_or(false)
 }
 
 /// `sm ps`: the running detached VMs, each followed by a row per process (name, PID,

@@ -32,7 +32,7 @@ pub fn run(a: Args) -> Result<(), String> {
     if a.stop {
         // sm-vmm powers off; its supervisor then stops the backends and cleans up.
         let start = Instant::now();
-        while crate::detach::alive(pid) {
+        while sm::vm::process::alive(pid) {
             if start.elapsed() > Duration::from_secs(60) {
                 return Err(format!("{} did not stop within 60 s", a.name));
             }

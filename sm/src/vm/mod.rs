@@ -269,8 +269,7 @@ impl Vm {
     /// sm-vmm's own one-line error, if it stopped the VM with one (a backend it lost for
     /// good): sm-vmm prints `sm-vmm: ...` only as it exits with an error.
     fn vmm_failure(&self) -> Option<String> {
-        let log = std::fs::read_to_string(self.dir.join("sm-vmm.log")).ok()?;
-        let last = log.lines().rev().find(|l| !l.trim().is_empty())?;
+        let last = process::last_line(&self.dir.join("sm-vmm.log"))?;
         last.strip_prefix("sm-vmm: ")
             .map(|why| format!("sm: {why}"))
     }

@@ -198,6 +198,14 @@ impl Proc {
     }
 }
 
+/// Whether `pid` runs (an exited process waiting to be reaped does not count).
+pub fn alive(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
 /// How long a killed process group may take to be gone.
 pub const GROUP_GONE_LIMIT: Duration = Duration::from_secs(5);
 
@@ -227,14 +235,14 @@ pub fn group_alive(pgid: Pid) -> bool {
 
 /// The last line of a log file, as ": <line>" (or nothing).
 pub fn log_tail(log: &Path) -> String {
-    std::fs::read_to_string(log)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map(str::to_owned)
-        })
-        .map(|l| format!(": {l}"))
-        .unwrap_or_default()
+    last_line(log).map(|l| format!(": {l}")).unwrap_or_default()
+}
+
+/// The last non-empty line of a log file, if it has one.
+pub fn last_line(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(str::to_owned)
 }
