@@ -102,7 +102,7 @@ fn a_file_system_on_our_backend_survives_a_second_boot() {
 }
 
 /// Allocated bytes of a host file (st_blocks is in 512-byte units).
-fn allocated(path: &std::path::Path) -> u64 {
+pub(crate) fn allocated(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().blocks() * 512
 }
@@ -236,11 +236,7 @@ fn fio_verify_passes_and_the_data_survives_a_second_boot() {
         stdout(&out),
         stderr(&out)
     );
-    // Terse v3: field 5 is the error count; field 6 the read KiB (the verify pass).
-    let terse = stdout(&out);
-    let fields: Vec<&str> = terse.trim().split(';').collect();
-    assert_eq!(fields.get(4), Some(&"0"), "fio errors: {terse}");
-    assert_eq!(fields.get(5), Some(&"32768"), "verified KiB: {terse}");
+    assert_fio_verified(&stdout(&out), 32768);
     // A fresh boot reads every block back and checks it against the headers fio wrote.
     let reread = format!("{job} --verify_only=1");
     let out = boot(

@@ -263,6 +263,18 @@ fn drain(pipe: Option<Box<dyn std::io::Read + Send>>) -> Drained {
     Drained { bytes, thread }
 }
 
+/// Asserts that fio's terse (version 3) line reports no error and a verify pass that read
+/// `kib` KiB (field 5 is the error count, field 6 the read KiB).
+pub fn assert_fio_verified(terse: &str, kib: u64) {
+    let fields: Vec<&str> = terse.trim().split(';').collect();
+    assert_eq!(fields.get(4), Some(&"0"), "fio errors: {terse}");
+    assert_eq!(
+        fields.get(5),
+        Some(&kib.to_string().as_str()),
+        "verified KiB: {terse}"
+    );
+}
+
 /// After a command (started in its own process group) hung: whether its guests stalled
 /// (see [`run_retrying_stall`]); either way the command, its group and every process it
 /// started are stopped.
@@ -292,13 +304,8 @@ fn stop_group(child: &mut Child) {
 
 /// SIGKILLs each of `pids` still running and waits (10 s at most) until none runs.
 fn kill_all(pids: &[u32]) {
-    let running = |pid: &u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            // The state follows the command name; a zombie holds nothing.
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
-    };
+    // A zombie holds nothing.
+    let running = |pid: &u32| sm::vm::process::alive(nix::unistd::Pid::from_raw(*pid as i32));
     for pid in pids.iter().filter(|p| running(p)) {
         // SAFETY: kill() with a PID listed moments ago as a descendant of our child; at
         // worst it names a process that already ended.

@@ -10,15 +10,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
+use crate::blk::allocated;
+use crate::clone::sm;
 use crate::common::*;
-
-/// Allocated bytes of a host file (st_blocks is in 512-byte units).
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0)
-}
+use ::sm::vm::process::group_alive;
 
 /// Our block backend in its own process group (its sandbox forks a child), serving `image`.
 fn start_blk(image: &Path, socket: &Path) -> Child {
@@ -49,23 +44,8 @@ fn kill_group(child: &mut Child) {
     wait_until(
         Duration::from_secs(10),
         "the backend's group to be gone",
-        || !group_alive(group.as_raw()),
+        || !group_alive(group),
     );
-}
-
-/// Whether any process of group `pgid` is still running: zombies do not count (an orphan
-/// the test VM's init has not reaped yet holds nothing, not even the image's lock).
-fn group_alive(pgid: i32) -> bool {
-    let pgid = pgid.to_string();
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ')'.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        fields.first().is_some_and(|s| *s != "Z") && fields.get(2) == Some(&pgid.as_str())
-    })
 }
 
 /// What the killer thread did.
@@ -134,14 +114,10 @@ fn a_block_backend_killed_during_fio_is_replaced_and_nothing_is_lost() {
         "sm-vmm saw each hang-up: {log}"
     );
     assert_eq!(log.matches("is back").count(), 3, "and each return: {log}");
-    // Terse v3: field 5 is the error count; field 6 the read KiB (the verify pass); then
-    // the guest's count of I/O errors in its kernel log.
+    // fio's terse line, then the guest's count of I/O errors in its kernel log.
     let text = stdout(&out);
     let mut lines = text.lines();
-    let terse = lines.next().unwrap_or_default();
-    let fields: Vec<&str> = terse.trim().split(';').collect();
-    assert_eq!(fields.get(4), Some(&"0"), "fio errors: {text}");
-    assert_eq!(fields.get(5), Some(&"49152"), "verified KiB: {text}");
+    assert_fio_verified(lines.next().unwrap_or_default(), 49152);
     assert_eq!(
         lines.next(),
         Some("0"),
@@ -217,15 +193,6 @@ fn a_file_system_backend_that_dies_stops_the_vm_with_one_line() {
     );
 }
 
-/// `sm` with its own runtime directory (so leftovers are this test's).
-fn sm(runtime: &Path) -> Command {
-    let mut c = Command::new(sm_integration::bin_dir().join("sm"));
-    c.env("XDG_RUNTIME_DIR", runtime)
-        .env("SM_BIN_DIR", sm_integration::bin_dir())
-        .stdin(Stdio::null());
-    c
-}
-
 /// The PID of the one running process whose command line contains all of `words`.
 fn pid_of(words: &[&str]) -> Option<i32> {
     let mut found = vec![];
@@ -265,7 +232,7 @@ fn fio_while_the_backend_fails(signal: Signal, times: usize) {
     let image = data.path().join("pg.img");
     let volume = format!("{}:/data:size=256M", image.display());
     let out = run_with_timeout(
-        sm(runtime.path()).args([
+        sm(runtime.path(), &[]).args([
             "run", "--detach", "--name", "db", "--volume", &volume, "--", "sleep", "100000",
         ]),
         Duration::from_secs(180),
@@ -278,7 +245,7 @@ fn fio_while_the_backend_fails(signal: Signal, times: usize) {
     let fio = "fio --name=v --filename=/data/f --size=48M --direct=1 --ioengine=libaio \
                --iodepth=16 --rw=randwrite --bs=4k --verify=crc32c --verify_fatal=1 \
                --output-format=terse --terse-version=3";
-    let mut exec = sm(runtime.path());
+    let mut exec = sm(runtime.path(), &[]);
     exec.args(["exec", "db", "--", "sh", "-c", fio])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -309,12 +276,9 @@ fn fio_while_the_backend_fails(signal: Signal, times: usize) {
         kills.len() == times && kills.iter().all(|k| *k < finished),
         "{times} x {signal} while fio ran (at {kills:?}, fio done at {finished:?})"
     );
-    let terse = stdout(&out);
-    let fields: Vec<&str> = terse.trim().split(';').collect();
-    assert_eq!(fields.get(4), Some(&"0"), "fio errors: {terse}");
-    assert_eq!(fields.get(5), Some(&"49152"), "verified KiB: {terse}");
+    assert_fio_verified(&stdout(&out), 49152);
 
-    let out = run_with_timeout(sm(runtime.path()).arg("ps"), Duration::from_secs(30));
+    let out = run_with_timeout(sm(runtime.path(), &[]).arg("ps"), Duration::from_secs(30));
     let ps = stdout(&out);
     assert!(
         ps.lines().any(|l| l.contains("pg.img")
@@ -323,7 +287,7 @@ fn fio_while_the_backend_fails(signal: Signal, times: usize) {
         "sm ps shows the volume's backend running after {times} restarts:\n{ps}"
     );
     let out = run_with_timeout(
-        sm(runtime.path()).args([
+        sm(runtime.path(), &[]).args([
             "exec",
             "db",
             "--",
@@ -335,7 +299,7 @@ fn fio_while_the_backend_fails(signal: Signal, times: usize) {
     );
     assert_eq!(stdout(&out), "0\n", "I/O errors in the guest's log");
     let out = run_with_timeout(
-        sm(runtime.path()).args(["stop", "db"]),
+        sm(runtime.path(), &[]).args(["stop", "db"]),
         Duration::from_secs(90),
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
@@ -401,7 +365,7 @@ fn a_volume_backend_that_keeps_crashing_stops_sm_run_with_one_line() {
     let marker = data.path().join("guest-ran");
     let share = format!("{}:/host", data.path().display());
     let img = image.display().to_string();
-    let mut cmd = sm(runtime.path());
+    let mut cmd = sm(runtime.path(), &[]);
     cmd.env("SM_BIN_DIR", &bin)
         .args(["run", "--volume", &volume, "--mount", &share, "--"])
         .args(["sh", "-c", "touch /host/guest-ran; sleep 1000"]);
@@ -436,7 +400,7 @@ fn sm_run_whose_mount_backend_dies_ends_with_one_line() {
     let marker = share.path().join("guest-ran");
     let mount = format!("{}:/host", share.path().display());
     let dir = share.path().display().to_string();
-    let mut cmd = sm(runtime.path());
+    let mut cmd = sm(runtime.path(), &[]);
     cmd.args(["run", "--mount", &mount, "--", "sh", "-c"])
         .arg("touch /host/guest-ran; while :; do ls /host >/dev/null; done");
     let (out, after) =
