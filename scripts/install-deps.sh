@@ -3,7 +3,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need_apt=0
-for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio depmod readelf; do
+for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio depmod readelf passt; do
   command -v "$bin" >/dev/null || need_apt=1
 done
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need_apt=1
@@ -25,7 +25,7 @@ if [ "$need_apt" = 1 ]; then
     "qemu-system-x86=$v" "qemu-utils=$v" "qemu-block-extra=$v" "qemu-system-common=$v" "qemu-system-data" \
     busybox-static cpio kmod binutils xz-utils libseccomp-dev libcap-ng-dev \
     libaio-dev zlib1g-dev make curl e2fsprogs \
-    docker-registry skopeo umoci erofs-utils apache2-utils openssl systemd
+    docker-registry skopeo umoci erofs-utils apache2-utils openssl systemd passt
 fi
 # The Rust virtiofsd shares the host root into the test VM (Debian 7.2's C virtiofsd cannot
 # enforce read-only).

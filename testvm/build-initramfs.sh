@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the test VM (L1) initramfs: busybox-static, the kernel modules the test VM needs
-# (virtio-pci, virtio-fs, virtio-console, overlay, kvm-amd and their dependencies) and
+# (virtio-pci, virtio-fs, virtio-console, overlay, kvm-amd, dummy for a stand-in uplink, and
+# their dependencies) and
 # testvm/init.
 # The image is cached under $SM_CACHE_DIR by a hash of everything that goes into it and
 # installed as $SM_DATA_DIR/testvm/initramfs.img; a re-run with nothing changed is a no-op.
@@ -15,7 +16,7 @@ busybox=${SM_BUSYBOX:-/bin/busybox}
 init="$here/init"
 # Load order is resolved from these plus their dependencies.
 wanted=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
-  virtio_console fuse virtiofs overlay irqbypass kvm kvm_amd)
+  virtio_console fuse virtiofs overlay irqbypass kvm kvm_amd dummy)
 
 die() { echo "build-initramfs: $*" >&2; exit 1; }
 [ -f "$kernel/version" ] && [ -d "$kernel/modules" ] ||

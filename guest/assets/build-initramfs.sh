@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Assemble the guest initramfs: sm-init as /init, busybox as the default userland, fio (built
 # by build-fio.sh) for block tests and benchmarks, and the
-# kernel modules later devices need (virtio-mmio, virtio-blk, virtio-fs, vsock, overlay,
+# kernel modules later devices need (virtio-mmio, virtio-blk, virtio-net, virtio-fs, vsock, overlay,
 # erofs) with /etc/sm/modules listing them in load order. The output is cached under
 # $SM_CACHE_DIR by the hash of its inputs and installed as $SM_DATA_DIR/guest/initramfs.img.
 #
@@ -25,7 +25,7 @@ if readelf -l "$fio" | grep -q "program interpreter"; then
   exit 1
 fi
 kver=$(cat "$kdir/version")
-wanted="virtio_mmio virtio_blk fuse virtiofs vmw_vsock_virtio_transport overlay erofs"
+wanted="virtio_mmio virtio_blk virtio_net fuse virtiofs vmw_vsock_virtio_transport overlay erofs"
 
 # Resolve dependencies from modules.dep, dependencies first.
 declare -A seen=()

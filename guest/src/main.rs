@@ -1,5 +1,5 @@
 //! `sm-init`: PID 1 of an sm guest. It mounts the kernel file systems, loads the modules
-//! the initramfs lists, runs the command sm-vmm passed (or an interactive shell) with its
+//! the initramfs lists, configures the network sm asked for, runs the command sm-vmm passed (or an interactive shell) with its
 //! stdout on COM1 and stderr on COM2, reaps every orphan, reports the command's exit status
 //! to sm-vmm through the exit-status port, and powers the VM off. Meanwhile it serves the
 //! host's agent requests over vsock (exec, files, TCP).
@@ -7,6 +7,7 @@
 mod agent;
 mod command;
 mod hostio;
+mod network;
 mod reaper;
 mod setup;
 
@@ -28,6 +29,9 @@ fn main() -> ExitCode {
     let _ = nix::unistd::sethostname("sm");
     if let Err(e) = setup::loopback_up() {
         setup::log_error(&format!("bringing up the loopback interface: {e}"));
+    }
+    if let Err(e) = network::configure() {
+        setup::log_error(&e);
     }
     agent::start(verbose);
     let status = match command::Launch::from_init_config() {

@@ -130,6 +130,8 @@ pub enum DeviceKind {
     VirtioBlk,
     /// virtio-vsock (the agent's channel; served by vhost-device-vsock).
     VirtioVsock,
+    /// virtio-net (the guest's network; served by sm-vhost-user-net).
+    VirtioNet,
     /// A 16550 UART.
     Serial,
     /// The CMOS real-time clock.

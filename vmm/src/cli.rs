@@ -45,6 +45,12 @@ pub struct VmmArgs {
     /// The guest's vsock CID; must match what the vsock backend serves (default: its CID).
     #[arg(long, value_name = "N", requires = "vsock_socket")]
     pub cid: Option<u64>,
+    /// A vhost-user-net backend (one queue pair); the guest's `eth0`.
+    #[arg(long = "net-socket", value_name = "PATH")]
+    pub net_socket: Option<PathBuf>,
+    /// The guest's MAC address on `--net-socket` [default: 02:73:6d:00:00:01].
+    #[arg(long, value_name = "MAC", requires = "net_socket", value_parser = parse_mac)]
+    pub mac: Option<MacAddress>,
     /// Show the kernel boot log and sm-init's messages on stderr.
     #[arg(long)]
     pub verbose: bool,
@@ -93,6 +99,35 @@ fn parse_fs_socket(v: &str) -> Result<FsSocket, String> {
     })
 }
 
+/// A MAC address, six octets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacAddress(pub [u8; 6]);
+
+impl std::fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// Parses `xx:xx:xx:xx:xx:xx` (hex octets); a multicast address cannot name one interface.
+fn parse_mac(v: &str) -> Result<MacAddress, String> {
+    let octets = v
+        .split(':')
+        .map(|o| {
+            (o.len() == 2)
+                .then(|| u8::from_str_radix(o, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<Vec<u8>>>()
+        .and_then(|o| <[u8; 6]>::try_from(o).ok())
+        .ok_or("expected six hex octets, e.g. 02:73:6d:00:00:01")?;
+    if octets[0] & 1 != 0 {
+        return Err(format!("{v} is a multicast address"));
+    }
+    Ok(MacAddress(octets))
+}
+
 /// The guest's name for the disk of the `index`-th `--blk-socket` (`vda`, ..., `vdz`, `vdaa`,
 /// ...): sm-vmm attaches block devices first and in flag order, so the guest kernel names
 /// them in that order.
@@ -123,6 +158,8 @@ impl VmmArgs {
             fs_socket: vec![],
             vsock_socket: None,
             cid: None,
+            net_socket: None,
+            mac: None,
             verbose: false,
             api_socket: None,
             restore: None,
@@ -150,6 +187,8 @@ impl VmmArgs {
                 .collect(),
             vsock_socket: self.vsock_socket,
             cid: self.cid,
+            net_socket: self.net_socket,
+            mac: self.mac.map(|m| m.0).unwrap_or(config::DEFAULT_MAC),
         }
     }
 }
@@ -167,6 +206,8 @@ impl CommandLine for VmmArgs {
             fs_socket,
             vsock_socket,
             cid,
+            net_socket,
+            mac,
             verbose,
             api_socket,
             restore,
@@ -188,6 +229,8 @@ impl CommandLine for VmmArgs {
             .values("fs_socket", fs)
             .option("vsock_socket", vsock_socket.as_ref())
             .option("cid", cid.map(|c| c.to_string()))
+            .option("net_socket", net_socket.as_ref())
+            .option("mac", mac.map(|m| m.to_string()))
             .switch("verbose", *verbose)
             .option("api_socket", api_socket.as_ref())
             .option("restore", restore.as_ref())
@@ -199,6 +242,30 @@ impl CommandLine for VmmArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mac_addresses_parse_as_six_unicast_octets() {
+        assert_eq!(
+            parse_mac("02:73:6D:00:00:01"),
+            Ok(MacAddress([0x02, 0x73, 0x6d, 0, 0, 1]))
+        );
+        assert_eq!(
+            MacAddress([0x02, 0x73, 0x6d, 0, 0, 1]).to_string(),
+            "02:73:6d:00:00:01"
+        );
+        for bad in [
+            "",
+            "02:73:6d:00:00",
+            "02:73:6d:00:00:01:02",
+            "2:73:6d:00:00:01",
+            "zz:73:6d:00:00:01",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        assert!(parse_mac("01:00:5e:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
+    }
 
     #[test]
     fn flags_round_trip() {
@@ -215,6 +282,8 @@ mod tests {
         }];
         a.vsock_socket = Some("/r/vsock.sock".into());
         a.cid = Some(3);
+        a.net_socket = Some("/r/net.sock".into());
+        a.mac = Some(MacAddress([0x02, 0, 0, 0, 0xab, 0xcd]));
         a.verbose = true;
         a.api_socket = Some("/r/api 1.sock".into());
         a.command = vec!["sh".into(), "-c".into(), "exit 3".into(), "--".into()];

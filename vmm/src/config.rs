@@ -76,7 +76,14 @@ pub struct VmConfig {
     pub vsock_socket: Option<PathBuf>,
     /// The guest CID the vsock backend must serve (checked against its config space).
     pub cid: Option<u64>,
+    /// The vhost-user-net backend's socket.
+    pub net_socket: Option<PathBuf>,
+    /// The network device's MAC address.
+    pub mac: [u8; 6],
 }
+
+/// The guest's MAC address unless `--mac` says otherwise (locally administered, unicast).
+pub const DEFAULT_MAC: [u8; 6] = [0x02, 0x73, 0x6d, 0x00, 0x00, 0x01];
 
 /// Directory where the setup installs the guest kernel and initramfs.
 pub fn data_dir() -> PathBuf {
@@ -127,7 +134,8 @@ impl VmConfig {
         }
         let devices = self.blk_sockets.len()
             + self.fs_sockets.len()
-            + usize::from(self.vsock_socket.is_some());
+            + usize::from(self.vsock_socket.is_some())
+            + usize::from(self.net_socket.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -171,6 +179,8 @@ mod tests {
             fs_sockets: vec![],
             vsock_socket: None,
             cid: None,
+            net_socket: None,
+            mac: DEFAULT_MAC,
         }
     }
 

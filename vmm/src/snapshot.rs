@@ -121,6 +121,7 @@ impl std::fmt::Display for DeviceShape {
             (DeviceKind::VirtioBlk, _) => write!(f, "--blk-socket"),
             (DeviceKind::VirtioFs, Some(tag)) => write!(f, "--fs-socket {tag}=..."),
             (DeviceKind::VirtioVsock, _) => write!(f, "--vsock-socket"),
+            (DeviceKind::VirtioNet, _) => write!(f, "--net-socket"),
             (kind, _) => write!(f, "{kind:?}"),
         }
     }
@@ -140,7 +141,11 @@ pub fn device_shapes(config: &VmConfig) -> Vec<DeviceShape> {
         kind: DeviceKind::VirtioVsock,
         tag: None,
     });
-    blk.chain(fs).chain(vsock).collect()
+    let net = config.net_socket.iter().map(|_| DeviceShape {
+        kind: DeviceKind::VirtioNet,
+        tag: None,
+    });
+    blk.chain(fs).chain(vsock).chain(net).collect()
 }
 
 /// Refuses restoring a VM whose devices are not the snapshotted ones, in one line.

@@ -252,7 +252,12 @@ fn attach_devices(
         .vsock_socket
         .iter()
         .map(|s| (s, DeviceKind::VSOCK, DeviceConfig::FromBackend));
-    for (i, (socket, kind, source)) in blk.chain(fs).chain(vsock).enumerate() {
+    // The network device comes last so that snapshots taken without one keep their order.
+    let net = config
+        .net_socket
+        .iter()
+        .map(|s| (s, DeviceKind::NET, DeviceConfig::NetMac(config.mac)));
+    for (i, (socket, kind, source)) in blk.chain(fs).chain(vsock).chain(net).enumerate() {
         let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_GSI_START + i as u32;
         let mut device = VhostUserDevice::connect(

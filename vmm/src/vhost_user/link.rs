@@ -15,7 +15,8 @@ use vhost::VhostBackend;
 
 use super::deadline::SetupDeadline;
 use super::{
-    fs_config, shmem_sizes, step_error, DeviceConfig, DeviceKind, VhostUserError, SETUP_TIMEOUT,
+    fs_config, net_config, shmem_sizes, step_error, DeviceConfig, DeviceKind, VhostUserError,
+    SETUP_TIMEOUT,
 };
 use crate::devices::virtio_mmio::VIRTIO_F_VERSION_1;
 
@@ -116,6 +117,7 @@ impl Link {
         };
         let config = match source {
             DeviceConfig::FsTag(tag) => fs_config(tag, queues.saturating_sub(1) as u32),
+            DeviceConfig::NetMac(mac) => net_config(*mac),
             DeviceConfig::FromBackend => {
                 let size = kind.config_size;
                 let empty = vec![0u8; size as usize];

@@ -98,6 +98,13 @@ impl DeviceKind {
         max_queues: 3,
         fixed_queues: 3,
     };
+    /// virtio-net (`struct virtio_net_config` up to `mtu`); one rx and one tx queue.
+    pub const NET: DeviceKind = DeviceKind {
+        device_type: 1,
+        config_size: 12,
+        max_queues: 2,
+        fixed_queues: 2,
+    };
 }
 
 /// Longest virtio-fs tag the config space holds.
@@ -110,6 +117,8 @@ pub enum DeviceConfig {
     FromBackend,
     /// sm-vmm builds a virtio-fs config from this tag and the negotiated request queues.
     FsTag(String),
+    /// sm-vmm builds a virtio-net config with this MAC address (link up, one queue pair).
+    NetMac([u8; 6]),
 }
 
 /// A `struct virtio_fs_config`: the tag, NUL-padded, then the request queue count.
@@ -118,6 +127,18 @@ pub fn fs_config(tag: &str, request_queues: u32) -> Vec<u8> {
     let n = tag.len().min(FS_TAG_MAX);
     config[..n].copy_from_slice(&tag.as_bytes()[..n]);
     config.extend_from_slice(&request_queues.to_le_bytes());
+    config
+}
+
+/// The MTU a virtio-net config space states (the backends and the guest agree on 1500).
+pub const NET_MTU: u16 = 1500;
+
+/// A `struct virtio_net_config`: the MAC, `VIRTIO_NET_S_LINK_UP`, one queue pair, the MTU.
+pub fn net_config(mac: [u8; 6]) -> Vec<u8> {
+    let mut config = mac.to_vec();
+    config.extend_from_slice(&1u16.to_le_bytes());
+    config.extend_from_slice(&1u16.to_le_bytes());
+    config.extend_from_slice(&NET_MTU.to_le_bytes());
     config
 }
 
@@ -635,6 +656,13 @@ mod tests {
         // Placement saturates instead of wrapping to a small span.
         assert_eq!(placed_size(1), SHMEM_ALIGN);
         assert_eq!(placed_size(u64::MAX - 4095), u64::MAX);
+    }
+
+    #[test]
+    fn net_config_states_mac_link_up_one_pair_and_mtu() {
+        let c = net_config([2, 0x73, 0x6d, 0, 0, 1]);
+        assert_eq!(c.len(), DeviceKind::NET.config_size as usize);
+        assert_eq!(c, [2, 0x73, 0x6d, 0, 0, 1, 1, 0, 1, 0, 0xdc, 0x05]);
     }
 
     #[test]
