@@ -303,6 +303,80 @@ impl TestFrontend {
         queue.kick.write(1).expect("kick");
     }
 
+    /// Publishes one chain on queue `q` and kicks, without waiting: `readable` bytes (no
+    /// descriptor when empty) then `writable` bytes (none when 0, at most 4 KiB), in
+    /// descriptors `2 * slot` and `2 * slot + 1` (`slot` < 8) with buffers of their own per
+    /// queue and slot. Returns the writable buffer's address. For devices whose queues carry
+    /// one-way buffers (virtio-net's rx and tx); a slot is free again once its chain is used.
+    pub fn post(
+        &mut self,
+        mem: &GuestMemory,
+        q: usize,
+        slot: u16,
+        readable: &[u8],
+        writable: u32,
+    ) -> u64 {
+        assert!(slot < 8 && q < 16 && readable.len() <= 0x1000 && writable <= 0x1000);
+        let queue = &mut self.queues[q];
+        let page = (q as u64 * 8 + u64::from(slot)) * 0x1000;
+        let (data, reply, head) = (DATA + page, REPLY + page, 2 * slot);
+        let mut descs = Vec::new();
+        if !readable.is_empty() {
+            mem.write(data, readable);
+            descs.push((data, readable.len() as u32, 0));
+        }
+        if writable > 0 {
+            mem.write(reply, &vec![0u8; writable as usize]);
+            descs.push((reply, writable, F_WRITE));
+        }
+        assert!(!descs.is_empty(), "a chain needs a buffer");
+        let last = descs.len() - 1;
+        for (i, (addr, len, flags)) in descs.into_iter().enumerate() {
+            let index = head + i as u16;
+            let (flags, next) = if i < last {
+                (flags | F_NEXT, index + 1)
+            } else {
+                (flags, 0)
+            };
+            let mut desc = Vec::with_capacity(16);
+            desc.extend_from_slice(&addr.to_le_bytes());
+            desc.extend_from_slice(&len.to_le_bytes());
+            desc.extend_from_slice(&flags.to_le_bytes());
+            desc.extend_from_slice(&next.to_le_bytes());
+            mem.write(desc_addr(q) + 16 * u64::from(index), &desc);
+        }
+        let avail_slot = u64::from(queue.next_avail % QUEUE_SIZE);
+        mem.write(avail_addr(q) + 4 + 2 * avail_slot, &head.to_le_bytes());
+        queue.next_avail = queue.next_avail.wrapping_add(1);
+        mem.write(avail_addr(q) + 2, &queue.next_avail.to_le_bytes());
+        queue.kick.write(1).expect("kick");
+        reply
+    }
+
+    /// The next element the device put in queue `q`'s used ring, as (chain head, length),
+    /// waiting up to `timeout`; `None` if none came.
+    pub fn next_used(
+        &mut self,
+        mem: &GuestMemory,
+        q: usize,
+        timeout: Duration,
+    ) -> Option<(u16, u32)> {
+        let queue = &mut self.queues[q];
+        let start = Instant::now();
+        while mem.read_u16(used_addr(q) + 2) == queue.used_seen {
+            if start.elapsed() >= timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let slot = u64::from(queue.used_seen % QUEUE_SIZE);
+        queue.used_seen = queue.used_seen.wrapping_add(1);
+        let elem = mem.read(used_addr(q) + 4 + 8 * slot, 8);
+        let id = u32::from_le_bytes(elem[0..4].try_into().unwrap());
+        let len = u32::from_le_bytes(elem[4..8].try_into().unwrap());
+        Some((id as u16, len))
+    }
+
     /// Kicks queue `q` (after a restart, so the device looks at what is already there).
     pub fn kick(&self, q: usize) {
         self.queues[q].kick.write(1).expect("kick");
