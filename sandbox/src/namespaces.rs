@@ -147,7 +147,14 @@ fn supervise(child: Pid, old_mask: &SigSet) -> ! {
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     crate::privileges::drop_all_quietly();
     loop {
-        match waitpid(child, None) {
+        let status = waitpid(child, None);
+        if matches!(
+            status,
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..))
+        ) {
+            reap_others();
+        }
+        match status {
             Ok(WaitStatus::Exited(_, code)) => {
                 // The child's exit-on-signal handler turns a forwarded signal into 128 + sig;
                 // turn it back into death by that signal, as if there were no supervisor.
@@ -160,6 +167,23 @@ fn supervise(child: Pid, old_mask: &SigSet) -> ! {
             Ok(WaitStatus::Signaled(_, sig, _)) => die_by(sig, 128 + sig as i32),
             Err(nix::errno::Errno::EINTR) | Ok(_) => continue,
             Err(_) => exit_now(1),
+        }
+    }
+}
+
+/// Reaps the supervisor's other children: a helper the backend started before entering the
+/// sandbox (sm-vhost-user-net's passt) gets the same stop signal, and is collected here
+/// rather than left a zombie for init, which keeps the process group alive for whoever waits
+/// on it. Waits at most 500 ms for those still exiting.
+fn reap_others() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
         }
     }
 }

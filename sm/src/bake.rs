@@ -273,6 +273,7 @@ pub fn bake(mut opts: BakeOptions, progress: &mut dyn FnMut(&str)) -> Result<Bak
             None => BAKE_KERNEL_ARGS.into(),
         }),
         backend_watchdog: crate::vm::BACKEND_WATCHDOG,
+        network: crate::vm::Network::None,
     };
     let key = cache_key(&opts, image.as_ref(), &config, &store)?;
     let _lock = store.lock(&opts.name)?;

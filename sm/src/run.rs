@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
 use sm::vm::record::RunRecord;
-use sm::vm::{Mount, PortMap, Volume};
+use sm::vm::{Mount, Network, NetworkMode, PortMap, Volume};
 use sm::{Vm, VmConfig};
+use sm_vhost_user_net::policy::EgressRule;
 
 /// `sm run` flags.
 #[derive(clap::Args, Debug)]
@@ -29,6 +30,18 @@ pub struct Args {
     /// Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:GUESTPORT")]
     ports: Vec<PortMap>,
+    /// The guest's network: `user` (outbound through passt; the host itself only by an
+    /// --egress rule) or `none` (loopback only).
+    #[arg(long = "net", value_enum, value_name = "MODE", default_value = "user")]
+    net: NetworkMode,
+    /// An egress rule, allow=SPEC or deny=SPEC; SPEC is `host`, `any`, a CIDR or an address,
+    /// with an optional :PORT or :LO-HI (repeatable; after the defaults allow=any deny=host,
+    /// the last matching rule wins).
+    #[arg(long = "egress", value_name = "RULE")]
+    egress: Vec<EgressRule>,
+    /// The host resolver the guest's DNS queries go to (default: the host's).
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<std::net::IpAddr>,
     /// An environment variable for the command: KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -58,7 +71,7 @@ pub struct Args {
     #[arg(
         long,
         value_name = "NAME",
-        conflicts_with_all = ["image", "mounts", "volumes", "ports", "env", "workdir", "mem", "vcpus"]
+        conflicts_with_all = ["image", "mounts", "volumes", "ports", "env", "workdir", "mem", "vcpus", "egress", "dns"]
     )]
     snapshot: Option<String>,
     /// The snapshot store for --snapshot (default: $SM_HOME/snapshots).
@@ -121,6 +134,7 @@ pub fn run(args: Args) -> Result<u8, String> {
         root_image: image.as_ref().map(|i| i.rootfs.clone()),
         kernel_args: None,
         backend_watchdog: sm::vm::BACKEND_WATCHDOG,
+        network: Network::from_flags(args.net, args.egress, args.dns)?,
     };
     let vm = Vm::start(&config).map_err(|e| e.to_string())?;
     if let Some(pid) = vm.vmm_pid() {

@@ -42,7 +42,7 @@ pub struct NetArgs {
     /// The address the guest sends DNS queries to (always allowed on port 53).
     #[arg(long, value_name = "ADDR", default_value_t = DEFAULT_DNS_FORWARD)]
     pub dns_forward: Ipv4Addr,
-    /// The host-side resolver passt forwards the guest's DNS queries to (passt's `-D`)
+    /// The host-side resolver passt forwards the guest's DNS queries to (passt's `--dns-host`)
     /// [default: the nameservers passt reads from the host's /etc/resolv.conf].
     #[arg(long, value_name = "ADDR")]
     pub dns: Option<IpAddr>,

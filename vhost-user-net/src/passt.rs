@@ -2,7 +2,7 @@
 //! before the sandbox, on one end of a `socketpair(AF_UNIX, SOCK_STREAM)`, as
 //!
 //! ```text
-//! passt -f -q --fd N -4 -a ADDR -n PREFIX -g GW --dns-forward DNSFWD [-D DNS] -m MTU
+//! passt -f -q --fd N -4 -a ADDR -n PREFIX -g GW --dns-forward DNSFWD [--dns-host DNS] -m MTU
 //! ```
 //!
 //! It dies with this process (`PR_SET_PDEATHSIG`), writes its messages to our stderr, and
@@ -86,7 +86,7 @@ impl PasstConfig {
             self.dns_forward.to_string().into(),
         ];
         if let Some(dns) = self.dns {
-            args.extend(["-D".into(), dns.to_string().into()]);
+            args.extend(["--dns-host".into(), dns.to_string().into()]);
         }
         args.extend(["-m".into(), self.mtu.to_string().into()]);
         args
@@ -205,27 +205,38 @@ impl Deframer {
         Ok(frames)
     }
 
-    /// Reads what passt has sent without waiting: the frames completed, or an empty list
-    /// when nothing is there (`WouldBlock`). EOF is [`PasstError::Closed`].
+    /// Reads what passt has sent without waiting, until the socket is empty or at least one
+    /// frame is complete: the frames completed, or an empty list when nothing more is there
+    /// (`WouldBlock`). EOF is [`PasstError::Closed`]. Reading on past a partial frame
+    /// matters: the socket is polled edge-triggered, so bytes left behind would wait for
+    /// passt's next write.
     pub fn read_from(&mut self, stream: &UnixStream) -> Result<Vec<Vec<u8>>, PasstError> {
         let mut chunk = vec![0u8; 64 * 1024];
-        // SAFETY: recv writes at most `chunk.len()` bytes into `chunk`.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                chunk.as_mut_ptr().cast(),
-                chunk.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => Err(PasstError::Closed),
-            n if n > 0 => self.push(&chunk[..n as usize]),
-            _ => {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Vec::new()),
-                    _ => Err(PasstError::Io(e)),
+        loop {
+            // SAFETY: recv writes at most `chunk.len()` bytes into `chunk`.
+            let n = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    chunk.as_mut_ptr().cast(),
+                    chunk.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => return Err(PasstError::Closed),
+                n if n > 0 => {
+                    let frames = self.push(&chunk[..n as usize])?;
+                    if !frames.is_empty() {
+                        return Ok(frames);
+                    }
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    match e.kind() {
+                        io::ErrorKind::Interrupted => {}
+                        io::ErrorKind::WouldBlock => return Ok(Vec::new()),
+                        _ => return Err(PasstError::Io(e)),
+                    }
                 }
             }
         }
@@ -259,7 +270,7 @@ mod tests {
             "-f -q --fd 5 -4 -a 10.0.2.15 -n 24 -g 10.0.2.2 --dns-forward 10.0.2.3 -m 1500"
         );
         c.dns = Some("1.1.1.1".parse().unwrap());
-        assert!(line(&c).ends_with("--dns-forward 10.0.2.3 -D 1.1.1.1 -m 1500"));
+        assert!(line(&c).ends_with("--dns-forward 10.0.2.3 --dns-host 1.1.1.1 -m 1500"));
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl Guest {
     /// As [`Guest::start`] with only `rx` rx buffers posted (slots `0..rx`).
     fn start_with_rx(dir: &Path, extra: &[&str], rx: u16) -> Guest {
         require_default_route();
-        let mut args = vec!["--passt", "/usr/bin/passt"];
+        let mut args = vec!["--passt", "passt"];
         args.extend_from_slice(extra);
         let backend = sm_test_support::Backend::<Net>::start(dir, "net", &args);
         let mem = GuestMemory::new();

@@ -11,6 +11,7 @@ mod clone;
 mod common;
 mod fs;
 mod image;
+mod net;
 mod node;
 mod pjdfstest;
 mod pool;

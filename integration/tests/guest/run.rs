@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `sm` with its own runtime directory (so leftovers are this test's).
-fn sm(runtime: &Path) -> Command {
+pub(crate) fn sm(runtime: &Path) -> Command {
     require_kvm();
     let mut c = Command::new(sm_integration::bin_dir().join("sm"));
     c.env("XDG_RUNTIME_DIR", runtime)
@@ -17,7 +17,7 @@ fn sm(runtime: &Path) -> Command {
 }
 
 /// Processes whose command line mentions `needle` (other than this test).
-fn processes_mentioning(needle: &str) -> Vec<String> {
+pub(crate) fn processes_mentioning(needle: &str) -> Vec<String> {
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if entry.file_name().to_string_lossy().parse::<u32>().is_err() {
@@ -35,7 +35,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 /// Runs an `sm` command with a 120 s deadline; a hang fails with every log of the VM
 /// (sm's steps, sm-vmm's and the backends' output) and the processes still running.
-fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output {
+pub(crate) fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output {
     let sm_dir = runtime.join("sm");
     let (program, args) = (
         cmd.get_program().to_owned(),
@@ -83,7 +83,7 @@ fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output {
     })
 }
 
-fn assert_nothing_left(runtime: &Path) {
+pub(crate) fn assert_nothing_left(runtime: &Path) {
     let sm_dir = runtime.join("sm");
     let left: Vec<_> = std::fs::read_dir(&sm_dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())

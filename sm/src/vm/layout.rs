@@ -10,6 +10,7 @@ use sm_vhost_user_blk::cli::BlkArgs;
 use sm_vhost_user_fs::cli::FsArgs;
 use sm_vmm::cli::{blk_device_name, FsSocket, VmmArgs};
 
+use super::network::{self, NetDevice, Network};
 use super::process::{tool, INHERITED_FD};
 use super::service::{Readiness, ServiceSpec};
 use super::spec::{Mount, Volume};
@@ -69,6 +70,8 @@ pub struct DeviceLayout {
     pub agent: PathBuf,
     /// sm-vmm's control API socket (`sm snapshot` pauses and snapshots through it).
     pub api: PathBuf,
+    /// The network device, attached last.
+    pub net: Option<NetDevice>,
 }
 
 impl DeviceLayout {
@@ -109,6 +112,13 @@ impl DeviceLayout {
             vsock: dir.join("vsock.sock"),
             agent: dir.join("vm.vsock"),
             api: dir.join(API_SOCKET),
+            net: match &config.network {
+                Network::None => None,
+                Network::User(policy) => Some(NetDevice {
+                    socket: dir.join("net.sock"),
+                    policy: policy.clone(),
+                }),
+            },
         }
     }
 
@@ -142,8 +152,13 @@ impl DeviceLayout {
             .collect();
         args.vsock_socket = Some(self.vsock.clone());
         args.api_socket = Some(self.api.clone());
+        args.net_socket = self.net.as_ref().map(|n| n.socket.clone());
         args.verbose = verbose;
-        args.cmdline_append = config.kernel_args.clone();
+        let net_arg = self.net.as_ref().map(|_| network::kernel_arg());
+        args.cmdline_append = match (net_arg, &config.kernel_args) {
+            (Some(n), Some(k)) => Some(format!("{n} {k}")),
+            (n, k) => n.or_else(|| k.clone()),
+        };
         args.command = vec!["sleep".into(), "2147483647".into()];
         args
     }

@@ -5,6 +5,7 @@
 
 pub mod exec;
 pub mod layout;
+pub mod network;
 pub mod ports;
 pub mod process;
 pub mod record;
@@ -24,6 +25,7 @@ use sm_agent::message::ExecRequest;
 
 pub use exec::ExecBuilder;
 use layout::{DeviceLayout, DiskRole};
+pub use network::{Network, NetworkMode, UserNetwork};
 pub use ports::PortForwarder;
 use process::{tool, Proc, ProcessError};
 use sm_launch::CommandLine;
@@ -83,6 +85,8 @@ pub struct VmConfig {
     /// The watchdog interval asked of each backend (`WATCHDOG_USEC`); one that sends no
     /// `WATCHDOG=1` for this long is killed and restarted. Zero: no watchdog.
     pub backend_watchdog: Duration,
+    /// The guest's network (default: user-mode, outbound allowed, the host's loopback denied).
+    pub network: Network,
 }
 
 /// The default [`VmConfig::backend_watchdog`].
@@ -100,6 +104,7 @@ impl Default for VmConfig {
             root_image: None,
             kernel_args: None,
             backend_watchdog: BACKEND_WATCHDOG,
+            network: Network::default(),
         }
     }
 }
@@ -113,7 +118,9 @@ const ROOT_SCRIPT: &str = "set -e; mkdir -p /sm/ro /sm/rw /sm/root; \
     mount -t overlay overlay -o lowerdir=/sm/ro,upperdir=/sm/rw/upper,workdir=/sm/rw/work /sm/root; \
     for d in proc sys dev tmp; do mkdir -p /sm/root/$d; done; \
     mount -t proc proc /sm/root/proc; mount -t sysfs sysfs /sm/root/sys; \
-    mount -o rbind /dev /sm/root/dev; mount -t tmpfs -o mode=1777 tmpfs /sm/root/tmp";
+    mount -o rbind /dev /sm/root/dev; mount -t tmpfs -o mode=1777 tmpfs /sm/root/tmp; \
+    if [ -f /etc/resolv.conf ]; then mkdir -p /sm/root/etc; rm -f /sm/root/etc/resolv.conf; \
+    cp /etc/resolv.conf /sm/root/etc/resolv.conf; fi";
 
 /// Where sm keeps its running VMs: `$XDG_RUNTIME_DIR/sm`, else `/run/sm`.
 pub fn runtime_root() -> PathBuf {
@@ -339,6 +346,9 @@ impl Vm {
             self.supervisor.start(disk.service(name, size))?;
         }
         self.supervisor.start(layout::vsock_service(layout))?;
+        if let Some(net) = &layout.net {
+            self.supervisor.start(net.service())?;
+        }
         self.supervisor
             .watch()
             .map_err(|e| VmError::Io("starting the supervisor thread".into(), e))

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
+use super::network::NetworkRecord;
 use super::spec::{Mount, PortMap, Symlinks, Volume};
 use super::VmConfig;
 
@@ -98,6 +99,9 @@ pub struct RunRecord {
     pub workdir: Option<String>,
     /// The user commands run as (uid, gid).
     pub user: Option<(u32, u32)>,
+    /// The guest's network (a record without one describes a VM without a network device).
+    #[serde(default)]
+    pub network: NetworkRecord,
 }
 
 /// `p` made absolute against the working directory.
@@ -146,6 +150,7 @@ impl RunRecord {
             env: vec![],
             workdir: None,
             user: None,
+            network: NetworkRecord::new(&config.network),
         }
     }
 
@@ -189,6 +194,7 @@ impl RunRecord {
             root_image: self.root_image.clone(),
             kernel_args: None,
             backend_watchdog: super::BACKEND_WATCHDOG,
+            network: self.network.network()?,
         })
     }
 

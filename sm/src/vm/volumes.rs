@@ -98,6 +98,7 @@ mod tests {
             }],
             ports: vec![],
             root_image: None,
+            network: crate::vm::Network::None,
             kernel_args: None,
             backend_watchdog: crate::vm::BACKEND_WATCHDOG,
         });
