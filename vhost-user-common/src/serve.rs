@@ -207,6 +207,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 pub trait ServedBackend: VhostUserBackend<Bitmap = (), Vring = Vring> + 'static {
     /// The device's queue state, whose exit events are closed after each connection.
     fn queue_state(&self) -> &QueueState;
+
+    /// Descriptors of the device's own (not queues') that each queue thread polls: the fd,
+    /// the events and the device event id `handle_event` gets (sm-vhost-user-net: passt's
+    /// socket). None by default.
+    fn own_listeners(&self) -> Vec<(std::os::fd::RawFd, EventSet, u64)> {
+        Vec::new()
+    }
 }
 
 /// Serves frontends on `listener`, one at a time, until an unrecoverable error; each
@@ -230,6 +237,13 @@ pub fn serve<B: ServedBackend>(
         let mut daemon = VhostUserDaemon::new(name.into(), backend.clone(), mem)
             .map_err(|e| ServeError::Daemon(e.to_string()))?;
         let handlers = daemon.get_epoll_handlers();
+        for (fd, events, id) in backend.own_listeners() {
+            for handler in &handlers {
+                handler
+                    .register_listener(fd, events, id)
+                    .map_err(setup("the device's own descriptors"))?;
+            }
+        }
         if let Some(ticks) =
             notify::watchdog_ticks(handlers.len()).map_err(setup("watchdog ticks"))?
         {

@@ -330,6 +330,16 @@ impl ServedBackend for NetBackend {
     fn queue_state(&self) -> &QueueState {
         &self.queues
     }
+
+    /// passt's socket, edge-triggered: [`NetBackend::process_rx`] reads it to `EAGAIN`.
+    fn own_listeners(&self) -> Vec<(std::os::fd::RawFd, EventSet, u64)> {
+        use std::os::fd::AsRawFd;
+        vec![(
+            self.link.stream().as_raw_fd(),
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+            PASST_EVENT.into(),
+        )]
+    }
 }
 
 impl VhostUserBackend for NetBackend {
