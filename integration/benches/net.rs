@@ -115,7 +115,9 @@ fn qemu(script: &str, work: &Path) -> Command {
     let net = sm::vm::network::kernel_arg();
     let cmdline = sm_vmm::boot::kernel_cmdline(false, Some(&net)).expect("cmdline");
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host"])
+    // ACPI on: sm-init loads virtio_mmio as a module, which never sees the kernel command
+    // line's `virtio_mmio.device=` that microvm writes with acpi=off (modprobe would pass it).
+    c.args(["-M", "microvm", "-accel", "kvm", "-cpu", "host"])
         .args(["-m", MEM_MIB, "-smp", "1", "-nodefaults", "-no-user-config"])
         .args(["-nographic", "-no-reboot"])
         .args(["-chardev", "stdio,id=s0", "-chardev", "null,id=s1"])
