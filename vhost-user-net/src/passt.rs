@@ -172,7 +172,12 @@ pub fn write_frame(mut stream: &UnixStream, frame: &[u8]) -> io::Result<()> {
 #[derive(Debug, Default)]
 pub struct Deframer {
     buf: Vec<u8>,
+    /// The receive buffer, kept across reads (every rx event reads into it).
+    chunk: Vec<u8>,
 }
+
+/// How much one read takes from passt's socket.
+const READ_CHUNK: usize = 64 * 1024;
 
 impl Deframer {
     /// An empty stream.
@@ -211,8 +216,9 @@ impl Deframer {
     /// matters: the socket is polled edge-triggered, so bytes left behind would wait for
     /// passt's next write.
     pub fn read_from(&mut self, stream: &UnixStream) -> Result<Vec<Vec<u8>>, PasstError> {
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.resize(READ_CHUNK, 0);
+        let result = loop {
             // SAFETY: recv writes at most `chunk.len()` bytes into `chunk`.
             let n = unsafe {
                 libc::recv(
@@ -223,23 +229,23 @@ impl Deframer {
                 )
             };
             match n {
-                0 => return Err(PasstError::Closed),
-                n if n > 0 => {
-                    let frames = self.push(&chunk[..n as usize])?;
-                    if !frames.is_empty() {
-                        return Ok(frames);
-                    }
-                }
+                0 => break Err(PasstError::Closed),
+                n if n > 0 => match self.push(&chunk[..n as usize]) {
+                    Ok(frames) if frames.is_empty() => {}
+                    other => break other,
+                },
                 _ => {
                     let e = io::Error::last_os_error();
                     match e.kind() {
                         io::ErrorKind::Interrupted => {}
-                        io::ErrorKind::WouldBlock => return Ok(Vec::new()),
-                        _ => return Err(PasstError::Io(e)),
+                        io::ErrorKind::WouldBlock => break Ok(Vec::new()),
+                        _ => break Err(PasstError::Io(e)),
                     }
                 }
             }
-        }
+        };
+        self.chunk = chunk;
+        result
     }
 }
 
