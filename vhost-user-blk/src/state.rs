@@ -1,6 +1,7 @@
 //! What sm-vhost-user-blk hands over for a snapshot (vhost-user SET_DEVICE_STATE_FD).
 //!
 //! The data lives in the image file, so the state is small: a versioned JSON document
+//! (sm-vhost-user-common's [`document`])
 //!
 //! ```json
 //! {"format": "sm-vhost-user-blk", "version": 1, "capacity_bytes": 67108864,
@@ -8,29 +9,22 @@
 //! ```
 //!
 //! SAVE first flushes the image (fsync), so what the guest wrote is durable before the
-//! snapshot is taken. LOAD refuses an image of another size or another read-only mode (the
-//! guest's view of the disk would change under it) and features this device does not offer.
-//! The device ID (VIRTIO_BLK_T_GET_ID) is informational: it follows the image's path.
-//! Rings themselves (their indices) are the frontend's part, not this document's.
+//! snapshot is taken. LOAD refuses another backend's document, an image of another size or
+//! another read-only mode (the guest's view of the disk would change under it) and features
+//! this device does not offer. The device ID (VIRTIO_BLK_T_GET_ID) is informational: it
+//! follows the image's path. Rings themselves (their indices) are the frontend's part, not
+//! this document's.
 
 use serde::{Deserialize, Serialize};
+use sm_vhost_user_common::document::{self, DeviceState, DocumentError};
 
 use crate::config::DeviceConfig;
 use crate::image::Image;
 
-/// The `format` field of every state document.
-pub const FORMAT: &str = "sm-vhost-user-blk";
-/// The state version this backend writes and reads.
-pub const VERSION: u32 = 1;
-
-/// The device state carried across a snapshot.
+/// The device state carried across a snapshot (the document's body).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlkState {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// Always [`VERSION`].
-    pub version: u32,
     /// The image's size in bytes.
     pub capacity_bytes: u64,
     /// Whether the device was read-only.
@@ -41,22 +35,17 @@ pub struct BlkState {
     pub device_id: String,
 }
 
+impl DeviceState for BlkState {
+    const FORMAT: &'static str = "sm-vhost-user-blk";
+    const VERSION: u32 = 1;
+}
+
 /// Why a state document was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// Not a JSON state document of this backend.
-    #[error("not an sm-vhost-user-blk state document: {0}")]
-    Parse(#[from] serde_json::Error),
-    /// Another backend's document, or a version this one does not know.
-    #[error(
-        "state is {format:?} version {version}, this backend reads {FORMAT:?} version {VERSION}"
-    )]
-    Version {
-        /// The document's format.
-        format: String,
-        /// The document's version.
-        version: u32,
-    },
+    /// Not this backend's document, format or version.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
     /// The image is not the size the guest saw.
     #[error("image is {actual} bytes but the state was saved with a {saved}-byte image")]
     Size {
@@ -92,8 +81,6 @@ impl BlkState {
     /// The state of a device serving `image` as `config` with `acked_features`.
     pub fn of(image: &Image, config: &DeviceConfig, acked_features: u64) -> BlkState {
         BlkState {
-            format: FORMAT.to_owned(),
-            version: VERSION,
             capacity_bytes: image.capacity(),
             read_only: config.read_only,
             acked_features,
@@ -106,7 +93,7 @@ impl BlkState {
     /// SAVE: flushes `image`, then serializes its state.
     pub fn save(image: &Image, config: &DeviceConfig, acked: u64) -> Result<Vec<u8>, StateError> {
         image.flush().map_err(StateError::Flush)?;
-        Ok(serde_json::to_vec(&BlkState::of(image, config, acked))?)
+        Ok(document::save(&BlkState::of(image, config, acked))?)
     }
 
     /// LOAD: parses `bytes` and checks them against this device (`image` as `config`).
@@ -115,13 +102,7 @@ impl BlkState {
         image: &Image,
         config: &DeviceConfig,
     ) -> Result<BlkState, StateError> {
-        let state: BlkState = serde_json::from_slice(bytes)?;
-        if state.format != FORMAT || state.version != VERSION {
-            return Err(StateError::Version {
-                format: state.format,
-                version: state.version,
-            });
-        }
+        let state: BlkState = document::load(bytes)?;
         if state.capacity_bytes != image.capacity() {
             return Err(StateError::Size {
                 saved: state.capacity_bytes,
@@ -142,5 +123,92 @@ impl BlkState {
             });
         }
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::ImageOptions;
+
+    /// A document written before the envelope moved to sm-vhost-user-common.
+    const SAVED: &[u8] = br#"{"format":"sm-vhost-user-blk","version":1,"capacity_bytes":1048576,"read_only":false,"acked_features":5368709120,"device_id":"smfe00-9ca062"}"#;
+
+    /// A 1 MiB image in `dir` and its device shape.
+    fn device(dir: &std::path::Path, read_only: bool) -> (Image, DeviceConfig) {
+        let image = Image::open(&ImageOptions {
+            path: dir.join("disk.img"),
+            size_mib: Some(1),
+            default_size_mib: 1,
+            read_only: false,
+        })
+        .unwrap();
+        let config = DeviceConfig {
+            capacity_sectors: 2048,
+            read_only,
+            num_queues: 1,
+        };
+        (image, config)
+    }
+
+    /// The current format loads; SAVE writes the same fields in the same order.
+    #[test]
+    fn loads_and_writes_the_current_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, config) = device(dir.path(), false);
+        let state = BlkState::load(SAVED, &image, &config).unwrap();
+        assert_eq!(
+            state,
+            BlkState {
+                capacity_bytes: 1 << 20,
+                read_only: false,
+                acked_features: 5368709120,
+                device_id: "smfe00-9ca062".into(),
+            }
+        );
+        // The device ID follows the image's path, here a temporary one.
+        let id = BlkState::of(&image, &config, 0).device_id;
+        let expected = std::str::from_utf8(SAVED)
+            .unwrap()
+            .replace("smfe00-9ca062", &id);
+        let saved = BlkState::save(&image, &config, 5368709120).unwrap();
+        assert_eq!(std::str::from_utf8(&saved).unwrap(), expected);
+    }
+
+    /// Another backend's document, an unknown field, another size or mode are refused.
+    #[test]
+    fn refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, config) = device(dir.path(), false);
+        let refuse = |bytes: &[u8], config: &DeviceConfig| {
+            BlkState::load(bytes, &image, config)
+                .unwrap_err()
+                .to_string()
+        };
+        let net = br#"{"format":"sm-vhost-user-net","version":1,"acked_features":5100273696}"#;
+        assert_eq!(
+            refuse(net, &config),
+            r#"state is "sm-vhost-user-net" version 1, this backend reads "sm-vhost-user-blk" version 1"#
+        );
+        let text = std::str::from_utf8(SAVED).unwrap();
+        let extra = text.replace(r#""read_only""#, r#""discard":true,"read_only""#);
+        let e = refuse(extra.as_bytes(), &config);
+        assert!(
+            e.starts_with("not an sm-vhost-user-blk state document: unknown field `discard`"),
+            "{e}"
+        );
+        let bigger = text.replace("1048576", "2097152");
+        assert_eq!(
+            refuse(bigger.as_bytes(), &config),
+            "image is 1048576 bytes but the state was saved with a 2097152-byte image"
+        );
+        let ro = DeviceConfig {
+            read_only: true,
+            ..config
+        };
+        assert_eq!(
+            refuse(SAVED, &ro),
+            "state was saved with read_only=false, this backend has read_only=true"
+        );
     }
 }

@@ -6,12 +6,14 @@
 //! device glue every backend needs ([`queue`]: guest memory and vring types, per-connection
 //! queue state with the EVENT_IDX drain loop, queue event dispatch, and the workaround for
 //! the exit eventfds vhost-user-backend 0.22 leaks; a vring that makes GET_VRING_BASE wait
-//! for the requests still running), and device state transfer for snapshots ([`state`]).
+//! for the requests still running), device state transfer for snapshots ([`state`]) and the
+//! versioned document each backend's state is written as ([`document`]).
 //!
 //! Device behaviour (features, config space, what a request does) stays in each backend.
 
 #![warn(missing_docs)]
 
+pub mod document;
 pub mod notify;
 pub mod queue;
 pub mod serve;

@@ -1,8 +1,8 @@
 //! What sm-vhost-user-net hands over for a snapshot (vhost-user SET_DEVICE_STATE_FD).
 //!
 //! The device has no state beyond its rings (the frontend's part) and passt's connections
-//! (which a new backend cannot take over), so the document only pins what the driver
-//! negotiated:
+//! (which a new backend cannot take over), so the document (sm-vhost-user-common's
+//! [`document`]) only pins what the driver negotiated:
 //!
 //! ```json
 //! {"format": "sm-vhost-user-net", "version": 1, "acked_features": 4899946528}
@@ -12,40 +12,27 @@
 //! in flight between passt and the guest at the snapshot are lost, as on a real link.
 
 use serde::{Deserialize, Serialize};
+use sm_vhost_user_common::document::{self, DeviceState, DocumentError};
 
-/// The `format` field of every state document.
-pub const FORMAT: &str = "sm-vhost-user-net";
-/// The state version this backend writes and reads.
-pub const VERSION: u32 = 1;
-
-/// The device state carried across a snapshot.
+/// The device state carried across a snapshot (the document's body).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetState {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// Always [`VERSION`].
-    pub version: u32,
     /// The virtio features the driver acknowledged (0 before SET_FEATURES).
     pub acked_features: u64,
+}
+
+impl DeviceState for NetState {
+    const FORMAT: &'static str = "sm-vhost-user-net";
+    const VERSION: u32 = 1;
 }
 
 /// Why a state document was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// Not a JSON state document.
-    #[error("not an sm-vhost-user-net state document: {0}")]
-    Parse(#[from] serde_json::Error),
-    /// Another backend's document, or a version this one does not know.
-    #[error(
-        "state is {format:?} version {version}, this backend reads {FORMAT:?} version {VERSION}"
-    )]
-    Version {
-        /// The document's format.
-        format: String,
-        /// The document's version.
-        version: u32,
-    },
+    /// Not this backend's document, format or version.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
     /// The driver acknowledged features this device does not offer.
     #[error(
         "state has acknowledged features {saved:#x} that this device does not offer ({offered:#x})"
@@ -61,22 +48,12 @@ pub enum StateError {
 impl NetState {
     /// SAVE: the document for `acked_features`.
     pub fn save(acked_features: u64) -> Result<Vec<u8>, StateError> {
-        Ok(serde_json::to_vec(&NetState {
-            format: FORMAT.to_owned(),
-            version: VERSION,
-            acked_features,
-        })?)
+        Ok(document::save(&NetState { acked_features })?)
     }
 
     /// LOAD: parses `bytes` and checks them against the `offered` features.
     pub fn load(bytes: &[u8], offered: u64) -> Result<NetState, StateError> {
-        let state: NetState = serde_json::from_slice(bytes)?;
-        if state.format != FORMAT || state.version != VERSION {
-            return Err(StateError::Version {
-                format: state.format,
-                version: state.version,
-            });
-        }
+        let state: NetState = document::load(bytes)?;
         if state.acked_features & !offered != 0 {
             return Err(StateError::Features {
                 saved: state.acked_features,
@@ -91,6 +68,10 @@ impl NetState {
 mod tests {
     use super::*;
 
+    /// A document written before the envelope moved to sm-vhost-user-common.
+    const SAVED: &[u8] =
+        br#"{"format":"sm-vhost-user-net","version":1,"acked_features":5100273696}"#;
+
     #[test]
     fn round_trip_and_refusals() {
         let bytes = NetState::save(0b101).unwrap();
@@ -99,11 +80,33 @@ mod tests {
             NetState::load(&bytes, 0b011),
             Err(StateError::Features { .. })
         ));
-        let other = br#"{"format":"sm-vhost-user-blk","version":1,"acked_features":0}"#;
         assert!(matches!(
-            NetState::load(other, 0),
-            Err(StateError::Version { .. })
+            NetState::load(b"{", 0),
+            Err(StateError::Document(DocumentError::Parse { .. }))
         ));
-        assert!(matches!(NetState::load(b"{", 0), Err(StateError::Parse(_))));
+    }
+
+    /// The same bytes as before, both ways; an unknown field is still refused.
+    #[test]
+    fn loads_and_writes_the_current_format() {
+        let state = NetState::load(SAVED, u64::MAX).unwrap();
+        assert_eq!(state.acked_features, 5100273696);
+        assert_eq!(NetState::save(5100273696).unwrap(), SAVED);
+        let extra = br#"{"format":"sm-vhost-user-net","version":1,"acked_features":0,"mtu":1500}"#;
+        let e = NetState::load(extra, 0).unwrap_err().to_string();
+        assert!(
+            e.starts_with("not an sm-vhost-user-net state document: unknown field `mtu`"),
+            "{e}"
+        );
+    }
+
+    /// Another backend's document is refused as such, naming both sides.
+    #[test]
+    fn refuses_another_backends_format() {
+        let other = br#"{"format":"sm-vhost-user-blk","version":1,"capacity_bytes":1048576,"read_only":false,"acked_features":0,"device_id":""}"#;
+        assert_eq!(
+            NetState::load(other, 0).unwrap_err().to_string(),
+            r#"state is "sm-vhost-user-blk" version 1, this backend reads "sm-vhost-user-net" version 1"#
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! What sm-vhost-user-fs hands over for a snapshot (vhost-user SET_DEVICE_STATE_FD), and
 //! how a fresh backend process reopens it.
 //!
-//! The state is a versioned JSON document ([`FsState`]):
+//! The state is a versioned JSON document (sm-vhost-user-common's [`document`] around an
+//! [`FsBody`]; [`FsState`] holds one as a value):
 //!
 //! ```json
 //! {"format": "sm-vhost-user-fs", "version": 1,
@@ -49,6 +50,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use fuse_backend_rs::api::filesystem::ROOT_ID;
 use serde::{Deserialize, Serialize};
+use sm_vhost_user_common::document::{self, DeviceState, Document, DocumentError};
 use tracing::warn;
 
 use super::files::open_flags;
@@ -57,19 +59,13 @@ use crate::inode::InodeData;
 use crate::policy::{self, CacheMode, SymlinkPolicy};
 use crate::sys;
 
-/// The `format` field of every state document.
-pub const FORMAT: &str = "sm-vhost-user-fs";
-/// The state version this backend writes and reads.
-pub const VERSION: u32 = 1;
+/// The whole state of the shared file system, as saved, in its envelope.
+pub type FsState = Document<FsBody>;
 
-/// The whole state of the shared file system, as saved.
+/// The whole state of the shared file system: the document's body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FsState {
-    /// Always [`FORMAT`].
-    pub format: String,
-    /// Always [`VERSION`].
-    pub version: u32,
+pub struct FsBody {
     /// The flags the state was saved under; LOAD needs the same.
     pub config: ConfigState,
     /// `FsOptions` bits FUSE INIT agreed, or `null` before INIT.
@@ -82,6 +78,11 @@ pub struct FsState {
     pub inodes: Vec<InodeState>,
     /// Every open handle, by handle number.
     pub handles: Vec<HandleState>,
+}
+
+impl DeviceState for FsBody {
+    const FORMAT: &'static str = "sm-vhost-user-fs";
+    const VERSION: u32 = 1;
 }
 
 /// The flags that change what the guest sees.
@@ -158,19 +159,9 @@ impl HostPath {
 /// Why a state could not be saved or loaded; each is one line naming the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// Not a JSON state document of this backend.
-    #[error("not an sm-vhost-user-fs state document: {0}")]
-    Parse(#[from] serde_json::Error),
-    /// Another backend's document, or a version this one does not know.
-    #[error(
-        "state is {format:?} version {version}, this backend reads {FORMAT:?} version {VERSION}"
-    )]
-    Version {
-        /// The document's format.
-        format: String,
-        /// The document's version.
-        version: u32,
-    },
+    /// Not this backend's document, format or version.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
     /// The backend runs with other flags than the saving one.
     #[error("state was saved with {saved:?}, this backend runs with {actual:?}")]
     Config {
@@ -324,26 +315,24 @@ impl SharedFs {
                 flags: open_flags(flags as u32),
             });
         }
-        Ok(FsState {
-            format: FORMAT.to_owned(),
-            version: VERSION,
+        Ok(Document::new(FsBody {
             config: self.config_state(),
             fuse_options: *self.fuse_options.lock().unwrap_or_else(|e| e.into_inner()),
             next_inode,
             last_handle,
             inodes,
             handles,
-        })
+        }))
     }
 
     /// The state as JSON bytes.
     pub fn save_state_bytes(&self) -> Result<Vec<u8>, StateError> {
-        Ok(serde_json::to_vec(&self.save_state()?)?)
+        Ok(document::save(&self.save_state()?.body)?)
     }
 
     /// Parses `bytes` and [loads](SharedFs::load_state) them.
     pub fn load_state_bytes(&self, bytes: &[u8]) -> Result<(), StateError> {
-        self.load_state(&serde_json::from_slice(bytes)?)
+        self.restore(&document::load(bytes)?)
     }
 
     /// Walks `path` from the shared directory one component at a time, as LOOKUPs would.
@@ -384,12 +373,12 @@ impl SharedFs {
     /// Replaces every node and handle with `state`'s, each reopened from its path under
     /// this backend's policy; on any error nothing changes.
     pub fn load_state(&self, state: &FsState) -> Result<(), StateError> {
-        if state.format != FORMAT || state.version != VERSION {
-            return Err(StateError::Version {
-                format: state.format.clone(),
-                version: state.version,
-            });
-        }
+        state.check()?;
+        self.restore(state)
+    }
+
+    /// [`SharedFs::load_state`] of a body whose envelope was checked.
+    fn restore(&self, state: &FsBody) -> Result<(), StateError> {
         let actual = self.config_state();
         if state.config != actual {
             return Err(StateError::Config {
@@ -521,5 +510,90 @@ impl SharedFs {
     /// How many nodes are known (root included).
     pub fn inode_count(&self) -> usize {
         self.inodes.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+
+    use fuse_backend_rs::api::filesystem::FileSystem;
+
+    use super::super::FsConfig;
+    use super::*;
+    use crate::sys::ProcFds;
+
+    /// A document written before the envelope moved to sm-vhost-user-common: d, d/f and a
+    /// non-UTF-8 name looked up, f open for appending, d open, an unlinked file still open.
+    const SAVED: &[u8] = br#"{"format":"sm-vhost-user-fs","version":1,"config":{"symlinks":"opaque","read_only":false,"cache":"auto"},"fuse_options":4517929,"next_inode":6,"last_handle":3,"inodes":[{"id":2,"path":"d","kind":"dir","lookups":1,"host_ino":10264689},{"id":3,"path":"d/f","kind":"file","lookups":1,"host_ino":10264943},{"id":4,"path":[110,255],"kind":"file","lookups":1,"host_ino":10264946},{"id":5,"path":null,"kind":"file","lookups":1,"host_ino":10264961}],"handles":[{"handle":1,"inode":3,"flags":1025},{"handle":2,"inode":2,"flags":0},{"handle":3,"inode":5,"flags":0}]}"#;
+
+    /// A file system with default flags on `dir`.
+    fn open_fs(dir: &std::path::Path) -> SharedFs {
+        let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: NUL-terminated path; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        assert!(fd >= 0);
+        // SAFETY: a new descriptor nothing else owns.
+        let root = unsafe { OwnedFd::from_raw_fd(fd) };
+        let proc = ProcFds::open(c"/proc/self/fd").unwrap();
+        SharedFs::new(root, proc, FsConfig::default()).unwrap()
+    }
+
+    /// The current format loads into a fresh file system with the same IDs and handles, and
+    /// is written back byte for byte.
+    #[test]
+    fn loads_and_writes_the_current_format() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path();
+        std::fs::create_dir(shared.join("d")).unwrap();
+        std::fs::write(shared.join("d/f"), b"f").unwrap();
+        std::fs::write(shared.join(std::ffi::OsStr::from_bytes(b"n\xff")), b"n").unwrap();
+        let fs = open_fs(shared);
+        fs.load_state_bytes(SAVED).unwrap();
+        assert_eq!(
+            fs.inode_count(),
+            4,
+            "root, d, d/f, n\\xff; the unlinked one dropped"
+        );
+        assert!(fs.has_handle(1, 3) && fs.has_handle(2, 2));
+        assert!(!fs.has_handle(3, 5));
+        assert_eq!(fs.fuse_options(), Some(4517929));
+        let ctx = fuse_backend_rs::api::filesystem::Context::new();
+        let found = fs.lookup(&ctx, 2, c"f").unwrap().inode;
+        assert_eq!(found, 3, "LOOKUP finds the saved node");
+
+        let body: FsBody = document::load(SAVED).unwrap();
+        assert_eq!(body.inodes[2].path, Some(HostPath::Bytes(vec![b'n', 0xff])));
+        assert_eq!(document::save(&body).unwrap(), SAVED);
+    }
+
+    /// Another backend's document and an unknown field are refused, naming why.
+    #[test]
+    fn refuses_another_backends_format_and_unknown_fields() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = open_fs(tmp.path());
+        let refuse = |bytes: &[u8]| fs.load_state_bytes(bytes).unwrap_err().to_string();
+        let net = br#"{"format":"sm-vhost-user-net","version":1,"acked_features":5100273696}"#;
+        assert_eq!(
+            refuse(net),
+            r#"state is "sm-vhost-user-net" version 1, this backend reads "sm-vhost-user-fs" version 1"#
+        );
+        let text = std::str::from_utf8(SAVED).unwrap();
+        let extra = text.replace(r#""next_inode""#, r#""dax":true,"next_inode""#);
+        let e = refuse(extra.as_bytes());
+        assert!(
+            e.starts_with("not an sm-vhost-user-fs state document: unknown field `dax`"),
+            "{e}"
+        );
+        let nested = text.replace(r#""lookups":1,"#, r#""lookups":1,"locks":0,"#);
+        let e = refuse(nested.as_bytes());
+        assert!(e.contains("unknown field `locks`"), "{e}");
+        assert_eq!(fs.inode_count(), 1, "a refused LOAD changes nothing");
     }
 }
