@@ -73,6 +73,14 @@ export interface BuildOptions {
   warmupTag?: string;
   /** Wait until the workload listens on `guestPort` before the warm-up and the snapshot. */
   listenerRequired?: boolean;
+  /** The guest's network during the warm-up and in every clone: `"user"` (default:
+   * outbound through passt, the host's loopback denied) or `"none"` (loopback only). */
+  network?: "user" | "none";
+  /** Egress rules as for `sm run --egress`, in order, after the defaults `allow=any`
+   * `deny=host`; the last matching rule wins (`"allow=host:8080"`, `"deny=10.0.0.0/8"`). */
+  egress?: string[];
+  /** The host resolver the guest's DNS queries go to (default: the host's). */
+  dns?: string;
   guestPort?: number;
   /** Where snapshots go (default: the store in sm's home). */
   snapshotsDir?: string;
@@ -89,6 +97,9 @@ export interface PoolOptions {
   idleTimeoutMs?: number;
   /** How long `acquire()` waits for a VM (default 60000), then rejects with code `timeout`. */
   acquireTimeoutMs?: number;
+  /** The clones' egress rules, replacing the image's (default: the image's): a warm-up
+   * fetches dependencies, the clones reach only what they need. */
+  egress?: string[];
 }
 
 export interface ExecOptions {

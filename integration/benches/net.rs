@@ -87,12 +87,15 @@ fn servers(seen: Arc<Mutex<Seen>>) -> (u16, u16, u16) {
 }
 
 /// The guest's side: the upload, the timed download (its seconds on stdout), the loop.
+/// The download's nc keeps its stdin (a fifo) open until the server closes: passt resets a
+/// connection the guest half-closed while host data is still queued, which would cut it short.
 fn script((sink, source, connect): (u16, u16, u16)) -> String {
     format!(
         "dd if=/dev/zero bs=65536 count={} 2>/dev/null | nc 10.0.2.2 {sink}; \
          t0=$(cut -d' ' -f1 /proc/uptime); \
-         printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc 10.0.2.2 {source} >/dev/null; \
-         t1=$(cut -d' ' -f1 /proc/uptime); echo \"download $t0 $t1\"; \
+         mkfifo /tmp/req; (nc 10.0.2.2 {source} < /tmp/req | wc -c > /tmp/got) & nc=$!; exec 3> /tmp/req; \
+         printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; wait $nc; exec 3>&-; \
+         t1=$(cut -d' ' -f1 /proc/uptime); echo \"download $t0 $t1 $(cat /tmp/got)\"; \
          i=0; while [ $i -lt {CONNECTS} ]; do nc 10.0.2.2 {connect} </dev/null; i=$((i+1)); done",
         BYTES / 65536
     )
@@ -178,6 +181,10 @@ fn run_once(name: &str, mut cmd: Command, seen: &Arc<Mutex<Seen>>, f: &mut Figur
         .split_whitespace()
         .filter_map(|v| v.parse().ok())
         .collect();
+    assert!(
+        t.len() == 3 && t[2] as usize > BYTES,
+        "{name}: the download was cut short: {line}"
+    );
     let mib = BYTES as f64 / (1 << 20) as f64;
     f.download_mbs.push(mib / (t[1] - t[0]).max(0.01));
     let seen = seen.lock().unwrap();

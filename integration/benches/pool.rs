@@ -201,6 +201,7 @@ fn pool(image: &sm::Image, restore_on_release: bool) -> sm::Pool {
             restore_on_release,
             acquire_timeout: LIMIT,
             idle_timeout: Duration::from_secs(3600),
+            egress: None,
         })
         .expect("pool")
 }

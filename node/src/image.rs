@@ -78,6 +78,49 @@ pub struct BuildOptions {
     pub guest_port: Option<u32>,
     /// Where snapshots go (default: the store in sm's home).
     pub snapshots_dir: Option<String>,
+    /// `"user"` (default: outbound through passt, the host's loopback denied) or `"none"`.
+    pub network: Option<String>,
+    /// Egress rules as for `sm run --egress` (`allow=host:8080`, `deny=10.0.0.0/8`).
+    pub egress: Option<Vec<String>>,
+    /// The host resolver the guest's DNS goes to (default: the host's).
+    pub dns: Option<String>,
+}
+
+/// Egress rules from their `--egress` text.
+pub(crate) fn egress_rules(rules: Vec<String>) -> std::result::Result<Vec<sm::EgressRule>, Fail> {
+    rules
+        .iter()
+        .map(|r| {
+            r.parse()
+                .map_err(|e| Fail::new("args", format!("egress rule {r:?}: {e}")))
+        })
+        .collect()
+}
+
+/// The network `network`, `egress` and `dns` ask for.
+fn network(
+    mode: Option<String>,
+    egress: Option<Vec<String>>,
+    dns: Option<String>,
+) -> std::result::Result<sm::Network, Fail> {
+    let mode = match mode.as_deref() {
+        None | Some("user") => sm::vm::NetworkMode::User,
+        Some("none") => sm::vm::NetworkMode::None,
+        Some(m) => {
+            return Err(Fail::new(
+                "args",
+                format!("network {m:?}: give \"user\" or \"none\""),
+            ))
+        }
+    };
+    let dns = dns
+        .map(|d| {
+            d.parse()
+                .map_err(|_| Fail::new("args", format!("dns {d:?} is not an IP address")))
+        })
+        .transpose()?;
+    sm::Network::from_flags(mode, egress_rules(egress.unwrap_or_default())?, dns)
+        .map_err(|e| Fail::new("args", e))
 }
 
 /// The warm-up function: called with the booting VM, its promise awaited by the bake.
@@ -160,6 +203,7 @@ pub(crate) fn bake_options(
         warmup_tag: o.warmup_tag.unwrap_or_default(),
         extra_kernel_args: o.extra_kernel_args,
         listen_port,
+        network: network(o.network, o.egress, o.dns)?,
         store: o.snapshots_dir.map(sm::store::SnapshotStore::at),
         ..Default::default()
     })
@@ -274,6 +318,7 @@ impl Image {
             restore_on_release: None,
             idle_timeout_ms: None,
             acquire_timeout_ms: None,
+            egress: None,
         });
         let d = sm::PoolOptions::default();
         let ms = |v: Option<f64>, d: Duration| v.map_or(d, |v| Duration::from_millis(v as u64));
@@ -283,10 +328,18 @@ impl Image {
             restore_on_release: o.restore_on_release.unwrap_or(d.restore_on_release),
             acquire_timeout: ms(o.acquire_timeout_ms, d.acquire_timeout),
             idle_timeout: ms(o.idle_timeout_ms, d.idle_timeout),
+            egress: None,
         };
+        let egress = o.egress.map(egress_rules).transpose();
         promise(
             env,
-            move || image.pool(opts).map_err(pool_fail),
+            move || {
+                let opts = sm::PoolOptions {
+                    egress: egress?,
+                    ..opts
+                };
+                image.pool(opts).map_err(pool_fail)
+            },
             |_, pool| {
                 Ok(Pool {
                     inner: Some(Arc::new(RwLock::new(Some(pool)))),

@@ -15,6 +15,8 @@ pub struct PoolOptions {
     pub idle_timeout_ms: Option<f64>,
     /// How long `acquire` waits for a VM (default 60000).
     pub acquire_timeout_ms: Option<f64>,
+    /// The clones' egress rules, replacing the image's (default: the image's).
+    pub egress: Option<Vec<String>>,
 }
 
 pub(crate) type PoolCell = Arc<RwLock<Option<sm::Pool>>>;

@@ -221,3 +221,36 @@ test('release: a fresh clone next (restoreOnRelease), the same VM without it; ca
   }
   await rejectsWith(reuse.acquire(), 'pool');
 });
+
+test('network: the host answers a clone only where its pool egress rules allow', async () => {
+  const server = net.createServer((s) => {
+    s.once('data', () => s.end('HTTP/1.0 200 OK\r\n\r\nhello from node\n'));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  const fetch = { argv: ['sh', '-c', `printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc 10.0.2.2 ${port}`], timeoutMs: 30_000 };
+  try {
+    const open = await image.pool({ min: 0, max: 1, egress: [`allow=host:${port}`] });
+    try {
+      const vm = await open.acquire();
+      const r = await vm.exec(fetch);
+      assert.equal(r.exitCode, 0, r.stderr.toString());
+      assert.match(r.stdout.toString(), /hello from node/);
+      await vm.release();
+    } finally {
+      await open.shutdown();
+    }
+    // The image's own rules (the default): the host's loopback is refused at once.
+    const vm = await pool.acquire();
+    try {
+      const r = await vm.exec(fetch);
+      assert.notEqual(r.exitCode, 0);
+      assert.match(r.stderr.toString(), /refused/);
+    } finally {
+      await vm.release();
+    }
+    await rejectsWith(image.pool({ egress: ['allow=nowhere'] }), 'args');
+  } finally {
+    server.close();
+  }
+});

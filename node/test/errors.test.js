@@ -13,6 +13,10 @@ test('args: bad options are refused before anything starts', async () => {
   await rejectsWith(Image.build({ name: 'x', mounts: [{ hostPath: data }] }), 'args');
   await rejectsWith(Image.build({ name: 'x', listenerRequired: true }), 'args');
   await rejectsWith(Image.build({ name: 'x', warmup: 42 }), 'args');
+  await rejectsWith(Image.build({ name: 'x', network: 'bridge' }), 'args');
+  await rejectsWith(Image.build({ name: 'x', egress: ['allow=nowhere'] }), 'args');
+  await rejectsWith(Image.build({ name: 'x', dns: 'not-an-address' }), 'args');
+  await rejectsWith(Image.build({ name: 'x', network: 'none', egress: ['deny=any'] }), 'args');
 });
 
 test('image: an image that cannot be read', async () => {

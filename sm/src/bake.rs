@@ -14,7 +14,7 @@ use sm_oci::PullPolicy;
 use crate::image::{self, PulledImage};
 use crate::store::{BakeRecord, SnapshotStore, StoreError};
 use crate::vm::record::RunRecord;
-use crate::vm::{Mount, Volume};
+use crate::vm::{Mount, Network, Volume};
 use crate::{Vm, VmConfig, VmError};
 
 /// Bumped whenever baking changes in a way that makes older snapshots stale (2: volumes
@@ -132,6 +132,9 @@ pub struct BakeOptions {
     pub extra_kernel_args: Option<String>,
     /// Wait until the workload listens on this guest TCP port before the warm-up.
     pub listen_port: Option<u16>,
+    /// The guest's network during the warm-up and in every clone (default: user-mode,
+    /// outbound allowed, the host's loopback denied), so a warm-up can `npm install`.
+    pub network: Network,
     /// Where the snapshot goes (default: the store in sm's home).
     pub store: Option<SnapshotStore>,
 }
@@ -156,6 +159,7 @@ impl Default for BakeOptions {
             warmup_tag: String::new(),
             extra_kernel_args: None,
             listen_port: None,
+            network: vm.network,
             store: None,
         }
     }
@@ -273,7 +277,7 @@ pub fn bake(mut opts: BakeOptions, progress: &mut dyn FnMut(&str)) -> Result<Bak
             None => BAKE_KERNEL_ARGS.into(),
         }),
         backend_watchdog: crate::vm::BACKEND_WATCHDOG,
-        network: crate::vm::Network::None,
+        network: opts.network.clone(),
     };
     let key = cache_key(&opts, image.as_ref(), &config, &store)?;
     let _lock = store.lock(&opts.name)?;

@@ -49,6 +49,10 @@ pub struct Args {
     /// Wait until CMD listens on this guest TCP port before the warm-up.
     #[arg(long, value_name = "PORT")]
     listen: Option<u16>,
+    /// The network of the warm-up and of every clone (`sm run --snapshot --egress` and
+    /// `sm restore --egress` replace the rules per clone).
+    #[command(flatten)]
+    network: crate::run::NetworkArgs,
     /// The snapshot store (default: $SM_HOME/snapshots).
     #[arg(long, value_name = "DIR")]
     snapshots_dir: Option<PathBuf>,
@@ -88,6 +92,7 @@ pub fn run(a: Args) -> Result<(), String> {
         warmup_tag: a.warmup_tag,
         extra_kernel_args: a.kernel_args,
         listen_port: a.listen,
+        network: a.network.network()?,
         store: a.snapshots_dir.map(SnapshotStore::at),
     };
     let mut progress = |step: &str| {

@@ -18,4 +18,5 @@ pub use pool::{Pool, PoolOptions, PooledVm};
 pub use sm_agent::child::{Child, ChildControl, ChildOutput, ChildStdin};
 pub use sm_agent::client::{AgentError, ExecOutput};
 pub use sm_agent::message::{ExitInfo, WindowSize};
-pub use vm::{ExecBuilder, Mount, Vm, VmConfig, VmError, Volume};
+pub use sm_vhost_user_net::policy::EgressRule;
+pub use vm::{ExecBuilder, Mount, Network, UserNetwork, Vm, VmConfig, VmError, Volume};

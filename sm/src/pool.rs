@@ -15,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sm_snapshot::api::ApiClient;
+use sm_vhost_user_net::policy::EgressRule;
 
 use crate::vm::record::{RunRecord, RECORD_FILE};
 use crate::vm::{runtime_root, volumes};
@@ -57,6 +58,9 @@ pub struct PoolOptions {
     pub acquire_timeout: Duration,
     /// Ready VMs above `min` that nobody acquired for this long are stopped.
     pub idle_timeout: Duration,
+    /// The clones' egress rules, replacing the bake's (`None`: the bake's): a warm-up can
+    /// fetch dependencies while the clones reach only what they need.
+    pub egress: Option<Vec<EgressRule>>,
 }
 
 impl Default for PoolOptions {
@@ -67,6 +71,7 @@ impl Default for PoolOptions {
             restore_on_release: true,
             acquire_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(300),
+            egress: None,
         }
     }
 }
@@ -167,8 +172,12 @@ impl Pool {
         let snapshot = std::path::absolute(snapshot)
             .map_err(|e| PoolError::Snapshot(format!("{}: {e}", snapshot.display())))?;
         sm_snapshot::verify_sealed(&snapshot).map_err(|e| PoolError::Snapshot(e.to_string()))?;
-        let record = RunRecord::read(&snapshot.join(RECORD_FILE))
+        let mut record = RunRecord::read(&snapshot.join(RECORD_FILE))
             .map_err(|e| PoolError::Snapshot(e.to_string()))?;
+        record.network = record
+            .network
+            .with_policy(opts.egress.as_deref(), None)
+            .map_err(PoolError::Options)?;
         let shared = Arc::new(Shared {
             snapshot,
             record,

@@ -14,6 +14,7 @@ use sm::vm::runtime_root;
 use sm::vm::volumes;
 use sm::Vm;
 use sm_agent::message::ExecRequest;
+use sm_vhost_user_net::policy::EgressRule;
 
 use crate::run::{STOPPED_BY, VMM_PID};
 
@@ -36,6 +37,14 @@ pub struct Args {
     /// kept); an existing one is used as it is, and refused while a running VM uses it.
     #[arg(long = "volume", value_name = "HOST:GUEST", value_parser = parse_volume)]
     volumes: Vec<(PathBuf, String)>,
+    /// The clone's egress rules, replacing the snapshot's (repeatable; as for `sm run`,
+    /// after the defaults allow=any deny=host): bake with the network a warm-up needs,
+    /// then lock the clones down.
+    #[arg(long = "egress", value_name = "RULE")]
+    egress: Vec<EgressRule>,
+    /// The host resolver the clone's DNS queries go to, replacing the snapshot's.
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<std::net::IpAddr>,
     /// A command to run in the clone; sm exits with its status and stops the clone.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -48,6 +57,7 @@ impl Args {
         dir: PathBuf,
         name: Option<String>,
         supervise: bool,
+        network: (Vec<EgressRule>, Option<std::net::IpAddr>),
         command: Vec<String>,
     ) -> Args {
         Args {
@@ -56,6 +66,8 @@ impl Args {
             detach: false,
             supervise,
             volumes: vec![],
+            egress: network.0,
+            dns: network.1,
             command,
         }
     }
@@ -89,7 +101,9 @@ fn check(a: &Args, verify: bool) -> Result<Plan, String> {
     if verify {
         sm_snapshot::verify_sealed(&snapshot).map_err(|e| e.to_string())?;
     }
-    let record = RunRecord::read(&snapshot.join(RECORD_FILE)).map_err(|e| e.to_string())?;
+    let mut record = RunRecord::read(&snapshot.join(RECORD_FILE)).map_err(|e| e.to_string())?;
+    let egress = (!a.egress.is_empty()).then_some(a.egress.as_slice());
+    record.network = record.network.with_policy(egress, a.dns)?;
     if let Some(name) = &a.name {
         if runtime_root().join(name).join("vm.vsock").exists() {
             return Err(format!(

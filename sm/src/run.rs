@@ -30,18 +30,9 @@ pub struct Args {
     /// Forward host 127.0.0.1:HOSTPORT to the guest's GUESTPORT (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:GUESTPORT")]
     ports: Vec<PortMap>,
-    /// The guest's network: `user` (outbound through passt; the host itself only by an
-    /// --egress rule) or `none` (loopback only).
-    #[arg(long = "net", value_enum, value_name = "MODE", default_value = "user")]
-    net: NetworkMode,
-    /// An egress rule, allow=SPEC or deny=SPEC; SPEC is `host`, `any`, a CIDR or an address,
-    /// with an optional :PORT or :LO-HI (repeatable; after the defaults allow=any deny=host,
-    /// the last matching rule wins).
-    #[arg(long = "egress", value_name = "RULE")]
-    egress: Vec<EgressRule>,
-    /// The host resolver the guest's DNS queries go to (default: the host's).
-    #[arg(long, value_name = "ADDR")]
-    dns: Option<std::net::IpAddr>,
+    /// The guest's network.
+    #[command(flatten)]
+    network: NetworkArgs,
     /// An environment variable for the command: KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -66,12 +57,12 @@ pub struct Args {
     #[arg(long, value_name = "POLICY", default_value = "missing")]
     pull: sm_oci::PullPolicy,
     /// Start a clone of this named snapshot (`sm bake`) instead of booting: its image,
-    /// mounts, volumes (a private copy of each), ports, environment and workload come from
-    /// the snapshot.
+    /// mounts, volumes (a private copy of each), ports, environment, network and workload
+    /// come from the snapshot (--egress and --dns replace its rules and resolver).
     #[arg(
         long,
         value_name = "NAME",
-        conflicts_with_all = ["image", "mounts", "volumes", "ports", "env", "workdir", "mem", "vcpus", "egress", "dns"]
+        conflicts_with_all = ["image", "mounts", "volumes", "ports", "env", "workdir", "mem", "vcpus", "net"]
     )]
     snapshot: Option<String>,
     /// The snapshot store for --snapshot (default: $SM_HOME/snapshots).
@@ -116,6 +107,7 @@ pub fn run(args: Args) -> Result<u8, String> {
             dir,
             args.name,
             args.supervise,
+            (args.network.egress, args.network.dns),
             args.command,
         ));
     }
@@ -134,7 +126,7 @@ pub fn run(args: Args) -> Result<u8, String> {
         root_image: image.as_ref().map(|i| i.rootfs.clone()),
         kernel_args: None,
         backend_watchdog: sm::vm::BACKEND_WATCHDOG,
-        network: Network::from_flags(args.net, args.egress, args.dns)?,
+        network: args.network.network()?,
     };
     let vm = Vm::start(&config).map_err(|e| e.to_string())?;
     if let Some(pid) = vm.vmm_pid() {
@@ -224,4 +216,28 @@ pub fn watch_stop_signals() -> Result<(), String> {
         })
         .map_err(|e| format!("starting the signal thread: {e}"))?;
     Ok(())
+}
+
+/// The network flags `sm run` and `sm bake` share.
+#[derive(clap::Args, Debug)]
+pub struct NetworkArgs {
+    /// The guest's network: `user` (outbound through passt; the host itself only by an
+    /// --egress rule) or `none` (loopback only).
+    #[arg(long = "net", value_enum, value_name = "MODE", default_value = "user")]
+    pub net: NetworkMode,
+    /// An egress rule, allow=SPEC or deny=SPEC; SPEC is `host`, `any`, a CIDR or an address,
+    /// with an optional :PORT or :LO-HI (repeatable; after the defaults allow=any deny=host,
+    /// the last matching rule wins).
+    #[arg(long = "egress", value_name = "RULE")]
+    pub egress: Vec<EgressRule>,
+    /// The host resolver the guest's DNS queries go to (default: the host's).
+    #[arg(long, value_name = "ADDR")]
+    pub dns: Option<std::net::IpAddr>,
+}
+
+impl NetworkArgs {
+    /// The network these flags ask for; rules or a resolver with `--net none` are refused.
+    pub fn network(self) -> Result<Network, String> {
+        Network::from_flags(self.net, self.egress, self.dns)
+    }
 }

@@ -330,3 +330,62 @@ fn the_net_backend_is_sandboxed_like_the_others() {
         );
     }
 }
+
+#[test]
+fn a_warm_up_fetches_over_the_network_and_each_clone_takes_the_rules_it_is_given() {
+    let runtime = tempfile::tempdir().unwrap();
+    let rt = runtime.path();
+    let data = tempfile::tempdir().unwrap();
+    let store = data.path().join("snapshots");
+    let store = store.to_str().unwrap();
+    let port = http_server();
+    let allow = format!("allow=host:{port}");
+    // The bake's warm-up reaches the host (its rule), and what it fetched is baked in.
+    let warmup = format!("{} > /tmp/fetched", request("10.0.2.2", port, "/"));
+    let mut cmd = sm(rt);
+    cmd.args(["bake", "--name", "fetcher", "--snapshots-dir", store])
+        .args(["--mem", "256", "--egress", &allow, "--warmup", &warmup]);
+    let out = run_sm(&mut cmd, rt);
+    assert!(out.status.success(), "bake: {}", stderr(&out));
+
+    let clone = |flags: &[&str]| {
+        let script = format!("tail -n 1 /tmp/fetched; {}", fetch("10.0.2.2", port));
+        let mut cmd = sm(rt);
+        cmd.args(["run", "--snapshot", "fetcher", "--snapshots-dir", store])
+            .args(flags)
+            .args(["--", "sh", "-c", &script]);
+        let out = run_sm(&mut cmd, rt);
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+        stdout(&out)
+    };
+    // A clone keeps the bake's network and rules: the host still answers.
+    let kept = clone(&[]);
+    let lines: Vec<&str> = kept.lines().collect();
+    assert_eq!(lines.first(), Some(&GREETING.trim_end()), "{kept}");
+    assert_eq!(
+        lines.get(1),
+        Some(&format!("ok {}", GREETING.trim_end()).as_str())
+    );
+    // A clone given its own rules is locked down at once, its baked file still there.
+    let locked = clone(&["--egress", "deny=any"]);
+    let lines: Vec<&str> = locked.lines().collect();
+    assert_eq!(lines.first(), Some(&GREETING.trim_end()), "{locked}");
+    assert_refused_at_once(lines.get(1).expect("a fetch line"));
+
+    // --net cannot be changed on a clone (the device is part of the snapshot).
+    let mut cmd = sm(rt);
+    cmd.args([
+        "run",
+        "--snapshot",
+        "fetcher",
+        "--snapshots-dir",
+        store,
+        "--net",
+        "none",
+    ])
+    .args(["--", "true"]);
+    let out = run_sm(&mut cmd, rt);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--net"), "{}", stderr(&out));
+    assert_nothing_left(rt);
+}

@@ -215,6 +215,7 @@ fn binding_overhead() {
                 restore_on_release: false,
                 acquire_timeout: Duration::from_secs(300),
                 idle_timeout: Duration::from_secs(600),
+                egress: None,
             })
             .unwrap();
         let cycle = || {

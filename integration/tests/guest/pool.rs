@@ -66,6 +66,7 @@ fn a_pool_hands_out_warm_clones_and_resets_them_on_release() {
             restore_on_release: true,
             acquire_timeout: Duration::from_secs(3),
             idle_timeout: Duration::from_secs(600),
+            egress: None,
         })
         .unwrap();
     wait_until(Duration::from_secs(180), "two ready VMs", || {
@@ -125,6 +126,7 @@ fn a_pool_hands_out_warm_clones_and_resets_them_on_release() {
             restore_on_release: false,
             acquire_timeout: Duration::from_secs(180),
             idle_timeout: Duration::from_secs(600),
+            egress: None,
         })
         .unwrap();
     let a = pool.acquire().unwrap();

@@ -141,6 +141,29 @@ impl NetworkRecord {
         }
     }
 
+    /// The record of a clone whose egress rules (when given) and resolver (when given)
+    /// replace the snapshot's; a snapshot without a network has no device to give them.
+    pub fn with_policy(
+        &self,
+        egress: Option<&[EgressRule]>,
+        dns: Option<IpAddr>,
+    ) -> Result<NetworkRecord, String> {
+        if egress.is_none() && dns.is_none() {
+            return Ok(self.clone());
+        }
+        if !self.user {
+            return Err("the snapshot has no network, so --egress and --dns have nothing to apply to (bake it with --net user)".into());
+        }
+        Ok(NetworkRecord {
+            user: true,
+            egress: match egress {
+                Some(rules) => rules.iter().map(|r| r.to_string()).collect(),
+                None => self.egress.clone(),
+            },
+            dns: dns.or(self.dns),
+        })
+    }
+
     /// The network the record describes.
     pub fn network(&self) -> Result<Network, String> {
         if !self.user {
@@ -183,6 +206,20 @@ mod tests {
         let old: NetworkRecord = serde_json::from_str("{\"user\": true}").unwrap();
         assert_eq!(old.network().unwrap(), Network::default());
         assert_eq!(kernel_arg(), "sm.net=10.0.2.15/24,10.0.2.2,10.0.2.3");
+    }
+
+    #[test]
+    fn a_clone_replaces_the_rules_and_keeps_what_it_does_not_give() {
+        let baked = NetworkRecord::new(&Network::User(user()));
+        let deny: EgressRule = "deny=any".parse().unwrap();
+        let clone = baked.with_policy(Some(&[deny]), None).unwrap();
+        assert_eq!(clone.egress, vec![deny.to_string()]);
+        assert_eq!(clone.dns, baked.dns);
+        assert_eq!(baked.with_policy(None, None).unwrap(), baked);
+        let err = NetworkRecord::default()
+            .with_policy(Some(&[deny]), None)
+            .unwrap_err();
+        assert!(err.contains("has no network"), "{err}");
     }
 
     #[test]
