@@ -67,6 +67,7 @@ pub struct Policy {
     keep_caps: Vec<Capability>,
     proc: bool,
     host_tree: bool,
+    companion: Option<u32>,
 }
 
 impl Policy {
@@ -97,6 +98,14 @@ impl Policy {
     /// Keeps one capability (effective and permitted) after the drop.
     pub fn keep_capability(mut self, cap: Capability) -> Self {
         self.keep_caps.push(cap);
+        self
+    }
+
+    /// A helper process started before the sandbox (sm-vhost-user-net's passt): the
+    /// supervisor passes the stop signals on to it too, and sends it SIGTERM when the
+    /// sandboxed child ends, so the whole service stops at once.
+    pub fn companion(mut self, pid: u32) -> Self {
+        self.companion = Some(pid);
         self
     }
 
@@ -181,6 +190,9 @@ pub fn enter(policy: &Policy) -> Result<(), SandboxError> {
     let paths = policy.resolved_paths()?;
     namespaces::ensure_single_threaded()?;
     let user_ns = namespaces::unshare_all()?;
+    if let Some(pid) = policy.companion {
+        namespaces::COMPANION.store(pid as i32, std::sync::atomic::Ordering::Relaxed);
+    }
     namespaces::fork_supervised()?;
     // From here on, this is the child: PID 1 of the new PID namespace.
     mounts::new_root(&paths, policy.proc, policy.host_tree)?;

@@ -44,6 +44,9 @@ const FORWARDED: [Signal; 4] = [
 
 /// PID of the sandboxed child, for the supervisor's signal handler.
 static CHILD: AtomicI32 = AtomicI32::new(0);
+/// PID of a helper the caller started before the sandbox (0: none): it gets the forwarded
+/// signals too, and SIGTERM when the child ends.
+pub(crate) static COMPANION: AtomicI32 = AtomicI32::new(0);
 /// The last signal the supervisor forwarded (0: none).
 static FORWARDED_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
@@ -125,13 +128,17 @@ extern "C" fn exit_on_signal(sig: libc::c_int) {
     unsafe { libc::_exit(128 + sig) }
 }
 
-/// The supervisor's handler: pass the signal on to the child.
+/// The supervisor's handler: pass the signal on to the child (and the companion).
 extern "C" fn forward(sig: libc::c_int) {
     FORWARDED_SIGNAL.store(sig, Ordering::Relaxed);
-    let child = CHILD.load(Ordering::Relaxed);
-    if child > 0 {
-        // SAFETY: kill is async-signal-safe.
-        unsafe { libc::kill(child, sig) };
+    for pid in [
+        CHILD.load(Ordering::Relaxed),
+        COMPANION.load(Ordering::Relaxed),
+    ] {
+        if pid > 0 {
+            // SAFETY: kill is async-signal-safe.
+            unsafe { libc::kill(pid, sig) };
+        }
     }
 }
 
@@ -152,6 +159,12 @@ fn supervise(child: Pid, old_mask: &SigSet) -> ! {
             status,
             Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..))
         ) {
+            let companion = COMPANION.load(Ordering::Relaxed);
+            if companion > 0 {
+                // The helper is of no use without the child (a no-op if it was forwarded
+                // the stop signal already or is gone).
+                let _ = signal::kill(Pid::from_raw(companion), Signal::SIGTERM);
+            }
             reap_others();
         }
         match status {

@@ -55,7 +55,9 @@ fn run(args: NetArgs, source: ListenSource) -> Result<(), MainError> {
         rules.join(" ")
     );
     match args.sandbox {
-        SandboxMode::Namespace => sm_sandbox::enter(&sm_sandbox::Policy::default())?,
+        SandboxMode::Namespace => {
+            sm_sandbox::enter(&sm_sandbox::Policy::default().companion(passt.child.id()))?
+        }
         SandboxMode::None => warn!(
             "--sandbox none: NOT SANDBOXED. This process keeps the host file system, \
              network and all its privileges; a guest exploiting it owns them too"
