@@ -1,17 +1,15 @@
 //! Entering the sandbox (through sm-sandbox) and opening, from inside it, what the file
 //! system serves: the shared directory and `/proc/self/fd`.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use sm_sandbox::{Capability, Policy, SandboxError};
 use tracing::warn;
 
 use crate::fs::FsConfig;
-use crate::sys::{ProcFds, FS_SYSCALLS};
+use crate::sys::{self, ProcFds, FS_SYSCALLS};
 
 /// How the backend isolates itself (`--sandbox`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -131,7 +129,7 @@ pub fn confine(how: Isolation, shared: &Path, fs: &FsConfig) -> Result<Confined,
             )
         }
     };
-    let root = open_dir_path(root).map_err(|source| ConfineError::Root {
+    let root = sys::open_dir_path(root).map_err(|source| ConfineError::Root {
         path: shared.to_owned(),
         source,
     })?;
@@ -145,24 +143,6 @@ pub fn check_isolation(how: Isolation, fs: &FsConfig) -> Result<(), ConfineError
         return Err(ConfineError::FollowInChroot);
     }
     Ok(())
-}
-
-/// Opens `path` as an `O_PATH` directory descriptor.
-fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is NUL-terminated; the result is checked before use.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The most descriptors the backend asks for (virtiofsd's choice too: a guest walking a

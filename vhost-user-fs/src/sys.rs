@@ -1,6 +1,7 @@
 //! Thin, checked wrappers around the system calls the file system uses. Every call that
 //! takes a name works relative to a directory descriptor; none takes an absolute path except
-//! through [`ProcFds`], which only ever names this process's own descriptors.
+//! [`open_dir_path`], which opens the shared directory itself, and [`ProcFds`], which only
+//! ever names this process's own descriptors.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -9,6 +10,8 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// `RESOLVE_NO_MAGICLINKS`: no `/proc/*/fd`-style jumps during resolution.
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
@@ -39,6 +42,20 @@ fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
     let fd = check(fd)?;
     // SAFETY: a non-negative return from an open call is a new descriptor nobody else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Opens `path` as an `O_PATH` directory descriptor.
+pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is NUL-terminated; the result is checked before use.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    owned(fd.into())
 }
 
 /// `openat2(dir, name, flags | O_CLOEXEC, mode, resolve)`.

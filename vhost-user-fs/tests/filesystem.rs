@@ -4,7 +4,6 @@
 //! READDIR and LOOKUP.
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use fuse_backend_rs::api::filesystem::{
@@ -12,21 +11,9 @@ use fuse_backend_rs::api::filesystem::{
 };
 use sm_vhost_user_fs::fs::{FsConfig, SharedFs};
 use sm_vhost_user_fs::policy::{CacheMode, SymlinkPolicy};
-use sm_vhost_user_fs::sys::ProcFds;
 
 fn open_fs(dir: &std::path::Path, cfg: FsConfig) -> SharedFs {
-    let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
-    // SAFETY: NUL-terminated path; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    assert!(fd >= 0);
-    // SAFETY: a new descriptor nothing else owns.
-    let root = unsafe { OwnedFd::from_raw_fd(fd) };
-    SharedFs::new(root, ProcFds::open(c"/proc/self/fd").unwrap(), cfg).unwrap()
+    SharedFs::open_dir(dir, cfg).unwrap()
 }
 
 fn errno<T>(r: std::io::Result<T>) -> i32 {

@@ -7,7 +7,6 @@
 mod wire;
 
 use std::ffi::{CStr, CString};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -15,7 +14,6 @@ use fuse_backend_rs::abi::fuse_abi::CreateIn;
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, SetattrValid, ROOT_ID};
 use sm_vhost_user_fs::fs::{FsConfig, SharedFs};
 use sm_vhost_user_fs::idmap::{IdMap, IdMaps, OVERFLOW_ID};
-use sm_vhost_user_fs::sys::ProcFds;
 use wire::{Reply, Wire, OUT_HEADER};
 
 const CREATE: u32 = 35;
@@ -44,24 +42,11 @@ fn maps(uids: &[&str], gids: &[&str]) -> IdMaps {
 }
 
 fn open_fs(dir: &Path, ids: IdMaps) -> SharedFs {
-    let c = CString::new(dir.to_str().unwrap()).unwrap();
-    // SAFETY: NUL-terminated path; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    assert!(fd >= 0);
-    // SAFETY: a new descriptor nothing else owns.
-    let root = unsafe { OwnedFd::from_raw_fd(fd) };
     let cfg = FsConfig {
         chown_new: true,
         ..FsConfig::default()
     };
-    SharedFs::new(root, ProcFds::open(c"/proc/self/fd").unwrap(), cfg)
-        .unwrap()
-        .with_id_maps(ids)
+    SharedFs::open_dir(dir, cfg).unwrap().with_id_maps(ids)
 }
 
 /// The errno of a failure (`None` on success).

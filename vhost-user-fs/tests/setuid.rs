@@ -8,14 +8,12 @@
 mod wire;
 
 use std::ffi::CStr;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use fuse_backend_rs::abi::fuse_abi::CreateIn;
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, SetattrValid, ROOT_ID};
 use sm_vhost_user_fs::fs::{FsConfig, SharedFs};
-use sm_vhost_user_fs::sys::ProcFds;
 
 fn open_fs(dir: &Path, allow_setuid: bool) -> SharedFs {
     open_fs_with(
@@ -28,18 +26,7 @@ fn open_fs(dir: &Path, allow_setuid: bool) -> SharedFs {
 }
 
 fn open_fs_with(dir: &Path, cfg: FsConfig) -> SharedFs {
-    let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
-    // SAFETY: NUL-terminated path; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    assert!(fd >= 0);
-    // SAFETY: a new descriptor nothing else owns.
-    let root = unsafe { OwnedFd::from_raw_fd(fd) };
-    SharedFs::new(root, ProcFds::open(c"/proc/self/fd").unwrap(), cfg).unwrap()
+    SharedFs::open_dir(dir, cfg).unwrap()
 }
 
 fn mode_of(path: &Path) -> u32 {

@@ -4,28 +4,15 @@
 //! path with LOOKUP's rules and refuses, naming the inode, whatever no longer fits.
 
 use std::ffi::CStr;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 
 use fuse_backend_rs::api::filesystem::{Context, FileSystem, FsOptions, ROOT_ID};
 use sm_vhost_user_fs::fs::state::{FsState, HostPath};
 use sm_vhost_user_fs::fs::{FsConfig, SharedFs};
 use sm_vhost_user_fs::policy::SymlinkPolicy;
-use sm_vhost_user_fs::sys::ProcFds;
 
 fn open_fs(dir: &Path, cfg: FsConfig) -> SharedFs {
-    let c = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
-    // SAFETY: NUL-terminated path; the result is checked.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    assert!(fd >= 0);
-    // SAFETY: a new descriptor nothing else owns.
-    let root = unsafe { OwnedFd::from_raw_fd(fd) };
-    SharedFs::new(root, ProcFds::open(c"/proc/self/fd").unwrap(), cfg).unwrap()
+    SharedFs::open_dir(dir, cfg).unwrap()
 }
 
 fn deny() -> FsConfig {

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +107,13 @@ impl SharedFs {
             fuse_options: Mutex::new(None),
             ids: IdMaps::default(),
         })
+    }
+
+    /// Serves the directory at path `dir` without a sandbox (tests): opens it and `/proc/self/fd`.
+    pub fn open_dir(dir: &Path, cfg: FsConfig) -> io::Result<SharedFs> {
+        let root = sys::open_dir_path(dir)?;
+        let proc = ProcFds::open(c"/proc/self/fd")?;
+        SharedFs::new(root, proc, cfg)
     }
 
     /// Caches directory depths, dropping them whenever `watcher` sees a host change.

@@ -515,14 +515,12 @@ impl SharedFs {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::FromRawFd;
     use std::os::unix::ffi::OsStrExt;
 
     use fuse_backend_rs::api::filesystem::FileSystem;
 
     use super::super::FsConfig;
     use super::*;
-    use crate::sys::ProcFds;
 
     /// A document written before the envelope moved to sm-vhost-user-common: d, d/f and a
     /// non-UTF-8 name looked up, f open for appending, d open, an unlinked file still open.
@@ -530,19 +528,7 @@ mod tests {
 
     /// A file system with default flags on `dir`.
     fn open_fs(dir: &std::path::Path) -> SharedFs {
-        let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
-        // SAFETY: NUL-terminated path; the result is checked.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        assert!(fd >= 0);
-        // SAFETY: a new descriptor nothing else owns.
-        let root = unsafe { OwnedFd::from_raw_fd(fd) };
-        let proc = ProcFds::open(c"/proc/self/fd").unwrap();
-        SharedFs::new(root, proc, FsConfig::default()).unwrap()
+        SharedFs::open_dir(dir, FsConfig::default()).unwrap()
     }
 
     /// The current format loads into a fresh file system with the same IDs and handles, and
