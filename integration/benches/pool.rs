@@ -3,7 +3,9 @@
 //! with a 64 MiB volume at /cache that its warm-up (library callback) fills with 500 files:
 //! - bake: `sm::Image::build` the first time, and again with the same inputs (a cache hit);
 //! - start to the first exec: `sm run --mem 256 -- true` (cold) and
-//!   `sm run --snapshot NAME -- true` (a clone of the bake), a few runs each since each takes
+//!   `sm run --snapshot NAME -- true` (a clone of the bake), each also without a network
+//!   (`--net none`, and the same bake with `Network::None`: what passt and sm-vhost-user-net
+//!   add to a boot and to a restore), a few runs each since each takes
 //!   seconds, interleaved with each other and with pool cycles (acquire, exec of `true` until
 //!   its output, release) from one caller; then pool cycles from 4 and 8 callers at once
 //!   (threads sharing one pool, max 8). Two pools: one that hands a released VM out again
@@ -13,7 +15,7 @@
 //!   again (a replacement restore takes seconds);
 //! - how long `release()` blocks its caller, in both pools;
 //! - memory: PSS (`/proc/PID/smaps_rollup`) of each pooled VM's processes (sm-vmm and its
-//!   backends, children of this process, grouped by their runtime directory) with 8 VMs
+//!   backends, and what runs under them, grouped by their runtime directory) with 8 VMs
 //!   ready, and the pages of sm-vmm's guest RAM memfd (PSS counts only those touched
 //!   through its mapping).
 //!
@@ -43,6 +45,8 @@ const CALLERS: [usize; 3] = [1, 4, 8];
 const LIMIT: Duration = Duration::from_secs(600);
 /// The snapshot's name in the store.
 const NAME: &str = "poolbench";
+/// The same bake with `--net none`.
+const OFFLINE: &str = "poolbench-offline";
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -245,40 +249,61 @@ impl Memory {
     }
 }
 
-/// The memory of every VM whose processes are children of this process and name a
-/// directory under `root` (the pool's VMs: sm-vmm and the backends), by VM.
+/// The memory of every VM whose processes descend from this process and whose process
+/// started here names a directory under `root` (the pool's VMs: sm-vmm and the backends,
+/// with what runs under them: a sandboxed backend's server and sm-vhost-user-net's passt),
+/// by VM.
 fn pooled_memory(root: &Path) -> BTreeMap<String, Memory> {
-    let me = std::process::id().to_string();
+    let me = std::process::id();
     let prefix = format!("{}/", root.display());
-    let mut vms: BTreeMap<String, Memory> = BTreeMap::new();
+    // Every process's parent; the parent is the 4th field of stat, after the command name.
+    let mut parent: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut zombies = vec![];
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        // The parent is the 4th field of stat, after the parenthesised command name.
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        let Some(ppid) = stat
+        let fields: Vec<&str> = stat
             .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-        else {
-            continue;
-        };
-        if ppid != me {
-            continue;
+            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        if let Some(ppid) = fields.get(1).and_then(|p| p.parse().ok()) {
+            parent.insert(pid, ppid);
         }
+        if fields.first() == Some(&"Z") {
+            zombies.push(pid);
+        }
+    }
+    // The VM a child of this process serves, from its command line.
+    let vm_of = |pid: u32| {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let Some(vm) = cmdline
+        cmdline
             .split_once(prefix.as_str())
             .and_then(|(_, rest)| rest.split('/').next())
-        else {
+            .map(str::to_owned)
+    };
+    let mut vms: BTreeMap<String, Memory> = BTreeMap::new();
+    for &pid in parent.keys() {
+        // Up to the ancestor this process started.
+        let mut top = pid;
+        while let Some(&up) = parent.get(&top) {
+            if up == me || up <= 1 {
+                break;
+            }
+            top = up;
+        }
+        if parent.get(&top) != Some(&me) || zombies.contains(&pid) {
+            continue;
+        }
+        let Some(vm) = vm_of(top) else {
             continue;
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let (pss, shmem) = pss_kib(pid);
-        let m = vms.entry(vm.to_string()).or_default();
+        let m = vms.entry(vm).or_default();
         m.other += pss - shmem;
         if comm.trim() == "sm-vmm" {
             m.vmm_pss += pss;
@@ -337,6 +362,16 @@ fn main() {
     let cached = sm_integration::warm::build(NAME, None, MEM_MIB, &store, &volume);
     let bake_cached = t.elapsed();
     assert!(cached.was_cached(), "unchanged inputs: a hit");
+    // The same bake without a network device: what passt and sm-vhost-user-net cost a clone.
+    let offline_volume = data.path().join("cache-offline.img");
+    sm_integration::warm::build_with_network(
+        OFFLINE,
+        None,
+        MEM_MIB,
+        &store,
+        &offline_volume,
+        sm::Network::None,
+    );
 
     // The pool that hands a released VM out again: filled first, 8 VMs never handed out.
     eprintln!("filling the reuse pool ({:?} so far)", began.elapsed());
@@ -348,6 +383,7 @@ fn main() {
 
     // Cold runs, runs of the snapshot and pool cycles from one caller, interleaved.
     let (mut cold, mut snap) = (vec![], vec![]);
+    let (mut cold_offline, mut snap_offline) = (vec![], vec![]);
     let mut reuse_cycles: BTreeMap<usize, Vec<Cycle>> = BTreeMap::new();
     let per_round = acquires.div_ceil(cli_runs);
     for run in 0..cli_runs {
@@ -357,15 +393,20 @@ fn main() {
             began.elapsed()
         );
         cold.push(sm_cli(&["run", "--mem", &mem_arg, "--", "true"]));
-        snap.push(sm_cli(&[
-            "run",
-            "--snapshot",
-            NAME,
-            "--snapshots-dir",
-            store_arg,
-            "--",
-            "true",
+        cold_offline.push(sm_cli(&[
+            "run", "--mem", &mem_arg, "--net", "none", "--", "true",
         ]));
+        for (name, runs) in [(NAME, &mut snap), (OFFLINE, &mut snap_offline)] {
+            runs.push(sm_cli(&[
+                "run",
+                "--snapshot",
+                name,
+                "--snapshots-dir",
+                store_arg,
+                "--",
+                "true",
+            ]));
+        }
         let want = per_round.min(acquires - reuse_cycles.get(&1).map_or(0, Vec::len));
         reuse_cycles
             .entry(1)
@@ -449,7 +490,9 @@ fn main() {
         );
     };
     row("sm run --mem 256 -- true (cold, to exit)", &cold, None);
+    row("sm run --net none -- true (cold)", &cold_offline, None);
     row("sm run --snapshot -- true (to exit)", &snap, None);
+    row("sm run --snapshot, baked --net none", &snap_offline, None);
     let of = |c: &[Cycle], f: fn(&Cycle) -> Duration| c.iter().map(f).collect::<Vec<_>>();
     for (kind, cycles) in [("reuse", &reuse_cycles), ("fresh", &fresh_cycles)] {
         for (n, c) in cycles {
@@ -516,7 +559,7 @@ fn main() {
     memory_row("8 ready, after the reuse cycles", &mem_used);
     let backends = median_u64(mem_fresh.values().map(|m| m.backends).collect());
     println!(
-        "(PSS: sm-vmm plus its {backends} backends; guest RAM: pages in sm-vmm's memfd, \
+        "(PSS: sm-vmm plus its {backends} backend processes (supervisors, sandboxed servers, passt); guest RAM: pages in sm-vmm's memfd, \
          mapped or not; total: guest RAM plus every process's PSS without shared memory)"
     );
     println!("whole run: {:.0} s", total.as_secs_f64());

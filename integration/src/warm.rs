@@ -8,13 +8,26 @@ use std::path::Path;
 pub const WARM_FILES: usize = 500;
 
 /// Bakes (or finds, if unchanged) `name` from `image` (a reference; `None`: the guest's own
-/// root) with `mem_mib` of RAM into the store at `store`, the volume's file at `volume`.
+/// root) with `mem_mib` of RAM into the store at `store`, the volume's file at `volume`, with
+/// the default network.
 pub fn build(
     name: &str,
     image: Option<&str>,
     mem_mib: u64,
     store: &Path,
     volume: &Path,
+) -> sm::Image {
+    build_with_network(name, image, mem_mib, store, volume, sm::Network::default())
+}
+
+/// [`build`] with the guest network `network`.
+pub fn build_with_network(
+    name: &str,
+    image: Option<&str>,
+    mem_mib: u64,
+    store: &Path,
+    volume: &Path,
+    network: sm::Network,
 ) -> sm::Image {
     sm::Image::build(sm::BuildOptions {
         name: name.into(),
@@ -41,6 +54,7 @@ pub fn build(
             }
         }))),
         warmup_tag: "v1".into(),
+        network,
         store: Some(sm::store::SnapshotStore::at(store)),
         ..Default::default()
     })

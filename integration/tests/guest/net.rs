@@ -389,3 +389,58 @@ fn a_warm_up_fetches_over_the_network_and_each_clone_takes_the_rules_it_is_given
     assert!(stderr(&out).contains("--net"), "{}", stderr(&out));
     assert_nothing_left(rt);
 }
+
+#[test]
+fn a_killed_net_backend_is_replaced_and_the_guest_connects_again() {
+    let runtime = tempfile::tempdir().unwrap();
+    let rt = runtime.path();
+    let port = http_server();
+    let allow = format!("allow=host:{port}");
+    let mut cmd = sm(rt);
+    cmd.args(["run", "-d", "--name", "n", "--egress", &allow, "--"])
+        .args(["sleep", "100000"]);
+    let out = run_sm(&mut cmd, rt);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let fetch_in_guest = || {
+        // A few tries: the guest's first SYN after the restart may meet the old link's end.
+        let script = format!(
+            "for i in 1 2 3 4 5; do line=$({}); case $line in ok*) break;; esac; sleep 1; done; \
+             echo \"$line\"",
+            fetch("10.0.2.2", port)
+        );
+        let mut cmd = sm(rt);
+        cmd.args(["exec", "n", "--", "sh", "-c", &script]);
+        let out = run_with_timeout(&mut cmd, Duration::from_secs(120));
+        stdout(&out).trim().to_owned()
+    };
+    assert_eq!(fetch_in_guest(), format!("ok {}", GREETING.trim_end()));
+
+    // Its command line has the socket as a descriptor; this test's rule names it.
+    let backend = || crate::restart::pid_of(&["sm-vhost-user-net", &allow]);
+    let pid = backend().expect("the net backend runs");
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the net backend's group");
+    wait_until(Duration::from_secs(60), "the net backend's restart", || {
+        backend().is_some_and(|p| p != pid)
+    });
+    // A new backend and a new passt behind the same device: new connections work.
+    assert_eq!(fetch_in_guest(), format!("ok {}", GREETING.trim_end()));
+    let out = run_with_timeout(sm(rt).arg("ps"), Duration::from_secs(30));
+    let ps = stdout(&out);
+    assert!(
+        ps.lines()
+            .any(|l| l.contains("net") && l.contains("running") && l.contains("restarts 1")),
+        "sm ps shows the net backend running after one restart:\n{ps}"
+    );
+    let out = run_with_timeout(sm(rt).args(["stop", "n"]), Duration::from_secs(90));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(backend().is_none(), "no net backend left");
+    assert!(
+        processes_mentioning("passt").is_empty(),
+        "no passt left: {:?}",
+        processes_mentioning("passt")
+    );
+}

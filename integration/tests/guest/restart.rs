@@ -194,7 +194,7 @@ fn a_file_system_backend_that_dies_stops_the_vm_with_one_line() {
 }
 
 /// The PID of the one running process whose command line contains all of `words`.
-fn pid_of(words: &[&str]) -> Option<i32> {
+pub(crate) fn pid_of(words: &[&str]) -> Option<i32> {
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
