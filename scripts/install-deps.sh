@@ -8,6 +8,9 @@ for bin in qemu-system-x86_64 qemu-storage-daemon busybox cpio depmod readelf ma
 done
 [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 || need_apt=1
 dpkg -s libseccomp-dev libcap-ng-dev libaio-dev zlib1g-dev >/dev/null 2>&1 || need_apt=1
+# sm's guest kernel (guest/assets/build-kernel.sh): Kbuild's tools and objtool's libelf.
+for bin in flex bison bc; do command -v "$bin" >/dev/null || need_apt=1; done
+dpkg -s libelf-dev libssl-dev >/dev/null 2>&1 || need_apt=1
 # sm-oci's tests and benchmark: a local registry, skopeo/umoci as peers, mkfs.erofs, htpasswd,
 # openssl (signs the test token server's JWTs).
 for bin in docker-registry skopeo umoci mkfs.erofs fsck.erofs htpasswd openssl curl mkfs.ext4; do
@@ -25,7 +28,8 @@ if [ "$need_apt" = 1 ]; then
     "qemu-system-x86=$v" "qemu-utils=$v" "qemu-block-extra=$v" "qemu-system-common=$v" "qemu-system-data" \
     busybox-static cpio kmod binutils xz-utils libseccomp-dev libcap-ng-dev \
     libaio-dev zlib1g-dev make curl e2fsprogs \
-    docker-registry skopeo umoci erofs-utils apache2-utils openssl systemd gcc
+    docker-registry skopeo umoci erofs-utils apache2-utils openssl systemd gcc \
+    flex bison bc libelf-dev libssl-dev
 fi
 # The Rust virtiofsd shares the host root into the test VM (Debian 7.2's C virtiofsd cannot
 # enforce read-only).

@@ -72,17 +72,28 @@ pub fn mount_kernel_filesystems() -> nix::Result<()> {
     Ok(())
 }
 
-/// Loads each module listed in [`MODULE_LIST`]; one that fails is reported and skipped so
-/// the command still runs.
+/// Loads each module listed in [`MODULE_LIST`] that was built for the running kernel; one
+/// that fails is reported and skipped so the command still runs. The initramfs carries the
+/// Debian kernel's modules under `/lib/modules/RELEASE/`; sm's own kernel has every driver
+/// built in and another release, so on it nothing is loaded and nothing is tried.
 pub fn load_modules(verbose: bool) {
     let Ok(list) = std::fs::read_to_string(MODULE_LIST) else {
         return;
     };
-    for path in list
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let ours = format!("/lib/modules/{}/", release.trim());
+    let (wanted, others): (Vec<&str>, Vec<&str>) = list
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+        .partition(|p| p.starts_with(&ours));
+    if wanted.is_empty() && !others.is_empty() {
+        log_verbose(
+            verbose,
+            &format!("kernel {} has no modules here: none loaded", release.trim()),
+        );
+    }
+    for path in wanted {
         let result = File::open(path)
             .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
             .and_then(|f| nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()));

@@ -1,7 +1,11 @@
-//! Cold start: `sm-vmm -- true` against QEMU (`-M microvm` and `-M pc`) booting the same
-//! kernel and initramfs with the same memory, interleaved, 10 runs each. Prints min /
-//! median / max and the ratio of medians. Needs hardware-style KVM: `scripts/bench` runs it
-//! inside the test VM where the host's KVM is PVM.
+//! Cold start: `sm-vmm -- true` with sm's own kernel (PVH, everything built in) against
+//! sm-vmm with the Debian cloud kernel (bzImage, modules from the initramfs) and QEMU
+//! (`-M microvm` with each kernel, `-M pc` with Debian's), same initramfs and memory,
+//! interleaved, 10 runs each. Prints min / median / max and the ratios of medians, then the
+//! guest's own view for each kernel booted by sm-vmm: from the kernel's start to PID 1 (the
+//! printk timestamp of "Run /init") and to the first command's output (its /proc/uptime).
+//! Needs hardware-style KVM: `scripts/bench` runs it inside the test VM where the host's KVM
+//! is PVM.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -73,35 +77,42 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo bench --list / test discovery.
     }
-    let kernel = data_dir().join("kernel/vmlinuz");
+    let ours = sm_vmm::config::default_kernel();
+    let debian = sm_vmm::config::debian_kernel();
     let initrd = data_dir().join("guest/initramfs.img");
     let work = tempfile::tempdir().expect("tempdir");
     let qemu_initrd = work.path().join("initrd-true.img");
     initrd_running_true(&initrd, &qemu_initrd).expect("build QEMU initrd");
 
-    let mut sm = Command::new(bin_dir().join("sm-vmm"));
-    sm.args(["--mem", MEM_MIB, "--", "true"]);
+    let sm_vmm = |kernel: &Path| {
+        let mut c = Command::new(bin_dir().join("sm-vmm"));
+        c.args(["--mem", MEM_MIB, "--kernel"])
+            .arg(kernel)
+            .args(["--", "true"]);
+        c
+    };
+    let contender = |name, cmd, ok_code| Contender {
+        name,
+        cmd,
+        ok_code,
+        times: vec![],
+    };
     let mut contenders = vec![
-        Contender {
-            name: "sm-vmm",
-            cmd: sm,
-            ok_code: 0,
-            times: vec![],
-        },
-        Contender {
-            name: "qemu -M microvm",
-            cmd: qemu("microvm,acpi=off", &kernel, &qemu_initrd),
-            ok_code: 1,
-            times: vec![],
-        },
+        contender("sm-vmm, sm kernel", sm_vmm(&ours), 0),
+        contender("sm-vmm, Debian", sm_vmm(&debian), 0),
+        contender(
+            "microvm, sm kernel",
+            qemu("microvm,acpi=off", &ours, &qemu_initrd),
+            1,
+        ),
+        contender(
+            "microvm, Debian",
+            qemu("microvm,acpi=off", &debian, &qemu_initrd),
+            1,
+        ),
         // Under the test VM's nested emulation a BIOS-booted guest faults on user-mode port
         // I/O, so sm-init cannot report the status there and the guest just powers off.
-        Contender {
-            name: "qemu -M pc",
-            cmd: qemu("pc", &kernel, &qemu_initrd),
-            ok_code: 0,
-            times: vec![],
-        },
+        contender("qemu -M pc, Debian", qemu("pc", &debian, &qemu_initrd), 0),
     ];
     let runs = std::env::var("SM_BENCH_RUNS")
         .ok()
@@ -125,19 +136,78 @@ fn main() {
     }
     println!("cold start of `true` ({runs} runs each, interleaved, {MEM_MIB} MiB, 1 vCPU)");
     println!(
-        "{:<18} {:>10} {:>10} {:>10}",
+        "{:<20} {:>10} {:>10} {:>10}",
         "", "min ms", "median ms", "max ms"
     );
     for c in &contenders {
         let (min, med, max) = stats(&c.times);
-        println!("{:<18} {min:>10.0} {med:>10.0} {max:>10.0}", c.name);
+        println!("{:<20} {min:>10.0} {med:>10.0} {max:>10.0}", c.name);
     }
-    let sm_med = stats(&contenders[0].times).1;
-    for c in &contenders[1..] {
+    let med = |name: &str| stats(&contenders.iter().find(|c| c.name == name).unwrap().times).1;
+    for (a, b) in [
+        ("sm-vmm, sm kernel", "sm-vmm, Debian"),
+        ("sm-vmm, sm kernel", "microvm, sm kernel"),
+        ("sm-vmm, Debian", "microvm, Debian"),
+        ("sm-vmm, Debian", "qemu -M pc, Debian"),
+    ] {
+        println!("ratio {a:<18} / {b:<20} {:.2}", med(a) / med(b));
+    }
+    guest_view(runs, &[("sm kernel", &ours), ("Debian", &debian)]);
+}
+
+/// The guest's own clock, for each kernel booted by sm-vmm: kernel start to PID 1 and to
+/// the command's first output, medians of `runs` boots (with the kernel log on, which costs
+/// serial exits, so these are taken apart from the timed runs above).
+fn guest_view(runs: usize, kernels: &[(&str, &Path)]) {
+    println!("guest's own clock (medians of {runs} boots by sm-vmm, --verbose)");
+    println!("{:<20} {:>14} {:>16}", "", "to PID 1 ms", "to command ms");
+    for (name, kernel) in kernels {
+        let (mut to_init, mut to_cmd) = (vec![], vec![]);
+        for _ in 0..runs {
+            let out = Command::new(bin_dir().join("sm-vmm"))
+                .args([
+                    "--mem",
+                    MEM_MIB,
+                    "--verbose",
+                    "--cmdline-append",
+                    "printk.time=1",
+                ])
+                .arg("--kernel")
+                .arg(kernel)
+                .args(["--", "cat", "/proc/uptime"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("spawn sm-vmm");
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let log = String::from_utf8_lossy(&out.stderr);
+            let init = log
+                .lines()
+                .find(|l| l.contains("Run /init as init process"))
+                .and_then(printk_seconds)
+                .unwrap_or_else(|| panic!("{name}: no timed \"Run /init\" line in the log"));
+            let uptime: f64 = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name}: no /proc/uptime on stdout"));
+            to_init.push(Duration::from_secs_f64(init));
+            to_cmd.push(Duration::from_secs_f64(uptime));
+        }
         println!(
-            "ratio sm-vmm / {:<16} {:.2}",
-            c.name,
-            sm_med / stats(&c.times).1
+            "{name:<20} {:>14.0} {:>16.0}",
+            stats(&to_init).1,
+            stats(&to_cmd).1
         );
     }
+}
+
+/// The seconds of a printk line's `[    1.234567]` prefix.
+fn printk_seconds(line: &str) -> Option<f64> {
+    let open = line.find('[')?;
+    let close = line[open..].find(']')? + open;
+    line[open + 1..close].trim().parse().ok()
 }

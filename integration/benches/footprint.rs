@@ -313,7 +313,7 @@ fn main() {
         return; // cargo bench --list / test discovery.
     }
     let rounds: usize = env_or("SM_BENCH_RUNS", 3);
-    let kernel = sm_vmm::config::data_dir().join("kernel/vmlinuz");
+    let kernel = sm_vmm::config::default_kernel();
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path();
     std::fs::create_dir(dir.join("shared")).expect("shared dir");

@@ -137,7 +137,7 @@ fn qemu(script: &str, work: &Path) -> Command {
             "virtio-net-device,netdev=n0,mac=02:73:6d:00:00:01",
         ])
         .arg("-kernel")
-        .arg(data.join("kernel/vmlinuz"))
+        .arg(sm_vmm::config::default_kernel())
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", &cmdline]);

@@ -20,7 +20,9 @@ pub struct VmmArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     pub mem: u64,
-    /// bzImage kernel [default: $SM_DATA_DIR/kernel/vmlinuz, SM_DATA_DIR=/usr/local/share/sm].
+    /// Kernel: an ELF vmlinux with a PVH entry, or a bzImage [default: sm's own,
+    /// $SM_DATA_DIR/sm-kernel/vmlinux; the Debian kernel is $SM_DATA_DIR/kernel/vmlinuz;
+    /// SM_DATA_DIR=/usr/local/share/sm].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Initramfs with sm-init [default: $SM_DATA_DIR/guest/initramfs.img].

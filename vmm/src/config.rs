@@ -92,8 +92,15 @@ pub fn data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/local/share/sm"))
 }
 
-/// The kernel sm-vmm boots when `--kernel` is not given.
+/// The kernel sm-vmm boots when `--kernel` is not given: sm's own (guest/kernel/sm.config),
+/// an uncompressed vmlinux with every driver built in, booted through PVH.
 pub fn default_kernel() -> PathBuf {
+    data_dir().join("sm-kernel/vmlinux")
+}
+
+/// The Debian cloud kernel the setup also installs (a bzImage, with its modules in the
+/// initramfs): what `--kernel` names to boot a distribution kernel.
+pub fn debian_kernel() -> PathBuf {
     data_dir().join("kernel/vmlinuz")
 }
 

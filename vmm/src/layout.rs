@@ -4,8 +4,12 @@
 pub const BOOT_GDT_START: u64 = 0x500;
 /// Empty IDT used while entering 64-bit mode.
 pub const BOOT_IDT_START: u64 = 0x520;
-/// Linux boot parameters ("zero page").
+/// Linux boot parameters ("zero page"), or the PVH start info in its place.
 pub const ZERO_PAGE_START: u64 = 0x7000;
+/// PVH: the module list (the initramfs), after the 56-byte start info.
+pub const PVH_MODLIST_START: u64 = 0x7040;
+/// PVH: the memory map, after the one module entry (room for 160 entries below 0x8000).
+pub const PVH_MEMMAP_START: u64 = 0x7080;
 /// Initial stack pointer of the boot vCPU.
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
 /// Identity-mapping page tables: PML4, PDPT and PD, one page each.
@@ -30,7 +34,8 @@ pub const VMGENID_ADDR: u64 = VMGENID_PAGE + 0x10;
 pub const ACPI_START: u64 = 0xe0000;
 /// End of the legacy BIOS area.
 pub const ACPI_END: u64 = 0x10_0000;
-/// Where the protected-mode kernel is loaded; its 64-bit entry point is 0x200 further.
+/// Where a bzImage's protected-mode kernel is loaded (its 64-bit entry point is 0x200
+/// further), and the lowest address an ELF kernel may load at.
 pub const KERNEL_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap (virtio-mmio devices, IOAPIC, LAPIC): RAM stops here.
 pub const MMIO_GAP_START: u64 = 0xd000_0000;

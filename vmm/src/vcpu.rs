@@ -11,7 +11,7 @@ use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_run, kvm_segment, CpuId
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::Killable;
 
-use crate::boot::BOOT_GDT;
+use crate::boot::{KernelEntry, LoadedKernel};
 use crate::devices::{GuestStop, MmioBus, PioBus};
 use crate::layout::*;
 use crate::persist::{self, PersistError, VcpuSaveContext, VcpuState};
@@ -326,8 +326,8 @@ pub fn vcpu_cpuid(base: &CpuId, id: u32, count: u32) -> CpuId {
     cpuid
 }
 
-fn segment(index: u16) -> kvm_segment {
-    let e = BOOT_GDT[index as usize];
+fn segment(gdt: &[u64; 4], index: u16) -> kvm_segment {
+    let e = gdt[index as usize];
     let g = ((e >> 55) & 1) as u8;
     let raw_limit = ((e & 0xffff) | ((e >> 32) & 0xf_0000)) as u32;
     let present = ((e >> 47) & 1) as u8;
@@ -430,31 +430,44 @@ impl Vcpu {
         persist::restore_vcpu(&self.fd, state)
     }
 
-    /// Puts the boot vCPU in 64-bit mode at the kernel's entry with the zero page in RSI.
-    pub fn set_boot_state(&self, entry: u64) -> Result<(), VcpuError> {
+    /// Puts the boot vCPU at the kernel's entry: in 64-bit mode with the zero page in RSI
+    /// (bzImage), or in 32-bit protected mode, paging off, with the start info in EBX (PVH).
+    pub fn set_boot_state(&self, kernel: &LoadedKernel) -> Result<(), VcpuError> {
         let err = |what| move |e| VcpuError::Kvm(self.id, what, e);
+        let gdt = kernel.kind.gdt();
         let mut sregs = self.fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
         sregs.gdt.base = BOOT_GDT_START;
-        sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+        sregs.gdt.limit = (std::mem::size_of_val(gdt) - 1) as u16;
         sregs.idt.base = BOOT_IDT_START;
         sregs.idt.limit = 7;
-        sregs.cs = segment(1);
-        let data = segment(2);
+        sregs.cs = segment(gdt, 1);
+        let data = segment(gdt, 2);
         (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-        sregs.tr = segment(3);
-        sregs.cr0 |= 1 | (1 << 31); // PE, PG
-        sregs.cr3 = PML4_START;
-        sregs.cr4 |= 1 << 5; // PAE
-        sregs.efer |= (1 << 8) | (1 << 10); // LME, LMA
-        self.fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
-        let regs = kvm_regs {
+        sregs.tr = segment(gdt, 3);
+        let mut regs = kvm_regs {
             rflags: 0x2,
-            rip: entry,
-            rsp: BOOT_STACK_POINTER,
-            rbp: BOOT_STACK_POINTER,
-            rsi: ZERO_PAGE_START,
+            rip: kernel.entry,
             ..Default::default()
         };
+        match kernel.kind {
+            KernelEntry::Linux64(_) => {
+                sregs.cr0 |= 1 | (1 << 31); // PE, PG
+                sregs.cr3 = PML4_START;
+                sregs.cr4 |= 1 << 5; // PAE
+                sregs.efer |= (1 << 8) | (1 << 10); // LME, LMA
+                regs.rsp = BOOT_STACK_POINTER;
+                regs.rbp = BOOT_STACK_POINTER;
+                regs.rsi = ZERO_PAGE_START;
+            }
+            KernelEntry::Pvh => {
+                sregs.cr0 = 1 | (1 << 4); // PE, ET: protected mode, caches on, no paging
+                sregs.cr3 = 0;
+                sregs.cr4 = 0;
+                sregs.efer = 0;
+                regs.rbx = ZERO_PAGE_START;
+            }
+        }
+        self.fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
         self.fd.set_regs(&regs).map_err(err("KVM_SET_REGS"))
     }
 
@@ -516,8 +529,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pvh_segments_are_flat_32_bit() {
+        let cs = segment(&crate::boot::PVH_GDT, 1);
+        assert_eq!(
+            (cs.base, cs.limit, cs.l, cs.db, cs.type_),
+            (0, 0xffff_ffff, 0, 1, 0xb)
+        );
+        let ds = segment(&crate::boot::PVH_GDT, 2);
+        assert_eq!((ds.db, ds.type_, ds.present), (1, 0x3, 1));
+    }
+
+    #[test]
     fn boot_segments_are_flat_64_bit() {
-        let cs = segment(1);
+        let cs = segment(&crate::boot::BOOT_GDT, 1);
         assert_eq!(
             (
                 cs.base,
@@ -530,9 +554,13 @@ mod tests {
             ),
             (0, 0xffff_ffff, 8, 1, 0, 1, 1)
         );
-        let ds = segment(2);
+        let ds = segment(&crate::boot::BOOT_GDT, 2);
         assert_eq!((ds.selector, ds.type_, ds.db, ds.l), (16, 3, 1, 0));
-        assert_eq!(segment(3).type_, 0xb, "busy 64-bit TSS");
+        assert_eq!(
+            segment(&crate::boot::BOOT_GDT, 3).type_,
+            0xb,
+            "busy 64-bit TSS"
+        );
     }
 
     #[test]

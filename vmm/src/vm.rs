@@ -420,11 +420,11 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
     let mmio = Arc::new(mmio);
     boot::write_acpi(&ram.memory, &acpi::build_tables(config.vcpus, &slots)?)?;
     vmgenid::regenerate(&ram.memory)?;
-    boot::write_boot_structures(&ram.memory)?;
+    boot::write_boot_structures(&ram.memory, kernel.kind)?;
 
     let bus = console_bus(&vm)?;
     let vcpus = create_vcpus(&cpuid, &vm, config.vcpus)?;
-    vcpus[0].set_boot_state(kernel.entry)?;
+    vcpus[0].set_boot_state(&kernel)?;
 
     let machine = Machine {
         kvm,

@@ -106,7 +106,7 @@ fn sm_run_returns_the_command_code_and_leaves_nothing() {
     ]);
     let out = run_sm(&mut cmd, runtime.path());
     assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
-    assert!(stdout(&out).starts_with("Linux 6.1.0-"), "{}", stdout(&out));
+    assert!(stdout(&out).starts_with("Linux 6.1."), "{}", stdout(&out));
     assert_eq!(stderr(&out), "to-stderr\n");
     assert_nothing_left(runtime.path());
 }

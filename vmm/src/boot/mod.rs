@@ -1,8 +1,13 @@
-//! Loading a Linux guest: the bzImage kernel (linux-loader), the initramfs with the init
-//! configuration appended, the command line, the boot parameters ("zero page"), the ACPI
-//! tables, and the identity page tables and GDT the boot vCPU starts in 64-bit mode with.
+//! Loading a Linux guest: the kernel (linux-loader; a bzImage entered in 64-bit mode, or an
+//! ELF `vmlinux` entered through PVH, see [`pvh`]), the initramfs with the init configuration
+//! appended, the command line, the boot parameters ("zero page" or PVH start info), the ACPI
+//! tables, and the GDT (and for 64-bit entry the identity page tables) the boot vCPU starts
+//! with.
+
+pub mod pvh;
 
 use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
@@ -32,8 +37,8 @@ pub enum BootError {
     /// The kernel file cannot be opened.
     #[error("cannot open kernel {0}: {1}")]
     OpenKernel(String, std::io::Error),
-    /// The file is not a bzImage the 64-bit boot protocol can start.
-    #[error("{0} is not a Linux x86_64 bzImage kernel ({1})")]
+    /// The file is neither a bzImage the 64-bit boot protocol can start nor a PVH ELF.
+    #[error("{0} is not a Linux x86_64 kernel sm-vmm can boot ({1})")]
     NotAKernel(String, String),
     /// The initramfs cannot be read.
     #[error("cannot read initramfs {0}: {1}")]
@@ -57,21 +62,36 @@ pub enum BootError {
     GuestMemory(&'static str, String),
 }
 
+/// How the boot vCPU enters the kernel.
+#[derive(Clone, Copy, Debug)]
+pub enum KernelEntry {
+    /// A bzImage: 64-bit mode at `startup_64`, the zero page (with this header) in RSI.
+    Linux64(setup_header),
+    /// An ELF with a PVH note: 32-bit protected mode, paging off, the start info in EBX.
+    Pvh,
+}
+
 /// Where the kernel landed and how to enter it.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadedKernel {
-    /// 64-bit entry point.
+    /// Entry point (64-bit `startup_64`, or the 32-bit PVH entry).
     pub entry: u64,
-    /// The kernel's setup header, to copy into the zero page.
-    pub header: setup_header,
+    /// Which boot protocol the entry point speaks.
+    pub kind: KernelEntry,
     /// End of the loaded image.
     pub end: u64,
 }
 
-/// Loads a bzImage at [`KERNEL_START`].
+/// Loads the kernel: an ELF (`vmlinux`) through PVH, anything else as a bzImage at
+/// [`KERNEL_START`].
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
     let name = path.display().to_string();
     let mut file = File::open(path).map_err(|e| BootError::OpenKernel(name.clone(), e))?;
+    let mut magic = [0u8; 4];
+    let is_elf = file.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF";
+    if is_elf {
+        return pvh::load(mem, &mut file, &name);
+    }
     let not_kernel = |why: String| BootError::NotAKernel(name.clone(), why);
     let loaded = BzImage::load(mem, Some(GuestAddress(KERNEL_START)), &mut file, None)
         .map_err(|e| not_kernel(e.to_string()))?;
@@ -83,25 +103,33 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     }
     Ok(LoadedKernel {
         entry: loaded.kernel_load.0 + STARTUP_64_OFFSET,
-        header,
+        kind: KernelEntry::Linux64(header),
         end: loaded.kernel_end,
     })
 }
 
 /// Chooses where the initramfs goes: page-aligned, as high as possible in low RAM and below
-/// the kernel's `initrd_addr_max`, and clear of the kernel's decompression space.
+/// the kernel's `initrd_addr_max`, and clear of the kernel's image and (for a bzImage) its
+/// decompression space.
 pub fn initrd_placement(
     mem_bytes: u64,
-    kernel: &setup_header,
+    kernel: &LoadedKernel,
     initrd_len: u64,
 ) -> Result<u64, BootError> {
     let low_end = ram_ranges(mem_bytes)[0].1;
-    let max = match kernel.initrd_addr_max {
-        0 => 0x37ff_ffff,
-        m => u64::from(m),
+    let (max, image_top) = match kernel.kind {
+        KernelEntry::Linux64(header) => (
+            match header.initrd_addr_max {
+                0 => 0x37ff_ffff,
+                m => u64::from(m),
+            },
+            KERNEL_START + u64::from(header.init_size),
+        ),
+        // The PVH kernel takes the module wherever RAM is; it is already decompressed.
+        KernelEntry::Pvh => (u64::MAX - 1, kernel.end),
     };
     let top = low_end.min(max + 1);
-    let kernel_top = KERNEL_START + u64::from(kernel.init_size).max(64 << 20);
+    let kernel_top = image_top.max(KERNEL_START + (64 << 20));
     let too_small = || BootError::MemoryTooSmall {
         mem_mib: mem_bytes >> 20,
         need_mib: (kernel_top + initrd_len + (32 << 20)) >> 20,
@@ -126,7 +154,7 @@ pub fn load_initrd(
     let image =
         std::fs::read(path).map_err(|e| BootError::ReadInitrd(path.display().to_string(), e))?;
     let image = initrd_image(image, extra);
-    let addr = initrd_placement(mem_bytes, &kernel.header, image.len() as u64)?;
+    let addr = initrd_placement(mem_bytes, kernel, image.len() as u64)?;
     mem.write_slice(&image, GuestAddress(addr))
         .map_err(|e| BootError::GuestMemory("initramfs", e.to_string()))?;
     Ok((addr, image.len() as u64))
@@ -170,7 +198,8 @@ pub fn kernel_cmdline(verbose: bool, append: Option<&str>) -> Result<String, Boo
     Ok(line)
 }
 
-/// Writes the command line at [`CMDLINE_START`] and the zero page at [`ZERO_PAGE_START`].
+/// Writes the command line at [`CMDLINE_START`] and the zero page (or the PVH start info) at
+/// [`ZERO_PAGE_START`].
 pub fn write_boot_params(
     mem: &GuestMemoryMmap,
     mem_bytes: u64,
@@ -184,9 +213,14 @@ pub fn write_boot_params(
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
-
+    let header = match kernel.kind {
+        KernelEntry::Linux64(header) => header,
+        KernelEntry::Pvh => {
+            return pvh::write_start_info(mem, mem_bytes, ZERO_PAGE_START, CMDLINE_START, initrd)
+        }
+    };
     let mut params = boot_params {
-        hdr: kernel.header,
+        hdr: header,
         ..Default::default()
     };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
@@ -231,6 +265,24 @@ pub const BOOT_GDT: [u64; 4] = [
     gdt_entry(0x808b, 0, 0xfffff),
 ];
 
+/// The PVH boot GDT: null, flat 32-bit code, data, TSS (the entry code loads its own next).
+pub const PVH_GDT: [u64; 4] = [
+    0,
+    gdt_entry(0xc09b, 0, 0xfffff),
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0x808b, 0, 0xfffff),
+];
+
+impl KernelEntry {
+    /// The GDT the boot vCPU starts with.
+    pub fn gdt(&self) -> &'static [u64; 4] {
+        match self {
+            KernelEntry::Linux64(_) => &BOOT_GDT,
+            KernelEntry::Pvh => &PVH_GDT,
+        }
+    }
+}
+
 /// Encodes one GDT descriptor from flags, base and limit.
 pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
     ((base as u64 & 0xff00_0000) << (56 - 24))
@@ -240,14 +292,15 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
         | (limit as u64 & 0x0000_ffff)
 }
 
-/// Writes the GDT, an empty IDT, and page tables identity-mapping the first 1 GiB with
-/// 2 MiB pages (enough for the kernel's early boot, which builds its own).
-pub fn write_boot_structures(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+/// Writes the GDT for `kind`, an empty IDT, and page tables identity-mapping the first 1 GiB
+/// with 2 MiB pages (enough for a 64-bit entry's early boot, which builds its own; PVH
+/// starts with paging off and ignores them).
+pub fn write_boot_structures(mem: &GuestMemoryMmap, kind: KernelEntry) -> Result<(), BootError> {
     let w = |what, v: u64, a: u64| {
         mem.write_obj(v, GuestAddress(a))
             .map_err(|e| BootError::GuestMemory(what, e.to_string()))
     };
-    for (i, e) in BOOT_GDT.iter().enumerate() {
+    for (i, e) in kind.gdt().iter().enumerate() {
         w("GDT", *e, BOOT_GDT_START + 8 * i as u64)?;
     }
     w("IDT", 0, BOOT_IDT_START)?;
@@ -263,12 +316,30 @@ pub fn write_boot_structures(mem: &GuestMemoryMmap) -> Result<(), BootError> {
 mod tests {
     use super::*;
 
-    fn header(init_size: u32, initrd_addr_max: u32) -> setup_header {
-        setup_header {
-            init_size,
-            initrd_addr_max,
-            ..Default::default()
+    fn header(init_size: u32, initrd_addr_max: u32) -> LoadedKernel {
+        LoadedKernel {
+            entry: KERNEL_START + STARTUP_64_OFFSET,
+            kind: KernelEntry::Linux64(setup_header {
+                init_size,
+                initrd_addr_max,
+                ..Default::default()
+            }),
+            end: KERNEL_START + (10 << 20),
         }
+    }
+
+    #[test]
+    fn a_pvh_initrd_goes_high_and_clear_of_the_image() {
+        let kernel = LoadedKernel {
+            entry: 0x100_0000,
+            kind: KernelEntry::Pvh,
+            end: 0x600_0000,
+        };
+        let mem = 256u64 << 20;
+        let addr = initrd_placement(mem, &kernel, 1 << 20).unwrap();
+        assert_eq!(addr, mem - (1 << 20));
+        let err = initrd_placement(128 << 20, &kernel, 40 << 20).unwrap_err();
+        assert!(matches!(err, BootError::MemoryTooSmall { .. }), "{err}");
     }
 
     #[test]
@@ -314,5 +385,7 @@ mod tests {
         // The well-known encodings of a flat 64-bit code and data segment.
         assert_eq!(BOOT_GDT[1], 0x00af_9b00_0000_ffff);
         assert_eq!(BOOT_GDT[2], 0x00cf_9300_0000_ffff);
+        // Flat 32-bit code (D/B set, L clear) for PVH.
+        assert_eq!(PVH_GDT[1], 0x00cf_9b00_0000_ffff);
     }
 }
