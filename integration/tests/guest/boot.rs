@@ -38,7 +38,7 @@ fn sm_kernel_has_its_drivers_built_in_and_loads_no_modules() {
         &[
             "sh",
             "-c",
-            "test ! -e /proc/modules && ls /sys/bus/virtio/drivers",
+            "test ! -e /proc/modules && ls -1 /sys/bus/virtio/drivers",
         ],
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));

@@ -124,9 +124,9 @@ fn request(host: &str, port: u16, path: &str) -> String {
 /// `failed`, the time it took in hundredths of a second and nc's error (`failed 3 nc: ...`).
 fn fetch(host: &str, port: u16) -> String {
     format!(
-        "t0=$(cut -d' ' -f1 /proc/uptime | tr -d .); \
+        "t0=$(awk '{{print int($1 * 100)}}' /proc/uptime); \
          if out=$({} 2>&1); then echo \"ok $(echo \"$out\" | tail -n 1)\"; \
-         else t1=$(cut -d' ' -f1 /proc/uptime | tr -d .); \
+         else t1=$(awk '{{print int($1 * 100)}}' /proc/uptime); \
          echo \"failed $((t1 - t0)) $(echo $out)\"; fi",
         request(host, port, "/")
     )
