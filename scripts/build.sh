@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the workspace (release), the static sm-init, the guest kernels (Debian's, and sm's
-# own from source: ~8 min the first time) + initramfs and the
+# own from source: ~4 min the first time) + initramfs and the
 # test VM initramfs. Every guest asset is cached by content hash, so re-runs are cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."

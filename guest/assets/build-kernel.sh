@@ -3,7 +3,7 @@
 # by `make allnoconfig` with guest/kernel/sm.config as KCONFIG_ALLCONFIG, and install its
 # uncompressed vmlinux (booted through PVH) as $SM_DATA_DIR/sm-kernel/vmlinux. The result is
 # cached under $SM_CACHE_DIR by the hash of the source package version, the configuration and
-# this script, so a re-run is a no-op; a build takes ~8 min of both cores of a 2-core machine.
+# this script, so a re-run is a no-op; a build takes ~4 min on both cores of a 2-core machine.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=kernel.env

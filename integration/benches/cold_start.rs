@@ -44,6 +44,16 @@ struct Contender {
     times: Vec<Duration>,
 }
 
+/// `sm-vmm` booting `kernel` with the benchmark's memory to run `argv`.
+fn sm_vmm(kernel: &Path, argv: &[&str]) -> Command {
+    let mut c = Command::new(bin_dir().join("sm-vmm"));
+    c.args(["--mem", MEM_MIB, "--kernel"])
+        .arg(kernel)
+        .arg("--")
+        .args(argv);
+    c
+}
+
 fn qemu(machine: &str, kernel: &Path, initrd: &Path) -> Command {
     let cmdline = sm_vmm::boot::kernel_cmdline(false, None).expect("cmdline");
     let mut c = Command::new("qemu-system-x86_64");
@@ -84,13 +94,6 @@ fn main() {
     let qemu_initrd = work.path().join("initrd-true.img");
     initrd_running_true(&initrd, &qemu_initrd).expect("build QEMU initrd");
 
-    let sm_vmm = |kernel: &Path| {
-        let mut c = Command::new(bin_dir().join("sm-vmm"));
-        c.args(["--mem", MEM_MIB, "--kernel"])
-            .arg(kernel)
-            .args(["--", "true"]);
-        c
-    };
     let contender = |name, cmd, ok_code| Contender {
         name,
         cmd,
@@ -98,8 +101,8 @@ fn main() {
         times: vec![],
     };
     let mut contenders = vec![
-        contender("sm-vmm, sm kernel", sm_vmm(&ours), 0),
-        contender("sm-vmm, Debian", sm_vmm(&debian), 0),
+        contender("sm-vmm, sm kernel", sm_vmm(&ours, &["true"]), 0),
+        contender("sm-vmm, Debian", sm_vmm(&debian, &["true"]), 0),
         contender(
             "microvm, sm kernel",
             qemu("microvm,acpi=off", &ours, &qemu_initrd),
@@ -166,10 +169,7 @@ fn guest_view(runs: usize, kernels: &[(&str, &Path)]) {
     for (name, kernel) in kernels {
         let mut to_cmd = vec![];
         for _ in 0..runs {
-            let out = Command::new(bin_dir().join("sm-vmm"))
-                .args(["--mem", MEM_MIB, "--kernel"])
-                .arg(kernel)
-                .args(["--", "cat", "/proc/uptime"])
+            let out = sm_vmm(kernel, &["cat", "/proc/uptime"])
                 .stdin(Stdio::null())
                 .output()
                 .expect("spawn sm-vmm");

@@ -1,5 +1,6 @@
 //! Real-guest tests: sm-vmm boots sm's own kernel (PVH) on KVM into sm-init and runs a
-//! command; one test boots the Debian cloud kernel (bzImage, modules from the initramfs). Run through `scripts/test` (inside sm-testvm where the host KVM is PVM).
+//! command; one test boots the Debian cloud kernel (bzImage, modules from the initramfs).
+//! Run through `scripts/test` (inside sm-testvm where the host KVM is PVM).
 
 use crate::common::*;
 use sm_test_support::process::signal_and_wait;

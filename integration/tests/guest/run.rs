@@ -106,7 +106,11 @@ fn sm_run_returns_the_command_code_and_leaves_nothing() {
     ]);
     let out = run_sm(&mut cmd, runtime.path());
     assert_eq!(out.status.code(), Some(7), "stderr: {}", stderr(&out));
-    assert!(stdout(&out).starts_with("Linux 6.1."), "{}", stdout(&out));
+    let uname = stdout(&out);
+    assert!(
+        uname.starts_with("Linux 6.1.") && uname.contains("-sm\n"),
+        "sm's kernel: {uname}"
+    );
     assert_eq!(stderr(&out), "to-stderr\n");
     assert_nothing_left(runtime.path());
 }

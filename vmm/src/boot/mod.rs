@@ -117,18 +117,19 @@ pub fn initrd_placement(
     initrd_len: u64,
 ) -> Result<u64, BootError> {
     let low_end = ram_ranges(mem_bytes)[0].1;
-    let (max, image_top) = match kernel.kind {
+    // The first address the initramfs may not reach, and the end of the kernel's own space.
+    let (limit, image_top) = match kernel.kind {
         KernelEntry::Linux64(header) => (
             match header.initrd_addr_max {
-                0 => 0x37ff_ffff,
-                m => u64::from(m),
+                0 => 0x3800_0000,
+                m => u64::from(m) + 1,
             },
             KERNEL_START + u64::from(header.init_size),
         ),
         // The PVH kernel takes the module wherever RAM is; it is already decompressed.
-        KernelEntry::Pvh => (u64::MAX - 1, kernel.end),
+        KernelEntry::Pvh => (u64::MAX, kernel.end),
     };
-    let top = low_end.min(max + 1);
+    let top = low_end.min(limit);
     let kernel_top = image_top.max(KERNEL_START + (64 << 20));
     let too_small = || BootError::MemoryTooSmall {
         mem_mib: mem_bytes >> 20,
