@@ -180,7 +180,7 @@ fn an_idle_backend_does_not_wake_the_supervisor() {
 }
 
 #[test]
-fn a_killed_backend_is_back_within_a_second_on_the_same_socket_sandboxed() {
+fn a_killed_backend_is_restarted_at_once_on_the_same_socket_sandboxed() {
     let f = Fixture::new();
     let mut sup = f.supervise(Path::new(BLK), Duration::from_secs(10));
     let inode = f.socket_inode();
@@ -190,7 +190,10 @@ fn a_killed_backend_is_back_within_a_second_on_the_same_socket_sandboxed() {
     let old_server = server(old).expect("the sandboxed server");
 
     killpg(Pid::from_raw(old), Signal::SIGKILL).unwrap();
-    let took = wait_until(Duration::from_secs(1), "restarted and ready", || {
+    // The first restart has no backoff: it takes ~10 ms here. How long the guest waits is
+    // the blk_restart benchmark's figure; this limit only catches a restart that waits for a
+    // backoff or a deadline (a loaded CI machine once took over a second to spawn it).
+    let took = wait_until(Duration::from_secs(10), "restarted and ready", || {
         let b = backend(&sup);
         b.restarts == 1 && b.state == State::Running
     });

@@ -317,16 +317,25 @@ fn kill_all(pids: &[u32]) {
     }
 }
 
+/// How many looks [`guests_stalled`] takes, 100 ms apart.
+const STALL_LOOKS: usize = 30;
+
 /// Whether `root` started at least one sm-vmm and every vCPU thread of each sits halted in
-/// KVM (`kvm_vcpu_block`/`kvm_vcpu_halt`), in any of 10 looks 100 ms apart: a stalled guest
-/// still wakes for its timers now and then, and one look can land on such a moment.
+/// KVM (`kvm_vcpu_block`/`kvm_vcpu_halt`), in any of [`STALL_LOOKS`] looks 100 ms apart: a
+/// stalled guest still wakes for its timers (fio's helper thread, say), and in the nested
+/// emulation each wake-up keeps the vCPU busy long enough that 10 looks over 1 s once missed
+/// every halt (the hang report, taken a moment later, showed the vCPU halted).
 fn guests_stalled(root: u32) -> bool {
-    (0..10).any(|look| {
-        if look > 0 {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        all_vcpus_halted(root)
-    })
+    let halted = (0..STALL_LOOKS)
+        .filter(|&look| {
+            if look > 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            all_vcpus_halted(root)
+        })
+        .count();
+    eprintln!("hang: every vCPU halted in {halted} of {STALL_LOOKS} looks 100 ms apart");
+    halted > 0
 }
 
 /// One look for [`guests_stalled`].
