@@ -319,6 +319,7 @@ fn a_backend_that_fails_every_restart_gives_up_after_the_burst() {
 
 #[test]
 fn stop_leaves_no_process() {
+    block_stop_signals_as_sm_does();
     let f = Fixture::new();
     let mut sup = f.supervise(Path::new(BLK), Duration::from_secs(10));
     let pid = backend(&sup).pid.unwrap();
@@ -351,6 +352,7 @@ fn vhost_device_vsock_without_sd_notify_is_restarted_by_its_socket_file() {
     let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
     args[3] = socket.clone().into();
     args[5] = uds.clone().into();
+    block_stop_signals_as_sm_does();
     let mut sup = Supervisor::new(dir.path(), Duration::from_secs(1));
     sup.start(ServiceSpec {
         name: "vhost-device-vsock".into(),
@@ -372,7 +374,7 @@ fn vhost_device_vsock_without_sd_notify_is_restarted_by_its_socket_file() {
         (State::Running, 0, Some(old))
     );
     killpg(Pid::from_raw(old), Signal::SIGKILL).unwrap();
-    wait_until(Duration::from_secs(2), "restarted and listening", || {
+    wait_until(Duration::from_secs(10), "restarted and listening", || {
         let r = row();
         r.restarts == 1 && r.state == State::Running
     });
@@ -380,4 +382,17 @@ fn vhost_device_vsock_without_sd_notify_is_restarted_by_its_socket_file() {
     let new = row().pid.unwrap();
     sup.stop();
     assert!(gone(old) && gone(new));
+    // It has no handler of its own: SIGTERM reached it unblocked, no SIGKILL was needed.
+    let last = sup.processes().into_iter().next().unwrap().last_exit;
+    assert_eq!(last.as_deref(), Some("killed by SIGTERM"));
+}
+
+/// Blocks the stop signals in this test's thread, as `sm` does on the thread that starts
+/// the supervisor (it waits for them with sigwait): a backend must not inherit that mask.
+fn block_stop_signals_as_sm_does() {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().unwrap();
 }

@@ -347,7 +347,15 @@ impl Service {
         self.state = State::Stopping;
         self.pidfd = None;
         if let Some(mut p) = self.proc.take() {
-            if let Some(status) = p.stop_group(Signal::SIGTERM, grace) {
+            let start = Instant::now();
+            let status = p.stop_group(Signal::SIGTERM, grace);
+            crate::trace::step(format_args!(
+                "{} stopped in {:?}: {}",
+                self.name(),
+                start.elapsed(),
+                status.map_or("no status".into(), describe)
+            ));
+            if let Some(status) = status {
                 self.last_exit = Some((describe(status), SystemTime::now()));
             }
         }
