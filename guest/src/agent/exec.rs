@@ -4,29 +4,21 @@
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use sm_agent::frame::{read_frame, write_frame, Kind, DATA_CHUNK};
+use sm_agent::frame::{read_frame, Frame, Kind};
 use sm_agent::message::{Control, ExecRequest, ExitInfo, Response};
 
+use super::relay::{relay, ExitWatch};
 use super::tty::{self, Pty};
 use crate::command::DEFAULT_PATH;
-
-/// How long output still in a terminal is read after the command ends: processes it left
-/// in the background may hold the terminal open for ever.
-const TTY_DRAIN: Duration = Duration::from_millis(500);
-
-/// The connection as the output pumps share it; `None` once the response is due, so a
-/// late pump cannot write after it.
-type Output = Arc<Mutex<Option<File>>>;
 
 /// Runs `req`; streams output on `conn` and returns the final response.
 pub fn run(conn: &mut File, req: ExecRequest) -> Response {
@@ -54,23 +46,26 @@ pub fn run(conn: &mut File, req: ExecRequest) -> Response {
         Err(e) => return Response::Failed(format!("cannot run '{program}': {e}")),
     };
     let pid = Pid::from_raw(child.id() as i32);
-    let shared = conn
-        .try_clone()
-        .and_then(|out| Ok((out, master.as_ref().map(File::try_clone).transpose()?)));
-    let (out, terminal) = match shared {
-        Ok((out, terminal)) => (Arc::new(Mutex::new(Some(out))), terminal),
+    // At once: a pidfd opened after the reaper collected the command cannot wake poll.
+    let exit = ExitWatch::new(pid, exited, req.timeout_ms, start);
+    let mut outputs = Vec::with_capacity(2);
+    if let Some(p) = child.stdout.take() {
+        outputs.push((OwnedFd::from(p), Kind::Stdout));
+    }
+    if let Some(p) = child.stderr.take() {
+        outputs.push((OwnedFd::from(p), Kind::Stderr));
+    }
+    let tty = master.is_some();
+    let terminal = match master.as_ref().map(File::try_clone).transpose() {
+        Ok(t) => t,
         Err(e) => {
             let _ = kill(pid, Signal::SIGKILL);
             return Response::Failed(format!("agent: {e}"));
         }
     };
-    let boxed = |r: Option<Box<dyn Read + Send>>, kind| (r, kind);
-    let outputs = [
-        boxed(child.stdout.take().map(|p| Box::new(p) as _), Kind::Stdout),
-        boxed(child.stderr.take().map(|p| Box::new(p) as _), Kind::Stderr),
-        boxed(terminal.map(|t| Box::new(t) as _), Kind::Stdout),
-    ];
-    let pumps = Pumps::start(outputs, &out);
+    if let Some(t) = terminal {
+        outputs.push((OwnedFd::from(t), Kind::Stdout));
+    }
     let input = Input {
         stdin: child
             .stdin
@@ -79,14 +74,19 @@ pub fn run(conn: &mut File, req: ExecRequest) -> Response {
         terminal: master,
         pid,
     };
-    if let Ok(conn) = conn.try_clone() {
-        // Detached: it ends when the host closes the connection.
-        std::thread::spawn(move || input.feed(conn));
-    }
-    let (status, timed_out) = wait_for_exit(&exited, pid, req.timeout_ms, start);
-    pumps.drain(req.tty.is_some());
-    // From here on only the response is written on the connection.
-    out.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // Writing to the command's stdin (or terminal) may block until it reads: that needs a
+    // thread of its own, or a command blocked on full output would never be read. Signals
+    // and window sizes alone are handled between outputs, on this thread.
+    let controls = if input.stdin.is_some() || input.terminal.is_some() {
+        if let Ok(conn) = conn.try_clone() {
+            // Detached: it ends when the host closes the connection.
+            std::thread::spawn(move || input.feed(conn));
+        }
+        None
+    } else {
+        Some(input)
+    };
+    let (status, timed_out) = relay(conn, outputs, controls, exit, tty);
     drop(child); // Never waited on: the reaper collected it.
     Response::Exited(exit_info(status, timed_out, start))
 }
@@ -133,7 +133,11 @@ fn set_env(cmd: &mut Command, req: &ExecRequest) {
 fn set_place(cmd: &mut Command, req: &ExecRequest) -> Result<(), String> {
     let cwd = req.cwd.clone().unwrap_or_else(|| "/".into());
     let Some(root) = &req.root else {
-        cmd.current_dir(cwd);
+        // Already there (the agent runs in `/`): leaving the directory alone keeps std on
+        // posix_spawn (vfork, no copy of the agent's page tables) instead of fork.
+        if std::env::current_dir().map_or(true, |here| here != std::path::Path::new(&cwd)) {
+            cmd.current_dir(cwd);
+        }
         if let Some(gid) = req.gid {
             cmd.gid(gid);
         }
@@ -156,26 +160,6 @@ fn set_place(cmd: &mut Command, req: &ExecRequest) -> Result<(), String> {
     Ok(())
 }
 
-/// Waits for the command's exit status, killing its process group when `timeout_ms` runs
-/// out; returns the status (if the reaper reported one) and whether it timed out.
-fn wait_for_exit(
-    exited: &Receiver<WaitStatus>,
-    pid: Pid,
-    timeout_ms: Option<u64>,
-    start: Instant,
-) -> (Option<WaitStatus>, bool) {
-    let Some(limit) = timeout_ms.map(Duration::from_millis) else {
-        return (exited.recv().ok(), false);
-    };
-    match exited.recv_timeout(limit.saturating_sub(start.elapsed())) {
-        Ok(s) => (Some(s), false),
-        Err(_) => {
-            let _ = killpg(pid, Signal::SIGKILL);
-            (exited.recv().ok(), true)
-        }
-    }
-}
-
 /// The final report of a command that ended with `status`.
 fn exit_info(status: Option<WaitStatus>, timed_out: bool, start: Instant) -> ExitInfo {
     let (code, signal) = match status {
@@ -188,45 +172,6 @@ fn exit_info(status: Option<WaitStatus>, timed_out: bool, start: Instant) -> Exi
         signal,
         timed_out,
         duration_us: start.elapsed().as_micros() as u64,
-    }
-}
-
-/// The threads copying the command's output to the connection.
-struct Pumps {
-    count: usize,
-    ended: Receiver<()>,
-}
-
-impl Pumps {
-    /// One thread per output that exists, each writing frames of its kind to `out`.
-    fn start(outputs: [(Option<Box<dyn Read + Send>>, Kind); 3], out: &Output) -> Pumps {
-        let (ended_tx, ended) = channel();
-        let mut count = 0;
-        for (pipe, kind) in outputs {
-            let Some(pipe) = pipe else { continue };
-            let (out, ended_tx) = (out.clone(), ended_tx.clone());
-            count += 1;
-            std::thread::spawn(move || {
-                pump(pipe, kind, &out);
-                let _ = ended_tx.send(());
-            });
-        }
-        Pumps { count, ended }
-    }
-
-    /// Waits until every output has been copied; a terminal only for [`TTY_DRAIN`], since
-    /// processes the command left behind may keep it open.
-    fn drain(self, tty: bool) {
-        for _ in 0..self.count {
-            let ended = if tty {
-                self.ended.recv_timeout(TTY_DRAIN).is_ok()
-            } else {
-                self.ended.recv().is_ok()
-            };
-            if !ended {
-                break;
-            }
-        }
     }
 }
 
@@ -254,33 +199,8 @@ fn enter_root(root: &CStr, cwd: &CStr, uid: Option<u32>, gid: Option<u32>) -> st
     Ok(())
 }
 
-/// Copies one output pipe (or the terminal) into frames of `kind` until end of file (or,
-/// for a terminal, EIO once nothing holds it).
-fn pump(mut pipe: Box<dyn Read + Send>, kind: Kind, out: &Mutex<Option<File>>) {
-    let mut buf = vec![0u8; DATA_CHUNK];
-    // Once the host has left (a detached workload, a restored clone whose connections were
-    // reset), output is read and dropped: the command runs on as with output to /dev/null
-    // instead of dying of SIGPIPE or blocking on a full pipe.
-    let mut host_left = false;
-    loop {
-        match pipe.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) if host_left => {}
-            Ok(n) => {
-                let mut conn = out.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(conn) = conn.as_mut() else { return };
-                if write_frame(conn, kind, &buf[..n]).is_err() {
-                    host_left = true;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
-}
-
 /// Where the host's stdin frames and controls go.
-struct Input {
+pub struct Input {
     /// The command's stdin pipe, when it has one.
     stdin: Option<Box<dyn Write + Send>>,
     /// The agent's end of the command's terminal, when it has one.
@@ -292,24 +212,32 @@ impl Input {
     /// Feeds stdin frames to the command and applies controls, until the host closes.
     fn feed(mut self, mut conn: File) {
         while let Ok(f) = read_frame(&mut conn) {
-            match f.kind {
-                Kind::Stdin => self.stdin(&f.body),
-                Kind::Control => match f.json() {
-                    Ok(Control::Signal(n)) => {
-                        if let Ok(sig) = Signal::try_from(n) {
-                            let _ = kill(self.pid, sig);
-                        }
-                    }
-                    Ok(Control::Resize(size)) => {
-                        if let Some(t) = &self.terminal {
-                            tty::resize(t, size);
-                        }
-                    }
-                    Err(_) => {}
-                },
-                _ => return,
+            if !self.handle(f) {
+                return;
             }
         }
+    }
+
+    /// Applies one frame from the host; false for a frame that has no place here.
+    pub fn handle(&mut self, f: Frame) -> bool {
+        match f.kind {
+            Kind::Stdin => self.stdin(&f.body),
+            Kind::Control => match f.json() {
+                Ok(Control::Signal(n)) => {
+                    if let Ok(sig) = Signal::try_from(n) {
+                        let _ = kill(self.pid, sig);
+                    }
+                }
+                Ok(Control::Resize(size)) => {
+                    if let Some(t) = &self.terminal {
+                        tty::resize(t, size);
+                    }
+                }
+                Err(_) => {}
+            },
+            _ => return false,
+        }
+        true
     }
 
     /// Writes stdin bytes; an empty frame closes stdin (on a terminal: the EOF character).

@@ -4,6 +4,7 @@
 mod exec;
 mod files;
 mod random;
+mod relay;
 mod tcp;
 mod tty;
 
