@@ -21,7 +21,17 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // The boot-time clock starts with the kernel's timekeeping: this is the kernel's share
+    // of the boot, on the clock the command's /proc/uptime reads too.
+    let since_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME);
     let verbose = setup::verbose();
+    if let Ok(t) = since_boot {
+        let ms = t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6;
+        setup::log_verbose(
+            verbose,
+            &format!("sm-init: PID 1 at {ms:.1} ms of boot time"),
+        );
+    }
     if let Err(e) = setup::mount_kernel_filesystems() {
         setup::log_error(&format!("mounting kernel file systems: {e}"));
     }

@@ -46,8 +46,21 @@ pub(crate) fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output 
         .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
         .collect();
     let dir = cmd.get_current_dir().map(Path::to_path_buf);
+    // The VMs there before: a retry removes what the stopped attempt left, not those.
+    let vm_dirs = || -> Vec<std::path::PathBuf> {
+        let dirs = std::fs::read_dir(&sm_dir).into_iter().flatten().flatten();
+        dirs.map(|d| d.path()).collect()
+    };
+    let before = vm_dirs();
+    let mut attempts = 0;
     // The same command again for a retry (a Command cannot be cloned).
     let remake = || {
+        attempts += 1;
+        if attempts > 1 {
+            for left in vm_dirs().into_iter().filter(|d| !before.contains(d)) {
+                let _ = std::fs::remove_dir_all(&left).or_else(|_| std::fs::remove_file(&left));
+            }
+        }
         let mut c = Command::new(&program);
         c.args(&args).stdin(Stdio::null());
         if let Some(dir) = &dir {
@@ -61,26 +74,31 @@ pub(crate) fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output 
         }
         c
     };
-    run_retrying_stall_explained(remake, Duration::from_secs(120), || {
-        let mut report = String::new();
-        let vms = std::fs::read_dir(&sm_dir).into_iter().flatten().flatten();
-        for log in vms.flat_map(|vm| std::fs::read_dir(vm.path()).into_iter().flatten().flatten()) {
-            if log.path().extension().is_some_and(|e| e == "log") {
-                let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-                let tail: Vec<_> = text.lines().rev().take(40).collect();
-                report += &format!("---- {} ----\n", log.path().display());
-                for line in tail.into_iter().rev() {
-                    report += line;
-                    report.push('\n');
-                }
+    run_retrying_stall_explained(remake, Duration::from_secs(120), || vm_logs(runtime))
+}
+
+/// The end of every log of the VMs under `runtime` (sm's steps, sm-vmm's and the
+/// backends' output) and the processes still running, for a hang's report.
+pub(crate) fn vm_logs(runtime: &Path) -> String {
+    let sm_dir = runtime.join("sm");
+    let mut report = String::new();
+    let vms = std::fs::read_dir(&sm_dir).into_iter().flatten().flatten();
+    for log in vms.flat_map(|vm| std::fs::read_dir(vm.path()).into_iter().flatten().flatten()) {
+        if log.path().extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            let tail: Vec<_> = text.lines().rev().take(40).collect();
+            report += &format!("---- {} ----\n", log.path().display());
+            for line in tail.into_iter().rev() {
+                report += line;
+                report.push('\n');
             }
         }
-        report += &format!(
-            "---- processes ----\n{}",
-            processes_mentioning(&sm_dir.to_string_lossy()).join("\n")
-        );
-        report
-    })
+    }
+    report += &format!(
+        "---- processes ----\n{}",
+        processes_mentioning(&sm_dir.to_string_lossy()).join("\n")
+    );
+    report
 }
 
 pub(crate) fn assert_nothing_left(runtime: &Path) {
@@ -223,34 +241,48 @@ fn a_published_port_serves_curl_and_ctrl_c_cleans_up() {
     std::fs::write(site.path().join("index.html"), "served from the guest\n").unwrap();
     // Read-only and DAX: httpd reads the page through the host's page cache.
     let mount = format!("{}:/srv:ro:dax", site.path().display());
-    let mut child = sm(runtime.path())
-        .args(["run", "-p", "18080:80", "--mount", &mount, "--"])
-        .args(["httpd", "-f", "-p", "80", "-h", "/srv"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let (child, body) = (1..)
+        .find_map(|attempt| {
+            use std::os::unix::process::CommandExt;
+            let mut child = sm(runtime.path())
+                .args(["run", "-p", "18080:80", "--mount", &mount, "--"])
+                .args(["httpd", "-f", "-p", "80", "-h", "/srv"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let start = Instant::now();
+            loop {
+                let out = Command::new("curl")
+                    .args([
+                        "-sf",
+                        "--max-time",
+                        "10",
+                        "http://127.0.0.1:18080/index.html",
+                    ])
+                    .output()
+                    .expect("curl");
+                if out.status.success() {
+                    return Some((child, String::from_utf8_lossy(&out.stdout).into_owned()));
+                }
+                if start.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some()
+                {
+                    let logs = vm_logs(runtime.path());
+                    let stalled = stop_hung(&mut child);
+                    if stalled && attempt == 1 {
+                        eprintln!("RETRY: sm run -p never served, its guest stalled\n{logs}");
+                        // What the stopped run left is not what the retry is judged by.
+                        let _ = std::fs::remove_dir_all(runtime.path().join("sm"));
+                        return None;
+                    }
+                    let out = child.wait_with_output().unwrap();
+                    panic!("never served; sm stderr: {}\n{logs}", stderr(&out));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
         .unwrap();
-    let start = Instant::now();
-    let body = loop {
-        let out = Command::new("curl")
-            .args([
-                "-sf",
-                "--max-time",
-                "10",
-                "http://127.0.0.1:18080/index.html",
-            ])
-            .output()
-            .expect("curl");
-        if out.status.success() {
-            break String::from_utf8_lossy(&out.stdout).into_owned();
-        }
-        if start.elapsed() > Duration::from_secs(120) || child.try_wait().unwrap().is_some() {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("never served; sm stderr: {}", stderr(&out));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
     assert_eq!(body, "served from the guest\n");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

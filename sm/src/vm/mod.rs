@@ -322,9 +322,10 @@ impl Vm {
         Ok(())
     }
 
-    /// Starts one backend per share and disk, and vhost-device-vsock, each waited for until
-    /// ready, then the thread that restarts them.
+    /// Starts one backend per share and disk, vhost-device-vsock and the net backend, all
+    /// at once, waits until each is ready, then starts the thread that restarts them.
     fn start_backends(&mut self, layout: &DeviceLayout) -> Result<(), VmError> {
+        let mut specs = vec![];
         for share in &layout.shares {
             let host = &share.mount.host;
             if !host.is_dir() {
@@ -333,7 +334,7 @@ impl Vm {
                     host.display()
                 )));
             }
-            self.supervisor.start(share.service())?;
+            specs.push(share.service());
         }
         for disk in &layout.disks {
             let (name, size) = match &disk.role {
@@ -343,12 +344,13 @@ impl Vm {
                     Some(prepare_volume(v)?),
                 ),
             };
-            self.supervisor.start(disk.service(name, size))?;
+            specs.push(disk.service(name, size));
         }
-        self.supervisor.start(layout::vsock_service(layout))?;
+        specs.push(layout::vsock_service(layout));
         if let Some(net) = &layout.net {
-            self.supervisor.start(net.service())?;
+            specs.push(net.service());
         }
+        self.supervisor.start_all(specs)?;
         self.supervisor
             .watch()
             .map_err(|e| VmError::Io("starting the supervisor thread".into(), e))

@@ -90,18 +90,58 @@ impl Supervisor {
     /// Starts `spec`'s backend and waits until it is ready (an exit first, or no readiness
     /// within 30 s, is an error; it is then kept for [`Supervisor::stop`] to clean up).
     pub fn start(&self, spec: ServiceSpec) -> Result<(), ProcessError> {
+        self.start_all(vec![spec])
+    }
+
+    /// Starts every backend of `specs` at once and waits until all are ready: their
+    /// start-ups (sandbox, namespaces, passt) overlap instead of adding up. The first
+    /// failure is the error; every backend started is kept for [`Supervisor::stop`].
+    pub fn start_all(&self, specs: Vec<ServiceSpec>) -> Result<(), ProcessError> {
         let index = self.shared.lock().len();
-        let mut svc = Service::new(spec, &self.shared.dir, index, self.shared.watchdog)?;
-        crate::trace::step(format_args!("starting {}", svc.name()));
-        let started = svc.spawn();
-        let result = started.and_then(|()| loop {
-            match svc.check(Instant::now()) {
-                Some(Event::Ready) => break Ok(()),
-                Some(Event::Failed(f)) => break Err(start_error(&mut svc, f)),
-                _ => std::thread::sleep(Duration::from_millis(5)),
+        let mut services = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.into_iter().enumerate() {
+            services.push(Service::new(
+                spec,
+                &self.shared.dir,
+                index + i,
+                self.shared.watchdog,
+            )?);
+        }
+        let mut result = Ok(());
+        let mut waiting = Vec::with_capacity(services.len());
+        for (i, svc) in services.iter_mut().enumerate() {
+            crate::trace::step(format_args!("starting {}", svc.name()));
+            match svc.spawn() {
+                Ok(()) => waiting.push(i),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
-        });
-        self.shared.lock().push(svc);
+        }
+        while !waiting.is_empty() {
+            waiting.retain(|&i| {
+                let svc = &mut services[i];
+                match svc.check(Instant::now()) {
+                    Some(Event::Ready) => false,
+                    Some(Event::Failed(f)) => {
+                        let e = start_error(svc, f);
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                        false
+                    }
+                    _ => true,
+                }
+            });
+            if result.is_err() {
+                break;
+            }
+            if !waiting.is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        self.shared.lock().extend(services);
         self.shared.publish();
         self.wake();
         result

@@ -538,8 +538,12 @@ impl FileSystem for SharedFs {
         self.do_write(inode, handle, r, size, offset)
     }
 
-    fn flush(&self, _ctx: &Context, inode: u64, handle: u64, _owner: u64) -> io::Result<()> {
-        self.handles.get(handle, inode).map(|_| ())
+    /// Not implemented, on purpose: FLUSH (sent on every close, and waited for) would
+    /// only release POSIX locks, which stay in the guest's kernel since this file system
+    /// does not ask for `POSIX_LOCKS`; written data is already on the host (no writeback
+    /// cache). ENOSYS once makes the guest stop sending it: one round trip less per close.
+    fn flush(&self, _ctx: &Context, _inode: u64, _handle: u64, _owner: u64) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
     }
 
     fn fsync(&self, _ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
