@@ -27,10 +27,7 @@ fn main() -> ExitCode {
     let verbose = setup::verbose();
     if let Ok(t) = since_boot {
         let ms = t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6;
-        setup::log_verbose(
-            verbose,
-            &format!("sm-init: PID 1 at {ms:.1} ms of boot time"),
-        );
+        setup::log_verbose(verbose, &format!("PID 1 at {ms:.1} ms of boot time"));
     }
     if let Err(e) = setup::mount_kernel_filesystems() {
         setup::log_error(&format!("mounting kernel file systems: {e}"));

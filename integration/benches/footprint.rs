@@ -238,6 +238,10 @@ fn qemu_stack(dir: &Path, kernel: &Path, initrd: &Path) -> Option<Sample> {
             &format!("memory-backend-memfd,id=mem,size={MEM_MIB}M,share=on"),
         ])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        // virtio-mmio version 2, as sm-vmm's: on the legacy transport (microvm's default)
+        // sm's kernel offers no VERSION_1 and qemu-storage-daemon's libvhost-user refuses
+        // the device, so the guest never came up.
+        .args(["-global", "virtio-mmio.force-legacy=false"])
         .args(["-chardev", &chardev("s0", &console)])
         .args(["-chardev", "null,id=s1"])
         .args(["-device", "isa-serial,chardev=s0"])

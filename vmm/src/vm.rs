@@ -411,6 +411,10 @@ pub fn run(config: &VmConfig, api: Option<ApiSocket>) -> Result<VmOutcome, VmErr
 
     let kernel = boot::load_kernel(&ram.memory, &config.kernel)?;
     let initrd = boot::load_initrd(&ram.memory, ram.size, &kernel, &config.initrd, &init)?;
+    tracing::debug!(
+        "boot: kernel and initramfs loaded at {:?}",
+        started.elapsed()
+    );
     let cmdline = boot::kernel_cmdline(config.verbose, config.cmdline_append.as_deref())?;
     boot::write_boot_params(&ram.memory, ram.size, &kernel, &cmdline, initrd)?;
     // Fetched once: it shapes every vCPU's CPUID and where shared memory may go.
@@ -685,6 +689,7 @@ fn run_machine(
         .transpose()
         .map_err(|e| VmError::Host("spawning the API thread", e))?;
 
+    tracing::debug!("vCPUs running at {:?}", started.elapsed());
     notify::ready("running");
     let mut watchdog = notify::Watchdog::from_env();
     let outcome = loop {
@@ -743,6 +748,7 @@ fn run_machine(
             }
         }
     };
+    tracing::debug!("guest stopped at {:?}: {outcome:?}", started.elapsed());
     // Guest RAM and the VM are released when the process exits; the vCPU threads are
     // blocked in KVM_RUN or on the bus and need no orderly join for that.
     std::mem::forget(m);
