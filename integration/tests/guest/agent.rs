@@ -54,9 +54,14 @@ impl RunningVm {
     }
 
     fn exec(&self, argv: &[&str]) -> sm_agent::client::ExecOutput {
-        self.agent
-            .exec(&request(argv), None)
-            .unwrap_or_else(|e| panic!("exec {argv:?}: {e}"))
+        self.agent.exec(&request(argv), None).unwrap_or_else(|e| {
+            // Whether the guest sat halted (the nested emulation's stall) or was busy.
+            let stalled = guests_stalled(std::process::id());
+            panic!(
+                "exec {argv:?}: {e} (guest stalled: {stalled})\n{}",
+                processes()
+            )
+        })
     }
 
     fn stop(&mut self) -> std::process::Output {

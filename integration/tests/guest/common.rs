@@ -324,7 +324,7 @@ const STALL_LOOKS: usize = 10;
 /// KVM (`kvm_vcpu_block`/`kvm_vcpu_halt`), in any of [`STALL_LOOKS`] looks 100 ms apart: a
 /// stalled guest still wakes for its timers now and then, and one look can land on such a
 /// moment.
-fn guests_stalled(root: u32) -> bool {
+pub fn guests_stalled(root: u32) -> bool {
     let halted = (0..STALL_LOOKS)
         .filter(|&look| {
             if look > 0 {

@@ -440,9 +440,14 @@ fn agent_exec(agent: &Agent, script: &str) -> String {
         argv: vec!["sh".into(), "-c".into(), script.into()],
         ..Default::default()
     };
-    let out = agent
-        .exec(&request, None)
-        .unwrap_or_else(|e| panic!("exec {script:?}: {e}"));
+    let out = agent.exec(&request, None).unwrap_or_else(|e| {
+        // Whether this test's guests sat halted (the nested emulation's stall) or were busy.
+        let stalled = guests_stalled(std::process::id());
+        panic!(
+            "exec {script:?}: {e} (guest stalled: {stalled})\n{}",
+            processes()
+        )
+    });
     assert_eq!(
         out.exit.code,
         Some(0),
