@@ -2,8 +2,8 @@
 //! sm-vmm with the Debian cloud kernel (bzImage, modules from the initramfs) and QEMU
 //! (`-M microvm` with each kernel, `-M pc` with Debian's), same initramfs and memory,
 //! interleaved, 10 runs each. Prints min / median / max and the ratios of medians, then the
-//! guest's own view for each kernel booted by sm-vmm: from the kernel's start to the first
-//! command (on the guest's boot-time clock).
+//! guest's own view for each kernel booted by sm-vmm: from the kernel's start to PID 1 and
+//! to the first command (both on the guest's boot-time clock).
 //! Needs hardware-style KVM: `scripts/bench` runs it inside the test VM where the host's KVM
 //! is PVM.
 
@@ -44,10 +44,12 @@ struct Contender {
     times: Vec<Duration>,
 }
 
-/// `sm-vmm` booting `kernel` with the benchmark's memory to run `argv`.
-fn sm_vmm(kernel: &Path, argv: &[&str]) -> Command {
+/// `sm-vmm` booting `kernel` with the benchmark's memory and `flags` to run `argv`.
+fn sm_vmm(kernel: &Path, flags: &[&str], argv: &[&str]) -> Command {
     let mut c = Command::new(bin_dir().join("sm-vmm"));
-    c.args(["--mem", MEM_MIB, "--kernel"])
+    c.args(["--mem", MEM_MIB])
+        .args(flags)
+        .arg("--kernel")
         .arg(kernel)
         .arg("--")
         .args(argv);
@@ -101,8 +103,8 @@ fn main() {
         times: vec![],
     };
     let mut contenders = vec![
-        contender("sm-vmm, sm kernel", sm_vmm(&ours, &["true"]), 0),
-        contender("sm-vmm, Debian", sm_vmm(&debian, &["true"]), 0),
+        contender("sm-vmm, sm kernel", sm_vmm(&ours, &[], &["true"]), 0),
+        contender("sm-vmm, Debian", sm_vmm(&debian, &[], &["true"]), 0),
         contender(
             "microvm, sm kernel",
             qemu("microvm,acpi=off", &ours, &qemu_initrd),
@@ -170,7 +172,7 @@ fn guest_view(runs: usize, kernels: &[(&str, &Path)]) {
     for (name, kernel) in kernels {
         let (mut to_init, mut to_cmd) = (vec![], vec![]);
         for _ in 0..runs {
-            let out = sm_vmm(kernel, &["cat", "/proc/uptime"])
+            let out = sm_vmm(kernel, &[], &["cat", "/proc/uptime"])
                 .stdin(Stdio::null())
                 .output()
                 .expect("spawn sm-vmm");
@@ -186,7 +188,8 @@ fn guest_view(runs: usize, kernels: &[(&str, &Path)]) {
                 );
             };
             to_cmd.push(Duration::from_secs_f64(uptime));
-            let out = sm_vmm_verbose_init(kernel)
+            // The kernel quiet, sm-init verbose.
+            let out = sm_vmm(kernel, &["--cmdline-append", "sm.verbose=1"], &["true"])
                 .stdin(Stdio::null())
                 .output()
                 .expect("spawn sm-vmm");
@@ -207,19 +210,4 @@ fn guest_view(runs: usize, kernels: &[(&str, &Path)]) {
             stats(&to_cmd).1
         );
     }
-}
-
-/// sm-vmm booting `kernel` to `true`, the kernel quiet, sm-init verbose.
-fn sm_vmm_verbose_init(kernel: &Path) -> Command {
-    let mut c = Command::new(bin_dir().join("sm-vmm"));
-    c.args([
-        "--mem",
-        MEM_MIB,
-        "--cmdline-append",
-        "sm.verbose=1",
-        "--kernel",
-    ])
-    .arg(kernel)
-    .args(["--", "true"]);
-    c
 }

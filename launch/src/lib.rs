@@ -6,7 +6,8 @@
 //! process that refuses to start. It also holds what every binary does the same way: flag
 //! errors as one line ([`one_line`]), the one logging switch ([`init_logging`]), how a
 //! started process is waited for until it serves ([`readiness`]), and the service manager's
-//! end of sd_notify ([`notify`]).
+//! end of sd_notify ([`notify`]), and the signal mask a started process begins with
+//! ([`clear_signal_mask`]).
 
 #![warn(missing_docs)]
 
@@ -17,6 +18,24 @@ pub mod readiness;
 
 pub use args::{assert_round_trip, ArgWriter, CommandLine};
 pub use logging::{init_logging, log_filter, DEBUG_VAR, LOG_VAR};
+
+/// For a `pre_exec` hook: empties the signal mask, which survives exec. A parent that
+/// blocks signals to wait for them on a thread (as `sm` does) would otherwise hand the mask
+/// to programs that never unblock them (vhost-device-vsock, passt), which then ignore
+/// SIGTERM. Async-signal-safe: only `sigemptyset` and `pthread_sigmask` on a set on the stack.
+pub fn clear_signal_mask() -> std::io::Result<()> {
+    // SAFETY: a sigset_t is plain data, initialised by sigemptyset before pthread_sigmask
+    // reads it; no old set is written back.
+    let e = unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut())
+    };
+    match e {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
 
 /// clap's message spans lines (details, then usage): keeps the part before the first blank
 /// line, joined into one, without clap's `error: ` prefix.

@@ -114,8 +114,8 @@ pub fn spawn(config: &PasstConfig) -> Result<Passt, PasstError> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(stderr));
     // SAFETY: between fork and exec the closure only makes async-signal-safe system calls
-    // (prctl, getppid, fcntl, _exit, sigemptyset, pthread_sigmask) on integers and a set on
-    // its own stack; it allocates nothing.
+    // (prctl, getppid, fcntl, _exit, and those of `clear_signal_mask`) on integers and a set
+    // on its own stack; it allocates nothing.
     unsafe {
         let parent = libc::getpid();
         cmd.pre_exec(move || {
@@ -129,15 +129,9 @@ pub fn spawn(config: &PasstConfig) -> Result<Passt, PasstError> {
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
-            // A signal mask survives exec, and passt unblocks nothing: one inherited from
-            // whoever started this backend would keep passt from seeing SIGTERM.
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            let e = libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            if e != 0 {
-                return Err(io::Error::from_raw_os_error(e));
-            }
-            Ok(())
+            // passt unblocks nothing: a mask inherited from whoever started this backend
+            // would keep it from seeing SIGTERM.
+            sm_launch::clear_signal_mask()
         });
     }
     let child = cmd.spawn().map_err(|source| PasstError::Spawn {

@@ -107,21 +107,11 @@ impl Proc {
             cmd.env_remove(var);
         }
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        // sm blocks the stop signals (and SIGWINCH) to wait for them on a thread, and a
-        // signal mask survives exec: unreset, vhost-device-vsock and passt never saw the
-        // supervisor's SIGTERM and every stop waited 2 s per backend for the SIGKILL.
-        // SAFETY: the closure only calls sigemptyset and pthread_sigmask, which are
-        // async-signal-safe, on a set on its own stack.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mut none: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut none);
-                match libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) {
-                    0 => Ok(()),
-                    e => Err(std::io::Error::from_raw_os_error(e)),
-                }
-            })
-        };
+        // sm blocks the stop signals (and SIGWINCH) to wait for them on a thread: unreset,
+        // vhost-device-vsock and passt never saw the supervisor's SIGTERM and every stop
+        // waited 2 s per backend for the SIGKILL.
+        // SAFETY: the hook is async-signal-safe (see `clear_signal_mask`).
+        unsafe { cmd.pre_exec(sm_launch::clear_signal_mask) };
         if let Some(fd) = inherit {
             // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe (sm
             // has threads: nothing that allocates or locks may run between fork and exec).

@@ -348,15 +348,15 @@ impl Service {
         self.pidfd = None;
         if let Some(mut p) = self.proc.take() {
             let start = Instant::now();
-            let status = p.stop_group(Signal::SIGTERM, grace);
+            let how = p.stop_group(Signal::SIGTERM, grace).map(describe);
             crate::trace::step(format_args!(
                 "{} stopped in {:?}: {}",
                 self.name(),
                 start.elapsed(),
-                status.map_or("no status".into(), describe)
+                how.as_deref().unwrap_or("no status")
             ));
-            if let Some(status) = status {
-                self.last_exit = Some((describe(status), SystemTime::now()));
+            if let Some(how) = how {
+                self.last_exit = Some((how, SystemTime::now()));
             }
         }
     }
