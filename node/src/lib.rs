@@ -2,7 +2,7 @@
 //! `pool.acquire`, and a VM's `exec`, `spawn`, `writeFile`, `readFile`, `exposeTcp`,
 //! `snapshot` and `release`. Every call that waits runs on a thread of its own (never on
 //! the JS thread, nor on libuv's small pool, so that many VMs can be driven at once) and
-//! settles a promise; a failure rejects with an `Error` whose message is sm's one line and
+//! settles a promise (a `release` that cannot wait is done on the JS thread); a failure rejects with an `Error` whose message is sm's one line and
 //! whose `code` says what failed: `image`, `boot`, `timeout`, `exec`, `pool`, `snapshot`,
 //! `io` or `args`. `index.js` beside this crate is the package's entry point.
 

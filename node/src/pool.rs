@@ -40,6 +40,7 @@ impl Pool {
     #[napi(ts_return_type = "Promise<Vm>")]
     pub fn acquire<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
         let cell = self.cell();
+        let kept = cell.clone();
         promise(
             env,
             move || {
@@ -49,7 +50,12 @@ impl Pool {
                     .ok_or_else(|| Fail::new("pool", "the pool is shut down"))?;
                 pool.acquire().map_err(pool_fail)
             },
-            |_, vm| Ok(Vm::of(Arc::new(VmInner::new(Target::Pooled(Box::new(vm)))))),
+            move |_, vm| {
+                Ok(Vm::of(Arc::new(VmInner::new(Target::Pooled {
+                    vm: Box::new(vm),
+                    pool: kept,
+                }))))
+            },
         )
     }
 

@@ -4,8 +4,11 @@ use super::*;
 
 /// What a JS VM object drives.
 pub(crate) enum Target {
-    /// A VM handed out by a pool.
-    Pooled(Box<sm::PooledVm>),
+    /// A VM handed out by a pool, and that pool (empty once shut down).
+    Pooled {
+        vm: Box<sm::PooledVm>,
+        pool: PoolCell,
+    },
     /// The VM of a bake, during its warm-up (its agent and the image's root).
     Warmup { agent: Agent, root: Option<String> },
 }
@@ -13,14 +16,14 @@ pub(crate) enum Target {
 impl Target {
     pub(crate) fn agent(&self) -> &Agent {
         match self {
-            Target::Pooled(vm) => vm.agent(),
+            Target::Pooled { vm, .. } => vm.agent(),
             Target::Warmup { agent, .. } => agent,
         }
     }
 
     pub(crate) fn root(&self) -> &str {
         match self {
-            Target::Pooled(vm) => vm.guest_root().unwrap_or(""),
+            Target::Pooled { vm, .. } => vm.guest_root().unwrap_or(""),
             Target::Warmup { root, .. } => root.as_deref().unwrap_or(""),
         }
     }
@@ -29,7 +32,7 @@ impl Target {
     /// directory and user).
     pub(crate) fn exec(&self, argv: &[String]) -> sm::ExecBuilder<'_> {
         match self {
-            Target::Pooled(vm) => vm.exec(argv),
+            Target::Pooled { vm, .. } => vm.exec(argv),
             Target::Warmup { agent, root } => sm::ExecBuilder::new(
                 agent,
                 ExecRequest {
@@ -81,9 +84,36 @@ impl VmInner {
         for f in lock(&self.forwarders).drain(..) {
             f.close();
         }
-        if let Some(Target::Pooled(vm)) = target {
+        if let Some(Target::Pooled { vm, .. }) = target {
             (*vm).release();
         }
+    }
+
+    /// Releases the VM here and now (on the JS thread) if nothing in that can wait: no
+    /// call in flight holds the VM, no forwarder is open (closing one joins its thread),
+    /// and its pool still runs (the pool's own threads park or replace the VM; a shut-down
+    /// pool's release stops it). Returns whether it did; if not, nothing changed.
+    pub(crate) fn release_at_once(&self) -> bool {
+        let Ok(mut target) = self.target.try_write() else {
+            return false;
+        };
+        if !lock(&self.forwarders).is_empty() {
+            return false;
+        }
+        let pool = match target.as_ref() {
+            Some(Target::Pooled { pool, .. }) => Some(pool.clone()),
+            _ => None,
+        };
+        // Held to the end, so the pool cannot shut down meanwhile.
+        let running = pool.as_ref().map(|p| p.try_read());
+        if matches!(&running, Some(Err(_))) || matches!(&running, Some(Ok(p)) if p.is_none()) {
+            return false;
+        }
+        *lock(&self.gone) = "the VM was released";
+        if let Some(Target::Pooled { vm, .. }) = target.take() {
+            (*vm).release();
+        }
+        true
     }
 }
 
@@ -333,7 +363,7 @@ impl Vm {
             env,
             move || {
                 inner.with(|t| match t {
-                    Target::Pooled(vm) => vm
+                    Target::Pooled { vm, .. } => vm
                         .snapshot(std::path::Path::new(&dir))
                         .map_err(|e| Fail::new("snapshot", e)),
                     Target::Warmup { .. } => Err(Fail::new(
@@ -344,6 +374,13 @@ impl Vm {
             },
             |_, ()| Ok(()),
         )
+    }
+
+    /// Gives the VM back to its pool at once when that cannot wait (see
+    /// `VmInner::release_at_once`): true if it did, else `release` is the way.
+    #[napi]
+    pub fn release_now(&self) -> bool {
+        self.inner().release_at_once()
     }
 
     /// Gives the VM back to its pool (its forwarders close); later calls reject.

@@ -220,6 +220,15 @@ test('release: a fresh clone next (restoreOnRelease), the same VM without it; ca
     await reuse.shutdown();
   }
   await rejectsWith(reuse.acquire(), 'pool');
+
+  // A VM still out when its pool shuts down is stopped by its release (with its forward).
+  const late = await image.pool({ min: 1, max: 1 });
+  const out = await late.acquire();
+  const fwd = await out.exposeTcp({ guestPort: 8080 });
+  await late.shutdown();
+  await out.release();
+  await rejectsWith(out.exec({ argv: ['true'] }), 'pool');
+  await assert.rejects(get(`http://${fwd.address}/`));
 });
 
 test('network: the host answers a clone only where its pool egress rules allow', async () => {
