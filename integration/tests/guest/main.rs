@@ -9,6 +9,7 @@ mod blk;
 mod boot;
 mod clone;
 mod common;
+mod escape;
 mod fs;
 mod image;
 mod net;
