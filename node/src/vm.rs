@@ -89,6 +89,11 @@ impl VmInner {
         }
     }
 
+    /// Whether nothing is left to drop but memory: no target, no forwarder.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.target.try_read().is_ok_and(|t| t.is_none()) && lock(&self.forwarders).is_empty()
+    }
+
     /// Releases the VM here and now (on the JS thread) if nothing in that can wait: no
     /// call in flight holds the VM, no forwarder is open (closing one joins its thread),
     /// and its pool still runs (the pool's own threads park or replace the VM; a shut-down
@@ -194,8 +199,15 @@ impl Vm {
 }
 
 impl Drop for Vm {
+    /// Runs when JS collects the object, on the JS thread. A VM released already (the usual
+    /// case) or one that can be released at once is dropped here: a thread start costs far
+    /// more than that. Only a drop that may wait (a call in flight, an open forward, a shut-down
+    /// pool) gets a thread.
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
+            if inner.is_empty() || inner.release_at_once() {
+                return;
+            }
             let _ = std::thread::Builder::new().spawn(move || drop(inner));
         }
     }
