@@ -84,20 +84,14 @@ impl VmInner {
         for f in lock(&self.forwarders).drain(..) {
             f.close();
         }
-        if let Some(Target::Pooled { vm, .. }) = target {
-            (*vm).release();
-        }
-    }
-
-    /// Whether nothing is left to drop but memory: no target, no forwarder.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.target.try_read().is_ok_and(|t| t.is_none()) && lock(&self.forwarders).is_empty()
+        give_back(target);
     }
 
     /// Releases the VM here and now (on the JS thread) if nothing in that can wait: no
     /// call in flight holds the VM, no forwarder is open (closing one joins its thread),
     /// and its pool still runs (the pool's own threads park or replace the VM; a shut-down
-    /// pool's release stops it). Returns whether it did; if not, nothing changed.
+    /// pool's release stops it). A VM released already is left as it is, and true.
+    /// Returns whether it did; if not, nothing changed.
     pub(crate) fn release_at_once(&self) -> bool {
         let Ok(mut target) = self.target.try_write() else {
             return false;
@@ -114,11 +108,18 @@ impl VmInner {
         if matches!(&running, Some(Err(_))) || matches!(&running, Some(Ok(p)) if p.is_none()) {
             return false;
         }
-        *lock(&self.gone) = "the VM was released";
-        if let Some(Target::Pooled { vm, .. }) = target.take() {
-            (*vm).release();
+        if target.is_some() {
+            *lock(&self.gone) = "the VM was released";
+            give_back(target.take());
         }
         true
+    }
+}
+
+/// A pooled VM goes back to its pool; a warm-up's target has nothing to give back.
+fn give_back(target: Option<Target>) {
+    if let Some(Target::Pooled { vm, .. }) = target {
+        (*vm).release();
     }
 }
 
@@ -205,7 +206,7 @@ impl Drop for Vm {
     /// pool) gets a thread.
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            if inner.is_empty() || inner.release_at_once() {
+            if inner.release_at_once() {
                 return;
             }
             let _ = std::thread::Builder::new().spawn(move || drop(inner));
