@@ -20,7 +20,7 @@ mod syscalls;
 use std::path::{Path, PathBuf};
 
 pub use caps::Capability;
-pub use syscalls::VHOST_USER_SYSCALLS;
+pub use syscalls::{QUEUE_WORKER_SYSCALLS, VHOST_USER_SYSCALLS};
 
 /// Errors entering the sandbox; each names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +68,7 @@ pub struct Policy {
     proc: bool,
     host_tree: bool,
     companion: Option<u32>,
+    worker_syscalls: Option<Vec<libc::c_long>>,
 }
 
 impl Policy {
@@ -126,6 +127,17 @@ impl Policy {
         self
     }
 
+    /// Queue worker threads narrow themselves to these system calls (on top of
+    /// [`QUEUE_WORKER_SYSCALLS`]) when they call [`narrow_worker_thread`].
+    pub fn worker_syscalls(mut self, syscalls: &[libc::c_long]) -> Self {
+        let mut all = QUEUE_WORKER_SYSCALLS.to_vec();
+        all.extend_from_slice(syscalls);
+        all.sort_unstable();
+        all.dedup();
+        self.worker_syscalls = Some(all);
+        self
+    }
+
     /// The system calls the filter allows.
     pub fn syscalls(&self) -> Vec<libc::c_long> {
         let mut all = VHOST_USER_SYSCALLS.to_vec();
@@ -171,6 +183,7 @@ pub fn enter_chroot(policy: &Policy, root: &Path) -> Result<(), SandboxError> {
     mounts::chroot(root)?;
     privileges::drop_capabilities(&policy.keep_caps)?;
     syscalls::install(&policy.syscalls())?;
+    keep_worker_syscalls(policy);
     tracing::info!(
         "sandboxed: chroot {}; capabilities kept: {:?}; landlock {landlock}; seccomp allowlist \
          of {} syscalls",
@@ -179,6 +192,40 @@ pub fn enter_chroot(policy: &Policy, root: &Path) -> Result<(), SandboxError> {
         policy.syscalls().len()
     );
     Ok(())
+}
+
+/// The allowlist of queue worker threads, once the process is sandboxed with one.
+static WORKER_SYSCALLS: std::sync::OnceLock<Vec<libc::c_long>> = std::sync::OnceLock::new();
+
+thread_local! {
+    /// Whether this thread has narrowed its filter already.
+    static NARROWED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Called by a queue worker thread as it handles an event: the first call on each thread
+/// narrows that thread to the policy's worker allowlist ([`Policy::worker_syscalls`]).
+/// Does nothing outside a sandbox, or when the policy has none.
+pub fn narrow_worker_thread() -> Result<(), SandboxError> {
+    let Some(allowed) = WORKER_SYSCALLS.get() else {
+        return Ok(());
+    };
+    if NARROWED.get() {
+        return Ok(());
+    }
+    syscalls::narrow_this_thread(allowed)?;
+    NARROWED.set(true);
+    tracing::info!(
+        "queue worker thread {} narrowed to {} system calls",
+        std::thread::current().name().unwrap_or("?"),
+        allowed.len()
+    );
+    Ok(())
+}
+
+fn keep_worker_syscalls(policy: &Policy) {
+    if let Some(list) = &policy.worker_syscalls {
+        let _ = WORKER_SYSCALLS.set(list.clone());
+    }
 }
 
 /// Moves the calling process into the sandbox described by `policy`.
@@ -207,6 +254,7 @@ pub fn enter(policy: &Policy) -> Result<(), SandboxError> {
     let landlock = landlock_rules::restrict(&landlock_paths)?;
     privileges::drop_capabilities(&policy.keep_caps)?;
     syscalls::install(&policy.syscalls())?;
+    keep_worker_syscalls(policy);
     tracing::info!(
         "sandboxed: namespaces mnt,pid,net,ipc,uts{}; {} root with {} path(s); capabilities \
          kept: {:?}; landlock {landlock}; seccomp allowlist of {} syscalls",

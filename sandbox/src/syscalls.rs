@@ -60,6 +60,8 @@ pub const VHOST_USER_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_sched_getaffinity,
     libc::SYS_sched_yield,
     libc::SYS_prctl,
+    // a worker thread narrowing its own filter (both only ever restrict)
+    libc::SYS_seccomp,
     libc::SYS_gettid,
     libc::SYS_getpid,
     libc::SYS_tgkill,
@@ -116,19 +118,74 @@ pub fn install(allowed: &[libc::c_long]) -> Result<(), SeccompError> {
         libc::CLONE_THREAD as u64,
     )?;
     narrow(&mut rules, libc::SYS_clone, thread_only)?;
-    // Naming threads is the only prctl the serving loop makes.
-    let set_name = SeccompCondition::new(
+    // The serving loop's prctls: naming threads, and no_new_privs, which a worker thread
+    // sets before narrowing its own filter (it is set already; setting it again changes
+    // nothing).
+    let prctl = |op: libc::c_int| {
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, op as u64)
+            .and_then(|c| SeccompRule::new(vec![c]))
+    };
+    if let Some(r) = rules.get_mut(&libc::SYS_prctl) {
+        *r = vec![prctl(libc::PR_SET_NAME)?, prctl(libc::PR_SET_NO_NEW_PRIVS)?];
+    }
+    // seccomp(2) only to add a filter, which can only take calls away.
+    let add_filter = SeccompCondition::new(
         0,
         SeccompCmpArgLen::Dword,
         SeccompCmpOp::Eq,
-        libc::PR_SET_NAME as u64,
+        libc::SECCOMP_SET_MODE_FILTER as u64,
     )?;
-    narrow(&mut rules, libc::SYS_prctl, set_name)?;
+    narrow(&mut rules, libc::SYS_seccomp, add_filter)?;
     let allowlist = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch)?;
     for filter in [no_clone3, allowlist] {
         let bpf: BpfProgram = filter.try_into()?;
         seccompiler::apply_filter_all_threads(&bpf)?;
     }
+    Ok(())
+}
+
+/// What a queue worker thread of a backend needs besides its device's own I/O calls: its
+/// epoll loop, eventfd kicks and calls, the allocator, logging, and ending. No accepting,
+/// no fds received, no threads started, no files opened.
+pub const QUEUE_WORKER_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_writev,
+    libc::SYS_close,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    libc::SYS_futex,
+    libc::SYS_sched_yield,
+    libc::SYS_rseq,
+    libc::SYS_sigaltstack,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_tgkill,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_restart_syscall,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_getrandom,
+];
+
+/// Narrows the calling thread (only it, and threads it starts later) to `allowed`, on top
+/// of the process's filter; a call outside it ends the process as any violation does.
+pub fn narrow_this_thread(allowed: &[libc::c_long]) -> Result<(), SeccompError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed.iter().map(|nr| (*nr, vec![])).collect();
+    let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch()?)?;
+    let bpf: BpfProgram = filter.try_into()?;
+    seccompiler::apply_filter(&bpf)?;
     Ok(())
 }
 

@@ -39,6 +39,11 @@ fn scenario(name: &str) -> ! {
         "chroot" => Policy::default()
             .allow_syscalls(FILE_SYSCALLS)
             .expose_writable(Path::new(&dir).join("rw")),
+        // Workers narrowed to the queue worker list: no file opening.
+        "worker_opens" | "worker_serves" => Policy::default()
+            .allow_syscalls(FILE_SYSCALLS)
+            .expose_read_only(Path::new(&dir).join("ro"))
+            .worker_syscalls(&[]),
         _ => Policy::default().allow_syscalls(FILE_SYSCALLS),
     };
     let entered = if name == "chroot" {
@@ -106,6 +111,37 @@ fn scenario(name: &str) -> ! {
             must(
                 std::fs::read(Path::new(&dir).join("ro/f")).is_err(),
                 "outside the root unreachable",
+            );
+        }
+        "worker_opens" => {
+            let f = Path::new(&dir).join("ro/f");
+            must(std::fs::read(&f).is_ok(), "the main thread opens files");
+            let worker = std::thread::spawn(move || {
+                must(sm_sandbox::narrow_worker_thread().is_ok(), "narrowed");
+                // Refused on this thread: the process ends with one line.
+                let _ = std::fs::read(&f);
+            });
+            let _ = worker.join();
+            must(false, "the worker's open was refused");
+        }
+        "worker_serves" => {
+            let f = Path::new(&dir).join("ro/f");
+            let worker = std::thread::spawn(|| {
+                must(sm_sandbox::narrow_worker_thread().is_ok(), "narrowed");
+                must(sm_sandbox::narrow_worker_thread().is_ok(), "twice is once");
+                // What a queue worker does: allocate, log, wait, and end.
+                let v: Vec<u8> = vec![7; 4 << 20];
+                eprintln!("worker served {} bytes", v.len());
+                std::thread::sleep(Duration::from_millis(5));
+                v.len()
+            });
+            must(
+                worker.join().ok() == Some(4 << 20),
+                "the worker ran and ended",
+            );
+            must(
+                std::fs::read(&f).ok().as_deref() == Some(b"hello"),
+                "the main thread still opens files",
             );
         }
         "threads" => {
@@ -227,6 +263,11 @@ fn main() {
             "socket_blocked",
             expect_blocked(&run("socket", dir, &[]), libc::SYS_socket),
         ),
+        (
+            "worker_open_blocked",
+            expect_blocked(&run("worker_opens", dir, &[]), libc::SYS_openat),
+        ),
+        ("worker_serves", expect_ok(&run("worker_serves", dir, &[]))),
         (
             "fork_blocked",
             expect_blocked(&run("fork", dir, &[]), libc::SYS_clone),

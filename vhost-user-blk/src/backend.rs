@@ -174,6 +174,8 @@ impl VhostUserBackend for BlkBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        // The first event on a worker thread narrows its seccomp filter (in a sandbox).
+        sm_sandbox::narrow_worker_thread().map_err(io::Error::other)?;
         handle_queue_event(device_event, evset, vrings, thread_id, |vring, _| {
             vring.set_stop_hook(|| {
                 let image = self.image.clone();

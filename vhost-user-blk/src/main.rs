@@ -40,9 +40,11 @@ fn run(args: BlkArgs, source: ListenSource) -> Result<(), MainError> {
         source
     );
     match args.sandbox {
-        SandboxMode::Namespace => {
-            sm_sandbox::enter(&sm_sandbox::Policy::default().allow_syscalls(IMAGE_SYSCALLS))?
-        }
+        SandboxMode::Namespace => sm_sandbox::enter(
+            &sm_sandbox::Policy::default()
+                .allow_syscalls(IMAGE_SYSCALLS)
+                .worker_syscalls(IMAGE_SYSCALLS),
+        )?,
         SandboxMode::None => warn!(
             "--sandbox none: NOT SANDBOXED. This process keeps the host file system, \
              network and all its privileges; a guest exploiting it owns them too"
