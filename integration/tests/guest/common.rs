@@ -154,8 +154,17 @@ pub fn wait_with_timeout_explained(
 /// (the test VM runs nested under software emulation), booted once more if the guest
 /// stalled ([`run_retrying_stall`]).
 pub fn boot(flags: &[&str], args: &[&str]) -> Output {
+    boot_with(flags, args, |_| {})
+}
+
+/// [`boot`], calling `before(attempt)` before each boot (from 1): a retry after a stall
+/// restarts there what the stopped attempt used up (a backend that serves one frontend).
+pub fn boot_with(flags: &[&str], args: &[&str], mut before: impl FnMut(u32)) -> Output {
+    let mut attempt = 0;
     run_retrying_stall(
         || {
+            attempt += 1;
+            before(attempt);
             let mut cmd = sm_vmm();
             cmd.args(flags).arg("--").args(args);
             cmd
@@ -448,6 +457,13 @@ impl Backend {
             child,
             socket: socket.to_path_buf(),
         }
+    }
+
+    /// Stops this backend and starts `cmd` on the same socket in its place.
+    pub fn restart(&mut self, cmd: Command) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        *self = Backend::start(cmd, &self.socket.clone());
     }
 
     /// The socket path as a string, for sm-vmm's flags.

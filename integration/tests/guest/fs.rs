@@ -6,6 +6,12 @@ use crate::common::*;
 use std::process::Command;
 
 fn virtiofsd(dir: &std::path::Path, socket: &std::path::Path) -> Backend {
+    Backend::start(virtiofsd_command(dir, socket), socket)
+}
+
+/// virtiofsd sharing `dir` on `socket`. It serves one frontend and exits when that one
+/// hangs up, so a boot retried after a stall needs a new one ([`boot_with`]).
+fn virtiofsd_command(dir: &std::path::Path, socket: &std::path::Path) -> Command {
     let mut cmd = Command::new("virtiofsd");
     cmd.arg("--socket-path")
         .arg(socket)
@@ -14,7 +20,7 @@ fn virtiofsd(dir: &std::path::Path, socket: &std::path::Path) -> Backend {
     // The test VM's own file systems stand in for the host; virtiofsd's sandbox is not
     // what is under test here.
     cmd.args(["--sandbox", "none", "--seccomp", "none"]);
-    Backend::start(cmd, socket)
+    cmd
 }
 
 #[test]
@@ -23,11 +29,16 @@ fn a_virtiofsd_share_is_mounted_by_tag_and_writable() {
     let shared = work.path().join("shared");
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello"), "hello from the host\n").unwrap();
-    let fs = virtiofsd(&shared, &work.path().join("fs.sock"));
-    let flag = format!("workspace={}", fs.socket_str());
+    let socket = work.path().join("fs.sock");
+    let mut fs = virtiofsd(&shared, &socket);
+    let flag = format!("workspace={}", socket.display());
     let script = "mount -t virtiofs workspace /mnt && cat /mnt/hello && \
                   echo written-in-guest > /mnt/out && umount /mnt";
-    let out = boot(&["--fs-socket", &flag], &["sh", "-c", script]);
+    let out = boot_with(&["--fs-socket", &flag], &["sh", "-c", script], |attempt| {
+        if attempt > 1 {
+            fs.restart(virtiofsd_command(&shared, &socket));
+        }
+    });
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "hello from the host\n");
     assert_eq!(
@@ -43,13 +54,19 @@ fn block_and_file_system_devices_attach_together() {
     std::fs::create_dir(&shared).unwrap();
     let image = work.path().join("vol.img");
     std::fs::write(&image, vec![0u8; 8 << 20]).unwrap();
-    let fs = virtiofsd(&shared, &work.path().join("fs.sock"));
+    let socket = work.path().join("fs.sock");
+    let mut fs = virtiofsd(&shared, &socket);
     let blk = storage_daemon(&image, &work.path().join("vol.sock"), true);
-    let flag = format!("w={}", fs.socket_str());
+    let flag = format!("w={}", socket.display());
     let script = "mount -t virtiofs w /mnt && cat /sys/block/vda/size > /mnt/sectors";
-    let out = boot(
+    let out = boot_with(
         &["--blk-socket", blk.socket_str(), "--fs-socket", &flag],
         &["sh", "-c", script],
+        |attempt| {
+            if attempt > 1 {
+                fs.restart(virtiofsd_command(&shared, &socket));
+            }
+        },
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(
