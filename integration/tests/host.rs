@@ -1,6 +1,7 @@
 //! What sm-vmm says on this host before any guest boots: KVM it cannot use is one clear
 //! line, never a hang. Runs on the host itself (not in the test VM).
 
+use sm_testvm::stall::rerun_stalled;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -106,27 +107,19 @@ fn readme_sm_testvm_examples_run_as_written() {
 }
 
 /// Runs an `sm-testvm` command line; a run whose test VM stalled (the nested emulation's
-/// livelock, which sm-testvm reports with exit 124) is said loudly and run again, at most
-/// twice, as the guest suite reruns a module whose test VM stalled.
+/// livelock, which sm-testvm reports with exit 124) is run again, loudly, as the guest suite
+/// reruns a module whose test VM stalled ([`rerun_stalled`]).
 fn run_retrying_testvm_stall(command: &str, path: &str) -> std::process::Output {
-    const STALLED: i32 = 124;
-    let mut attempt = 1;
-    loop {
-        let out = Command::new("bash")
-            .args(["-e", "-o", "pipefail", "-c", command])
-            .env("PATH", path)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        if attempt < 3
-            && out.status.code() == Some(STALLED)
-            && err.contains("sm-testvm: the test VM stalled")
-        {
-            eprintln!("FLAKY: {command:?}: the test VM stalled (attempt {attempt}); running it again\n{err}");
-            attempt += 1;
-            continue;
-        }
-        return out;
-    }
+    rerun_stalled(
+        command,
+        |_| true,
+        || {
+            Command::new("bash")
+                .args(["-e", "-o", "pipefail", "-c", command])
+                .env("PATH", path)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        },
+    )
 }

@@ -11,6 +11,7 @@ mod run;
 mod run_dir;
 pub mod shares;
 pub mod signals;
+pub mod stall;
 pub mod tools;
 pub mod virtiofsd;
 mod vm;

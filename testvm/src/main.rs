@@ -2,7 +2,8 @@
 //! `kvm_amd` gives a hardware-style `/dev/kvm`. Also usable as a cargo test runner.
 
 use clap::Parser;
-use sm_testvm::{run, Options, Outcome, Stall};
+use sm_testvm::stall::{stalled_line, STALLED_EXIT};
+use sm_testvm::{run, Options, Outcome};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,8 +11,6 @@ use std::time::Duration;
 
 /// Exit code for the runner's own failures.
 const RUNNER_FAILED: u8 = 125;
-/// Exit code when the test VM stalled and was stopped (as timeout(1) reports a timeout).
-const STALLED: u8 = 124;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -79,18 +78,11 @@ fn main() -> ExitCode {
             idle,
             console,
         }) => {
-            let why = match what {
-                Stall::Silent => "the command wrote nothing",
-                Stall::Frozen => "the test VM froze (no heartbeat)",
-            };
-            eprintln!(
-                "sm-testvm: the test VM stalled: {why} for {} s; stopped it",
-                idle.as_secs()
-            );
+            eprintln!("{}", stalled_line(what, idle.as_secs()));
             if !console.is_empty() {
                 eprintln!("sm-testvm: end of the test VM's kernel console:\n{console}");
             }
-            ExitCode::from(STALLED)
+            ExitCode::from(STALLED_EXIT)
         }
         Err(e) => {
             eprintln!("sm-testvm: {e}");

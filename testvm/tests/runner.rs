@@ -1,6 +1,8 @@
 //! The test VM runner itself: a command that goes silent is stopped as a stall, with a
 //! distinct exit code, instead of hanging the suite (the nested emulation has livelocked).
 
+use sm_testvm::stall::rerun_stalled;
+use sm_testvm::Stall;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -15,23 +17,19 @@ fn sm_testvm() -> PathBuf {
 static ONE_TEST_VM: Mutex<()> = Mutex::new(());
 
 /// Runs sm-testvm with `args`; a test VM that froze when the test did not provoke it (the
-/// nested emulation's livelock) is said loudly and run again, at most twice.
+/// nested emulation's livelock) is run again, loudly ([`rerun_stalled`]).
 fn run_testvm(args: &[&str]) -> Output {
     let _one = ONE_TEST_VM.lock().unwrap_or_else(|e| e.into_inner());
-    let mut attempt = 1;
-    loop {
-        let out = Command::new(sm_testvm())
-            .args(args)
-            .output()
-            .expect("running sm-testvm");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if attempt < 3 && stderr.contains("the test VM stalled: the test VM froze") {
-            eprintln!("FLAKY: the test VM froze (attempt {attempt}); running it again\n{stderr}");
-            attempt += 1;
-            continue;
-        }
-        return out;
-    }
+    rerun_stalled(
+        &format!("sm-testvm {args:?}"),
+        |stall| stall == Stall::Frozen,
+        || {
+            Command::new(sm_testvm())
+                .args(args)
+                .output()
+                .expect("running sm-testvm")
+        },
+    )
 }
 
 #[test]
