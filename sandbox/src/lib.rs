@@ -72,7 +72,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Also allows these system calls (on top of [`VHOST_USER_SYSCALLS`]).
+    /// Also allows these system calls (on top of [`VHOST_USER_SYSCALLS`] and
+    /// [`QUEUE_WORKER_SYSCALLS`]).
     pub fn allow_syscalls(mut self, syscalls: &[libc::c_long]) -> Self {
         self.syscalls.extend_from_slice(syscalls);
         self
@@ -141,6 +142,7 @@ impl Policy {
     /// The system calls the filter allows.
     pub fn syscalls(&self) -> Vec<libc::c_long> {
         let mut all = VHOST_USER_SYSCALLS.to_vec();
+        all.extend(QUEUE_WORKER_SYSCALLS);
         all.extend(&self.syscalls);
         all.sort_unstable();
         all.dedup();
