@@ -273,6 +273,8 @@ impl VhostUserBackend for FsBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        // The first event on a worker thread narrows its seccomp filter (in a sandbox).
+        sm_sandbox::narrow_worker_thread().map_err(io::Error::other)?;
         handle_queue_event(device_event, evset, vrings, thread_id, |vring, queue| {
             self.queues
                 .drain(vring, |mem| self.process_available(vring, mem, queue))

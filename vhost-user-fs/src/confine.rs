@@ -9,7 +9,7 @@ use sm_sandbox::{Capability, Policy, SandboxError};
 use tracing::warn;
 
 use crate::fs::FsConfig;
-use crate::sys::{self, ProcFds, FS_SYSCALLS};
+use crate::sys::{self, ProcFds, FS_SYSCALLS, FS_WORKER_SYSCALLS};
 
 /// How the backend isolates itself (`--sandbox`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -85,7 +85,9 @@ pub fn confine(how: Isolation, shared: &Path, fs: &FsConfig) -> Result<Confined,
     // SAFETY: umask only sets this process's file creation mask.
     unsafe { libc::umask(0) };
     let follow = fs.symlinks.follows();
-    let mut policy = Policy::default().allow_syscalls(FS_SYSCALLS);
+    let mut policy = Policy::default()
+        .allow_syscalls(FS_SYSCALLS)
+        .worker_syscalls(&[FS_SYSCALLS, FS_WORKER_SYSCALLS].concat());
     if follow {
         policy = policy.show_host_tree_read_only();
     }

@@ -47,8 +47,15 @@ impl Pool {
     }
 }
 
-/// A worker: runs jobs until the sending side is dropped.
+/// A worker: narrows its seccomp filter (in a sandbox), then runs jobs until the sending
+/// side is dropped.
 fn work(rx: &Mutex<Receiver<Job>>) {
+    if let Err(e) = sm_sandbox::narrow_worker_thread() {
+        // A worker left with the whole process's list would weaken the sandbox, and one that
+        // quietly ran nothing would hang the guest's requests: end the backend, loudly.
+        tracing::error!("cannot narrow a worker thread's system calls: {e}");
+        std::process::exit(1);
+    }
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),

@@ -464,6 +464,18 @@ impl ProcFds {
     }
 }
 
+/// What a queue worker thread needs on top of sm-sandbox's queue worker list and
+/// [`FS_SYSCALLS`]: DAX map requests to the frontend and their replies (sent with fds), and
+/// the descriptor calls the file system makes on open files. No accepting, no threads.
+pub const FS_WORKER_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_fcntl,
+    libc::SYS_fstat,
+    libc::SYS_statx,
+    libc::SYS_lseek,
+];
+
 /// System calls the file system makes on top of sm-sandbox's serving-loop list.
 pub const FS_SYSCALLS: &[libc::c_long] = &[
     libc::SYS_openat,

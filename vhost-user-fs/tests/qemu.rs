@@ -277,6 +277,13 @@ cd /; umount /mnt; echo umount=ok
         Path::new("odd target/./with  spaces/../x")
     );
     tree.assert_outside_untouched();
+    // Every request above ran on queue worker threads under a filter narrower than the
+    // process's (no accepting, no threads), and everything still worked.
+    let log = backend.log();
+    assert!(
+        log.contains("queue worker thread") && log.contains("narrowed to"),
+        "{log}"
+    );
 
     backend.assert_stops_cleanly(pid);
 }
@@ -528,6 +535,13 @@ ln -s ../packages/x ws/node_modules/x; echo npm=$(cat ws/node_modules/x/index.js
     );
     expect(&run, ESCAPES_SHOWN);
     tree.assert_outside_untouched();
+    // The requests ran on the pool's threads, each under its own narrower filter.
+    let log = backend.log();
+    assert!(
+        log.contains("queue worker thread fs-worker-0 narrowed to")
+            && log.contains("queue worker thread fs-worker-1 narrowed to"),
+        "{log}"
+    );
 }
 
 /// Started by an unprivileged user, the backend sandboxes itself in a user namespace, keeps
