@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use crate::blk::allocated;
 use crate::clone::sm;
 use crate::common::*;
+use crate::run::run_sm;
 use ::sm::vm::process::group_alive;
 
 /// Our block backend in its own process group (its sandbox forks a child), serving `image`.
@@ -231,11 +232,12 @@ fn fio_while_the_backend_fails(signal: Signal, times: usize) {
     let data = tempfile::tempdir().unwrap();
     let image = data.path().join("pg.img");
     let volume = format!("{}:/data:size=256M", image.display());
-    let out = run_with_timeout(
+    // Retried once if the guest stalls while booting; a hang shows every log of the VM.
+    let out = run_sm(
         sm(runtime.path(), &[]).args([
             "run", "--detach", "--name", "db", "--volume", &volume, "--", "sleep", "100000",
         ]),
-        Duration::from_secs(180),
+        runtime.path(),
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     let img = image.display().to_string();
