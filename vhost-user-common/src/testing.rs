@@ -17,6 +17,8 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
 
+pub mod hostile;
+
 /// Size of the guest memory.
 pub const MEM_SIZE: usize = 4 << 20;
 /// Entries per queue.
