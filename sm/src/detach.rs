@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sm::vm::process::alive;
+use sm::vm::process::{alive, GROUP_GONE_LIMIT};
 use sm::vm::record::{RunRecord, RECORD_FILE};
 use sm::vm::supervisor::PROCESSES_FILE;
 use sm::vm::{runtime_root, ProcessInfo};
@@ -81,11 +81,62 @@ pub fn start() -> Result<u8, String> {
             return Err(format!("the VM did not start ({status}): {last}"));
         }
         if start.elapsed() > START_TIMEOUT {
-            let _ = child.kill();
-            return Err(format!("the VM did not start within {START_TIMEOUT:?}"));
+            let last = give_up(&mut child, &dir, &log_path, GIVE_UP_GRACE);
+            return Err(format!(
+                "the VM did not start within {START_TIMEOUT:?}; stopped it: {last}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// How long a supervisor told to stop may take before it and its processes are killed.
+const GIVE_UP_GRACE: Duration = Duration::from_secs(10);
+
+/// Stops a supervisor whose VM did not come up, and everything it started: SIGTERM, then
+/// after `grace` ([`GIVE_UP_GRACE`]) SIGKILL to it and to the process group of each process it
+/// recorded (sm-vmm and the backends lead groups of their own, so killing the supervisor
+/// alone would leave them running). The VM's directory goes too, so the name is free
+/// again. Returns the last line the supervisor logged.
+fn give_up(
+    child: &mut std::process::Child,
+    dir: &Path,
+    log_path: &Path,
+    grace: Duration,
+) -> String {
+    let recorded = processes(dir);
+    let supervisor = Pid::from_raw(child.id() as i32);
+    let _ = kill(supervisor, Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < grace && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its group: it leads one (see `start`), and a helper it ran would live on.
+    let _ = nix::sys::signal::killpg(supervisor, Signal::SIGKILL);
+    let _ = child.wait();
+    // What it recorded before the stop and since (a restart has a new process ID).
+    let mut pids: Vec<i32> = recorded
+        .iter()
+        .chain(&processes(dir))
+        .filter_map(|p| p.pid)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    for pgid in pids.into_iter().map(Pid::from_raw) {
+        let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
+        let gone = Instant::now();
+        while sm::vm::process::group_alive(pgid) && gone.elapsed() < GROUP_GONE_LIMIT {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let _ = std::fs::remove_file(log_path);
+    log.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .to_owned()
 }
 
 /// Called by the supervisor once the VM is up: records who owns it and what it runs
@@ -243,6 +294,69 @@ pub fn stop(a: StopArgs) -> Result<(), String> {
 mod tests {
     use super::*;
     use sm::vm::service::State;
+
+    /// A supervisor stuck past the start timeout (here: one that ignores SIGTERM) is
+    /// killed together with the processes it recorded, each in its own group, and the
+    /// VM's directory is removed.
+    #[test]
+    fn giving_up_on_a_start_leaves_no_process_and_frees_the_name() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("web");
+        std::fs::create_dir(&dir).unwrap();
+        let log = root.path().join("web.log");
+        std::fs::write(&log, "starting\nwaiting for the guest agent\n").unwrap();
+        let mut backend = Command::new("sleep")
+            .arg("1000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let bpid = backend.id() as i32;
+        let info = ProcessInfo {
+            name: "volume ./pg.img".into(),
+            pid: Some(bpid),
+            state: State::Running,
+            restarts: 0,
+            last_exit: None,
+            last_exit_at: None,
+            status: None,
+        };
+        std::fs::write(
+            dir.join(PROCESSES_FILE),
+            serde_json::to_vec(&[info]).unwrap(),
+        )
+        .unwrap();
+        let armed = root.path().join("armed");
+        let mut supervisor = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap '' TERM; touch {}; sleep 1000 & wait",
+                armed.display()
+            ))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        while !armed.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let started = Instant::now();
+        let last = give_up(&mut supervisor, &dir, &log, Duration::from_secs(1));
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "SIGTERM was ignored"
+        );
+        assert_eq!(last, "waiting for the guest agent");
+        assert!(matches!(supervisor.try_wait(), Ok(Some(_))));
+        let group = Pid::from_raw(supervisor.id() as i32);
+        assert!(
+            !sm::vm::process::group_alive(group),
+            "the supervisor's helper lives on"
+        );
+        assert!(!sm::vm::process::group_alive(Pid::from_raw(bpid)));
+        let _ = backend.wait();
+        assert!(!dir.exists() && !log.exists());
+    }
 
     #[test]
     fn a_process_row_says_state_restarts_and_the_last_exit() {

@@ -21,7 +21,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
     /// A live host directory:
-    /// HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax][:devices][:suid] (repeatable).
+    /// HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax][:devices][:suid][:uidmap=G-H-N][:gidmap=G-H-N] (repeatable).
     #[arg(long = "mount", value_name = "HOST:GUEST[:OPTS]")]
     mounts: Vec<Mount>,
     /// A block volume: FILE:GUEST[:size=N] (created and formatted ext4 on first use).

@@ -82,8 +82,12 @@ pub(crate) fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output 
 pub(crate) fn vm_logs(runtime: &Path) -> String {
     let sm_dir = runtime.join("sm");
     let mut report = String::new();
-    let vms = std::fs::read_dir(&sm_dir).into_iter().flatten().flatten();
-    for log in vms.flat_map(|vm| std::fs::read_dir(vm.path()).into_iter().flatten().flatten()) {
+    let entries = || std::fs::read_dir(&sm_dir).into_iter().flatten().flatten();
+    // Each VM's own logs, and each detached VM's supervisor log (`NAME.log` beside them).
+    let logs = entries()
+        .flat_map(|vm| std::fs::read_dir(vm.path()).into_iter().flatten().flatten())
+        .chain(entries());
+    for log in logs {
         if log.path().extension().is_some_and(|e| e == "log") {
             let text = std::fs::read_to_string(log.path()).unwrap_or_default();
             let tail: Vec<_> = text.lines().rev().take(40).collect();
@@ -234,6 +238,48 @@ fn mount_symlink_policies_hold_through_sm_run() {
     assert_nothing_left(runtime.path());
 }
 
+/// `uidmap=`/`gidmap=`: the guest's root is not the host's. What it creates belongs to the
+/// mapped host IDs, a chown inside the range lands shifted, and host files outside the range
+/// show as `nobody`; without the option IDs pass unchanged.
+#[test]
+fn a_mount_with_an_id_map_keeps_the_guests_root_off_the_hosts() {
+    use std::os::unix::fs::MetadataExt;
+    let runtime = tempfile::tempdir().unwrap();
+    let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("host-file"), "by host root\n").unwrap();
+    let mount = format!(
+        "{}:/w:uidmap=0-100000-65536:gidmap=0-200000-65536",
+        share.path().display()
+    );
+    let mut cmd = sm(runtime.path());
+    cmd.args(["run", "--mount", &mount, "--", "sh", "-c"]).arg(
+        "echo x > /w/made && mkdir /w/dir && touch /w/given && chown 1000:1000 /w/given && \
+         stat -c '%u:%g' /w/made /w/host-file",
+    );
+    let out = run_sm(&mut cmd, runtime.path());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    // The guest sees its own IDs for what it made, nobody for the host's root.
+    assert_eq!(stdout(&out), "0:0\n65534:65534\n");
+    let owner = |name: &str| {
+        let m = std::fs::metadata(share.path().join(name)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("made"), (100000, 200000));
+    assert_eq!(owner("dir"), (100000, 200000));
+    assert_eq!(owner("given"), (101000, 201000));
+    assert_eq!(owner("host-file"), (0, 0), "the host's file is untouched");
+    assert_nothing_left(runtime.path());
+
+    // Without a map the guest's root is the backend's caller: root here.
+    let mount = format!("{}:/w", share.path().display());
+    let mut cmd = sm(runtime.path());
+    cmd.args(["run", "--mount", &mount, "--", "touch", "/w/plain"]);
+    let out = run_sm(&mut cmd, runtime.path());
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(owner("plain"), (0, 0));
+    assert_nothing_left(runtime.path());
+}
+
 #[test]
 fn a_published_port_serves_curl_and_ctrl_c_cleans_up() {
     let runtime = tempfile::tempdir().unwrap();
@@ -305,7 +351,8 @@ fn a_detached_vm_serves_until_sm_stop() {
         "run", "--detach", "--name", "web", "-p", "18081:80", "--mount", &mount, "--",
     ])
     .args(["httpd", "-f", "-p", "80", "-h", "/srv"]);
-    let out = run_with_timeout(&mut cmd, Duration::from_secs(180));
+    // Retried once if the guest stalls while booting; a hang shows every log of the VM.
+    let out = run_sm(&mut cmd, runtime.path());
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "web\n");
 

@@ -226,6 +226,8 @@ impl Share {
             read_only: m.read_only,
             allow_devices: m.devices,
             allow_setuid: m.suid,
+            translate_uid: m.uid_map.clone(),
+            translate_gid: m.gid_map.clone(),
             dax_window_mib: if m.dax { DAX_WINDOW_MIB } else { 0 },
             socket: None,
             fd: Some(INHERITED_FD),
@@ -293,6 +295,8 @@ mod tests {
                     dax: false,
                     devices: false,
                     suid: false,
+                    uid_map: vec![],
+                    gid_map: vec![],
                 })
                 .collect(),
             ..VmConfig::default()
@@ -358,6 +362,7 @@ mod tests {
         c.mounts[1].dax = true;
         c.mounts[1].read_only = true;
         c.mounts[1].symlinks = Symlinks::Deny;
+        c.mounts[1].uid_map = vec!["map:0:100000:65536".parse().unwrap()];
         let l = DeviceLayout::new(&c, Path::new("/r"));
         let (a, b) = (l.shares[0].backend_args(), l.shares[1].backend_args());
         assert_eq!((a.allow_devices, b.allow_devices), (false, true));
@@ -373,6 +378,16 @@ mod tests {
         sm_launch::assert_round_trip(&b);
         let svc = l.shares[1].service();
         assert!(svc.args.iter().any(|x| x == "--allow-devices"));
+        assert!(
+            svc.args
+                .iter()
+                .any(|x| x == "--translate-uid=map:0:100000:65536"),
+            "{svc:?}"
+        );
+        assert!(!svc
+            .args
+            .iter()
+            .any(|x| x.to_string_lossy().starts_with("--translate-gid")));
         assert!(svc.args.iter().any(|x| x == "--fd=3"), "{svc:?}");
         assert_eq!(b.socket, None);
     }

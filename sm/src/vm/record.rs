@@ -9,7 +9,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 
 use super::network::NetworkRecord;
-use super::spec::{Mount, PortMap, Symlinks, Volume};
+use super::spec::{IdRule, Mount, PortMap, Symlinks, Volume};
 use super::VmConfig;
 
 /// The record's file name, in a runtime directory and in a snapshot.
@@ -52,6 +52,12 @@ pub struct MountRecord {
     /// Setuid and setgid bits kept (absent in records made before `:suid`: cleared).
     #[serde(default)]
     pub suid: bool,
+    /// User ID rules, in the backend's syntax (absent in older records: none).
+    #[serde(default)]
+    pub uid_map: Vec<String>,
+    /// Group ID rules, in the backend's syntax (absent in older records: none).
+    #[serde(default)]
+    pub gid_map: Vec<String>,
 }
 
 /// One `--volume`, as recorded.
@@ -105,6 +111,14 @@ pub struct RunRecord {
 }
 
 /// `p` made absolute against the working directory.
+/// ID rules read back from a record.
+fn id_rules(rules: &[String]) -> Result<Vec<IdRule>, String> {
+    rules
+        .iter()
+        .map(|r| r.parse().map_err(|e| format!("ID rule {r:?}: {e}")))
+        .collect()
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_owned())
 }
@@ -134,6 +148,8 @@ impl RunRecord {
                     dax: m.dax,
                     devices: m.devices,
                     suid: m.suid,
+                    uid_map: m.uid_map.iter().map(ToString::to_string).collect(),
+                    gid_map: m.gid_map.iter().map(ToString::to_string).collect(),
                 })
                 .collect(),
             volumes: config
@@ -169,6 +185,8 @@ impl RunRecord {
                     dax: m.dax,
                     devices: m.devices,
                     suid: m.suid,
+                    uid_map: id_rules(&m.uid_map)?,
+                    gid_map: id_rules(&m.gid_map)?,
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -234,7 +252,9 @@ mod tests {
         let config = VmConfig {
             mem_mib: 768,
             vcpus: 2,
-            mounts: vec!["/src:/w:ro:symlinks=deny:dax:devices".parse().unwrap()],
+            mounts: vec!["/src:/w:ro:symlinks=deny:dax:devices:uidmap=0-100000-65536"
+                .parse()
+                .unwrap()],
             volumes: vec!["/c.img:/cache".parse().unwrap()],
             ports: vec!["8080:80".parse().unwrap()],
             root_image: Some("/i/root.erofs".into()),

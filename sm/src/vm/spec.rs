@@ -28,8 +28,12 @@ fn bad(flag: &'static str, value: &str, why: impl Into<String>) -> SpecError {
 /// How the fs backend treats symlinks (sm-vhost-user-fs `--symlinks`): the backend's own type.
 pub use sm_vhost_user_fs::policy::SymlinkPolicy as Symlinks;
 
+use sm_vhost_user_fs::idmap::IdMap;
+/// An ID translation rule of the fs backend (`--translate-uid`, `--translate-gid`).
+pub use sm_vhost_user_fs::idmap::IdRule;
+
 /// A live host directory in the guest:
-/// `HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax][:devices][:suid]`.
+/// `HOST:GUEST[:ro][:symlinks=deny|opaque|follow][:dax][:devices][:suid][:uidmap=G-H-N][:gidmap=G-H-N][:idmap=G-H-N]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mount {
     /// Host directory.
@@ -48,6 +52,11 @@ pub struct Mount {
     /// Setuid and setgid bits the guest sets are kept (sm-vhost-user-fs `--allow-setuid`);
     /// cleared by default, as on a `nosuid` mount. For trusted guests only.
     pub suid: bool,
+    /// User IDs translated between guest and host (`uidmap=GUEST-HOST-COUNT`, or `idmap=`
+    /// for both), so the guest's root need not be the host's root.
+    pub uid_map: Vec<IdRule>,
+    /// Group IDs translated, as `uid_map` does user IDs (`gidmap=`, or `idmap=`).
+    pub gid_map: Vec<IdRule>,
 }
 
 /// A writable block volume: `FILE:GUEST[:size=N]` (N in MiB, or with a K/M/G/T suffix).
@@ -85,7 +94,7 @@ impl std::str::FromStr for Mount {
             return Err(bad(
                 "--mount",
                 v,
-                "expected HOST:GUEST[:ro][:symlinks=...][:dax][:devices][:suid]",
+                "expected HOST:GUEST[:ro][:symlinks=...][:dax][:devices][:suid][:uidmap=G-H-N][:gidmap=G-H-N]",
             ));
         };
         if host.is_empty() {
@@ -99,8 +108,26 @@ impl std::str::FromStr for Mount {
             dax: false,
             devices: false,
             suid: false,
+            uid_map: vec![],
+            gid_map: vec![],
         };
         for opt in parts {
+            if let Some((key @ ("uidmap" | "gidmap" | "idmap"), range)) = opt.split_once('=') {
+                let rule = id_range(range).ok_or_else(|| {
+                    bad(
+                        "--mount",
+                        v,
+                        format!("{key}= expects GUEST-HOST-COUNT, as in {key}=0-100000-65536"),
+                    )
+                })?;
+                if key != "gidmap" {
+                    m.uid_map.push(rule);
+                }
+                if key != "uidmap" {
+                    m.gid_map.push(rule);
+                }
+                continue;
+            }
             match opt {
                 "ro" => m.read_only = true,
                 "rw" => m.read_only = false,
@@ -114,8 +141,23 @@ impl std::str::FromStr for Mount {
                 o => return Err(bad("--mount", v, format!("unknown option {o:?}"))),
             }
         }
+        for (what, rules) in [("uidmap", &m.uid_map), ("gidmap", &m.gid_map)] {
+            if let Err(e) = IdMap::new(rules) {
+                return Err(bad("--mount", v, format!("{what}: {e}")));
+            }
+        }
         Ok(m)
     }
+}
+
+/// `GUEST-HOST-COUNT`: the backend's `map:GUEST:HOST:COUNT` rule (`:` separates the mount's
+/// options, so the range uses `-`).
+fn id_range(range: &str) -> Option<IdRule> {
+    let nums: Vec<&str> = range.split('-').collect();
+    if nums.len() != 3 || nums.iter().any(|n| n.is_empty()) {
+        return None;
+    }
+    format!("map:{}", nums.join(":")).parse().ok()
 }
 
 /// Parses a size: plain MiB, or a number with K, M, G or T (powers of 1024).
@@ -200,6 +242,13 @@ mod tests {
         assert_eq!((m.devices, m.suid), (false, true));
         let m: Mount = "/src:/work:suid:nosuid".parse().unwrap();
         assert!(!m.suid);
+        let m: Mount = "/src:/work:uidmap=0-100000-65536:gidmap=0-200000-10"
+            .parse()
+            .unwrap();
+        assert_eq!(m.uid_map, ["map:0:100000:65536".parse().unwrap()]);
+        assert_eq!(m.gid_map, ["map:0:200000:10".parse().unwrap()]);
+        let m: Mount = "/src:/work:idmap=1000-0-1".parse().unwrap();
+        assert_eq!((m.uid_map.len(), m.gid_map.len()), (1, 1));
         let v: Volume = "/c.img:/work/node_modules:size=1G".parse().unwrap();
         assert_eq!(v.size_mib, 1024);
         let v: Volume = "/c.img:/data:size=64".parse().unwrap();
@@ -214,6 +263,10 @@ mod tests {
             ("/src", "expected HOST:GUEST"),
             ("/src:work", "must be absolute"),
             ("/src:/w:rx", "unknown option \"rx\""),
+            ("/src:/w:uidmap=0:1:2", "uidmap= expects GUEST-HOST-COUNT"),
+            ("/src:/w:gidmap=0-1", "gidmap= expects GUEST-HOST-COUNT"),
+            ("/src:/w:idmap=0-1-0", "idmap= expects GUEST-HOST-COUNT"),
+            ("/src:/w:uidmap=0-1-10:idmap=5-100-1", "uidmap: "),
         ] {
             let e = v.parse::<Mount>().unwrap_err().to_string();
             assert!(e.contains(why), "{e}");
