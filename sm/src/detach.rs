@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sm::vm::process::{alive, GROUP_GONE_LIMIT};
+use sm::vm::process::{alive, kill_group, last_line};
 use sm::vm::record::{RunRecord, RECORD_FILE};
 use sm::vm::supervisor::PROCESSES_FILE;
 use sm::vm::{runtime_root, ProcessInfo};
@@ -71,13 +71,8 @@ pub fn start() -> Result<u8, String> {
             return Ok(0);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = last_line(&log_path).unwrap_or_default();
             let _ = std::fs::remove_file(&log_path);
-            let last = log
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
             return Err(format!("the VM did not start ({status}): {last}"));
         }
         if start.elapsed() > START_TIMEOUT {
@@ -112,7 +107,7 @@ fn give_up(
         std::thread::sleep(Duration::from_millis(50));
     }
     // Its group: it leads one (see `start`), and a helper it ran would live on.
-    let _ = nix::sys::signal::killpg(supervisor, Signal::SIGKILL);
+    kill_group(supervisor);
     let _ = child.wait();
     // What it recorded before the stop and since (a restart has a new process ID).
     let mut pids: Vec<i32> = recorded
@@ -123,20 +118,12 @@ fn give_up(
     pids.sort_unstable();
     pids.dedup();
     for pgid in pids.into_iter().map(Pid::from_raw) {
-        let _ = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
-        let gone = Instant::now();
-        while sm::vm::process::group_alive(pgid) && gone.elapsed() < GROUP_GONE_LIMIT {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        kill_group(pgid);
     }
     let _ = std::fs::remove_dir_all(dir);
-    let log = std::fs::read_to_string(log_path).unwrap_or_default();
+    let last = last_line(log_path).unwrap_or_else(|| "no output".into());
     let _ = std::fs::remove_file(log_path);
-    log.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no output")
-        .to_owned()
+    last
 }
 
 /// Called by the supervisor once the VM is up: records who owns it and what it runs

@@ -178,10 +178,7 @@ impl Proc {
         }
         let _ = killpg(pgid, Signal::SIGKILL);
         let status = status.or_else(|| self.child.wait().ok());
-        let start = Instant::now();
-        while group_alive(pgid) && start.elapsed() < GROUP_GONE_LIMIT {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        kill_group(pgid);
         status
     }
 
@@ -213,6 +210,16 @@ pub fn alive(pid: Pid) -> bool {
 
 /// How long a killed process group may take to be gone.
 pub const GROUP_GONE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Kills process group `pgid` (SIGKILL) and waits until none of it is left, at most
+/// [`GROUP_GONE_LIMIT`].
+pub fn kill_group(pgid: Pid) {
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let start = Instant::now();
+    while group_alive(pgid) && start.elapsed() < GROUP_GONE_LIMIT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
 
 /// Whether process group `pgid` has a process that is not a zombie (an orphaned zombie
 /// waits for the host's init to reap it but holds nothing any more).
