@@ -23,6 +23,19 @@ fn virtiofsd_command(dir: &std::path::Path, socket: &std::path::Path) -> Command
     cmd
 }
 
+/// For [`boot_with`]: a new virtiofsd in `fs`'s place before each retry.
+fn new_virtiofsd_on_retry<'a>(
+    fs: &'a mut Backend,
+    dir: &'a std::path::Path,
+    socket: &'a std::path::Path,
+) -> impl FnMut(u32) + 'a {
+    move |attempt| {
+        if attempt > 1 {
+            fs.restart(virtiofsd_command(dir, socket));
+        }
+    }
+}
+
 #[test]
 fn a_virtiofsd_share_is_mounted_by_tag_and_writable() {
     let work = tempfile::tempdir().unwrap();
@@ -34,11 +47,11 @@ fn a_virtiofsd_share_is_mounted_by_tag_and_writable() {
     let flag = format!("workspace={}", socket.display());
     let script = "mount -t virtiofs workspace /mnt && cat /mnt/hello && \
                   echo written-in-guest > /mnt/out && umount /mnt";
-    let out = boot_with(&["--fs-socket", &flag], &["sh", "-c", script], |attempt| {
-        if attempt > 1 {
-            fs.restart(virtiofsd_command(&shared, &socket));
-        }
-    });
+    let out = boot_with(
+        &["--fs-socket", &flag],
+        &["sh", "-c", script],
+        new_virtiofsd_on_retry(&mut fs, &shared, &socket),
+    );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "hello from the host\n");
     assert_eq!(
@@ -62,11 +75,7 @@ fn block_and_file_system_devices_attach_together() {
     let out = boot_with(
         &["--blk-socket", blk.socket_str(), "--fs-socket", &flag],
         &["sh", "-c", script],
-        |attempt| {
-            if attempt > 1 {
-                fs.restart(virtiofsd_command(&shared, &socket));
-            }
-        },
+        new_virtiofsd_on_retry(&mut fs, &shared, &socket),
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(
