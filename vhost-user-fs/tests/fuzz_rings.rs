@@ -15,18 +15,13 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::Backend;
+use common::{fuse, session, Backend, FUSE_LOOKUP};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use sm_test_support::fuzz::config;
 use sm_test_support::s;
 use sm_vhost_user_common::testing::hostile::{hostile_ring, HostileRing};
-use sm_vhost_user_common::testing::{GuestMemory, TestFrontend};
-
-/// The request queue (0 is high priority).
-const REQ: usize = 1;
-const FUSE_LOOKUP: u32 = 1;
-const FUSE_INIT: u32 = 26;
+use sm_vhost_user_common::testing::GuestMemory;
 
 /// A FUSE request: a header whose length may lie, an opcode the file system acts on (or
 /// any), a node ID that is the root or anything, and a body that may hold a name.
@@ -61,32 +56,6 @@ fn request() -> impl Strategy<Value = Vec<u8>> {
         r.extend(body);
         r
     })
-}
-
-/// One FUSE request on the request queue; its error.
-fn fuse(fe: &mut TestFrontend, mem: &GuestMemory, opcode: u32, node: u64, body: &[u8]) -> i32 {
-    let mut req = Vec::new();
-    req.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
-    req.extend_from_slice(&opcode.to_le_bytes());
-    req.extend_from_slice(&7u64.to_le_bytes());
-    req.extend_from_slice(&node.to_le_bytes());
-    req.extend_from_slice(&[0u8; 16]);
-    req.extend_from_slice(body);
-    let reply = fe.request(mem, REQ, &req, 8192);
-    assert!(reply.len >= 16, "opcode {opcode}: reply of {}", reply.len);
-    i32::from_le_bytes(reply.bytes[4..8].try_into().unwrap())
-}
-
-/// A new connection with its FUSE session started.
-fn session(socket: &Path, mem: &GuestMemory) -> TestFrontend {
-    let (mut fe, _) = TestFrontend::connect(socket, 2);
-    fe.start(mem, &[0, 0]);
-    let init: Vec<u8> = [7u32, 31, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    assert_eq!(fuse(&mut fe, mem, FUSE_INIT, 0, &init), 0, "INIT");
-    fe
 }
 
 /// Publishes `ring` on queue `q` of a fresh session, hangs up, and has the next frontend

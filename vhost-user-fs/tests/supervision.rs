@@ -12,46 +12,17 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Fs, Program};
+use common::{fuse, session, Fs, Program, FUSE_LOOKUP};
 use sm_test_support::s;
 use sm_test_support::supervision::{
     lines, notify_socket, spawn_backend, stop, wait_line, Handover,
 };
-use sm_vhost_user_common::testing::{GuestMemory, TestFrontend};
-
-/// The request queue (0 is high priority).
-const REQ: usize = 1;
-const FUSE_LOOKUP: u32 = 1;
-const FUSE_INIT: u32 = 26;
-
-/// One FUSE request on the request queue: (error, reply body).
-fn fuse(fe: &mut TestFrontend, mem: &GuestMemory, opcode: u32, node: u64, body: &[u8]) -> i32 {
-    let mut req = Vec::new();
-    req.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
-    req.extend_from_slice(&opcode.to_le_bytes());
-    req.extend_from_slice(&7u64.to_le_bytes()); // unique
-    req.extend_from_slice(&node.to_le_bytes());
-    req.extend_from_slice(&[0u8; 16]); // uid, gid, pid, extlen, padding
-    req.extend_from_slice(body);
-    let reply = fe.request(mem, REQ, &req, 8192);
-    assert!(
-        reply.len >= 16,
-        "opcode {opcode}: reply of {} bytes",
-        reply.len
-    );
-    i32::from_le_bytes(reply.bytes[4..8].try_into().unwrap())
-}
+use sm_vhost_user_common::testing::GuestMemory;
 
 /// FUSE INIT, then LOOKUP of `present` (found) and of a missing name (ENOENT).
 fn init_and_lookup(socket: &Path, present: &str) {
     let mem = GuestMemory::new();
-    let (mut fe, _) = TestFrontend::connect(socket, 2);
-    fe.start(&mem, &[0, 0]);
-    let init: Vec<u8> = [7u32, 31, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    assert_eq!(fuse(&mut fe, &mem, FUSE_INIT, 0, &init), 0, "INIT");
+    let mut fe = session(socket, &mem);
     let name = [present.as_bytes(), b"\0"].concat();
     assert_eq!(fuse(&mut fe, &mem, FUSE_LOOKUP, 1, &name), 0, "LOOKUP");
     assert_eq!(

@@ -7,6 +7,7 @@ use std::path::Path;
 
 pub use sm_test_support::qemu::GuestRun;
 pub use sm_test_support::{proc_status, wait_for, Program};
+use sm_vhost_user_common::testing::{GuestMemory, TestFrontend};
 
 /// The backend binary under test.
 pub enum Fs {}
@@ -31,4 +32,41 @@ pub const TAG: &str = "share";
 pub fn run_guest(dir: &Path, socket: &Path, script: &str) -> GuestRun {
     let device = format!("vhost-user-fs-device,tag={TAG}");
     sm_test_support::qemu::run_guest(dir, socket, &device, script, 1)
+}
+
+/// The request queue (0 is high priority).
+pub const REQ: usize = 1;
+/// FUSE_LOOKUP.
+pub const FUSE_LOOKUP: u32 = 1;
+/// FUSE_INIT.
+pub const FUSE_INIT: u32 = 26;
+
+/// One FUSE request on the request queue, through a real virtqueue; its error.
+pub fn fuse(fe: &mut TestFrontend, mem: &GuestMemory, opcode: u32, node: u64, body: &[u8]) -> i32 {
+    let mut req = Vec::new();
+    req.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
+    req.extend_from_slice(&opcode.to_le_bytes());
+    req.extend_from_slice(&7u64.to_le_bytes()); // unique
+    req.extend_from_slice(&node.to_le_bytes());
+    req.extend_from_slice(&[0u8; 16]); // uid, gid, pid, extlen, padding
+    req.extend_from_slice(body);
+    let reply = fe.request(mem, REQ, &req, 8192);
+    assert!(
+        reply.len >= 16,
+        "opcode {opcode}: reply of {} bytes",
+        reply.len
+    );
+    i32::from_le_bytes(reply.bytes[4..8].try_into().unwrap())
+}
+
+/// A new connection to the backend on `socket`, its queues started and FUSE INIT done.
+pub fn session(socket: &Path, mem: &GuestMemory) -> TestFrontend {
+    let (mut fe, _) = TestFrontend::connect(socket, 2);
+    fe.start(mem, &[0, 0]);
+    let init: Vec<u8> = [7u32, 31, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(fuse(&mut fe, mem, FUSE_INIT, 0, &init), 0, "INIT");
+    fe
 }
