@@ -6,6 +6,7 @@
 //! leaves nothing running.
 
 use crate::common::*;
+use crate::run::run_sm_within;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -21,14 +22,11 @@ pub(crate) fn sm(runtime: &Path, args: &[&str]) -> Command {
     c
 }
 
-/// Runs `sm ARGS`, with every log of the runtime directory in the message if it hangs.
+/// Runs `sm ARGS` (240 s deadline), with every log of the runtime directory in the message
+/// if it hangs; a stalled guest's attempt is removed and the command runs once more
+/// ([`run_sm_within`]).
 pub(crate) fn run(runtime: &Path, args: &[&str]) -> Output {
-    let sm_dir = runtime.join("sm");
-    run_retrying_stall_explained(
-        || sm(runtime, args),
-        Duration::from_secs(240),
-        || logs(&sm_dir),
-    )
+    run_sm_within(&mut sm(runtime, args), runtime, Duration::from_secs(240))
 }
 
 /// The logs under the runtime directory (sm's steps, sm-vmm's and the backends' output).

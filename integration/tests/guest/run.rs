@@ -36,6 +36,17 @@ pub(crate) fn processes_mentioning(needle: &str) -> Vec<String> {
 /// Runs an `sm` command with a 120 s deadline; a hang fails with every log of the VM
 /// (sm's steps, sm-vmm's and the backends' output) and the processes still running.
 pub(crate) fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output {
+    run_sm_within(cmd, runtime, Duration::from_secs(120))
+}
+
+/// [`run_sm`] with a deadline of `limit`. A guest that stalls is stopped and the command
+/// runs once more, after what the stopped attempt left under `runtime` is removed (the
+/// VMs there before stay).
+pub(crate) fn run_sm_within(
+    cmd: &mut Command,
+    runtime: &Path,
+    limit: Duration,
+) -> std::process::Output {
     let sm_dir = runtime.join("sm");
     let (program, args) = (
         cmd.get_program().to_owned(),
@@ -74,7 +85,7 @@ pub(crate) fn run_sm(cmd: &mut Command, runtime: &Path) -> std::process::Output 
         }
         c
     };
-    run_retrying_stall_explained(remake, Duration::from_secs(120), || vm_logs(runtime))
+    run_retrying_stall_explained(remake, limit, || vm_logs(runtime))
 }
 
 /// The end of every log of the VMs under `runtime` (sm's steps, sm-vmm's and the
