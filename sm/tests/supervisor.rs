@@ -62,6 +62,7 @@ impl Fixture {
             readiness: Readiness::Notify,
             image: Some(self.image.clone()),
             stale: vec![],
+            keeps_state: false,
         }
     }
 
@@ -362,6 +363,7 @@ fn vhost_device_vsock_without_sd_notify_is_restarted_by_its_socket_file() {
         readiness: Readiness::SocketFile,
         image: None,
         stale: vec![socket.clone(), uds],
+        keeps_state: false,
     })
     .expect("vhost-device-vsock starts");
     sup.watch().unwrap();

@@ -20,6 +20,10 @@ pub trait ListenArgs {
     fn socket(&self) -> Option<&Path>;
     /// `--fd N`.
     fn fd(&self) -> Option<RawFd>;
+    /// Other inherited descriptors the backend keeps (a state memfd).
+    fn kept_fds(&self) -> Vec<RawFd> {
+        Vec::new()
+    }
 }
 
 /// Runs a backend binary called `name`: parses `A` from the command line (a usage error is
@@ -49,7 +53,9 @@ pub fn main<A: Parser + ListenArgs, E: Display>(
             return ExitCode::from(2);
         }
     };
-    close_inherited_fds_but(source.inherited_fd());
+    let mut keep = args.kept_fds();
+    keep.extend(source.inherited_fd());
+    close_inherited_fds_but(&keep);
     sm_launch::init_logging(default_filter);
     if let Err(e) = notify::init() {
         warn!("no service manager notifications: {e}");
@@ -65,19 +71,24 @@ pub fn main<A: Parser + ListenArgs, E: Display>(
     }
 }
 
-/// Closes every descriptor above stderr except `keep`.
-fn close_inherited_fds_but(keep: Option<RawFd>) {
-    let Some(keep) = keep.filter(|&fd| fd > 2) else {
-        sm_sandbox::close_inherited_fds();
-        return;
-    };
-    let keep = keep as u32;
-    // SAFETY: close_range takes integers only; nothing of this process is open above 2 yet
-    // but the inherited descriptors, of which `keep` stays open.
-    unsafe {
-        if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32);
+/// Closes every descriptor above stderr except those in `keep`.
+fn close_inherited_fds_but(keep: &[RawFd]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&fd| fd > 2)
+        .map(|&fd| fd as u32)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = 3u32;
+    for fd in keep {
+        if fd > from {
+            // SAFETY: close_range takes integers only; nothing of this process is open above
+            // 2 yet but the inherited descriptors, of which those in `keep` stay open.
+            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
         }
-        libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
+        from = fd + 1;
     }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
 }

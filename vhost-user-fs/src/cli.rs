@@ -68,6 +68,12 @@ pub struct FsArgs {
     /// Worker threads per request queue (0: requests run on the queue's own thread).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub thread_pool_size: u16,
+    /// An inherited memfd for the crash journal: every change to the node and handle tables
+    /// is recorded there, and a backend started with a journal that holds a session takes
+    /// over the guest's node IDs and open files (the supervisor keeps the memfd across
+    /// restarts). Not with --thread-pool-size (replay needs in-order completion).
+    #[arg(long, value_name = "N", conflicts_with = "thread_pool_size")]
+    pub state_fd: Option<i32>,
 }
 
 impl FsArgs {
@@ -88,6 +94,7 @@ impl FsArgs {
             translate_gid: vec![],
             dax_window_mib: 0,
             thread_pool_size: 0,
+            state_fd: None,
         }
     }
 }
@@ -99,6 +106,10 @@ impl ListenArgs for FsArgs {
 
     fn fd(&self) -> Option<i32> {
         self.fd
+    }
+
+    fn kept_fds(&self) -> Vec<i32> {
+        self.state_fd.into_iter().collect()
     }
 }
 
@@ -119,6 +130,7 @@ impl CommandLine for FsArgs {
             translate_gid,
             dax_window_mib,
             thread_pool_size,
+            state_fd,
         } = self;
         ArgWriter::new::<FsArgs>()
             .option("socket", socket.as_ref())
@@ -140,7 +152,12 @@ impl CommandLine for FsArgs {
                 translate_gid.iter().map(ToString::to_string),
             )
             .value("dax_window_mib", dax_window_mib.to_string())
-            .value("thread_pool_size", thread_pool_size.to_string())
+            // Only when set: the default conflicts with --state-fd.
+            .option(
+                "thread_pool_size",
+                (*thread_pool_size != 0).then(|| thread_pool_size.to_string()),
+            )
+            .option("state_fd", state_fd.map(|f| f.to_string()))
             .finish()
     }
 }
@@ -171,6 +188,11 @@ mod tests {
         sm_launch::assert_round_trip(&FsArgs {
             socket: None,
             fd: Some(7),
+            ..a.clone()
+        });
+        sm_launch::assert_round_trip(&FsArgs {
+            thread_pool_size: 0,
+            state_fd: Some(4),
             ..a.clone()
         });
         for p in [SymlinkPolicy::Deny, SymlinkPolicy::Opaque] {

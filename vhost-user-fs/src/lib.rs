@@ -5,7 +5,8 @@
 //! symlink policy, read-only mode and the shared directory's boundary on every host call.
 //!
 //! [`policy`] holds the rules as pure functions, [`sys`] the system call wrappers,
-//! [`inode`] and [`handle`] the tables of host descriptors, [`idmap`] guest/host ID translation, [`fs`] the FUSE operations,
+//! [`inode`] and [`handle`] the tables of host descriptors, [`journal`] their record for a
+//! backend started after a crash, [`idmap`] guest/host ID translation, [`fs`] the FUSE operations,
 //! [`watch`] notices host changes, [`config`] is what the device advertises, [`dax`] the
 //! DAX window's map requests to the frontend, [`backend`] the vhost-user device and its
 //! queue loop (with [`pool`] for `--thread-pool-size`),
@@ -22,6 +23,7 @@ pub mod fs;
 pub mod handle;
 pub mod idmap;
 pub mod inode;
+pub mod journal;
 pub mod policy;
 pub mod pool;
 pub mod serve;

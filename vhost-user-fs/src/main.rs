@@ -3,8 +3,11 @@
 //! frontends until killed, telling systemd how it goes (`NOTIFY_SOCKET`). Errors are one
 //! line on stderr and a non-zero exit; stdout stays silent.
 
+use std::fs::File;
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use sm_vhost_user_common::serve::ListenSource;
 use sm_vhost_user_fs::cli::FsArgs;
@@ -14,6 +17,7 @@ use sm_vhost_user_fs::confine::{
 };
 use sm_vhost_user_fs::fs::FsConfig;
 use sm_vhost_user_fs::idmap::{IdMap, IdMapError, IdMaps};
+use sm_vhost_user_fs::journal::{Journal, JournalError, Tables};
 use sm_vhost_user_fs::serve::{self, ServeError, Share};
 use tracing::info;
 
@@ -35,6 +39,24 @@ enum MainError {
     Serve(#[from] ServeError),
     #[error(transparent)]
     Confine(#[from] ConfineError),
+    #[error("--state-fd {0}: {1}")]
+    Journal(i32, JournalError),
+}
+
+/// Takes over the inherited journal memfd `fd`.
+fn open_journal(fd: i32) -> Result<(Arc<Journal>, Tables), MainError> {
+    let bad = |e| MainError::Journal(fd, e);
+    // SAFETY: F_GETFD only asks whether `fd` is open.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(bad(JournalError::Io(std::io::Error::from_raw_os_error(
+            libc::EBADF,
+        ))));
+    }
+    // SAFETY: `fd` is open (checked above), inherited for this purpose and kept open by
+    // start-up; nothing else in the process owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    let (journal, tables) = Journal::open(file).map_err(bad)?;
+    Ok((Arc::new(journal), tables))
 }
 
 fn run(args: FsArgs, source: ListenSource) -> Result<(), MainError> {
@@ -63,6 +85,16 @@ fn run(args: FsArgs, source: ListenSource) -> Result<(), MainError> {
         uids: IdMap::new(&args.translate_uid).map_err(|e| MainError::IdMap("uid", e))?,
         gids: IdMap::new(&args.translate_gid).map_err(|e| MainError::IdMap("gid", e))?,
     };
+    let journal = args.state_fd.map(open_journal).transpose()?;
+    if let Some((_, t)) = &journal {
+        if t.options.is_some() {
+            info!(
+                "state journal holds a session: {} nodes, {} open files to take over",
+                t.nodes.len(),
+                t.handles.len()
+            );
+        }
+    }
     let isolation = args.sandbox;
     check_isolation(isolation, &fs)?;
     let listener = source.listen()?;
@@ -87,6 +119,7 @@ fn run(args: FsArgs, source: ListenSource) -> Result<(), MainError> {
             pool_size: args.thread_pool_size.into(),
             // inotify names directories through /proc/self/fd, which a chroot does not hold.
             watch: isolation != Isolation::Chroot,
+            journal,
         },
     )?;
     Ok(())

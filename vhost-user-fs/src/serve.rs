@@ -7,12 +7,13 @@ use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 pub use sm_vhost_user_common::serve::{bind, ServeError};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::backend::FsBackend;
 use crate::config::DeviceConfig;
 use crate::fs::{FsConfig, SharedFs};
 use crate::idmap::IdMaps;
+use crate::journal::{Journal, Tables};
 use crate::sys::ProcFds;
 use crate::watch::Watcher;
 
@@ -32,10 +33,18 @@ pub struct Share {
     pub pool_size: usize,
     /// Watch host directories with inotify (needs `/proc/self/fd` in this process's view).
     pub watch: bool,
+    /// `--state-fd`: the crash journal, and the tables it held at start.
+    pub journal: Option<(Arc<Journal>, Tables)>,
 }
 
 /// Serves frontends on `listener`, one at a time, until an unrecoverable error.
-pub fn serve(listener: UnixListener, share: Share) -> Result<(), ServeError> {
+pub fn serve(listener: UnixListener, mut share: Share) -> Result<(), ServeError> {
+    // Only the first frontend can be the crashed backend's: a later one starts a new session.
+    let mut recovered = share
+        .journal
+        .as_mut()
+        .map(|(_, t)| std::mem::take(t))
+        .filter(|t| t.options.is_some());
     let root_err = |source| ServeError::Setup {
         what: "shared directory",
         source,
@@ -56,6 +65,23 @@ pub fn serve(listener: UnixListener, share: Share) -> Result<(), ServeError> {
             }
             None => fs,
         };
+        let fs = match &share.journal {
+            Some((journal, _)) => fs.with_journal(journal.clone()),
+            None => fs,
+        };
+        if let Some(tables) = recovered.take() {
+            let (nodes, handles) = (tables.nodes.len(), tables.handles.len());
+            let (lost_nodes, lost_handles) = fs.recover(&tables).map_err(|e| {
+                ServeError::Daemon(format!(
+                    "cannot take over the guest's files from the state journal: {e}"
+                ))
+            })?;
+            info!(
+                "took over {} nodes and {} open files from the state journal ({lost_nodes} nodes and {lost_handles} files could not be reopened)",
+                nodes - lost_nodes,
+                handles - lost_handles
+            );
+        }
         FsBackend::new(Arc::new(fs), share.device.clone(), share.pool_size)
             .map_err(|e| ServeError::Daemon(format!("cannot start worker threads: {e}")))
     })

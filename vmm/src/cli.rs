@@ -41,6 +41,12 @@ pub struct VmmArgs {
     /// (repeatable).
     #[arg(long = "fs-socket", value_name = "TAG=PATH", value_parser = parse_fs_socket)]
     pub fs_socket: Vec<FsSocket>,
+    /// After the virtio-fs backend of TAG hangs up, replay its requests on the backend that
+    /// takes its socket next, as for block devices, instead of stopping the VM: only for a
+    /// backend that keeps the guest's node IDs and open files across a restart
+    /// (sm-vhost-user-fs --state-fd) and completes requests in order (repeatable).
+    #[arg(long = "fs-replay", value_name = "TAG")]
+    pub fs_replay: Vec<String>,
     /// A vhost-user-vsock backend (e.g. vhost-device-vsock) for host-guest sockets.
     #[arg(long = "vsock-socket", value_name = "PATH")]
     pub vsock_socket: Option<PathBuf>,
@@ -158,6 +164,7 @@ impl VmmArgs {
             env: vec![],
             blk_socket: vec![],
             fs_socket: vec![],
+            fs_replay: vec![],
             vsock_socket: None,
             cid: None,
             net_socket: None,
@@ -187,6 +194,7 @@ impl VmmArgs {
                 .into_iter()
                 .map(|f| (f.tag, f.path))
                 .collect(),
+            fs_replay: self.fs_replay,
             vsock_socket: self.vsock_socket,
             cid: self.cid,
             net_socket: self.net_socket,
@@ -206,6 +214,7 @@ impl CommandLine for VmmArgs {
             env,
             blk_socket,
             fs_socket,
+            fs_replay,
             vsock_socket,
             cid,
             net_socket,
@@ -229,6 +238,7 @@ impl CommandLine for VmmArgs {
             .values("env", env)
             .values("blk_socket", blk_socket)
             .values("fs_socket", fs)
+            .values("fs_replay", fs_replay)
             .option("vsock_socket", vsock_socket.as_ref())
             .option("cid", cid.map(|c| c.to_string()))
             .option("net_socket", net_socket.as_ref())

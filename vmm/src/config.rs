@@ -25,6 +25,9 @@ pub enum ConfigError {
     /// More than the host has.
     #[error("--mem {0} MiB is more than this host's {1} MiB of memory")]
     MemTooLarge(u64, u64),
+    /// `--fs-replay` names a tag no file system has.
+    #[error("--fs-replay {0}: no --fs-socket has that tag")]
+    ReplayTag(String),
     /// Two file systems with one tag.
     #[error("--fs-socket tag '{0}' is used twice")]
     DuplicateTag(String),
@@ -72,6 +75,9 @@ pub struct VmConfig {
     pub blk_sockets: Vec<PathBuf>,
     /// vhost-user-fs backends: (mount tag, socket).
     pub fs_sockets: Vec<(String, PathBuf)>,
+    /// Tags of virtio-fs devices whose requests are replayed on a new backend after a
+    /// hang-up (`--fs-replay`).
+    pub fs_replay: Vec<String>,
     /// vhost-user-vsock backend socket.
     pub vsock_socket: Option<PathBuf>,
     /// The guest CID the vsock backend must serve (checked against its config space).
@@ -152,6 +158,9 @@ impl VmConfig {
                 return Err(ConfigError::DuplicateTag(tag.clone()));
             }
         }
+        if let Some(tag) = self.fs_replay.iter().find(|t| !tags.contains(t)) {
+            return Err(ConfigError::ReplayTag(tag.clone()));
+        }
         for (what, path) in [("kernel", &self.kernel), ("initramfs", &self.initrd)] {
             if !Path::new(path).is_file() {
                 let default = *path == default_kernel() || *path == default_initrd();
@@ -184,6 +193,7 @@ mod tests {
             env: vec![],
             blk_sockets: vec![],
             fs_sockets: vec![],
+            fs_replay: vec![],
             vsock_socket: None,
             cid: None,
             net_socket: None,

@@ -248,6 +248,7 @@ fn attach_devices(
         .fs_sockets
         .iter()
         .map(|(tag, s)| (s, DeviceKind::FS, DeviceConfig::FsTag(tag.clone())));
+    let replay = |source: &DeviceConfig| matches!(source, DeviceConfig::FsTag(tag) if config.fs_replay.contains(tag));
     let vsock = config
         .vsock_socket
         .iter()
@@ -267,6 +268,9 @@ fn attach_devices(
             ram.memory.clone(),
             ram.memfd.as_raw_fd(),
         )?;
+        if replay(&source) {
+            device.replay_after_hangup();
+        }
         let span = device.shared_memory_span();
         let end = shmem_next.saturating_add(span);
         if span > 0 && end > 1u64 << phys_bits {

@@ -150,6 +150,8 @@ impl DeviceLayout {
                 path: s.socket.clone(),
             })
             .collect();
+        // Each share's backend keeps its tables in the journal sm holds (`--state-fd`).
+        args.fs_replay = self.shares.iter().map(|s| s.tag.clone()).collect();
         args.vsock_socket = Some(self.vsock.clone());
         args.api_socket = Some(self.api.clone());
         args.net_socket = self.net.as_ref().map(|n| n.socket.clone());
@@ -211,13 +213,14 @@ impl Disk {
             readiness: Readiness::Notify,
             image: Some(image),
             stale: vec![],
+            keeps_state: false,
         }
     }
 }
 
 impl Share {
     /// The backend's flags: the mount's policy, under the share's tag; the socket is sm's,
-    /// inherited as descriptor 3.
+    /// inherited as descriptor 3, and its crash journal the memfd sm keeps, descriptor 4.
     pub fn backend_args(&self) -> FsArgs {
         let m = &self.mount;
         FsArgs {
@@ -231,6 +234,7 @@ impl Share {
             dax_window_mib: if m.dax { DAX_WINDOW_MIB } else { 0 },
             socket: None,
             fd: Some(INHERITED_FD),
+            state_fd: Some(INHERITED_FD + 1),
             ..FsArgs::new(&self.socket, &m.host)
         }
     }
@@ -245,6 +249,7 @@ impl Share {
             readiness: Readiness::Notify,
             image: None,
             stale: vec![],
+            keeps_state: true,
         }
     }
 }
@@ -268,6 +273,7 @@ pub fn vsock_service(layout: &DeviceLayout) -> ServiceSpec {
         readiness: Readiness::SocketFile,
         image: None,
         stale: vec![layout.vsock.clone(), layout.agent.clone()],
+        keeps_state: false,
     }
 }
 

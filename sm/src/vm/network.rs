@@ -100,6 +100,7 @@ impl NetDevice {
             readiness: Readiness::Notify,
             image: None,
             stale: vec![],
+            keeps_state: false,
         }
     }
 }

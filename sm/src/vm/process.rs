@@ -80,16 +80,16 @@ const SERVICE_PROTOCOL_ENV: [&str; 6] = [
 impl Proc {
     /// Starts `cmd` in its own process group, stdout and stderr to `log`.
     pub fn spawn(name: &str, cmd: Command, log: PathBuf) -> Result<Self, ProcessError> {
-        Self::spawn_with(name, cmd, log, None, &[])
+        Self::spawn_with(name, cmd, log, &[], &[])
     }
 
-    /// As [`Proc::spawn`], with `inherit` (a listening socket) at descriptor 3 and `env`
-    /// (sm's own service-protocol variables) set.
+    /// As [`Proc::spawn`], with `inherit` (a listening socket, then a state memfd) at
+    /// descriptors 3, 4, ... and `env` (sm's own service-protocol variables) set.
     pub fn spawn_with(
         name: &str,
         mut cmd: Command,
         log: PathBuf,
-        inherit: Option<RawFd>,
+        inherit: &[RawFd],
         env: &[(&str, String)],
     ) -> Result<Self, ProcessError> {
         // Appended to: a restarted backend's log keeps what the crashed run said.
@@ -112,18 +112,25 @@ impl Proc {
         // waited 2 s per backend for the SIGKILL.
         // SAFETY: the hook is async-signal-safe (see `clear_signal_mask`).
         unsafe { cmd.pre_exec(sm_launch::clear_signal_mask) };
-        if let Some(fd) = inherit {
-            // SAFETY: the closure only calls dup2 and fcntl, which are async-signal-safe (sm
-            // has threads: nothing that allocates or locks may run between fork and exec).
+        if !inherit.is_empty() {
+            let fds: Vec<RawFd> = inherit.to_vec();
+            // SAFETY: the closure only calls fcntl and dup2, which are async-signal-safe, and
+            // allocates nothing (sm has threads: nothing that allocates or locks may run
+            // between fork and exec).
             unsafe {
                 cmd.pre_exec(move || {
-                    let r = if fd == INHERITED_FD {
-                        libc::fcntl(fd, libc::F_SETFD, 0)
-                    } else {
-                        libc::dup2(fd, INHERITED_FD)
-                    };
-                    if r < 0 {
-                        return Err(std::io::Error::last_os_error());
+                    // First out of the way (above any target), so no dup2 overwrites a source.
+                    let mut moved = [0 as RawFd; 8];
+                    for (i, &fd) in fds.iter().enumerate().take(moved.len()) {
+                        moved[i] = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
+                        if moved[i] < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for (i, &fd) in moved.iter().enumerate().take(fds.len()) {
+                        if libc::dup2(fd, INHERITED_FD + i as RawFd) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 })

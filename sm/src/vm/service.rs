@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,9 @@ pub struct ServiceSpec {
     /// Files a previous run may have left that a new run must not find (a
     /// [`Readiness::SocketFile`] backend's sockets).
     pub stale: Vec<PathBuf>,
+    /// It keeps state across its runs in a memfd sm holds, inherited as descriptor 4 (the
+    /// fs backend's crash journal, `--state-fd 4`), as systemd's file-descriptor store does.
+    pub keeps_state: bool,
 }
 
 /// A supervised process's state, as `sm ps` shows it.
@@ -137,6 +141,8 @@ pub struct Service {
     log: PathBuf,
     watchdog: Duration,
     pub(super) proc: Option<Proc>,
+    /// The memfd every run inherits ([`ServiceSpec::keeps_state`]).
+    state_fd: Option<OwnedFd>,
     /// Readable once `proc` exits.
     pidfd: Option<OwnedFd>,
     pub(super) state: State,
@@ -174,6 +180,15 @@ impl Service {
             }
             Readiness::SocketFile => (None, None),
         };
+        let state_fd = if spec.keeps_state {
+            let name = c"sm-backend-state";
+            let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC).map_err(|e| {
+                ProcessError::Spawn(format!("{}: its state memfd", spec.name), e.into())
+            })?;
+            Some(fd)
+        } else {
+            None
+        };
         Ok(Service {
             log: dir.join(format!("backend-{index}.log")),
             spec,
@@ -181,6 +196,7 @@ impl Service {
             notify,
             watchdog,
             proc: None,
+            state_fd,
             pidfd: None,
             state: State::Starting,
             restarts: 0,
@@ -222,8 +238,9 @@ impl Service {
                 env.push(("WATCHDOG_USEC", self.watchdog.as_micros().to_string()));
             }
         }
-        let fd = self.listener.as_ref().map(|l| l.as_raw_fd());
-        let p = Proc::spawn_with(&self.spec.name, cmd, self.log.clone(), fd, &env)?;
+        let mut fds: Vec<_> = self.listener.iter().map(|l| l.as_raw_fd()).collect();
+        fds.extend(self.state_fd.iter().map(|s| s.as_raw_fd()));
+        let p = Proc::spawn_with(&self.spec.name, cmd, self.log.clone(), &fds, &env)?;
         self.pidfd = pidfd_open(p.pid()).ok();
         self.proc = Some(p);
         self.state = State::Starting;

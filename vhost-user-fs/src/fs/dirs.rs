@@ -12,6 +12,7 @@ use fuse_backend_rs::api::filesystem::{DirEntry, Entry, ROOT_ID};
 
 use super::{errno, SharedFs};
 use crate::inode::InodeData;
+use crate::journal::Record;
 use crate::{policy, sys};
 
 /// Bytes of getdents64 output read at a time.
@@ -58,7 +59,13 @@ impl SharedFs {
     pub(super) fn do_opendir(&self, inode: u64) -> io::Result<u64> {
         let node = self.dir(inode)?;
         let fd = sys::open_dir(node.fd())?;
-        Ok(self.handles.insert(inode, File::from(fd)))
+        let handle = self.handles.insert(inode, File::from(fd));
+        self.note(|| Record::Open {
+            h: handle,
+            id: inode,
+            flags: 0,
+        });
+        Ok(handle)
     }
 
     /// Whether the entry `name` of `dir` is a symlink the policy hides.
@@ -101,33 +108,33 @@ impl SharedFs {
         // Node IDs in the reply so far: an error reply delivers none of them.
         let mut given = Vec::new();
         let r = self.list(inode, handle, offset, &mut |dir, d| {
-            let entry = self.plus_entry(dir, d.name);
+            let entry = self.plus_entry(inode, dir, d.name);
             let id = entry.inode;
             let added = add_entry(d, entry);
             if id != 0 {
                 match added {
                     Ok(n) if n > 0 => given.push(id),
-                    _ => self.inodes.forget(id, 1), // Did not fit, or failed.
+                    _ => self.forget_node(id, 1), // Did not fit, or failed.
                 }
             }
             added
         });
         if r.is_err() {
             for id in given {
-                self.inodes.forget(id, 1);
+                self.forget_node(id, 1);
             }
         }
         r
     }
 
     /// What READDIRPLUS says about `name` in `dir`: LOOKUP's entry, or one with node ID 0.
-    fn plus_entry(&self, dir: &InodeData, name: &[u8]) -> Entry {
+    fn plus_entry(&self, parent: u64, dir: &InodeData, name: &[u8]) -> Entry {
         if name == b"." || name == b".." {
             return Entry::default(); // Never looked up: the kernel ignores them.
         }
         let looked = policy::validate_name(name)
             .and_then(|()| CString::new(name).map_err(|_| errno(libc::EINVAL)))
-            .and_then(|name| self.lookup_in(dir, &name));
+            .and_then(|name| self.lookup_in(parent, dir, &name));
         match looked {
             // The kernel refuses the root's ID here (EIO); the table never drops the root, so
             // that reference needs no FORGET (`--symlinks follow` and `up -> ..`).

@@ -18,14 +18,14 @@ impl SharedFs {
     /// LOOKUP: finds `name` in `parent` under the symlink policy.
     pub(super) fn do_lookup(&self, parent: u64, name: &CStr) -> io::Result<Entry> {
         let dir = self.dir(parent)?;
-        self.lookup_in(&dir, name)
+        self.lookup_in(parent, &dir, name)
     }
 
     /// LOOKUP of the validated `name` in the directory `dir`; an entry returned is one more
     /// kernel reference to its node (undone by FORGET).
-    pub(super) fn lookup_in(&self, dir: &InodeData, name: &CStr) -> io::Result<Entry> {
+    pub(super) fn lookup_in(&self, parent: u64, dir: &InodeData, name: &CStr) -> io::Result<Entry> {
         let (fd, _) = self.resolve_in(dir, name)?;
-        self.entry(fd, false)
+        self.entry(fd, false, parent, name)
     }
 
     /// What LOOKUP finds for the validated `name` in `dir` under the symlink policy, with
@@ -46,14 +46,20 @@ impl SharedFs {
     }
 
     /// The entry for `name`, just created in `dir` by the guest (never followed).
-    fn created(&self, ctx: &Context, dir: &InodeData, name: &CStr) -> io::Result<Entry> {
+    fn created(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        dir: &InodeData,
+        name: &CStr,
+    ) -> io::Result<Entry> {
         self.set_owner(ctx, dir, name);
         let fd = sys::open_path(dir.fd(), name, false)?;
         let st = sys::fstat(fd.as_fd())?;
         let hidden = st.st_mode & libc::S_IFMT == libc::S_IFLNK
             && self.cfg.symlinks.hides_escaping_symlinks()
             && !self.symlink_inside(dir, &fd)?;
-        self.entry(fd, hidden)
+        self.entry(fd, hidden, parent, name)
     }
 
     /// Gives a new entry the guest caller's owner, when the backend may (it ran as root).
@@ -79,7 +85,7 @@ impl SharedFs {
         self.cfg.symlinks.check_create_symlink()?;
         let dir = self.dir(parent)?;
         sys::symlinkat(link, dir.fd(), name)?;
-        self.created(ctx, &dir, name)
+        self.created(ctx, parent, &dir, name)
     }
 
     /// MKNOD: regular files, FIFOs and sockets; device nodes only with `--allow-devices`
@@ -104,7 +110,7 @@ impl SharedFs {
         let dir = self.dir(parent)?;
         let mode = (mode & libc::S_IFMT) | self.guest_mode(mode, mode & libc::S_IFMT);
         sys::mknodat(dir.fd(), name, mode as libc::mode_t, rdev.into())?;
-        self.created(ctx, &dir, name)
+        self.created(ctx, parent, &dir, name)
     }
 
     /// MKDIR.
@@ -119,7 +125,7 @@ impl SharedFs {
         let dir = self.dir(parent)?;
         let mode = self.guest_mode(mode, libc::S_IFDIR);
         sys::mkdirat(dir.fd(), name, mode as libc::mode_t)?;
-        self.created(ctx, &dir, name)
+        self.created(ctx, parent, &dir, name)
     }
 
     /// UNLINK (`flags` 0) and RMDIR (`AT_REMOVEDIR`).
@@ -169,7 +175,7 @@ impl SharedFs {
             )?;
         }
         let fd = sys::open_path(dir.fd(), newname, false)?;
-        self.entry(fd, false)
+        self.entry(fd, false, newparent, newname)
     }
 }
 

@@ -15,6 +15,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use super::{errno, SharedFs};
+use crate::journal::Record;
 use crate::policy::CacheMode;
 use crate::sys::{self, FileView, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS};
 
@@ -103,7 +104,13 @@ impl SharedFs {
         if flags & libc::O_TRUNC != 0 {
             self.drop_privilege_for_write(fd.as_fd())?;
         }
-        Ok(self.handles.insert(inode, File::from(fd)))
+        let handle = self.handles.insert(inode, File::from(fd));
+        self.note(|| Record::Open {
+            h: handle,
+            id: inode,
+            flags,
+        });
+        Ok(handle)
     }
 
     /// CREATE: a new (or, without O_EXCL, existing) regular file, opened.
@@ -148,8 +155,13 @@ impl SharedFs {
             }
         }
         let path = self.proc.reopen(file.as_fd(), libc::O_PATH)?;
-        let entry = self.entry(path, false)?;
+        let entry = self.entry(path, false, parent, name)?;
         let handle = self.handles.insert(entry.inode, File::from(file));
+        self.note(|| Record::Open {
+            h: handle,
+            id: entry.inode,
+            flags: flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
+        });
         Ok((entry, handle))
     }
 

@@ -38,6 +38,7 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 use crate::handle::HandleTable;
 use crate::idmap::IdMaps;
 use crate::inode::{InodeData, InodeKey, InodeTable};
+use crate::journal::{Journal, Record};
 use crate::policy::{self, CacheMode, SymlinkPolicy, ALWAYS_TIMEOUT_SECS, AUTO_TIMEOUT_MS};
 use crate::sys::{self, ProcFds};
 use crate::watch::Watcher;
@@ -80,6 +81,8 @@ pub struct SharedFs {
     fuse_options: Mutex<Option<u64>>,
     /// `--translate-uid` and `--translate-gid`.
     ids: IdMaps,
+    /// `--state-fd`: where every table change is recorded for a backend after a crash.
+    journal: Option<Arc<Journal>>,
 }
 
 /// Shorthand for an errno as an `io::Error`.
@@ -106,6 +109,7 @@ impl SharedFs {
             watcher: None,
             fuse_options: Mutex::new(None),
             ids: IdMaps::default(),
+            journal: None,
         })
     }
 
@@ -120,6 +124,25 @@ impl SharedFs {
     pub fn with_watcher(mut self, watcher: Watcher) -> SharedFs {
         self.watcher = Some(watcher);
         self
+    }
+
+    /// Records every change to the tables in `journal`.
+    pub fn with_journal(mut self, journal: Arc<Journal>) -> SharedFs {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Appends the record `rec` builds to the journal, if there is one.
+    fn note(&self, rec: impl FnOnce() -> Record) {
+        if let Some(j) = &self.journal {
+            j.record(rec());
+        }
+    }
+
+    /// Drops `count` kernel references to node `id`.
+    fn forget_node(&self, id: u64, count: u64) {
+        self.inodes.forget(id, count);
+        self.note(|| Record::Forget { id, n: count });
     }
 
     /// Translates owners between guest and host IDs by `ids`.
@@ -243,11 +266,20 @@ impl SharedFs {
         Ok(d)
     }
 
-    /// Registers `fd` (an `O_PATH` descriptor) and answers with its entry; a `hidden` entry
-    /// is not cached by the guest, so its next LOOKUP meets the policy.
-    fn entry(&self, fd: OwnedFd, hidden: bool) -> io::Result<Entry> {
+    /// Registers `fd` (an `O_PATH` descriptor), found as `name` in directory `parent`, and
+    /// answers with its entry; a `hidden` entry is not cached by the guest, so its next
+    /// LOOKUP meets the policy.
+    fn entry(&self, fd: OwnedFd, hidden: bool, parent: u64, name: &CStr) -> io::Result<Entry> {
         let st = sys::fstat(fd.as_fd())?;
         let inode = self.inodes.insert(fd, &st);
+        self.note(|| Record::Node {
+            id: inode,
+            parent,
+            name: name.to_bytes().to_vec(),
+            kind: st.st_mode & libc::S_IFMT,
+            ino: st.st_ino,
+            n: 1,
+        });
         Ok(Entry {
             inode,
             generation: 0,
@@ -334,12 +366,16 @@ impl FileSystem for SharedFs {
         self.reset();
         let agreed = self.wanted() & capable;
         *self.fuse_options.lock().unwrap_or_else(|e| e.into_inner()) = Some(agreed.bits());
+        self.note(|| Record::Session {
+            options: Some(agreed.bits()),
+        });
         Ok(agreed)
     }
 
     fn destroy(&self) {
         self.reset();
         *self.fuse_options.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.note(|| Record::Session { options: None });
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -348,7 +384,7 @@ impl FileSystem for SharedFs {
     }
 
     fn forget(&self, _ctx: &Context, inode: u64, count: u64) {
-        self.inodes.forget(inode, count);
+        self.forget_node(inode, count);
     }
 
     fn getattr(
@@ -425,11 +461,21 @@ impl FileSystem for SharedFs {
     }
 
     fn unlink(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        self.do_remove(parent, name_ok(name)?, 0)
+        self.do_remove(parent, name_ok(name)?, 0)?;
+        self.note(|| Record::Remove {
+            dir: parent,
+            name: name.to_bytes().to_vec(),
+        });
+        Ok(())
     }
 
     fn rmdir(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
-        self.do_remove(parent, name_ok(name)?, libc::AT_REMOVEDIR)
+        self.do_remove(parent, name_ok(name)?, libc::AT_REMOVEDIR)?;
+        self.note(|| Record::Remove {
+            dir: parent,
+            name: name.to_bytes().to_vec(),
+        });
+        Ok(())
     }
 
     fn rename(
@@ -441,7 +487,15 @@ impl FileSystem for SharedFs {
         newname: &CStr,
         flags: u32,
     ) -> io::Result<()> {
-        self.do_rename(olddir, name_ok(oldname)?, newdir, name_ok(newname)?, flags)
+        self.do_rename(olddir, name_ok(oldname)?, newdir, name_ok(newname)?, flags)?;
+        self.note(|| Record::Rename {
+            old_dir: olddir,
+            old_name: oldname.to_bytes().to_vec(),
+            new_dir: newdir,
+            new_name: newname.to_bytes().to_vec(),
+            exchange: flags & libc::RENAME_EXCHANGE != 0,
+        });
+        Ok(())
     }
 
     fn link(
@@ -573,7 +627,9 @@ impl FileSystem for SharedFs {
         _flock_release: bool,
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.handles.remove(handle, inode)
+        self.handles.remove(handle, inode)?;
+        self.note(|| Record::Close { h: handle });
+        Ok(())
     }
 
     fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
@@ -659,7 +715,9 @@ impl FileSystem for SharedFs {
     }
 
     fn releasedir(&self, _ctx: &Context, inode: u64, _flags: u32, handle: u64) -> io::Result<()> {
-        self.handles.remove(handle, inode)
+        self.handles.remove(handle, inode)?;
+        self.note(|| Record::Close { h: handle });
+        Ok(())
     }
 
     fn access(&self, _ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {

@@ -56,6 +56,7 @@ use tracing::warn;
 use super::files::open_flags;
 use super::SharedFs;
 use crate::inode::InodeData;
+use crate::journal::{Record, Tables};
 use crate::policy::{self, CacheMode, SymlinkPolicy};
 use crate::sys;
 
@@ -332,7 +333,10 @@ impl SharedFs {
 
     /// Parses `bytes` and [loads](SharedFs::load_state) them.
     pub fn load_state_bytes(&self, bytes: &[u8]) -> Result<(), StateError> {
-        self.restore(&document::load(bytes)?)
+        let body = document::load(bytes)?;
+        self.restore(&body, false)?;
+        self.journal_loaded(&body);
+        Ok(())
     }
 
     /// Walks `path` from the shared directory one component at a time, as LOOKUPs would.
@@ -374,11 +378,115 @@ impl SharedFs {
     /// this backend's policy; on any error nothing changes.
     pub fn load_state(&self, state: &FsState) -> Result<(), StateError> {
         state.check()?;
-        self.restore(state)
+        self.restore(state, false)?;
+        self.journal_loaded(state);
+        Ok(())
     }
 
-    /// [`SharedFs::load_state`] of a body whose envelope was checked.
-    fn restore(&self, state: &FsBody) -> Result<(), StateError> {
+    /// Records a loaded snapshot's tables in the journal, if there is one. The snapshot
+    /// names nodes by path: a node whose parent directory is a node too gets that parent
+    /// (so renaming the directory moves it); any other is named by its whole path.
+    fn journal_loaded(&self, state: &FsBody) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let by_path: std::collections::HashMap<&[u8], u64> = state
+            .inodes
+            .iter()
+            .filter_map(|n| Some((n.path.as_ref()?.as_bytes(), n.id)))
+            .collect();
+        let mut records = vec![
+            Record::Session {
+                options: state.fuse_options,
+            },
+            Record::Counters {
+                next_inode: state.next_inode,
+                last_handle: state.last_handle,
+            },
+        ];
+        let live = |id| self.inodes.get(id).is_ok();
+        for n in state.inodes.iter().filter(|n| live(n.id)) {
+            let Some(path) = &n.path else { continue };
+            let path = path.as_bytes();
+            let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
+                Some(i) => match by_path.get(&path[..i]) {
+                    Some(&p) if live(p) => (p, &path[i + 1..]),
+                    _ => (ROOT_ID, path),
+                },
+                None => (ROOT_ID, path),
+            };
+            records.push(Record::Node {
+                id: n.id,
+                parent,
+                name: name.to_vec(),
+                kind: self.inodes.get(n.id).map(|d| d.kind).unwrap_or(0),
+                ino: n.host_ino,
+                n: n.lookups,
+            });
+        }
+        for (h, data) in self.handles.entries().0 {
+            let flags = state
+                .handles
+                .iter()
+                .find(|s| s.handle == h)
+                .map_or(0, |s| s.flags);
+            records.push(Record::Open {
+                h,
+                id: data.inode,
+                flags,
+            });
+        }
+        if let Err(e) = journal.replace(&records) {
+            warn!("state journal: cannot record the loaded tables: {e}");
+        }
+    }
+
+    /// Takes over the tables a crashed backend left in its journal: each node reopened from
+    /// the path its recorded names give, each handle from its node. Unlike a snapshot's
+    /// LOAD, a node that cannot be reopened (gone from the host, moved behind the guest's
+    /// back, its type changed) is dropped with a warning, as are its handles: the guest
+    /// gets EBADF on those alone. Returns how many nodes and handles were dropped.
+    pub fn recover(&self, tables: &Tables) -> Result<(usize, usize), StateError> {
+        let mut inodes: Vec<InodeState> = tables
+            .nodes
+            .iter()
+            .map(|(&id, n)| InodeState {
+                id,
+                path: tables.path(id).map(HostPath::from_bytes),
+                kind: kind_name(n.kind).to_owned(),
+                lookups: n.lookups,
+                host_ino: n.ino,
+            })
+            .collect();
+        inodes.sort_by_key(|n| n.id);
+        let mut handles: Vec<HandleState> = tables
+            .handles
+            .iter()
+            .map(|(&handle, &(inode, flags))| HandleState {
+                handle,
+                inode,
+                flags,
+            })
+            .collect();
+        handles.sort_by_key(|h| h.handle);
+        let body = FsBody {
+            config: self.config_state(),
+            fuse_options: tables.options,
+            next_inode: tables.next_inode.max(ROOT_ID + 1),
+            last_handle: tables.last_handle,
+            inodes,
+            handles,
+        };
+        let (nodes, handles) = (body.inodes.len(), body.handles.len());
+        self.restore(&body, true)?;
+        let kept_nodes = self.inodes.count() - 1;
+        let kept_handles = self.handles.entries().0.len();
+        Ok((nodes - kept_nodes, handles - kept_handles))
+    }
+
+    /// [`SharedFs::load_state`] of a body whose envelope was checked; `lenient` drops what
+    /// cannot be reopened instead of failing.
+    fn restore(&self, state: &FsBody, lenient: bool) -> Result<(), StateError> {
         let actual = self.config_state();
         if state.config != actual {
             return Err(StateError::Config {
@@ -415,14 +523,25 @@ impl SharedFs {
                 path: path.display(),
                 reason,
             };
-            let data = self.walk(path.as_bytes()).map_err(reopen_err)?;
-            if kind_name(data.kind) != node.kind {
-                return Err(reopen_err(format!(
-                    "was a {}, is now a {}",
-                    node.kind,
-                    kind_name(data.kind)
-                )));
-            }
+            let walked = self.walk(path.as_bytes()).and_then(|data| {
+                if kind_name(data.kind) != node.kind {
+                    return Err(format!(
+                        "was a {}, is now a {}",
+                        node.kind,
+                        kind_name(data.kind)
+                    ));
+                }
+                Ok(data)
+            });
+            let data = match walked {
+                Ok(data) => data,
+                Err(reason) if lenient => {
+                    warn!("{}; dropped", reopen_err(reason));
+                    dropped.insert(node.id);
+                    continue;
+                }
+                Err(reason) => return Err(reopen_err(reason)),
+            };
             if data.key.1 != node.host_ino {
                 warn!(
                     "inode {} ({}) is another host file than at the snapshot (host inode {} then, {} now)",
@@ -469,16 +588,25 @@ impl SharedFs {
                 Some(d) => (d.fd(), d.is_dir(), d.is_file()),
                 None => (self.root.as_fd(), true, false),
             };
-            let file: OwnedFd = if is_dir {
-                sys::open_dir(fd).map_err(handle_err)?
+            let reopened: io::Result<OwnedFd> = if is_dir {
+                sys::open_dir(fd)
             } else if is_file {
                 let flags = open_flags(h.flags as u32) & !libc::O_TRUNC;
                 if flags & libc::O_ACCMODE != libc::O_RDONLY {
-                    self.writable().map_err(handle_err)?;
+                    self.writable().and_then(|()| self.proc.reopen(fd, flags))
+                } else {
+                    self.proc.reopen(fd, flags)
                 }
-                self.proc.reopen(fd, flags).map_err(handle_err)?
             } else {
-                return Err(handle_err(io::Error::from_raw_os_error(libc::EINVAL)));
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            };
+            let file = match reopened {
+                Ok(file) => file,
+                Err(e) if lenient => {
+                    warn!("{}; dropped", handle_err(e));
+                    continue;
+                }
+                Err(e) => return Err(handle_err(e)),
             };
             handles.push((h.handle, h.inode, File::from(file)));
         }

@@ -43,6 +43,17 @@ pub const FUSE_INIT: u32 = 26;
 
 /// One FUSE request on the request queue, through a real virtqueue; its error.
 pub fn fuse(fe: &mut TestFrontend, mem: &GuestMemory, opcode: u32, node: u64, body: &[u8]) -> i32 {
+    fuse_reply(fe, mem, opcode, node, body).0
+}
+
+/// One FUSE request on the request queue; its error and the reply's body (after the header).
+pub fn fuse_reply(
+    fe: &mut TestFrontend,
+    mem: &GuestMemory,
+    opcode: u32,
+    node: u64,
+    body: &[u8],
+) -> (i32, Vec<u8>) {
     let mut req = Vec::new();
     req.extend_from_slice(&(40 + body.len() as u32).to_le_bytes());
     req.extend_from_slice(&opcode.to_le_bytes());
@@ -56,7 +67,8 @@ pub fn fuse(fe: &mut TestFrontend, mem: &GuestMemory, opcode: u32, node: u64, bo
         "opcode {opcode}: reply of {} bytes",
         reply.len
     );
-    i32::from_le_bytes(reply.bytes[4..8].try_into().unwrap())
+    let error = i32::from_le_bytes(reply.bytes[4..8].try_into().unwrap());
+    (error, reply.bytes[16..reply.len as usize].to_vec())
 }
 
 /// A new connection to the backend on `socket`, its queues started and FUSE INIT done.

@@ -261,6 +261,9 @@ pub struct VhostUserDevice {
     reply_ack: bool,
     /// The backend hung up: the rings wait for it to come back ([`reconnect`]).
     down: bool,
+    /// virtio-fs only: the backend keeps the guest's tables across a restart, so its
+    /// requests may be replayed on the next one (`--fs-replay`).
+    fs_replay: bool,
 }
 
 impl VhostUserDevice {
@@ -309,7 +312,14 @@ impl VhostUserDevice {
             deadline: Some(link.deadline),
             reply_ack,
             down: false,
+            fs_replay: false,
         })
+    }
+
+    /// Lets a virtio-fs device's requests be replayed on a new backend after a hang-up
+    /// (`--fs-replay`): its backend keeps the guest's tables across a restart.
+    pub fn replay_after_hangup(&mut self) {
+        self.fs_replay = true;
     }
 
     /// Guest-physical space the device's shared memory regions take, each aligned to

@@ -9,8 +9,9 @@
 //! before it, so every request the guest submitted and never saw completed is taken again,
 //! and none twice. A backend that does not promise that order cannot be replayed: the VM
 //! stops with one line instead (vsock excepted: its requests mean nothing to a new backend
-//! anyway, and the guest is told its connections are gone). virtio-fs stops the VM too: its
-//! state (the guest's node IDs and open files) dies with the backend.
+//! anyway, and the guest is told its connections are gone). virtio-fs stops the VM too, as
+//! its state (the guest's node IDs and open files) dies with the backend, unless
+//! `--fs-replay TAG` says the backend keeps that state across a restart.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
@@ -179,13 +180,14 @@ impl VhostUserDevice {
     }
 
     /// Whether a lost backend's requests can be replayed on a new one: none were started,
-    /// or it completes them in order, or it is vsock (whose connections reset anyway). Never
-    /// for virtio-fs: the guest's node IDs and open file handles lived in the dead
-    /// backend's tables, so a new one would fail the open files and the requests in
-    /// flight with EBADF (tried: the mount itself goes on working); stopping the VM with
-    /// one line is the honest answer until the tables outlive the process.
+    /// or it completes them in order, or it is vsock (whose connections reset anyway). For
+    /// virtio-fs only with `--fs-replay`: the guest's node IDs and open file handles live
+    /// in the backend's tables, so a new backend without them would fail the open files
+    /// and the requests in flight with EBADF (the mount itself would go on working); unless
+    /// the backend keeps them (sm-vhost-user-fs's crash journal), stopping the VM with one
+    /// line is the honest answer.
     fn replayable(&self) -> Result<(), String> {
-        if self.kind == DeviceKind::FS {
+        if self.kind == DeviceKind::FS && !self.fs_replay {
             return Err(format!(
                 "virtio-fs backend at {} hung up; a new one cannot take over the guest's open files (they lived in its tables), so the VM stops",
                 self.name
