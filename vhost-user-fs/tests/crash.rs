@@ -258,3 +258,50 @@ fn a_descriptor_that_holds_no_journal_is_one_line() {
         "a journal needs in-order completion"
     );
 }
+
+/// A backend that loaded a snapshot's state (SET_DEVICE_STATE_FD) records those tables in
+/// its journal, so a crash right after a restore loses nothing either.
+#[test]
+fn a_restored_backend_that_crashes_keeps_the_snapshots_open_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("share");
+    std::fs::create_dir_all(shared.join("d")).unwrap();
+    std::fs::write(shared.join("d/f"), b"from the snapshot\n").unwrap();
+    let log = dir.path().join("backend.log");
+    let mem = GuestMemory::new();
+
+    let a_socket = dir.path().join("a.sock");
+    let a_listener = UnixListener::bind(&a_socket).unwrap();
+    let a = start(&a_listener, &memfd(), &shared, &log);
+    let mut fe = session(&a_socket, &mem);
+    let d = lookup(&mut fe, &mem, 1, "d");
+    let f = lookup(&mut fe, &mem, d, "f");
+    let fh = open(&mut fe, &mem, f, libc::O_RDONLY);
+    let bases = fe.stop();
+    let (state, check) = fe.save();
+    check.expect("SAVE");
+    kill(a);
+
+    let socket = dir.path().join("b.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let journal = memfd();
+    let b = start(&listener, &journal, &shared, &log);
+    let (mut fe, _) = TestFrontend::connect(&socket, 2);
+    fe.load(&state).expect("LOAD");
+    fe.start(&mem, &bases);
+    assert_eq!(
+        read(&mut fe, &mem, f, fh).as_deref(),
+        Ok(&b"from the snapshot\n"[..])
+    );
+    kill(b);
+
+    let c = start(&listener, &journal, &shared, &log);
+    let mut fe = reconnect(&socket, &mem, &mut fe);
+    assert_eq!(
+        read(&mut fe, &mem, f, fh).as_deref(),
+        Ok(&b"from the snapshot\n"[..]),
+        "the snapshot's handle after a crash of the restored backend"
+    );
+    assert_eq!(lookup(&mut fe, &mem, d, "f"), f);
+    kill(c);
+}
