@@ -14,9 +14,10 @@
 //! by RENAME, so paths follow the guest's own renames; a change the host makes behind the
 //! guest's back shows at replay as a path that no longer leads to the file.
 //!
-//! **Compaction.** When the active region passes [`COMPACT_AT`], the live tables are
-//! written to the other region as ordinary records, then the header flips to it (one 8-byte
-//! write), then the old region is punched out. A crash at any point leaves one complete
+//! **Compaction.** When the active region passes [`COMPACT_AT`] and twice what the last
+//! compaction wrote (so large live tables are not rewritten on every record), the live
+//! tables are written to the other region as ordinary records, then the header flips to it
+//! (one 8-byte write), then the old region is punched out. A crash at any point leaves one complete
 //! region in the header.
 
 use std::collections::HashMap;
@@ -34,8 +35,8 @@ const MAGIC: &[u8; 8] = b"smfsjrn1";
 const REGION_A: u64 = 4096;
 /// Where the second region starts (the memfd is sparse: the gap costs nothing).
 const REGION_B: u64 = 1 << 40;
-/// Active region size that triggers compaction.
-pub const COMPACT_AT: u64 = 64 << 20;
+/// Active region size that triggers compaction, at the least (the memfd is memory).
+pub const COMPACT_AT: u64 = 8 << 20;
 /// Deepest path a node's parent chain may have.
 const MAX_DEPTH: usize = 4096;
 
@@ -319,6 +320,8 @@ struct Writer {
     region: u64,
     end: u64,
     tables: Tables,
+    /// Bytes the last compaction wrote.
+    compacted: u64,
 }
 
 /// The journal of one backend's tables.
@@ -388,6 +391,7 @@ impl Journal {
                 region,
                 end,
                 tables: tables.clone(),
+                compacted: 0,
             }),
         };
         Ok((journal, tables))
@@ -401,7 +405,7 @@ impl Journal {
             // The guest's open files will not survive a crash; the backend itself goes on.
             tracing::error!("state journal: cannot append: {e}");
         }
-        if w.end - w.region > COMPACT_AT {
+        if w.end - w.region > COMPACT_AT.max(2 * w.compacted) {
             if let Err(e) = w.compact() {
                 tracing::error!("state journal: cannot compact: {e}");
             }
@@ -480,6 +484,7 @@ impl Writer {
         let old = self.region;
         self.region = other;
         self.end = other + buf.len() as u64;
+        self.compacted = buf.len() as u64;
         punch(&self.file, old, region_len(old))
     }
 }
