@@ -221,7 +221,7 @@ pub fn ps() -> Result<(), String> {
 }
 
 /// The processes a VM's supervisor last recorded (none if it recorded nothing readable).
-fn processes(dir: &Path) -> Vec<ProcessInfo> {
+pub(crate) fn processes(dir: &Path) -> Vec<ProcessInfo> {
     std::fs::read(dir.join(PROCESSES_FILE))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -308,6 +308,7 @@ mod tests {
             last_exit: None,
             last_exit_at: None,
             status: None,
+            socket: None,
         };
         std::fs::write(
             dir.join(PROCESSES_FILE),
@@ -355,6 +356,7 @@ mod tests {
             last_exit: Some("killed by SIGKILL".into()),
             last_exit_at: Some(86_400 * 20_000 + 16 * 3600 + 2 * 60 + 11),
             status: None,
+            socket: None,
         };
         let row = process_row(&p);
         let words: Vec<_> = row.split_whitespace().collect();

@@ -11,6 +11,7 @@ mod run;
 mod snapshot;
 mod snapshots;
 mod terminal;
+mod upgrade;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,9 @@ enum Command {
     Snapshots(snapshots::ListArgs),
     /// Remove named snapshots.
     Rmsnap(snapshots::RemoveArgs),
+    /// Restart a running VM's file system and volume backends one at a time, each on its
+    /// binary as it is now on disk (a planned restart: the guest sees no error).
+    Upgrade(upgrade::Args),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Bake(a) => baking::run(a),
         Command::Snapshots(a) => snapshots::list(a),
         Command::Rmsnap(a) => snapshots::remove(a),
+        Command::Upgrade(a) => upgrade::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@
 //!
 //! | Request | Answer |
 //! |---|---|
-//! | `GET /vm` | 200, [`VmStatus`] |
+//! | `GET /vm` | 200, [`VmStatus`] (with each device's requests in flight) |
 //! | `PUT /vm/pause` | 204; every vCPU out of KVM_RUN and parked (409 if already paused) |
 //! | `PUT /vm/resume` | 204 (409 if not paused) |
 //! | `PUT /vm/shutdown` | 204, then the VM powers off and sm-vmm exits |
@@ -149,6 +149,21 @@ pub struct VmStatus {
     pub uptime_ms: u64,
     /// sm-vmm's version.
     pub version: String,
+    /// Each virtio device, in attach order.
+    #[serde(default)]
+    pub devices: Vec<DeviceStatus>,
+}
+
+/// One virtio device in `GET /vm`: what a planned backend restart waits on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// `block`, `fs`, `vsock`, `net` (or the virtio device ID).
+    pub kind: String,
+    /// The vhost-user socket of its backend.
+    pub socket: Option<String>,
+    /// Requests the guest made available that the device has not yet used, over every
+    /// ready queue (0 once a paused VM's device is idle).
+    pub in_flight: u32,
 }
 
 /// What the VM's main loop answers to an [`ApiCall`].
@@ -614,11 +629,17 @@ mod tests {
             memory_mib: 512,
             uptime_ms: 1500,
             version: "0.1.0".into(),
+            devices: vec![DeviceStatus {
+                kind: "fs".into(),
+                socket: Some("/r/fs-0.sock".into()),
+                in_flight: 1,
+            }],
         };
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"state": "paused", "vcpus": 2, "memory_mib": 512, "uptime_ms": 1500, "version": "0.1.0"})
+            serde_json::json!({"state": "paused", "vcpus": 2, "memory_mib": 512, "uptime_ms": 1500, "version": "0.1.0",
+                "devices": [{"kind": "fs", "socket": "/r/fs-0.sock", "in_flight": 1}]})
         );
     }
 

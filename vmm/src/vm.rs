@@ -14,11 +14,11 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{IoEventAddress, VmFd};
 use nix::sys::signal::{SigSet, Signal};
-use vm_memory::{GuestMemory, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::{self, AcpiError};
-use crate::api::{Answer, ApiCall, ApiError, ApiSocket, Request, VmState, VmStatus};
+use crate::api::{Answer, ApiCall, ApiError, ApiSocket, DeviceStatus, Request, VmState, VmStatus};
 use crate::boot::{self, BootError};
 use crate::config::VmConfig;
 use crate::console::{self, RawTerminal};
@@ -574,6 +574,46 @@ fn take_snapshot(
     saved.and(restarted)
 }
 
+/// Each device's kind, backend socket and requests in flight (available but not used, read
+/// from the rings in guest memory).
+fn device_status(m: &Machine) -> Vec<DeviceStatus> {
+    let idx = |addr: u64| -> u16 {
+        m.ram
+            .memory
+            .read_obj::<u16>(vm_memory::GuestAddress(addr + 2))
+            .unwrap_or(0)
+    };
+    m.mmio
+        .devices
+        .iter()
+        .map(|(_, t)| {
+            let mut t = t.lock().unwrap();
+            let in_flight = t
+                .queues
+                .iter()
+                .filter(|q| q.ready)
+                .map(|q| u32::from(idx(q.avail).wrapping_sub(idx(q.used))))
+                .sum();
+            let kind = match t.device.device_type() {
+                2 => "block".to_owned(),
+                26 => "fs".to_owned(),
+                19 => "vsock".to_owned(),
+                1 => "net".to_owned(),
+                other => other.to_string(),
+            };
+            let socket = t
+                .device
+                .vhost_user()
+                .map(|d| d.socket().display().to_string());
+            DeviceStatus {
+                kind,
+                socket,
+                in_flight,
+            }
+        })
+        .collect()
+}
+
 /// The part of [`take_snapshot`] done with the devices' rings stopped.
 fn save_stopped(
     m: &Machine,
@@ -746,6 +786,7 @@ fn run_machine(
                         memory_mib: m.shape.mem_mib,
                         uptime_ms: started.elapsed().as_millis() as u64,
                         version: env!("CARGO_PKG_VERSION").to_string(),
+                        devices: device_status(&m),
                     })),
                 };
                 let _ = call.reply.send(answer);

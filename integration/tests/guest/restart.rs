@@ -415,9 +415,10 @@ fn backend_that_keeps_crashing_stops_sm_run(program: &str, word: &str) {
 }
 
 /// A detached VM reads and writes through files it opened on a mount (and works in a
-/// directory it changed into) while the mount's backend is killed three times: sm starts
-/// it again with the journal it keeps, sm-vmm replays the queue, and the guest sees every
-/// read and write succeed with the right data: no EBADF, no error, nothing lost or doubled.
+/// directory it changed into) while the mount's backend is killed three times, then every
+/// backend gets a planned restart (`sm upgrade`): sm starts each again (the mount's with the
+/// journal it keeps), sm-vmm replays the queues, and the guest sees every read and write
+/// succeed with the right data: no EBADF, no error, nothing lost or doubled.
 #[test]
 fn sm_restarts_a_killed_mount_backend_and_the_guests_open_files_keep_working() {
     require_kvm();
@@ -470,8 +471,28 @@ fn sm_restarts_a_killed_mount_backend_and_the_guests_open_files_keep_working() {
             });
         }
     }
+    let before = backend();
+    let upgrade = run_with_timeout(
+        sm(runtime.path(), &[]).args(["upgrade", "web"]),
+        Duration::from_secs(120),
+    );
+    let upgraded = started.elapsed();
+    assert_eq!(
+        upgrade.status.code(),
+        Some(0),
+        "sm upgrade: {}",
+        stderr(&upgrade)
+    );
+    let said = stdout(&upgrade);
+    assert!(
+        said.lines().any(|l| l.contains(&dir) && l.contains("restarted"))
+            && said.lines().any(|l| l.contains("root image") && l.contains("restarted")),
+        "sm upgrade restarts the mount's and the root image's backends:\n{said}"
+    );
+    assert_ne!(backend(), before, "the mount's backend runs under a new PID");
     let out = wait_with_timeout(child, Duration::from_secs(300));
     let finished = started.elapsed();
+    assert!(upgraded < finished, "the upgrade came while the guest worked");
     assert_eq!(
         (out.status.code(), stdout(&out).trim()),
         (Some(0), format!("done {ITERATIONS}").as_str()),
@@ -490,8 +511,8 @@ fn sm_restarts_a_killed_mount_backend_and_the_guests_open_files_keep_working() {
     let ps = stdout(&out);
     assert!(
         ps.lines()
-            .any(|l| l.contains(&dir) && l.contains("running") && l.contains("restarts 3")),
-        "sm ps shows the mount's backend running after 3 restarts:\n{ps}"
+            .any(|l| l.contains(&dir) && l.contains("running") && l.contains("restarts 4")),
+        "sm ps shows the mount's backend running after 3 kills and an upgrade:\n{ps}"
     );
     // Each new backend said what it took over from the journal sm kept.
     let said: String = std::fs::read_dir(runtime.path().join("sm/web"))
@@ -502,7 +523,7 @@ fn sm_restarts_a_killed_mount_backend_and_the_guests_open_files_keep_working() {
         .collect();
     let took: Vec<&str> = said.lines().filter(|l| l.contains("took over")).collect();
     eprintln!("{}", took.join("\n"));
-    assert_eq!(took.len(), 3, "three take-overs:\n{said}");
+    assert_eq!(took.len(), 4, "four take-overs:\n{said}");
     let out = run_with_timeout(
         sm(runtime.path(), &[]).args(["stop", "web"]),
         Duration::from_secs(90),
@@ -512,4 +533,4 @@ fn sm_restarts_a_killed_mount_backend_and_the_guests_open_files_keep_working() {
 }
 
 /// Rounds of the open-files test.
-const ITERATIONS: usize = 60;
+const ITERATIONS: usize = 120;

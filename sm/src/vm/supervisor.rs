@@ -47,6 +47,9 @@ pub struct ProcessInfo {
     pub last_exit_at: Option<u64>,
     /// Its last `STATUS=` line.
     pub status: Option<String>,
+    /// The vhost-user socket it serves (a backend).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
 }
 
 /// What the thread and the [`Supervisor`]'s owner share.
@@ -405,6 +408,7 @@ impl Shared {
             last_exit: None,
             last_exit_at: None,
             status: None,
+            socket: None,
         });
         let services = self.lock();
         vmm.into_iter()
@@ -420,6 +424,7 @@ impl Shared {
                         .map(|d| d.as_secs())
                 }),
                 status: s.status.clone(),
+                socket: Some(s.spec.socket.clone()),
             }))
             .collect()
     }
