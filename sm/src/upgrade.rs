@@ -88,10 +88,22 @@ fn restart(
     p: &ProcessInfo,
     socket: &Path,
 ) -> Result<Duration, String> {
-    let pid = p
-        .pid
-        .filter(|_| p.state == State::Running)
-        .ok_or(format!("{} is not running", p.name))?;
+    // A backend that is starting (after a crash, say) is waited for.
+    let start = Instant::now();
+    let pid = loop {
+        let now = crate::detach::processes(rundir)
+            .into_iter()
+            .find(|q| q.name == p.name);
+        match now {
+            Some(ProcessInfo {
+                state: State::Running,
+                pid: Some(pid),
+                ..
+            }) => break pid,
+            _ if start.elapsed() > READY_LIMIT => return Err(format!("{} is not running", p.name)),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
     api.pause().map_err(|e| e.to_string())?;
     let paused = Instant::now();
     let stopped = drain_and_stop(api, p, socket, Pid::from_raw(pid));

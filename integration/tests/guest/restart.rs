@@ -430,9 +430,12 @@ fn sm_restarts_a_killed_mount_backend_and_the_guests_open_files_keep_working() {
     std::fs::create_dir(share.path().join("sub")).unwrap();
     std::fs::write(share.path().join("sub/log"), b"").unwrap();
     let mount = format!("{dir}:/host");
+    let volumes = tempfile::tempdir().unwrap();
+    let volume = format!("{}:/data:size=16M", volumes.path().join("v.img").display());
     let out = run_sm(
         sm(runtime.path(), &[]).args([
-            "run", "--detach", "--name", "web", "--mount", &mount, "--", "sleep", "100000",
+            "run", "--detach", "--name", "web", "--mount", &mount, "--volume", &volume, "--",
+            "sleep", "100000",
         ]),
         runtime.path(),
     );
@@ -485,14 +488,24 @@ fn sm_restarts_a_killed_mount_backend_and_the_guests_open_files_keep_working() {
     );
     let said = stdout(&upgrade);
     assert!(
-        said.lines().any(|l| l.contains(&dir) && l.contains("restarted"))
-            && said.lines().any(|l| l.contains("root image") && l.contains("restarted")),
-        "sm upgrade restarts the mount's and the root image's backends:\n{said}"
+        said.lines()
+            .any(|l| l.contains(&dir) && l.contains("restarted"))
+            && said
+                .lines()
+                .any(|l| l.contains("v.img") && l.contains("restarted")),
+        "sm upgrade restarts the mount's and the volume's backends:\n{said}"
     );
-    assert_ne!(backend(), before, "the mount's backend runs under a new PID");
+    assert_ne!(
+        backend(),
+        before,
+        "the mount's backend runs under a new PID"
+    );
     let out = wait_with_timeout(child, Duration::from_secs(300));
     let finished = started.elapsed();
-    assert!(upgraded < finished, "the upgrade came while the guest worked");
+    assert!(
+        upgraded < finished,
+        "the upgrade came while the guest worked"
+    );
     assert_eq!(
         (out.status.code(), stdout(&out).trim()),
         (Some(0), format!("done {ITERATIONS}").as_str()),
