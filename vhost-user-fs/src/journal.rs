@@ -117,8 +117,9 @@ pub enum Record {
 /// A node as the journal knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeRecord {
-    /// Directory it was last named in, and that name (`None`: removed or replaced).
-    pub name: Option<(u64, Vec<u8>)>,
+    /// Its names as (directory node, name), the one last looked up last (hard links have
+    /// several; empty: removed or replaced).
+    pub names: Vec<(u64, Vec<u8>)>,
     /// `S_IFMT` bits.
     pub kind: u32,
     /// Host inode number.
@@ -166,20 +167,14 @@ impl Tables {
                     return;
                 }
                 self.next_inode = self.next_inode.max(id + 1);
-                let key = (*parent, name.clone());
                 let node = self.nodes.entry(*id).or_insert(NodeRecord {
-                    name: None,
+                    names: Vec::new(),
                     kind: *kind,
                     ino: *ino,
                     lookups: 0,
                 });
                 node.lookups = node.lookups.saturating_add(*n);
-                if let Some(old) = node.name.replace(key.clone()) {
-                    if old != key && self.names.get(&old) == Some(id) {
-                        self.names.remove(&old);
-                    }
-                }
-                self.names.insert(key, *id);
+                self.give_name(*id, (*parent, name.clone()));
             }
             Record::Forget { id, n } => {
                 let Some(node) = self.nodes.get_mut(id) else {
@@ -187,7 +182,7 @@ impl Tables {
                 };
                 node.lookups = node.lookups.saturating_sub(*n);
                 if node.lookups == 0 {
-                    if let Some(key) = node.name.take() {
+                    for key in std::mem::take(&mut node.names) {
                         if self.names.get(&key) == Some(id) {
                             self.names.remove(&key);
                         }
@@ -211,19 +206,17 @@ impl Tables {
             } => {
                 let from = (*old_dir, old_name.clone());
                 let to = (*new_dir, new_name.clone());
-                let moved = self.names.remove(&from);
-                let replaced = self.names.remove(&to);
+                let moved = self.take_name(&from);
+                let replaced = self.take_name(&to);
                 if let Some(id) = moved {
-                    self.rename_node(id, Some(to.clone()));
+                    self.give_name(id, to.clone());
                 }
-                if let Some(id) = replaced {
-                    self.rename_node(id, exchange.then(|| from.clone()));
+                if let (Some(id), true) = (replaced, *exchange) {
+                    self.give_name(id, from);
                 }
             }
             Record::Remove { dir, name } => {
-                if let Some(id) = self.names.remove(&(*dir, name.clone())) {
-                    self.rename_node(id, None);
-                }
+                self.take_name(&(*dir, name.clone()));
             }
             Record::Counters {
                 next_inode,
@@ -235,13 +228,25 @@ impl Tables {
         }
     }
 
-    fn rename_node(&mut self, id: u64, to: Option<(u64, Vec<u8>)>) {
-        if let Some(node) = self.nodes.get_mut(&id) {
-            node.name = to.clone();
+    /// Node `id` is (now) also `key`, its primary name; whatever had that name loses it.
+    fn give_name(&mut self, id: u64, key: (u64, Vec<u8>)) {
+        if self.names.get(&key).is_some_and(|&other| other != id) {
+            self.take_name(&key);
         }
-        if let Some(key) = to {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.names.retain(|k| *k != key);
+            node.names.push(key.clone());
             self.names.insert(key, id);
         }
+    }
+
+    /// The name `key` is gone; returns the node that had it.
+    fn take_name(&mut self, key: &(u64, Vec<u8>)) -> Option<u64> {
+        let id = self.names.remove(key)?;
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.names.retain(|k| k != key);
+        }
+        Some(id)
     }
 
     /// The path of node `id` relative to the shared directory, following its parents;
@@ -253,7 +258,7 @@ impl Tables {
                 parts.reverse();
                 return Some(parts.join(&b'/'));
             }
-            let (parent, name) = self.nodes.get(&id)?.name.as_ref()?;
+            let (parent, name) = self.nodes.get(&id)?.names.last()?;
             parts.push(name);
             id = *parent;
         }
@@ -274,21 +279,28 @@ impl Tables {
         ids.sort();
         for id in ids {
             let node = &self.nodes[id];
-            let (parent, name) = node.name.clone().unwrap_or((0, Vec::new()));
-            out.push(Record::Node {
+            let node_record = |(parent, name): (u64, Vec<u8>), n| Record::Node {
                 id: *id,
                 parent,
                 name,
                 kind: node.kind,
                 ino: node.ino,
-                n: node.lookups,
-            });
-            if node.name.is_none() {
-                // A nameless node stays nameless (its name slot above is a placeholder).
+                n,
+            };
+            if node.names.is_empty() {
+                // A nameless node stays nameless: a placeholder name, then its removal.
+                out.push(node_record((0, Vec::new()), node.lookups));
                 out.push(Record::Remove {
                     dir: 0,
                     name: Vec::new(),
                 });
+            }
+            // Every name, the primary one last; the references come with the first.
+            for (i, key) in node.names.iter().enumerate() {
+                out.push(node_record(
+                    key.clone(),
+                    if i == 0 { node.lookups } else { 0 },
+                ));
             }
         }
         let mut hs: Vec<_> = self.handles.iter().collect();
@@ -569,6 +581,37 @@ mod tests {
         t.apply(&Record::Forget { id: 4, n: 1 });
         assert!(!t.nodes.contains_key(&4));
         assert_eq!(t.next_inode, 5, "IDs are never reused");
+    }
+
+    #[test]
+    fn a_hard_link_keeps_its_other_name() {
+        let mut t = Tables::default();
+        for r in [session(), node(2, 1, "a"), node(2, 1, "b")] {
+            t.apply(&r);
+        }
+        assert_eq!(
+            t.path(2).as_deref(),
+            Some(&b"b"[..]),
+            "the last name looked up"
+        );
+        t.apply(&Record::Remove {
+            dir: 1,
+            name: b"b".to_vec(),
+        });
+        assert_eq!(
+            t.path(2).as_deref(),
+            Some(&b"a"[..]),
+            "the link that is left"
+        );
+        // A name another node takes is no longer this one's.
+        t.apply(&node(3, 1, "a"));
+        assert_eq!(t.path(2), None);
+        assert_eq!(t.path(3).as_deref(), Some(&b"a"[..]));
+        let mut again = Tables::default();
+        for r in t.records() {
+            again.apply(&r);
+        }
+        assert_eq!(again, t, "compaction's records rebuild the same tables");
     }
 
     #[test]
