@@ -16,7 +16,7 @@
 //! thread stops the pings, and the service manager's watchdog fires.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -91,6 +91,31 @@ pub fn notify(states: &[NotifyState]) {
     if let Err(e) = socket.send(msg.as_bytes()) {
         debug!("sd_notify {msg:?}: {e}");
     }
+}
+
+/// Hands `fd` to the service manager's file-descriptor store under `name` (`FDSTORE=1`,
+/// `FDNAME=`, the descriptor in SCM_RIGHTS), so it comes back in `LISTEN_FDS` after a
+/// restart. An error when there is no notification socket or the send fails.
+pub fn store_fd(name: &str, fd: BorrowedFd<'_>) -> io::Result<()> {
+    let Some(socket) = NOTIFIER.get().and_then(|n| n.socket.as_ref()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no NOTIFY_SOCKET to store a descriptor with",
+        ));
+    };
+    let msg = format!("FDSTORE=1\nFDNAME={name}\n");
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(msg.as_bytes())];
+    nix::sys::socket::sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(io::Error::from)?;
+    Ok(())
 }
 
 /// `READY=1` with a status line.

@@ -65,15 +65,43 @@ pub enum ListenSource {
     },
 }
 
+/// The name under which a backend's state memfd comes back from a service manager's
+/// file-descriptor store (`FDNAME=state`, then `LISTEN_FDNAMES`).
+pub const STATE_FD_NAME: &str = "state";
+
+/// The descriptors socket activation passed (`LISTEN_FDS`, for this process), with their
+/// `LISTEN_FDNAMES` names.
+pub fn activated_fds() -> Result<Vec<(RawFd, String)>, String> {
+    sd_notify::listen_fds_with_names()
+        .map(|fds| fds.collect())
+        .map_err(|e| format!("LISTEN_FDS: {e}"))
+}
+
+/// The state memfd a service manager's store passed back, if any.
+pub fn activated_state_fd() -> Option<RawFd> {
+    activated_fds()
+        .ok()?
+        .into_iter()
+        .find(|(_, name)| name == STATE_FD_NAME)
+        .map(|(fd, _)| fd)
+}
+
 impl ListenSource {
     /// The one source among `socket`, `fd` and the environment's `LISTEN_FDS`; an error
     /// (one line) when there is none or more than one.
     pub fn resolve(socket: Option<&Path>, fd: Option<RawFd>) -> Result<ListenSource, String> {
-        let activated = sd_notify::listen_fds().map_err(|e| format!("LISTEN_FDS: {e}"))?;
-        let activated = match activated.len() {
-            0 => None,
-            1 => Some(3),
-            n => return Err(format!("LISTEN_FDS={n}: expected one listening socket")),
+        let activated: Vec<RawFd> = activated_fds()?
+            .into_iter()
+            .filter(|(_, name)| name != STATE_FD_NAME)
+            .map(|(fd, _)| fd)
+            .collect();
+        let activated = match activated[..] {
+            [] => None,
+            [fd] => Some(fd),
+            _ => return Err(format!(
+                "LISTEN_FDS={}: expected one listening socket (and a stored \"{STATE_FD_NAME}\")",
+                activated.len()
+            )),
         };
         let mut sources = Vec::new();
         if let Some(p) = socket {

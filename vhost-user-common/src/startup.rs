@@ -55,6 +55,7 @@ pub fn main<A: Parser + ListenArgs, E: Display>(
     };
     let mut keep = args.kept_fds();
     keep.extend(source.inherited_fd());
+    keep.extend(crate::serve::activated_state_fd());
     close_inherited_fds_but(&keep);
     sm_launch::init_logging(default_filter);
     if let Err(e) = notify::init() {

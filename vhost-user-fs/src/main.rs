@@ -4,12 +4,13 @@
 //! line on stderr and a non-zero exit; stdout stays silent.
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, FromRawFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use sm_vhost_user_common::serve::ListenSource;
+use sm_vhost_user_common::notify;
+use sm_vhost_user_common::serve::{activated_state_fd, ListenSource, STATE_FD_NAME};
 use sm_vhost_user_fs::cli::FsArgs;
 use sm_vhost_user_fs::config::{ConfigError, DeviceConfig};
 use sm_vhost_user_fs::confine::{
@@ -39,8 +40,43 @@ enum MainError {
     Serve(#[from] ServeError),
     #[error(transparent)]
     Confine(#[from] ConfineError),
-    #[error("--state-fd {0}: {1}")]
+    #[error("{source}: {error}", source = journal_source(*.0), error = .1)]
     Journal(i32, JournalError),
+}
+
+/// Where the journal came from, for messages (-1: the service manager's store).
+fn journal_source(fd: i32) -> String {
+    if fd < 0 {
+        "the file-descriptor store".into()
+    } else {
+        format!("--state-fd {fd}")
+    }
+}
+
+/// Whether a service manager keeps descriptors for this service (systemd sets `FDSTORE`
+/// to the store's size when the unit has `FileDescriptorStoreMax=`).
+fn fd_store_offered() -> bool {
+    std::env::var("FDSTORE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+/// A new journal memfd, handed to the service manager's store (`FDNAME=state`) so the next
+/// run of this service gets it back in `LISTEN_FDS`.
+fn stored_journal() -> Result<(Arc<Journal>, Tables), MainError> {
+    let bad = |e| MainError::Journal(-1, JournalError::Io(e));
+    // SAFETY: memfd_create takes a C string and flags; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"sm-fs-journal".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(bad(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    notify::store_fd(STATE_FD_NAME, file.as_fd()).map_err(bad)?;
+    let (journal, tables) = Journal::open(file).map_err(|e| MainError::Journal(-1, e))?;
+    info!("state journal: a new memfd, kept in the service manager's store");
+    Ok((Arc::new(journal), tables))
 }
 
 /// Takes over the inherited journal memfd `fd`.
@@ -85,7 +121,14 @@ fn run(args: FsArgs, source: ListenSource) -> Result<(), MainError> {
         uids: IdMap::new(&args.translate_uid).map_err(|e| MainError::IdMap("uid", e))?,
         gids: IdMap::new(&args.translate_gid).map_err(|e| MainError::IdMap("gid", e))?,
     };
-    let journal = args.state_fd.map(open_journal).transpose()?;
+    // A pool completes out of order, so nothing could be replayed: no journal then (an
+    // explicit --state-fd with a pool is refused by the flags already).
+    let in_order = args.thread_pool_size == 0;
+    let journal = match args.state_fd.or_else(activated_state_fd) {
+        Some(fd) if in_order => Some(open_journal(fd)?),
+        None if in_order && fd_store_offered() => Some(stored_journal()?),
+        _ => None,
+    };
     if let Some((_, t)) = &journal {
         if t.options.is_some() {
             info!(

@@ -38,23 +38,43 @@ fn memfd() -> File {
 /// Starts the backend on `listener` (`--fd 3`) with `journal` (`--state-fd 4`); its stderr
 /// goes to `log`.
 fn start(listener: &UnixListener, journal: &File, shared: &Path, log: &Path) -> Child {
-    let fds = [listener.as_raw_fd(), journal.as_raw_fd()];
     let mut cmd = Command::new(Fs::PATH);
-    cmd.args(["--fd", "3", "--state-fd", "4", "--shared-dir", s(shared)])
-        .stdin(Stdio::null())
+    cmd.args(["--fd", "3", "--state-fd", "4", "--shared-dir", s(shared)]);
+    spawn(cmd, &[listener.as_raw_fd(), journal.as_raw_fd()], log)
+}
+
+/// Starts the backend as systemd would with socket activation and a file-descriptor store:
+/// `fds` at 3, 4, ... (`LISTEN_FDS`, named `names`), `FDSTORE=1`, `NOTIFY_SOCKET`.
+fn start_activated(fds: &[RawFd], names: &str, notify: &str, shared: &Path, log: &Path) -> Child {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$ exec "$0" "$@""#)
+        .arg(Fs::PATH)
+        .args(["--shared-dir", s(shared)])
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names)
+        .env("FDSTORE", "1")
+        .env("NOTIFY_SOCKET", notify);
+    spawn(cmd, fds, log)
+}
+
+/// Spawns `cmd` with `fds` at descriptors 3, 4, ...
+fn spawn(mut cmd: Command, fds: &[RawFd], log: &Path) -> Child {
+    let fds = fds.to_vec();
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::options().create(true).append(true).open(log).unwrap());
     // SAFETY: the closure calls only fcntl and dup2 (async-signal-safe) and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             let mut moved: [RawFd; 2] = [0; 2];
-            for (m, fd) in moved.iter_mut().zip(fds) {
+            for (m, &fd) in moved.iter_mut().zip(&fds) {
                 *m = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
                 if *m < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            for (i, m) in moved.iter().enumerate() {
+            for (i, m) in moved.iter().enumerate().take(fds.len()) {
                 if libc::dup2(*m, 3 + i as RawFd) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -304,4 +324,80 @@ fn a_restored_backend_that_crashes_keeps_the_snapshots_open_files() {
     );
     assert_eq!(lookup(&mut fe, &mem, d, "f"), f);
     kill(c);
+}
+
+/// Under systemd (`FileDescriptorStoreMax=`, so `FDSTORE` is set): the backend makes its
+/// journal memfd itself and stores it (`FDSTORE=1`, `FDNAME=state`); the next run gets it
+/// back beside its socket in `LISTEN_FDS` (`LISTEN_FDNAMES=socket:state`) and takes over.
+#[test]
+fn under_systemd_the_journal_lives_in_the_file_descriptor_store() {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("share");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("f"), b"stored\n").unwrap();
+    let socket = dir.path().join("fs.sock");
+    let log = dir.path().join("backend.log");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mem = GuestMemory::new();
+
+    let first = start_activated(
+        &[listener.as_raw_fd()],
+        "socket",
+        s(&notify_path),
+        &shared,
+        &log,
+    );
+    // What the store would keep: the descriptor sent with FDSTORE=1.
+    let stored = loop {
+        let mut buf = [0u8; 512];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([RawFd; 2]);
+        let msg = recvmsg::<()>(
+            notify.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .expect("a notification within 10 s");
+        let fd = msg.cmsgs().unwrap().find_map(|c| match c {
+            ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        });
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(fd) = fd {
+            assert!(text.contains("FDSTORE=1\nFDNAME=state\n"), "{text}");
+            // SAFETY: the descriptor just arrived in SCM_RIGHTS; nothing else owns it.
+            break unsafe { File::from_raw_fd(fd) };
+        }
+    };
+    let mut fe = session(&socket, &mem);
+    let f = lookup(&mut fe, &mem, 1, "f");
+    let fh = open(&mut fe, &mem, f, libc::O_RDONLY);
+    kill(first);
+
+    let second = start_activated(
+        &[listener.as_raw_fd(), stored.as_raw_fd()],
+        "socket:state",
+        s(&notify_path),
+        &shared,
+        &log,
+    );
+    let mut fe = reconnect(&socket, &mem, &mut fe);
+    assert_eq!(
+        read(&mut fe, &mem, f, fh).as_deref(),
+        Ok(&b"stored\n"[..]),
+        "the handle from before the restart, from the stored journal"
+    );
+    kill(second);
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("took over 1 nodes and 1 open files"),
+        "{said}"
+    );
 }
