@@ -98,10 +98,12 @@ impl ListenSource {
         let activated = match activated[..] {
             [] => None,
             [fd] => Some(fd),
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "LISTEN_FDS={}: expected one listening socket (and a stored \"{STATE_FD_NAME}\")",
                 activated.len()
-            )),
+            ))
+            }
         };
         let mut sources = Vec::new();
         if let Some(p) = socket {

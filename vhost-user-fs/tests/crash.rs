@@ -142,70 +142,108 @@ fn reconnect(socket: &Path, mem: &GuestMemory, before: &mut TestFrontend) -> Tes
     fe
 }
 
+/// A share with `files` (paths below it, made with their directories), a bound socket, a
+/// journal memfd, guest memory and the backend's log.
+struct Fixture {
+    /// Removed when the fixture goes.
+    _dir: tempfile::TempDir,
+    shared: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    log: std::path::PathBuf,
+    listener: UnixListener,
+    journal: File,
+    mem: GuestMemory,
+}
+
+impl Fixture {
+    fn new(files: &[(&str, &[u8])]) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = dir.path().join("share");
+        std::fs::create_dir(&shared).unwrap();
+        for (path, data) in files {
+            let path = shared.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, data).unwrap();
+        }
+        let socket = dir.path().join("fs.sock");
+        Fixture {
+            log: dir.path().join("backend.log"),
+            listener: UnixListener::bind(&socket).unwrap(),
+            journal: memfd(),
+            mem: GuestMemory::new(),
+            _dir: dir,
+            shared,
+            socket,
+        }
+    }
+
+    /// A backend run on the socket and journal.
+    fn start(&self) -> Child {
+        start(&self.listener, &self.journal, &self.shared, &self.log)
+    }
+
+    /// What the backends logged.
+    fn said(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+}
+
 #[test]
 fn a_backend_started_after_a_crash_takes_over_the_guests_nodes_and_open_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("share");
-    std::fs::create_dir_all(shared.join("d")).unwrap();
-    std::fs::write(shared.join("f"), b"hello, journal\n").unwrap();
-    std::fs::write(shared.join("d/g"), b"in d\n").unwrap();
-    let socket = dir.path().join("fs.sock");
-    let log = dir.path().join("backend.log");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let journal = memfd();
-    let mem = GuestMemory::new();
+    let x = Fixture::new(&[("f", b"hello, journal\n"), ("d/g", b"in d\n")]);
+    let (mem, socket) = (&x.mem, &x.socket);
 
-    let first = start(&listener, &journal, &shared, &log);
-    let mut fe = session(&socket, &mem);
-    let f = lookup(&mut fe, &mem, 1, "f");
-    let d = lookup(&mut fe, &mem, 1, "d");
-    let g = lookup(&mut fe, &mem, d, "g");
-    let fh = open(&mut fe, &mem, f, libc::O_RDWR);
+    let first = x.start();
+    let mut fe = session(socket, mem);
+    let f = lookup(&mut fe, mem, 1, "f");
+    let d = lookup(&mut fe, mem, 1, "d");
+    let g = lookup(&mut fe, mem, d, "g");
+    let fh = open(&mut fe, mem, f, libc::O_RDWR);
     // The guest renames the directory: g's path is now e/g.
     let rename = [&1u64.to_le_bytes()[..], b"d\0e\0"].concat();
-    assert_eq!(fuse(&mut fe, &mem, FUSE_RENAME, 1, &rename), 0, "RENAME");
-    write(&mut fe, &mem, f, fh, 0, b"HELLO");
+    assert_eq!(fuse(&mut fe, mem, FUSE_RENAME, 1, &rename), 0, "RENAME");
+    write(&mut fe, mem, f, fh, 0, b"HELLO");
     kill(first);
 
-    let second = start(&listener, &journal, &shared, &log);
-    let mut fe = reconnect(&socket, &mem, &mut fe);
+    let second = x.start();
+    let mut fe = reconnect(socket, mem, &mut fe);
     assert_eq!(
-        read(&mut fe, &mem, f, fh).as_deref(),
+        read(&mut fe, mem, f, fh).as_deref(),
         Ok(&b"HELLO, journal\n"[..]),
         "the handle opened before the crash reads"
     );
-    write(&mut fe, &mem, f, fh, 15, b"after\n");
-    let gh = open(&mut fe, &mem, g, libc::O_RDONLY);
-    assert_eq!(read(&mut fe, &mem, g, gh).as_deref(), Ok(&b"in d\n"[..]));
+    write(&mut fe, mem, f, fh, 15, b"after\n");
+    let gh = open(&mut fe, mem, g, libc::O_RDONLY);
+    assert_eq!(read(&mut fe, mem, g, gh).as_deref(), Ok(&b"in d\n"[..]));
     assert_eq!(
-        fuse(&mut fe, &mem, FUSE_GETATTR, d, &[0u8; 16]),
+        fuse(&mut fe, mem, FUSE_GETATTR, d, &[0u8; 16]),
         0,
         "GETATTR d"
     );
     assert_eq!(
-        lookup(&mut fe, &mem, 1, "e"),
+        lookup(&mut fe, mem, 1, "e"),
         d,
         "the same node ID for the same file"
     );
     assert_eq!(
-        std::fs::read(shared.join("f")).unwrap(),
+        std::fs::read(x.shared.join("f")).unwrap(),
         b"HELLO, journal\nafter\n"
     );
     kill(second);
 
     // Once more: what the second backend took over and added is in the journal too.
-    let third = start(&listener, &journal, &shared, &log);
-    let mut fe = reconnect(&socket, &mem, &mut fe);
-    assert_eq!(read(&mut fe, &mem, g, gh).as_deref(), Ok(&b"in d\n"[..]));
+    let third = x.start();
+    let mut fe = reconnect(socket, mem, &mut fe);
+    assert_eq!(read(&mut fe, mem, g, gh).as_deref(), Ok(&b"in d\n"[..]));
     assert_eq!(
-        read(&mut fe, &mem, f, fh).as_deref(),
+        read(&mut fe, mem, f, fh).as_deref(),
         Ok(&b"HELLO, journal\nafter\n"[..])
     );
     // A handle the guest never had is still refused.
-    assert_eq!(read(&mut fe, &mem, f, fh + 100), Err(-libc::EBADF));
+    assert_eq!(read(&mut fe, mem, f, fh + 100), Err(-libc::EBADF));
     kill(third);
 
-    let said = std::fs::read_to_string(&log).unwrap();
+    let said = x.said();
     assert!(
         said.contains("took over 3 nodes and 1 open files")
             && said.contains("took over 3 nodes and 2 open files"),
@@ -215,32 +253,24 @@ fn a_backend_started_after_a_crash_takes_over_the_guests_nodes_and_open_files() 
 
 #[test]
 fn a_file_removed_from_the_host_while_the_backend_was_down_is_dropped_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let shared = dir.path().join("share");
-    std::fs::create_dir(&shared).unwrap();
-    std::fs::write(shared.join("kept"), b"kept\n").unwrap();
-    std::fs::write(shared.join("gone"), b"gone\n").unwrap();
-    let socket = dir.path().join("fs.sock");
-    let log = dir.path().join("backend.log");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let journal = memfd();
-    let mem = GuestMemory::new();
+    let x = Fixture::new(&[("kept", b"kept\n"), ("gone", b"gone\n")]);
+    let (mem, socket) = (&x.mem, &x.socket);
 
-    let first = start(&listener, &journal, &shared, &log);
-    let mut fe = session(&socket, &mem);
-    let kept = lookup(&mut fe, &mem, 1, "kept");
-    let gone = lookup(&mut fe, &mem, 1, "gone");
-    let kh = open(&mut fe, &mem, kept, libc::O_RDONLY);
-    let gh = open(&mut fe, &mem, gone, libc::O_RDONLY);
+    let first = x.start();
+    let mut fe = session(socket, mem);
+    let kept = lookup(&mut fe, mem, 1, "kept");
+    let gone = lookup(&mut fe, mem, 1, "gone");
+    let kh = open(&mut fe, mem, kept, libc::O_RDONLY);
+    let gh = open(&mut fe, mem, gone, libc::O_RDONLY);
     kill(first);
-    std::fs::remove_file(shared.join("gone")).unwrap();
+    std::fs::remove_file(x.shared.join("gone")).unwrap();
 
-    let second = start(&listener, &journal, &shared, &log);
-    let mut fe = reconnect(&socket, &mem, &mut fe);
-    assert_eq!(read(&mut fe, &mem, kept, kh).as_deref(), Ok(&b"kept\n"[..]));
-    assert_eq!(read(&mut fe, &mem, gone, gh), Err(-libc::EBADF));
+    let second = x.start();
+    let mut fe = reconnect(socket, mem, &mut fe);
+    assert_eq!(read(&mut fe, mem, kept, kh).as_deref(), Ok(&b"kept\n"[..]));
+    assert_eq!(read(&mut fe, mem, gone, gh), Err(-libc::EBADF));
     kill(second);
-    let said = std::fs::read_to_string(&log).unwrap();
+    let said = x.said();
     assert!(
         said.contains("\"gone\" no longer exists; dropped")
             && said.contains("(1 nodes and 1 files could not be reopened)"),
