@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use sm::vm::layout::API_SOCKET;
-use sm::vm::process::group_alive;
+use sm::vm::process::wait_group_gone;
 use sm::vm::runtime_root;
 use sm::vm::service::State;
 use sm::vm::supervisor::ProcessInfo;
 use sm_snapshot::api::ApiClient;
+use sm_vmm::api::{DeviceStatus, VmStatus};
 
 /// How long a device may take to finish its requests in flight.
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
@@ -47,8 +48,8 @@ pub fn run(a: Args) -> Result<(), String> {
         .into_iter()
         .filter_map(|p| {
             let socket = p.socket.clone()?;
-            let kind = devices.iter().find(|d| d.1 == socket)?.0.clone();
-            (kind == "fs" || kind == "block").then_some((p, socket))
+            let d = devices.iter().find(|d| same_socket(d, &socket))?;
+            (d.kind == "fs" || d.kind == "block").then_some((p, socket))
         })
         .collect();
     if backends.is_empty() {
@@ -65,20 +66,46 @@ pub fn run(a: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Each device's (kind, socket) from `GET /vm`.
-fn devices(api: &ApiClient) -> Result<Vec<(String, PathBuf, u64)>, String> {
+/// Each device as `GET /vm` lists it.
+fn devices(api: &ApiClient) -> Result<Vec<DeviceStatus>, String> {
     let status = api.status().map_err(|e| e.to_string())?;
-    let list = status["devices"].as_array().cloned().unwrap_or_default();
-    Ok(list
-        .iter()
-        .filter_map(|d| {
-            Some((
-                d["kind"].as_str()?.to_owned(),
-                PathBuf::from(d["socket"].as_str()?),
-                d["in_flight"].as_u64()?,
-            ))
-        })
-        .collect())
+    let status: VmStatus = serde_json::from_value(status)
+        .map_err(|e| format!("{}: GET /vm: {e}", api.socket().display()))?;
+    Ok(status.devices)
+}
+
+/// Whether `d`'s backend serves `socket`.
+fn same_socket(d: &DeviceStatus, socket: &Path) -> bool {
+    d.socket.as_deref().map(Path::new) == Some(socket)
+}
+
+/// The supervisor's record of the process named `name`, once `done` holds for it; an error
+/// (`name` then `late`) after [`READY_LIMIT`], or at once when `failed` says so.
+fn wait_for_process(
+    rundir: &Path,
+    name: &str,
+    late: &str,
+    done: impl Fn(&ProcessInfo) -> bool,
+    failed: impl Fn(Option<&ProcessInfo>) -> Option<String>,
+) -> Result<ProcessInfo, String> {
+    let start = Instant::now();
+    loop {
+        let now = crate::detach::processes(rundir)
+            .into_iter()
+            .find(|q| q.name == name);
+        match now {
+            Some(q) if done(&q) => return Ok(q),
+            now => {
+                if let Some(e) = failed(now.as_ref()) {
+                    return Err(e);
+                }
+            }
+        }
+        if start.elapsed() > READY_LIMIT {
+            return Err(format!("{name} {late}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// One backend's planned restart; returns how long the VM was paused.
@@ -88,22 +115,10 @@ fn restart(
     p: &ProcessInfo,
     socket: &Path,
 ) -> Result<Duration, String> {
+    let running = |q: &ProcessInfo| q.state == State::Running && q.pid.is_some();
     // A backend that is starting (after a crash, say) is waited for.
-    let start = Instant::now();
-    let pid = loop {
-        let now = crate::detach::processes(rundir)
-            .into_iter()
-            .find(|q| q.name == p.name);
-        match now {
-            Some(ProcessInfo {
-                state: State::Running,
-                pid: Some(pid),
-                ..
-            }) => break pid,
-            _ if start.elapsed() > READY_LIMIT => return Err(format!("{} is not running", p.name)),
-            _ => std::thread::sleep(Duration::from_millis(10)),
-        }
-    };
+    let now = wait_for_process(rundir, &p.name, "is not running", running, |_| None)?;
+    let pid = now.pid.unwrap_or_default();
     api.pause().map_err(|e| e.to_string())?;
     let paused = Instant::now();
     let stopped = drain_and_stop(api, p, socket, Pid::from_raw(pid));
@@ -111,32 +126,23 @@ fn restart(
     let paused = paused.elapsed();
     stopped?;
     resumed?;
-    let start = Instant::now();
-    loop {
-        let now = crate::detach::processes(rundir)
-            .into_iter()
-            .find(|q| q.name == p.name);
-        match now {
-            Some(q) if q.state == State::Running && q.pid.is_some_and(|n| n != pid) => {
-                return Ok(paused)
-            }
-            Some(q) if q.state == State::Failed => {
-                return Err(format!(
-                    "{} did not come back: {}",
-                    p.name,
-                    q.last_exit.unwrap_or_default()
-                ))
-            }
-            None => return Err(format!("{} is gone (the VM stopped?)", p.name)),
-            _ if start.elapsed() > READY_LIMIT => {
-                return Err(format!(
-                    "{} was not ready again within {READY_LIMIT:?}",
-                    p.name
-                ))
-            }
-            _ => std::thread::sleep(Duration::from_millis(10)),
-        }
-    }
+    let late = format!("was not ready again within {READY_LIMIT:?}");
+    wait_for_process(
+        rundir,
+        &p.name,
+        &late,
+        |q| running(q) && q.pid != Some(pid),
+        |q| match q {
+            None => Some(format!("{} is gone (the VM stopped?)", p.name)),
+            Some(q) if q.state == State::Failed => Some(format!(
+                "{} did not come back: {}",
+                p.name,
+                q.last_exit.clone().unwrap_or_default()
+            )),
+            Some(_) => None,
+        },
+    )?;
+    Ok(paused)
 }
 
 /// With the VM paused: waits until the device on `socket` has nothing in flight, then
@@ -150,9 +156,9 @@ fn drain_and_stop(
     let start = Instant::now();
     loop {
         let in_flight = devices(api)?
-            .into_iter()
-            .find(|d| d.1 == socket)
-            .map_or(0, |d| d.2);
+            .iter()
+            .find(|d| same_socket(d, socket))
+            .map_or(0, |d| d.in_flight);
         if in_flight == 0 {
             break;
         }
@@ -165,16 +171,12 @@ fn drain_and_stop(
         std::thread::sleep(Duration::from_millis(2));
     }
     killpg(pgid, Signal::SIGTERM).map_err(|e| format!("{}: cannot stop it: {e}", p.name))?;
-    let start = Instant::now();
-    while group_alive(pgid) {
-        if start.elapsed() > STOP_LIMIT {
-            let _ = killpg(pgid, Signal::SIGKILL);
-            return Err(format!(
-                "{} did not stop within {STOP_LIMIT:?} of SIGTERM; killed",
-                p.name
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    if !wait_group_gone(pgid, STOP_LIMIT) {
+        let _ = killpg(pgid, Signal::SIGKILL);
+        return Err(format!(
+            "{} did not stop within {STOP_LIMIT:?} of SIGTERM; killed",
+            p.name
+        ));
     }
     Ok(())
 }

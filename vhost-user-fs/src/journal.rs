@@ -17,8 +17,8 @@
 //! **Compaction.** When the active region passes [`COMPACT_AT`] and twice what the last
 //! compaction wrote (so large live tables are not rewritten on every record), the live
 //! tables are written to the other region as ordinary records, then the header flips to it
-//! (one 8-byte write), then the old region is punched out. A crash at any point leaves one complete
-//! region in the header.
+//! (one 8-byte write), then the old region is punched out. A crash at any point leaves one
+//! complete region in the header.
 
 use std::collections::HashMap;
 use std::fs::File;

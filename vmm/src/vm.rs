@@ -594,13 +594,8 @@ fn device_status(m: &Machine) -> Vec<DeviceStatus> {
                 .filter(|q| q.ready)
                 .map(|q| u32::from(idx(q.avail).wrapping_sub(idx(q.used))))
                 .sum();
-            let kind = match t.device.device_type() {
-                2 => "block".to_owned(),
-                26 => "fs".to_owned(),
-                19 => "vsock".to_owned(),
-                1 => "net".to_owned(),
-                other => other.to_string(),
-            };
+            let id = t.device.device_type();
+            let kind = DeviceKind::name_of(id).map_or_else(|| id.to_string(), str::to_owned);
             let socket = t
                 .device
                 .vhost_user()

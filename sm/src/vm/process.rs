@@ -222,10 +222,19 @@ pub const GROUP_GONE_LIMIT: Duration = Duration::from_secs(5);
 /// [`GROUP_GONE_LIMIT`].
 pub fn kill_group(pgid: Pid) {
     let _ = killpg(pgid, Signal::SIGKILL);
+    wait_group_gone(pgid, GROUP_GONE_LIMIT);
+}
+
+/// Waits up to `limit` until no process of group `pgid` is left; whether none is.
+pub fn wait_group_gone(pgid: Pid, limit: Duration) -> bool {
     let start = Instant::now();
-    while group_alive(pgid) && start.elapsed() < GROUP_GONE_LIMIT {
+    while group_alive(pgid) {
+        if start.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
+    true
 }
 
 /// Whether process group `pgid` has a process that is not a zombie (an orphaned zombie

@@ -405,8 +405,11 @@ impl SharedFs {
             },
         ];
         let live = |id| self.inodes.get(id).is_ok();
-        for n in state.inodes.iter().filter(|n| live(n.id)) {
-            let Some(path) = &n.path else { continue };
+        for n in &state.inodes {
+            // What LOAD dropped (no name, or gone) is not recorded.
+            let (Some(path), Ok(data)) = (&n.path, self.inodes.get(n.id)) else {
+                continue;
+            };
             let path = path.as_bytes();
             let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
                 Some(i) => match by_path.get(&path[..i]) {
@@ -419,21 +422,20 @@ impl SharedFs {
                 id: n.id,
                 parent,
                 name: name.to_vec(),
-                kind: self.inodes.get(n.id).map(|d| d.kind).unwrap_or(0),
+                kind: data.kind,
                 ino: n.host_ino,
                 n: n.lookups,
             });
         }
-        for (h, data) in self.handles.entries().0 {
-            let flags = state
-                .handles
-                .iter()
-                .find(|s| s.handle == h)
-                .map_or(0, |s| s.flags);
+        for h in state
+            .handles
+            .iter()
+            .filter(|h| self.has_handle(h.handle, h.inode))
+        {
             records.push(Record::Open {
-                h,
-                id: data.inode,
-                flags,
+                h: h.handle,
+                id: h.inode,
+                flags: h.flags,
             });
         }
         if let Err(e) = journal.replace(&records) {
@@ -630,7 +632,7 @@ impl SharedFs {
         *self.fuse_options.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A handle's data, for tests and diagnostics: whether `handle` of `inode` is open.
+    /// Whether `handle` of `inode` is open.
     pub fn has_handle(&self, handle: u64, inode: u64) -> bool {
         self.handles.get(handle, inode).is_ok()
     }

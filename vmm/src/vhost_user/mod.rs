@@ -105,6 +105,20 @@ impl DeviceKind {
         max_queues: 2,
         fixed_queues: 2,
     };
+
+    /// The short name of virtio device ID `device_type` (`block`, `fs`, `vsock`, `net`),
+    /// if it is one of these kinds.
+    pub fn name_of(device_type: u32) -> Option<&'static str> {
+        [
+            (Self::BLOCK, "block"),
+            (Self::FS, "fs"),
+            (Self::VSOCK, "vsock"),
+            (Self::NET, "net"),
+        ]
+        .into_iter()
+        .find(|(k, _)| k.device_type == device_type)
+        .map(|(_, name)| name)
+    }
 }
 
 /// Longest virtio-fs tag the config space holds.
