@@ -15,16 +15,13 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{fuse, fuse_reply, session, Fs, Program, FUSE_LOOKUP};
+use common::{
+    fuse, fuse_reply, session, Fs, Program, FUSE_GETATTR, FUSE_LOOKUP, FUSE_OPEN, FUSE_READ,
+    FUSE_RENAME, FUSE_WRITE,
+};
 use sm_test_support::process::wait_timeout;
 use sm_test_support::s;
 use sm_vhost_user_common::testing::{GuestMemory, TestFrontend};
-
-const FUSE_GETATTR: u32 = 3;
-const FUSE_RENAME: u32 = 12;
-const FUSE_OPEN: u32 = 14;
-const FUSE_READ: u32 = 15;
-const FUSE_WRITE: u32 = 16;
 
 /// A memfd for the journal.
 fn memfd() -> File {

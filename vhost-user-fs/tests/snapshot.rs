@@ -9,19 +9,13 @@ mod common;
 
 use std::path::Path;
 
-use common::Backend;
+use common::{
+    Backend, FUSE_GETATTR, FUSE_INIT, FUSE_LOOKUP, FUSE_OPEN, FUSE_OPENDIR, FUSE_READ, REQ,
+};
 use sm_test_support::s;
 use sm_vhost_user_common::testing::{GuestMemory, TestFrontend, MEM_SIZE};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 
-/// The request queue (0 is high priority).
-const REQ: usize = 1;
-const FUSE_LOOKUP: u32 = 1;
-const FUSE_GETATTR: u32 = 3;
-const FUSE_OPEN: u32 = 14;
-const FUSE_READ: u32 = 15;
-const FUSE_INIT: u32 = 26;
-const FUSE_OPENDIR: u32 = 27;
 /// FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_DO_READDIRPLUS | FUSE_MAX_PAGES.
 const INIT_FLAGS: u32 = 1 | (1 << 5) | (1 << 13) | (1 << 22);
 

@@ -38,8 +38,20 @@ pub fn run_guest(dir: &Path, socket: &Path, script: &str) -> GuestRun {
 pub const REQ: usize = 1;
 /// FUSE_LOOKUP.
 pub const FUSE_LOOKUP: u32 = 1;
+/// FUSE_GETATTR.
+pub const FUSE_GETATTR: u32 = 3;
+/// FUSE_RENAME.
+pub const FUSE_RENAME: u32 = 12;
+/// FUSE_OPEN.
+pub const FUSE_OPEN: u32 = 14;
+/// FUSE_READ.
+pub const FUSE_READ: u32 = 15;
+/// FUSE_WRITE.
+pub const FUSE_WRITE: u32 = 16;
 /// FUSE_INIT.
 pub const FUSE_INIT: u32 = 26;
+/// FUSE_OPENDIR.
+pub const FUSE_OPENDIR: u32 = 27;
 
 /// One FUSE request on the request queue, through a real virtqueue; its error.
 pub fn fuse(fe: &mut TestFrontend, mem: &GuestMemory, opcode: u32, node: u64, body: &[u8]) -> i32 {
