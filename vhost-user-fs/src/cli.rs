@@ -38,6 +38,12 @@ pub struct FsArgs {
     /// Guest caching: `auto` (host changes visible within 1 s), `always`, `never`.
     #[arg(long, value_enum, default_value_t = CacheMode::Auto)]
     pub cache: CacheMode,
+    /// Have the guest send an OPEN (and a RELEASE) for every file it opens, as virtiofsd
+    /// does. By default, with a writable share and cache `auto` or `always`, the backend
+    /// declines OPEN (FUSE's no-open mode): the guest opens files on its own, and a READ or
+    /// WRITE opens the host file itself, so reading a small file is one request, not three.
+    #[arg(long)]
+    pub send_open: bool,
     /// Process isolation.
     #[arg(long, value_enum, default_value_t = Isolation::Namespace)]
     pub sandbox: Isolation,
@@ -87,6 +93,7 @@ impl FsArgs {
             symlinks: SymlinkPolicy::Opaque,
             read_only: false,
             cache: CacheMode::Auto,
+            send_open: false,
             sandbox: Isolation::Namespace,
             allow_devices: false,
             allow_setuid: false,
@@ -123,6 +130,7 @@ impl CommandLine for FsArgs {
             symlinks,
             read_only,
             cache,
+            send_open,
             sandbox,
             allow_devices,
             allow_setuid,
@@ -140,6 +148,7 @@ impl CommandLine for FsArgs {
             .choice("symlinks", symlinks)
             .switch("read_only", *read_only)
             .choice("cache", cache)
+            .switch("send_open", *send_open)
             .choice("sandbox", sandbox)
             .switch("allow_devices", *allow_devices)
             .switch("allow_setuid", *allow_setuid)
@@ -174,6 +183,7 @@ mod tests {
         a.symlinks = SymlinkPolicy::Follow;
         a.read_only = true;
         a.cache = CacheMode::Never;
+        a.send_open = true;
         a.sandbox = Isolation::Chroot;
         a.allow_devices = true;
         a.allow_setuid = true;

@@ -1,9 +1,14 @@
 //! Open files and directories: FUSE handles mapped to real descriptors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::inode::InodeData;
+
+/// How many files opened for single requests stay open for the next ones.
+const TRANSIENT_KEPT: usize = 8;
 
 /// One open file or directory.
 #[derive(Debug)]
@@ -113,5 +118,70 @@ impl HandleTable {
             .unwrap_or_else(|e| e.into_inner())
             .0
             .clear();
+    }
+}
+
+/// Files opened for requests that name no handle (FUSE's no-open mode: a READ or WRITE
+/// with handle 0). The last few stay open, so a stream of reads of one file opens it once.
+#[derive(Default)]
+pub struct TransientFiles {
+    recent: Mutex<VecDeque<Transient>>,
+}
+
+/// One kept file: the node it was opened from (the same node, not just the same ID: IDs
+/// start again with a new session), its open flags and the file.
+struct Transient {
+    node: Arc<InodeData>,
+    id: u64,
+    flags: i32,
+    data: Arc<HandleData>,
+}
+
+impl TransientFiles {
+    /// The file of node `id` (`node`) opened with `flags`: a kept one, or `open()`'s.
+    pub fn get_or_open(
+        &self,
+        id: u64,
+        node: &Arc<InodeData>,
+        flags: i32,
+        open: impl FnOnce() -> io::Result<File>,
+    ) -> io::Result<Arc<HandleData>> {
+        let same = |t: &Transient| t.id == id && t.flags == flags && Arc::ptr_eq(&t.node, node);
+        if let Some(t) = self.lock().iter().find(|t| same(t)) {
+            return Ok(t.data.clone());
+        }
+        // Opened without the lock: another request may open the same file meanwhile, and
+        // both copies are as good.
+        let data = Arc::new(HandleData {
+            inode: id,
+            file: open()?,
+            dir_pos: Mutex::new(DirCursor::default()),
+        });
+        let mut recent = self.lock();
+        if recent.len() == TRANSIENT_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(Transient {
+            node: node.clone(),
+            id,
+            flags,
+            data: data.clone(),
+        });
+        Ok(data)
+    }
+
+    /// Closes node `id`'s kept files (the guest forgot it: a removed file's space is
+    /// given back once nothing holds it).
+    pub fn forget(&self, id: u64) {
+        self.lock().retain(|t| t.id != id);
+    }
+
+    /// Closes every kept file (end of a FUSE session).
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Transient>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

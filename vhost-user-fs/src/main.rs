@@ -116,6 +116,7 @@ fn run(args: FsArgs, source: ListenSource) -> Result<(), MainError> {
         chown_new: root_user,
         allow_devices: args.allow_devices,
         allow_setuid: args.allow_setuid,
+        no_open: !args.send_open,
     };
     let ids = IdMaps {
         uids: IdMap::new(&args.translate_uid).map_err(|e| MainError::IdMap("uid", e))?,

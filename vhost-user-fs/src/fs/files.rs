@@ -6,6 +6,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
@@ -15,6 +16,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
 use super::{errno, SharedFs};
+use crate::handle::HandleData;
 use crate::journal::Record;
 use crate::policy::CacheMode;
 use crate::sys::{self, FileView, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS};
@@ -165,6 +167,34 @@ impl SharedFs {
         Ok((entry, handle))
     }
 
+    /// The open file behind `handle`. Handle 0 (FUSE's no-open mode: the guest opened the
+    /// file without a request) opens the node's file for this request: read-only, or, when
+    /// `write` gives the guest's open flags, write-only with its O_APPEND and sync flags.
+    fn handle_or_open(
+        &self,
+        inode: u64,
+        handle: u64,
+        write: Option<u32>,
+    ) -> io::Result<Arc<HandleData>> {
+        if handle != 0 {
+            return self.handles.get(handle, inode);
+        }
+        let node = self.inodes.get(inode)?;
+        if !node.is_file() {
+            return Err(errno(libc::EBADF));
+        }
+        let flags = match write {
+            Some(f) => {
+                self.writable()?;
+                libc::O_WRONLY | (open_flags(f) & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC))
+            }
+            None => libc::O_RDONLY,
+        };
+        self.transient.get_or_open(inode, &node, flags, || {
+            Ok(File::from(self.proc.reopen(node.fd(), flags)?))
+        })
+    }
+
     /// READ: file to guest memory, no copy through a buffer of ours.
     pub(super) fn do_read(
         &self,
@@ -174,7 +204,7 @@ impl SharedFs {
         size: u32,
         offset: u64,
     ) -> io::Result<usize> {
-        let h = self.handles.get(handle, inode)?;
+        let h = self.handle_or_open(inode, handle, None)?;
         let mut f = FileView::of(h.file());
         w.write_from(&mut *f, size as usize, offset)
     }
@@ -187,8 +217,9 @@ impl SharedFs {
         r: &mut dyn ZeroCopyReader,
         size: u32,
         offset: u64,
+        flags: u32,
     ) -> io::Result<usize> {
-        let h = self.handles.get(handle, inode)?;
+        let h = self.handle_or_open(inode, handle, Some(flags))?;
         self.drop_privilege_for_write(h.file().as_fd())?;
         let mut f = FileView::of(h.file());
         r.read_to(&mut *f, size as usize, offset)
@@ -196,7 +227,7 @@ impl SharedFs {
 
     /// FSYNC and FSYNCDIR.
     pub(super) fn do_fsync(&self, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
-        let h = self.handles.get(handle, inode)?;
+        let h = self.handle_or_open(inode, handle, None)?;
         if datasync {
             h.file().sync_data()
         } else {
@@ -213,7 +244,7 @@ impl SharedFs {
         offset: u64,
         length: u64,
     ) -> io::Result<()> {
-        let h = self.handles.get(handle, inode)?;
+        let h = self.handle_or_open(inode, handle, Some(0))?;
         let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
         let len = i64::try_from(length).map_err(|_| errno(libc::EINVAL))?;
         self.drop_privilege_for_write(h.file().as_fd())?;
@@ -228,7 +259,7 @@ impl SharedFs {
         offset: u64,
         whence: u32,
     ) -> io::Result<u64> {
-        let h = self.handles.get(handle, inode)?;
+        let h = self.handle_or_open(inode, handle, None)?;
         let off = i64::try_from(offset).map_err(|_| errno(libc::EINVAL))?;
         let _pos = h.lock_position();
         sys::lseek(h.file().as_fd(), off, whence as i32)

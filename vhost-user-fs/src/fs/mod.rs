@@ -35,7 +35,7 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
 use fuse_backend_rs::transport::FsCacheReqHandler;
 
-use crate::handle::HandleTable;
+use crate::handle::{HandleTable, TransientFiles};
 use crate::idmap::IdMaps;
 use crate::inode::{InodeData, InodeKey, InodeTable};
 use crate::journal::{Journal, Record};
@@ -64,6 +64,11 @@ pub struct FsConfig {
     /// only). Without it they are cleared, as a `nosuid` mount makes them inert: a guest
     /// cannot leave a setuid-root program (or file capabilities) on the host.
     pub allow_setuid: bool,
+    /// FUSE's no-open mode (unless `--send-open`): OPEN of a regular file is declined, so
+    /// the guest opens files without a request and its READs and WRITEs (handle 0) open
+    /// the file for themselves. Only with a writable share (a read-only one must fail an
+    /// open for writing) and cache `auto` or `always` (`never` needs OPEN's DIRECT_IO).
+    pub no_open: bool,
 }
 
 /// The shared directory as a FUSE file system.
@@ -72,6 +77,8 @@ pub struct SharedFs {
     root: OwnedFd,
     inodes: InodeTable,
     handles: HandleTable,
+    /// Files opened for requests with handle 0 (no-open mode).
+    transient: TransientFiles,
     proc: ProcFds,
     /// Depth below the root of directories whose symlinks were judged; valid until the
     /// watcher reports a host change (without a watcher nothing is cached).
@@ -104,6 +111,7 @@ impl SharedFs {
             root,
             inodes,
             handles: HandleTable::default(),
+            transient: TransientFiles::default(),
             proc,
             depths: Mutex::new(HashMap::new()),
             watcher: None,
@@ -142,6 +150,7 @@ impl SharedFs {
     /// Drops `count` kernel references to node `id`.
     fn forget_node(&self, id: u64, count: u64) {
         self.inodes.forget(id, count);
+        self.transient.forget(id);
         self.note(|| Record::Forget { id, n: count });
     }
 
@@ -186,6 +195,7 @@ impl SharedFs {
     /// Forgets every inode and handle (a new FUSE session or its end).
     fn reset(&self) {
         self.handles.clear();
+        self.transient.clear();
         match self.root.try_clone().and_then(|fd| {
             let st = sys::fstat(fd.as_fd())?;
             Ok((fd, st))
@@ -210,7 +220,24 @@ impl SharedFs {
         if self.cfg.cache == CacheMode::Auto {
             want |= FsOptions::AUTO_INVAL_DATA;
         }
+        if self.no_open_wanted() {
+            // The kernel takes an ENOSYS from OPEN as "no-open mode" (see `init`).
+            want |= FsOptions::ZERO_MESSAGE_OPEN;
+        }
         want
+    }
+
+    /// Whether this file system declines OPEN (see [`FsConfig::no_open`]).
+    fn no_open_wanted(&self) -> bool {
+        self.cfg.no_open && !self.cfg.read_only && self.cfg.cache != CacheMode::Never
+    }
+
+    /// Whether this session runs in no-open mode (asked for, and the kernel can).
+    fn no_open_agreed(&self) -> bool {
+        self.fuse_options
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|o| o & FsOptions::ZERO_MESSAGE_OPEN.bits() != 0)
     }
 
     /// How long the guest may trust a name or attributes.
@@ -364,8 +391,15 @@ impl FileSystem for SharedFs {
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
         self.reset();
-        let agreed = self.wanted() & capable;
+        let mut agreed = self.wanted() & capable;
+        if agreed.contains(FsOptions::ZERO_MESSAGE_OPEN) {
+            // Without an OPEN, O_TRUNC must come as a SETATTR.
+            agreed -= FsOptions::ATOMIC_O_TRUNC;
+        }
         *self.fuse_options.lock().unwrap_or_else(|e| e.into_inner()) = Some(agreed.bits());
+        if agreed.contains(FsOptions::ZERO_MESSAGE_OPEN) {
+            tracing::info!("no-open mode: the guest opens files without a request");
+        }
         self.note(|| Record::Session {
             options: Some(agreed.bits()),
         });
@@ -516,6 +550,10 @@ impl FileSystem for SharedFs {
         flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        // The kernel takes ENOSYS as "no-open mode" and sends no more OPENs of files.
+        if self.no_open_agreed() && self.inodes.get(inode)?.is_file() {
+            return Err(errno(libc::ENOSYS));
+        }
         let handle = self.do_open(inode, flags)?;
         Ok((Some(handle), self.open_options(), None))
     }
@@ -585,11 +623,11 @@ impl FileSystem for SharedFs {
         offset: u64,
         _lock_owner: Option<u64>,
         _delayed_write: bool,
-        _flags: u32,
+        flags: u32,
         _fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
-        self.do_write(inode, handle, r, size, offset)
+        self.do_write(inode, handle, r, size, offset, flags)
     }
 
     /// Not implemented, on purpose: FLUSH (sent on every close, and waited for) would

@@ -26,12 +26,16 @@ pub mod op {
     pub const GETATTR: u32 = 3;
     /// FUSE_OPEN.
     pub const OPEN: u32 = 14;
+    /// FUSE_READ.
+    pub const READ: u32 = 15;
     /// FUSE_WRITE.
     pub const WRITE: u32 = 16;
     /// FUSE_RELEASE.
     pub const RELEASE: u32 = 18;
     /// FUSE_INIT.
     pub const INIT: u32 = 26;
+    /// FUSE_OPENDIR.
+    pub const OPENDIR: u32 = 27;
 }
 
 /// Length of `struct fuse_in_header`.
@@ -141,12 +145,18 @@ impl Wire {
 
     /// FUSE_INIT as Linux 6.x sends it (7.31, no optional flags).
     pub fn init(&mut self) {
+        self.init_with(0);
+    }
+
+    /// FUSE_INIT (7.31) offering the capability bits `flags`: the flags the backend took.
+    pub fn init_with(&mut self, flags: u32) -> u32 {
         let mut body = Vec::new();
-        for v in [7u32, 31, 128 << 10, 0] {
+        for v in [7u32, 31, 128 << 10, flags] {
             body.extend_from_slice(&v.to_le_bytes());
         }
         let r = self.request(op::INIT, 0, &body);
         assert_eq!(r.error(), Some(0), "INIT failed");
+        u32::from_le_bytes(r.body()[12..16].try_into().unwrap())
     }
 
     /// LOOKUP of `name` in `parent`: the node ID, or the negative errno.
@@ -175,11 +185,25 @@ impl Wire {
 
     /// WRITE of `data` at `offset` through handle `fh`: bytes written, or the negative errno.
     pub fn write(&mut self, node: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, i32> {
+        self.write_with(node, fh, offset, 0, data)
+    }
+
+    /// WRITE as from a file the guest opened with `flags` (O_APPEND...).
+    pub fn write_with(
+        &mut self,
+        node: u64,
+        fh: u64,
+        offset: u64,
+        flags: u32,
+        data: &[u8],
+    ) -> Result<u32, i32> {
         let mut body = Vec::new();
         body.extend_from_slice(&fh.to_le_bytes());
         body.extend_from_slice(&offset.to_le_bytes());
         body.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        body.extend_from_slice(&[0u8; 4 + 8 + 4 + 4]); // write_flags, lock_owner, flags, pad
+        body.extend_from_slice(&[0u8; 4 + 8]); // write_flags, lock_owner
+        body.extend_from_slice(&flags.to_le_bytes());
+        body.extend_from_slice(&[0u8; 4]); // padding
         body.extend_from_slice(data);
         let r = self.request(op::WRITE, node, &body);
         match r.error() {
