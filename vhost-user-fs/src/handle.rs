@@ -152,9 +152,14 @@ impl TransientFiles {
         }
         // Opened without the lock: another request may open the same file meanwhile, and
         // both copies are as good.
+        Ok(self.keep(id, node, flags, open()?))
+    }
+
+    /// Keeps `file`, node `id`'s opened with `flags`, for the next requests; returns it.
+    pub fn keep(&self, id: u64, node: &Arc<InodeData>, flags: i32, file: File) -> Arc<HandleData> {
         let data = Arc::new(HandleData {
             inode: id,
-            file: open()?,
+            file,
             dir_pos: Mutex::new(DirCursor::default()),
         });
         let mut recent = self.lock();
@@ -167,7 +172,7 @@ impl TransientFiles {
             flags,
             data: data.clone(),
         });
-        Ok(data)
+        data
     }
 
     /// Closes node `id`'s kept files (the guest forgot it: a removed file's space is

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use fuse_backend_rs::api::filesystem::ROOT_ID;
 use sm_vhost_user_fs::fs::{FsConfig, SharedFs};
 use sm_vhost_user_fs::policy::CacheMode;
-use wire::{op, Wire};
+use wire::op::{self, RELEASE};
+use wire::Wire;
 
 /// FUSE_ATOMIC_O_TRUNC: the kernel sends O_TRUNC in OPEN.
 const ATOMIC_O_TRUNC: u32 = 1 << 3;
@@ -23,6 +24,8 @@ const KERNEL: u32 = ATOMIC_O_TRUNC | NO_OPEN_SUPPORT;
 /// FOPEN_DIRECT_IO in an OPEN reply.
 const FOPEN_DIRECT_IO: u32 = 1;
 const ENOSYS: i32 = -libc::ENOSYS;
+/// FUSE_CREATE.
+const CREATE: u32 = 35;
 const EROFS: i32 = -libc::EROFS;
 
 /// A share holding `f` ("0123456789") and the directory `d`, served with `cfg`.
@@ -52,6 +55,23 @@ fn read(wire: &mut Wire, node: u64, fh: u64, offset: u64, size: u32) -> Result<V
     let r = wire.request(op::READ, node, &body);
     match r.error() {
         Some(0) => Ok(r.body().to_vec()),
+        Some(e) => Err(e),
+        None => Err(i32::MIN),
+    }
+}
+
+/// CREATE of `name` in the root with `flags`: the new node and the handle, or the errno.
+fn create(wire: &mut Wire, name: &[u8], flags: u32) -> Result<(u64, u64), i32> {
+    let mut body = Vec::new();
+    for v in [flags, 0o644, 0o022, 0] {
+        body.extend_from_slice(&v.to_le_bytes()); // flags, mode, umask, open_flags
+    }
+    body.extend_from_slice(name);
+    body.push(0);
+    let r = wire.request(CREATE, ROOT_ID, &body);
+    match r.error() {
+        // fuse_entry_out (128 bytes), then fuse_open_out.
+        Some(0) => Ok((r.u64_at(0), r.u64_at(128))),
         Some(e) => Err(e),
         None => Err(i32::MIN),
     }
@@ -113,6 +133,33 @@ fn open_is_declined_and_reads_and_writes_with_handle_zero_reach_the_file() {
     let r = wire.request(op::OPENDIR, d, &[0u8; 8]);
     assert_eq!(r.error(), Some(0), "OPENDIR");
     assert_eq!(read(&mut wire, d, 0, 0, 64), Err(-libc::EBADF));
+}
+
+#[test]
+fn a_created_file_gets_no_handle_and_its_writes_land() {
+    // Linux 6.1 sends no RELEASE in no-open mode, even for a file it created: a handle
+    // would stay open for ever.
+    let (dir, mut wire) = share(defaults());
+    wire.init_with(KERNEL);
+    let flags = (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC) as u32;
+    let (n, fh) = create(&mut wire, b"new", flags).unwrap();
+    assert_eq!(fh, 0, "no handle in no-open mode");
+    assert_eq!(wire.write(n, 0, 0, b"hello"), Ok(5));
+    let path = dir.path().join("new").canonicalize().unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello");
+    // A RELEASE of handle 0 (later kernels send one for a created file) is no error.
+    let r = wire.request(RELEASE, n, &[0u8; 24]);
+    assert_eq!(r.error(), Some(0));
+    // The node, and the file kept from the CREATE (the write used it: no second one).
+    assert_eq!(fds_on(&path), 2);
+    wire.request(op::FORGET, n, &1u64.to_le_bytes());
+    assert_eq!(fds_on(&path), 0, "descriptors left on the created file");
+
+    // Without no-open, CREATE issues a handle.
+    let (_dir, mut wire) = share(FsConfig::default());
+    wire.init_with(KERNEL);
+    let (_, fh) = create(&mut wire, b"new", flags).unwrap();
+    assert_ne!(fh, 0);
 }
 
 #[test]

@@ -35,6 +35,16 @@ pub(super) fn open_flags(flags: u32) -> i32 {
     flags as i32 & PASSED_FLAGS
 }
 
+/// The flags a file opened for requests with handle 0 is kept under: `O_RDONLY` for
+/// reads, `O_WRONLY` and the guest's O_APPEND and sync flags for writes.
+fn transient_flags(guest_flags: i32, write: bool) -> i32 {
+    if write {
+        libc::O_WRONLY | (guest_flags & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC))
+    } else {
+        libc::O_RDONLY
+    }
+}
+
 /// Whether `flags` may change the file.
 fn mutating(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
@@ -115,14 +125,15 @@ impl SharedFs {
         Ok(handle)
     }
 
-    /// CREATE: a new (or, without O_EXCL, existing) regular file, opened.
+    /// CREATE: a new (or, without O_EXCL, existing) regular file, opened: its handle, or
+    /// none in no-open mode.
     pub(super) fn do_create(
         &self,
         ctx: &Context,
         parent: u64,
         name: &CStr,
         args: &CreateIn,
-    ) -> io::Result<(Entry, u64)> {
+    ) -> io::Result<(Entry, Option<u64>)> {
         self.writable()?;
         let dir = self.dir(parent)?;
         let flags = open_flags(args.flags) | libc::O_NOFOLLOW;
@@ -158,13 +169,23 @@ impl SharedFs {
         }
         let path = self.proc.reopen(file.as_fd(), libc::O_PATH)?;
         let entry = self.entry(path, false, parent, name)?;
+        if self.no_open_agreed() {
+            // In no-open mode Linux 6.1 sends no RELEASE, not even for a file it CREATEd: a
+            // handle would never be closed. The file waits for the requests with handle 0.
+            let node = self.inodes.get(entry.inode)?;
+            let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+            let kept = transient_flags(flags, write);
+            self.transient
+                .keep(entry.inode, &node, kept, File::from(file));
+            return Ok((entry, None));
+        }
         let handle = self.handles.insert(entry.inode, File::from(file));
         self.note(|| Record::Open {
             h: handle,
             id: entry.inode,
             flags: flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC),
         });
-        Ok((entry, handle))
+        Ok((entry, Some(handle)))
     }
 
     /// The open file behind `handle`. Handle 0 (FUSE's no-open mode: the guest opened the
@@ -183,13 +204,10 @@ impl SharedFs {
         if !node.is_file() {
             return Err(errno(libc::EBADF));
         }
-        let flags = match write {
-            Some(f) => {
-                self.writable()?;
-                libc::O_WRONLY | (open_flags(f) & (libc::O_APPEND | libc::O_SYNC | libc::O_DSYNC))
-            }
-            None => libc::O_RDONLY,
-        };
+        if write.is_some() {
+            self.writable()?;
+        }
+        let flags = transient_flags(open_flags(write.unwrap_or(0)), write.is_some());
         self.transient.get_or_open(inode, &node, flags, || {
             Ok(File::from(self.proc.reopen(node.fd(), flags)?))
         })

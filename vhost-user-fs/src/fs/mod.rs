@@ -233,7 +233,7 @@ impl SharedFs {
     }
 
     /// Whether this session runs in no-open mode (asked for, and the kernel can).
-    fn no_open_agreed(&self) -> bool {
+    pub(super) fn no_open_agreed(&self) -> bool {
         self.fuse_options
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -567,12 +567,7 @@ impl FileSystem for SharedFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let ctx = self.host_ctx(ctx)?;
         let (entry, handle) = self.do_create(&ctx, parent, name_ok(name)?, &args)?;
-        Ok((
-            self.guest_entry(entry),
-            Some(handle),
-            self.open_options(),
-            None,
-        ))
+        Ok((self.guest_entry(entry), handle, self.open_options(), None))
     }
 
     fn read(
@@ -665,6 +660,10 @@ impl FileSystem for SharedFs {
         _flock_release: bool,
         _lock_owner: Option<u64>,
     ) -> io::Result<()> {
+        if handle == 0 {
+            // A file CREATEd in no-open mode (kernels after 6.1 release those): no handle.
+            return Ok(());
+        }
         self.handles.remove(handle, inode)?;
         self.note(|| Record::Close { h: handle });
         Ok(())
