@@ -39,9 +39,10 @@ pub struct FsArgs {
     #[arg(long, value_enum, default_value_t = CacheMode::Auto)]
     pub cache: CacheMode,
     /// Have the guest send an OPEN (and a RELEASE) for every file it opens, as virtiofsd
-    /// does. By default, with a writable share and cache `auto` or `always`, the backend
-    /// declines OPEN (FUSE's no-open mode): the guest opens files on its own, and a READ or
-    /// WRITE opens the host file itself, so reading a small file is one request, not three.
+    /// does. By default, with a writable share, cache `auto` or `always` and no DAX window,
+    /// the backend declines OPEN (FUSE's no-open mode): the guest opens files on its own,
+    /// and a READ or WRITE opens the host file itself, so reading a small file is one
+    /// request, not three.
     #[arg(long)]
     pub send_open: bool,
     /// Process isolation.
