@@ -1,8 +1,8 @@
 //! FUSE's no-open mode on a real directory, as the guest kernel drives it: FUSE requests as
 //! bytes through the backend's real queue loop. Once the kernel offers it at INIT, OPEN of a
 //! file answers ENOSYS (the kernel then opens files without a request) and READ and WRITE
-//! with handle 0 reach the host file; a read-only share, cache `never`, `--send-open` and a
-//! kernel that cannot do it keep OPEN.
+//! with handle 0 reach the host file; a read-only share, cache `never`, the default
+//! (no `--no-open`) and a kernel that cannot do it keep OPEN.
 
 #[path = "common/wire.rs"]
 mod wire;
@@ -37,7 +37,7 @@ fn share(cfg: FsConfig) -> (tempfile::TempDir, Wire) {
     (dir, Wire::new(fs))
 }
 
-/// The default configuration of the binary (no-open asked for, cache auto, writable).
+/// `--no-open`, cache auto, writable.
 fn defaults() -> FsConfig {
     FsConfig {
         no_open: true,
@@ -216,9 +216,9 @@ fn cache_never_keeps_open_for_direct_io() {
 }
 
 #[test]
-fn send_open_or_an_older_kernel_keeps_open() {
+fn without_no_open_or_with_an_older_kernel_open_stays() {
     let cases = [
-        ("--send-open", FsConfig::default(), KERNEL),
+        ("without --no-open", FsConfig::default(), KERNEL),
         ("a kernel without no-open", defaults(), ATOMIC_O_TRUNC),
     ];
     for (what, cfg, offered) in cases {

@@ -64,7 +64,7 @@ pub struct FsConfig {
     /// only). Without it they are cleared, as a `nosuid` mount makes them inert: a guest
     /// cannot leave a setuid-root program (or file capabilities) on the host.
     pub allow_setuid: bool,
-    /// FUSE's no-open mode (unless `--send-open` or a DAX window): OPEN of a regular file is declined, so
+    /// FUSE's no-open mode (`--no-open`, not with a DAX window): OPEN of a regular file is declined, so
     /// the guest opens files without a request and its READs and WRITEs (handle 0) open
     /// the file for themselves. Only with a writable share (a read-only one must fail an
     /// open for writing) and cache `auto` or `always` (`never` needs OPEN's DIRECT_IO).
