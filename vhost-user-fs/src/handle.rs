@@ -33,6 +33,15 @@ pub struct DirCursor {
 }
 
 impl HandleData {
+    /// `file`, opened from node `inode`, with no directory position yet.
+    fn new(inode: u64, file: File) -> HandleData {
+        HandleData {
+            inode,
+            file,
+            dir_pos: Mutex::new(DirCursor::default()),
+        }
+    }
+
     /// The open file.
     pub fn file(&self) -> &File {
         &self.file
@@ -56,12 +65,7 @@ impl HandleTable {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         inner.1 += 1;
         let id = inner.1;
-        let data = Arc::new(HandleData {
-            inode,
-            file,
-            dir_pos: Mutex::new(DirCursor::default()),
-        });
-        inner.0.insert(id, data);
+        inner.0.insert(id, Arc::new(HandleData::new(inode, file)));
         id
     }
 
@@ -101,12 +105,9 @@ impl HandleTable {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         inner.0.clear();
         for (handle, inode, file) in entries {
-            let data = Arc::new(HandleData {
-                inode,
-                file,
-                dir_pos: Mutex::new(DirCursor::default()),
-            });
-            inner.0.insert(handle, data);
+            inner
+                .0
+                .insert(handle, Arc::new(HandleData::new(inode, file)));
         }
         inner.1 = inner.1.max(last);
     }
@@ -157,11 +158,7 @@ impl TransientFiles {
 
     /// Keeps `file`, node `id`'s opened with `flags`, for the next requests; returns it.
     pub fn keep(&self, id: u64, node: &Arc<InodeData>, flags: i32, file: File) -> Arc<HandleData> {
-        let data = Arc::new(HandleData {
-            inode: id,
-            file,
-            dir_pos: Mutex::new(DirCursor::default()),
-        });
+        let data = Arc::new(HandleData::new(id, file));
         let mut recent = self.lock();
         if recent.len() == TRANSIENT_KEPT {
             recent.pop_front();

@@ -45,6 +45,25 @@ fn defaults() -> FsConfig {
     }
 }
 
+/// A share served with `cfg`, after an INIT offering `offered`, which must keep OPEN (and so
+/// `ATOMIC_O_TRUNC`, when offered) because of `what`; and the node of `f`.
+fn open_kept(what: &str, cfg: FsConfig, offered: u32) -> (tempfile::TempDir, Wire, u64) {
+    let (dir, mut wire) = share(cfg);
+    let took = wire.init_with(offered);
+    assert_eq!(
+        took & NO_OPEN_SUPPORT,
+        0,
+        "{what} must keep OPEN: {took:#x}"
+    );
+    assert_eq!(
+        took & ATOMIC_O_TRUNC,
+        offered & ATOMIC_O_TRUNC,
+        "{what}: O_TRUNC stays in OPEN: {took:#x}"
+    );
+    let f = wire.lookup(ROOT_ID, b"f").unwrap();
+    (dir, wire, f)
+}
+
 /// READ of `size` bytes at `offset` through `fh`: the data, or the negative errno.
 fn read(wire: &mut Wire, node: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
     let mut body = Vec::new();
@@ -180,17 +199,11 @@ fn a_forgotten_file_is_closed() {
 
 #[test]
 fn a_read_only_share_keeps_open_and_refuses_writes_with_erofs() {
-    let (dir, mut wire) = share(FsConfig {
+    let cfg = FsConfig {
         read_only: true,
         ..defaults()
-    });
-    let took = wire.init_with(KERNEL);
-    assert_eq!(
-        took & NO_OPEN_SUPPORT,
-        0,
-        "read-only must keep OPEN: {took:#x}"
-    );
-    let f = wire.lookup(ROOT_ID, b"f").unwrap();
+    };
+    let (dir, mut wire, f) = open_kept("read-only", cfg, KERNEL);
     assert_eq!(wire.open(f, libc::O_WRONLY as u32), Err(EROFS));
     assert!(wire.open(f, libc::O_RDONLY as u32).unwrap() > 0);
     assert_eq!(wire.write(f, 0, 0, b"x"), Err(EROFS));
@@ -200,17 +213,11 @@ fn a_read_only_share_keeps_open_and_refuses_writes_with_erofs() {
 
 #[test]
 fn cache_never_keeps_open_for_direct_io() {
-    let (_dir, mut wire) = share(FsConfig {
+    let cfg = FsConfig {
         cache: CacheMode::Never,
         ..defaults()
-    });
-    let took = wire.init_with(KERNEL);
-    assert_eq!(
-        took & NO_OPEN_SUPPORT,
-        0,
-        "cache never must keep OPEN: {took:#x}"
-    );
-    let f = wire.lookup(ROOT_ID, b"f").unwrap();
+    };
+    let (_dir, mut wire, f) = open_kept("cache never", cfg, KERNEL);
     let flags = open_reply_flags(&mut wire, f, libc::O_RDONLY as u32).unwrap();
     assert_ne!(flags & FOPEN_DIRECT_IO, 0, "OPEN reply flags {flags:#x}");
 }
@@ -222,11 +229,7 @@ fn without_no_open_or_with_an_older_kernel_open_stays() {
         ("a kernel without no-open", defaults(), ATOMIC_O_TRUNC),
     ];
     for (what, cfg, offered) in cases {
-        let (_dir, mut wire) = share(cfg);
-        let took = wire.init_with(offered);
-        assert_eq!(took & NO_OPEN_SUPPORT, 0, "{what}: {took:#x}");
-        assert_ne!(took & ATOMIC_O_TRUNC, 0, "{what}: {took:#x}");
-        let f = wire.lookup(ROOT_ID, b"f").unwrap();
+        let (_dir, mut wire, f) = open_kept(what, cfg, offered);
         let fh = wire.open(f, libc::O_RDWR as u32).unwrap();
         assert_eq!(read(&mut wire, f, fh, 0, 3).unwrap(), b"012", "{what}");
     }

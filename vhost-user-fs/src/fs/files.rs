@@ -204,9 +204,7 @@ impl SharedFs {
         if !node.is_file() {
             return Err(errno(libc::EBADF));
         }
-        if write.is_some() {
-            self.writable()?;
-        }
+        // WRITE and FALLOCATE checked `writable()` already.
         let flags = transient_flags(open_flags(write.unwrap_or(0)), write.is_some());
         self.transient.get_or_open(inode, &node, flags, || {
             Ok(File::from(self.proc.reopen(node.fd(), flags)?))

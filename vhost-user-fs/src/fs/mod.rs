@@ -395,11 +395,9 @@ impl FileSystem for SharedFs {
         if agreed.contains(FsOptions::ZERO_MESSAGE_OPEN) {
             // Without an OPEN, O_TRUNC must come as a SETATTR.
             agreed -= FsOptions::ATOMIC_O_TRUNC;
-        }
-        *self.fuse_options.lock().unwrap_or_else(|e| e.into_inner()) = Some(agreed.bits());
-        if agreed.contains(FsOptions::ZERO_MESSAGE_OPEN) {
             tracing::info!("no-open mode: the guest opens files without a request");
         }
+        *self.fuse_options.lock().unwrap_or_else(|e| e.into_inner()) = Some(agreed.bits());
         self.note(|| Record::Session {
             options: Some(agreed.bits()),
         });
