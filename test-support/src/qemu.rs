@@ -11,8 +11,11 @@ use sm_vmm::initcfg::InitConfig;
 const CMDLINE: &str =
     "console=ttyS1 reboot=a panic=-1 nomodeset 8250.nr_uarts=2 rdinit=/init quiet loglevel=4";
 
-/// Longest a guest may run (TCG boots take 3-5 s; several may share two cores).
-const GUEST_TIMEOUT_SECS: u64 = 180;
+/// Longest a guest may run (TCG boots take 3-5 s, the longest test's guest 20 s).
+const GUEST_TIMEOUT_SECS: u64 = 120;
+
+/// Boots of a guest before a stall fails the test.
+const BOOTS: u32 = 3;
 
 /// What a guest run produced.
 pub struct GuestRun {
@@ -122,20 +125,78 @@ impl Drop for GuestSlot {
 /// (`device` is QEMU's `-device` value without its `chardev=`), runs `sh -c SCRIPT`, and
 /// returns its output once the VM exits.
 ///
-/// A guest that does not finish within [`GUEST_TIMEOUT_SECS`] is booted once more, loudly
-/// (`RETRY:` on stderr): QEMU's multi-threaded TCG has been seen to stop a two-vCPU guest
-/// early in boot, with no output at all, on this two-core machine (now it runs one TCG
-/// thread). A second timeout fails the test.
+/// A guest that does not finish within [`GUEST_TIMEOUT_SECS`] is booted again, loudly
+/// (`RETRY:` on stderr, with what QEMU's monitor says of it), up to [`BOOTS`] boots: TCG
+/// guests on these machines have been seen to stop right after their virtio device
+/// started, with no output at all, and stay stopped. The last timeout fails the test.
 pub fn run_guest(dir: &Path, socket: &Path, device: &str, script: &str, vcpus: u32) -> GuestRun {
     require_qemu();
     let _slot = GuestSlot::take();
     let initrd = dir.join("initrd.img");
     initrd_running(script, &initrd);
-    boot(dir, socket, device, &initrd, vcpus).unwrap_or_else(|stalled| {
-        eprintln!("RETRY: {stalled}\nRETRY: booting the guest once more");
-        boot(dir, socket, device, &initrd, vcpus)
-            .unwrap_or_else(|stalled| panic!("{stalled} (second attempt)"))
-    })
+    for attempt in 1..=BOOTS {
+        match boot(dir, socket, device, &initrd, vcpus) {
+            Ok(run) => return run,
+            Err(stalled) if attempt < BOOTS => {
+                eprintln!("RETRY: {stalled}\nRETRY: booting the guest once more");
+            }
+            Err(stalled) => panic!("{stalled} (boot {attempt} of {BOOTS})"),
+        }
+    }
+    unreachable!("BOOTS is at least 1")
+}
+
+/// What QEMU's monitor says of a stalled guest: run state, vCPU registers (`HLT=1` is a
+/// halted vCPU), the interrupt controllers, and each virtio device's rings as QEMU and the
+/// backend see them. Best effort: an empty string when the monitor does not answer.
+fn monitor_report(monitor: &Path) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(sock) = std::os::unix::net::UnixStream::connect(monitor) else {
+        return String::new();
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let (mut out, mut input) = (&sock, BufReader::new(&sock));
+    // QMP: one JSON object per line; a command's answer is the line with "return" or "error".
+    let mut call = |cmd: serde_json::Value| -> Option<serde_json::Value> {
+        writeln!(out, "{cmd}").ok()?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if input.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+            if let Some(r) = v.get("return").or_else(|| v.get("error")) {
+                return Some(r.clone());
+            }
+        }
+    };
+    if call(serde_json::json!({"execute": "qmp_capabilities"})).is_none() {
+        return String::new();
+    }
+    let mut ask = |line: &str| -> String {
+        let cmd = serde_json::json!({"execute": "human-monitor-command",
+                                     "arguments": {"command-line": line}});
+        match call(cmd) {
+            Some(serde_json::Value::String(text)) => format!("({line})\n{text}"),
+            Some(other) => format!("({line})\n{other}\n"),
+            None => format!("({line}) no answer\n"),
+        }
+    };
+    let mut report = ask("info status");
+    report += &ask("info registers -a");
+    report += &ask("info pic");
+    let devices = ask("info virtio");
+    report += &devices;
+    for path in devices
+        .split_whitespace()
+        .filter(|w| w.starts_with("/machine/"))
+    {
+        for queue in 0..2 {
+            report += &ask(&format!("info virtio-queue-status {path} {queue}"));
+        }
+    }
+    report
 }
 
 /// One QEMU boot of `initrd`; `Err` (with the guest's output) if it did not finish in time.
@@ -149,6 +210,8 @@ fn boot(
     let kernel = sm_vmm::config::data_dir().join("kernel/vmlinuz");
     let (out, err) = (dir.join("ttyS0.txt"), dir.join("ttyS1.txt"));
     let qemu_log = dir.join("qemu.log");
+    let monitor = dir.join("qmp.sock");
+    let _ = std::fs::remove_file(&monitor);
     let chardev = |id: &str, p: &Path| format!("file,id={id},path={}", p.display());
     let mut qemu = Command::new("qemu-system-x86_64")
         // One TCG thread for all vCPUs: with multi-threaded TCG, a two-vCPU guest stopped
@@ -172,6 +235,8 @@ fn boot(
             "isa-serial,chardev=s1",
         ])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
         .args([
             "-chardev",
             &format!("socket,id=c,path={}", socket.display()),
@@ -198,12 +263,13 @@ fn boot(
     ) {
         Some(status) => status,
         None => {
+            let state = monitor_report(&monitor);
             let _ = qemu.kill();
             let _ = qemu.wait();
             let stdout = std::fs::read_to_string(&out).unwrap_or_default();
             let stderr = std::fs::read_to_string(&err).unwrap_or_default();
             let log = std::fs::read_to_string(&qemu_log).unwrap_or_default();
-            return Err(format!("guest did not finish within {GUEST_TIMEOUT_SECS} s\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- qemu\n{log}"));
+            return Err(format!("guest did not finish within {GUEST_TIMEOUT_SECS} s\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- qemu\n{log}\n--- qemu monitor\n{state}"));
         }
     };
     let qemu_err = std::fs::read_to_string(&qemu_log).unwrap_or_default();
@@ -219,5 +285,56 @@ fn boot(
             ..run
         }),
         _ => panic!("QEMU ended with {status} without a guest status: {qemu_err}\n{run}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report a stalled guest's failure carries reads QEMU's state through QMP: a
+    /// guest whose kernel has no root to mount (and so waits for ever) is `running`, its
+    /// vCPU registers and interrupt controllers show, and so do its virtio device's rings.
+    #[test]
+    fn a_stalled_guest_is_described_by_the_monitor() {
+        require_qemu();
+        let dir = tempfile::tempdir().unwrap();
+        let monitor = dir.path().join("qmp.sock");
+        let kernel = sm_vmm::config::data_dir().join("kernel/vmlinuz");
+        let mut qemu = Command::new("qemu-system-x86_64")
+            .args(["-M", "microvm", "-accel", "tcg,thread=single", "-m", "128"])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .args(["-device", "virtio-rng-device"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .arg("-kernel")
+            .arg(&kernel)
+            .args(["-append", "panic=0 quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn qemu-system-x86_64");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !monitor.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Into the kernel's wait for a root file system.
+        std::thread::sleep(Duration::from_secs(3));
+        let report = monitor_report(&monitor);
+        let _ = qemu.kill();
+        let _ = qemu.wait();
+        for want in [
+            "VM status: running",
+            "HLT=",
+            "IRR",
+            "[virtio-rng]",
+            "queue_index:          0",
+        ] {
+            assert!(
+                report.contains(want),
+                "no {want:?} in the report:\n{report}"
+            );
+        }
     }
 }
