@@ -199,6 +199,22 @@ fn monitor_report(monitor: &Path) -> String {
     report
 }
 
+/// QEMU in TCG as `-M MACHINE` with the project's guest kernel, no default devices, and
+/// its QMP monitor on `monitor` (for [`monitor_report`]). One TCG thread runs every vCPU:
+/// with multi-threaded TCG, a two-vCPU guest stopped right after its first requests in four
+/// CI runs. That is a guess, not a fix (one-vCPU guests have stalled too); it costs nothing,
+/// and a two-vCPU guest still uses two queues, served by two backend threads.
+fn microvm(machine: &str, monitor: &Path) -> Command {
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-M", machine, "-accel", "tcg,thread=single"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+        .arg("-kernel")
+        .arg(sm_vmm::config::data_dir().join("kernel/vmlinuz"));
+    qemu
+}
+
 /// One QEMU boot of `initrd`; `Err` (with the guest's output) if it did not finish in time.
 fn boot(
     dir: &Path,
@@ -207,26 +223,14 @@ fn boot(
     initrd: &Path,
     vcpus: u32,
 ) -> Result<GuestRun, String> {
-    let kernel = sm_vmm::config::data_dir().join("kernel/vmlinuz");
     let (out, err) = (dir.join("ttyS0.txt"), dir.join("ttyS1.txt"));
     let qemu_log = dir.join("qemu.log");
     let monitor = dir.join("qmp.sock");
     let _ = std::fs::remove_file(&monitor);
     let chardev = |id: &str, p: &Path| format!("file,id={id},path={}", p.display());
-    let mut qemu = Command::new("qemu-system-x86_64")
-        // One TCG thread for all vCPUs: with multi-threaded TCG, a two-vCPU guest stopped
-        // right after its first requests on both queues in four CI runs (never with one
-        // vCPU, never on a developer's machine); the guest still has two CPUs and uses both
-        // queues, and the backend still serves them from two threads.
-        .args([
-            "-M",
-            "microvm,memory-backend=mem",
-            "-accel",
-            "tcg,thread=single",
-        ])
+    let mut qemu = microvm("microvm,memory-backend=mem", &monitor)
         .args(["-smp", &vcpus.to_string(), "-m", "256"])
         .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args(["-chardev", &chardev("s0", &out), "-serial", "chardev:s0"])
         .args([
             "-chardev",
@@ -235,15 +239,11 @@ fn boot(
             "isa-serial,chardev=s1",
         ])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
         .args([
             "-chardev",
             &format!("socket,id=c,path={}", socket.display()),
         ])
         .args(["-device", &format!("{device},chardev=c")])
-        .arg("-kernel")
-        .arg(&kernel)
         .arg("-initrd")
         .arg(initrd)
         .args([
@@ -300,25 +300,13 @@ mod tests {
         require_qemu();
         let dir = tempfile::tempdir().unwrap();
         let monitor = dir.path().join("qmp.sock");
-        let kernel = sm_vmm::config::data_dir().join("kernel/vmlinuz");
-        let mut qemu = Command::new("qemu-system-x86_64")
-            .args(["-M", "microvm", "-accel", "tcg,thread=single", "-m", "128"])
-            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-            .args(["-device", "virtio-rng-device"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-            .arg("-kernel")
-            .arg(&kernel)
+        let mut cmd = microvm("microvm", &monitor);
+        cmd.args(["-m", "128", "-device", "virtio-rng-device"])
             .args(["-append", "panic=0 quiet"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn qemu-system-x86_64");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !monitor.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .stderr(Stdio::null());
+        let mut qemu = crate::process::spawn_listening(&mut cmd, &monitor);
         // Into the kernel's wait for a root file system.
         std::thread::sleep(Duration::from_secs(3));
         let report = monitor_report(&monitor);
