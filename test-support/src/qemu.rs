@@ -150,50 +150,18 @@ pub fn run_guest(dir: &Path, socket: &Path, device: &str, script: &str, vcpus: u
 /// halted vCPU), the interrupt controllers, and each virtio device's rings as QEMU and the
 /// backend see them. Best effort: an empty string when the monitor does not answer.
 fn monitor_report(monitor: &Path) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let Ok(sock) = std::os::unix::net::UnixStream::connect(monitor) else {
+    let Some(mut qemu) = sm_testvm::monitor::Monitor::connect(monitor) else {
         return String::new();
     };
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
-    let (mut out, mut input) = (&sock, BufReader::new(&sock));
-    // QMP: one JSON object per line; a command's answer is the line with "return" or "error".
-    let mut call = |cmd: serde_json::Value| -> Option<serde_json::Value> {
-        writeln!(out, "{cmd}").ok()?;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if input.read_line(&mut line).ok()? == 0 {
-                return None;
-            }
-            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
-            if let Some(r) = v.get("return").or_else(|| v.get("error")) {
-                return Some(r.clone());
-            }
-        }
-    };
-    if call(serde_json::json!({"execute": "qmp_capabilities"})).is_none() {
-        return String::new();
-    }
-    let mut ask = |line: &str| -> String {
-        let cmd = serde_json::json!({"execute": "human-monitor-command",
-                                     "arguments": {"command-line": line}});
-        match call(cmd) {
-            Some(serde_json::Value::String(text)) => format!("({line})\n{text}"),
-            Some(other) => format!("({line})\n{other}\n"),
-            None => format!("({line}) no answer\n"),
-        }
-    };
-    let mut report = ask("info status");
-    report += &ask("info registers -a");
-    report += &ask("info pic");
-    let devices = ask("info virtio");
+    let mut report = qemu.report(&["info status", "info registers -a", "info lapic", "info pic"]);
+    let devices = qemu.ask("info virtio");
     report += &devices;
     for path in devices
         .split_whitespace()
         .filter(|w| w.starts_with("/machine/"))
     {
         for queue in 0..2 {
-            report += &ask(&format!("info virtio-queue-status {path} {queue}"));
+            report += &qemu.ask(&format!("info virtio-queue-status {path} {queue}"));
         }
     }
     report

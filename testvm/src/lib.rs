@@ -4,6 +4,7 @@
 
 mod error;
 pub mod guest_files;
+pub mod monitor;
 pub mod process;
 pub mod qemu;
 pub mod relay;

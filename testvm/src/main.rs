@@ -77,10 +77,14 @@ fn main() -> ExitCode {
             what,
             idle,
             console,
+            monitor,
         }) => {
             eprintln!("{}", stalled_line(what, idle.as_secs()));
             if !console.is_empty() {
                 eprintln!("sm-testvm: end of the test VM's kernel console:\n{console}");
+            }
+            if !monitor.is_empty() {
+                eprintln!("sm-testvm: what QEMU's monitor says of the test VM:\n{monitor}");
             }
             ExitCode::from(STALLED_EXIT)
         }

@@ -56,6 +56,8 @@ pub enum Outcome {
         idle: Duration,
         /// The last lines of the L1 kernel console.
         console: String,
+        /// What QEMU's monitor said of the test VM then (empty if it did not answer).
+        monitor: String,
     },
 }
 
@@ -129,6 +131,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 what,
                 idle,
                 console,
+                monitor: monitor_report(&vm.monitor),
             });
         }
     };
@@ -174,4 +177,13 @@ fn umask() -> u32 {
     let old = umask(Mode::from_bits_truncate(0o022));
     umask(old);
     old.bits()
+}
+
+/// What QEMU says of a stalled test VM: whether its vCPUs are halted and where, their local
+/// APICs (a halted vCPU with no timer armed waits for ever) and the legacy interrupt
+/// controllers.
+fn monitor_report(socket: &Path) -> String {
+    crate::monitor::Monitor::connect(socket)
+        .map(|mut m| m.report(&["info status", "info registers -a", "info lapic", "info pic"]))
+        .unwrap_or_default()
 }

@@ -25,6 +25,8 @@ pub struct Vm {
     pub console_log: Option<PathBuf>,
     /// When the command last wrote to its stdout or stderr.
     pub activity: Activity,
+    /// QEMU's QMP socket.
+    pub monitor: PathBuf,
 }
 
 impl Vm {
@@ -51,6 +53,7 @@ impl Vm {
                 .collect(),
             stdout_fd: out_w.as_raw_fd(),
             stderr_fd: err_w.as_raw_fd(),
+            monitor: run_dir.join("qmp.sock"),
             console: match &console {
                 Some((_, w)) => Console::Pipe(w.as_raw_fd()),
                 None => Console::File(console_log.clone()),
@@ -92,6 +95,7 @@ impl Vm {
             log,
             console_log: (!verbose).then_some(console_log),
             activity,
+            monitor: cfg.monitor.clone(),
         };
         for (fd, sink, activity) in readers {
             let relay = relay::spawn(fd, sink, activity)

@@ -117,4 +117,15 @@ fn a_test_vm_whose_heartbeat_stops_is_stopped_as_frozen() {
         stderr.contains("the test VM stalled: the test VM froze (no heartbeat) for"),
         "stderr: {stderr}"
     );
+    // QEMU's view comes with it: the vCPU's state and its local APIC (a lost timer
+    // interrupt shows as the timer's vector in IRR).
+    for part in [
+        "what QEMU's monitor says of the test VM",
+        "VM status: running",
+        "HLT=",
+        "LVTT",
+        "IRR",
+    ] {
+        assert!(stderr.contains(part), "no {part:?} in stderr: {stderr}");
+    }
 }

@@ -320,7 +320,14 @@ fn setup_installs_every_binary_the_readme_uses() {
 struct Place {
     dir: tempfile::TempDir,
     registry: Option<Child>,
-    servers: Vec<(String, Child)>,
+    servers: Vec<Server>,
+}
+
+/// A server a `... &` example line left running.
+struct Server {
+    line: CommandLine,
+    socket: String,
+    child: Child,
 }
 
 impl Place {
@@ -431,14 +438,32 @@ impl Place {
             || true,
             || std::fs::read_to_string(&log).unwrap_or_default(),
         );
-        self.servers.push((socket.to_string(), child));
+        self.servers.push(Server {
+            line: line.clone(),
+            socket: socket.to_string(),
+            child,
+        });
+    }
+
+    /// Starts the running servers afresh: an example run again after a stall needs them as
+    /// they were before its first run, which may have ended them (virtiofsd exits when its
+    /// frontend goes).
+    fn restart_servers(&mut self) {
+        let lines: Vec<_> = self
+            .servers
+            .iter()
+            .map(|s| (s.line.clone(), s.socket.clone()))
+            .collect();
+        for (line, socket) in lines {
+            self.start_server(&line, &socket);
+        }
     }
 
     /// Stops the servers the examples left running (SIGTERM, then SIGKILL after 10 s).
     fn stop_servers(&mut self) {
-        for (socket, child) in self.servers.drain(..) {
-            stop(child);
-            let _ = std::fs::remove_file(socket);
+        for server in self.servers.drain(..) {
+            stop(server.child);
+            let _ = std::fs::remove_file(server.socket);
         }
     }
 }
@@ -488,8 +513,17 @@ fn check_stdout(line: &CommandLine, out: &str, expected: &Stdout) {
     );
 }
 
-fn runs(place: &Place, line: &CommandLine, stdout: &Stdout, after: Option<(&str, &str)>) {
-    let out = run_retrying_stall(|| place.shell(&line.command), LIMIT);
+fn runs(place: &mut Place, line: &CommandLine, stdout: &Stdout, after: Option<(&str, &str)>) {
+    let mut first = true;
+    let out = run_retrying_stall(
+        || {
+            if !std::mem::take(&mut first) {
+                place.restart_servers();
+            }
+            place.shell(&line.command)
+        },
+        LIMIT,
+    );
     assert_eq!(
         out.status.code(),
         Some(line.claimed_exit()),
@@ -598,7 +632,7 @@ fn readme_examples_run_as_written() {
     for (line, how) in &examples {
         let start = Instant::now();
         match how {
-            How::Runs { stdout, after } => runs(&place, line, stdout, *after),
+            How::Runs { stdout, after } => runs(&mut place, line, stdout, *after),
             How::Server { socket } => place.start_server(line, socket),
             How::ServesUntilCtrlC { shows } => serves_until_ctrl_c(&place, line, shows),
             How::Console { input, shows } => console(&place, line, input, shows),
