@@ -38,12 +38,12 @@ pub struct FsArgs {
     /// Guest caching: `auto` (host changes visible within 1 s), `always`, `never`.
     #[arg(long, value_enum, default_value_t = CacheMode::Auto)]
     pub cache: CacheMode,
-    /// Decline the guest's OPEN of a file (FUSE's no-open mode), with a writable share,
-    /// cache `auto` or `always` and no DAX window: the guest opens files on its own, and a
-    /// READ or WRITE opens the host file itself, so reading a small file is one request, not
-    /// three. Off by default until a test-VM freeze under pjdfstest with it is understood.
+    /// Answer the guest's OPEN of a file. Without it a writable share with cache `auto` or
+    /// `always` and no DAX window declines OPEN (FUSE's no-open mode): the guest opens files
+    /// on its own and a READ or WRITE opens the host file itself, so reading a small file is
+    /// one request, not three.
     #[arg(long)]
-    pub no_open: bool,
+    pub open_requests: bool,
     /// Process isolation.
     #[arg(long, value_enum, default_value_t = Isolation::Namespace)]
     pub sandbox: Isolation,
@@ -93,7 +93,7 @@ impl FsArgs {
             symlinks: SymlinkPolicy::Opaque,
             read_only: false,
             cache: CacheMode::Auto,
-            no_open: false,
+            open_requests: false,
             sandbox: Isolation::Namespace,
             allow_devices: false,
             allow_setuid: false,
@@ -130,7 +130,7 @@ impl CommandLine for FsArgs {
             symlinks,
             read_only,
             cache,
-            no_open,
+            open_requests,
             sandbox,
             allow_devices,
             allow_setuid,
@@ -148,7 +148,7 @@ impl CommandLine for FsArgs {
             .choice("symlinks", symlinks)
             .switch("read_only", *read_only)
             .choice("cache", cache)
-            .switch("no_open", *no_open)
+            .switch("open_requests", *open_requests)
             .choice("sandbox", sandbox)
             .switch("allow_devices", *allow_devices)
             .switch("allow_setuid", *allow_setuid)
@@ -183,7 +183,7 @@ mod tests {
         a.symlinks = SymlinkPolicy::Follow;
         a.read_only = true;
         a.cache = CacheMode::Never;
-        a.no_open = true;
+        a.open_requests = true;
         a.sandbox = Isolation::Chroot;
         a.allow_devices = true;
         a.allow_setuid = true;

@@ -118,7 +118,7 @@ fn run(args: FsArgs, source: ListenSource) -> Result<(), MainError> {
         allow_setuid: args.allow_setuid,
         // Not yet with a DAX window: one benchmark run there ended in a KVM_RUN EFAULT
         // (docs/architecture.md, Planned).
-        no_open: args.no_open && args.dax_window_mib == 0,
+        no_open: !args.open_requests && args.dax_window_mib == 0,
     };
     let ids = IdMaps {
         uids: IdMap::new(&args.translate_uid).map_err(|e| MainError::IdMap("uid", e))?,

@@ -1,8 +1,8 @@
 //! FUSE's no-open mode on a real directory, as the guest kernel drives it: FUSE requests as
 //! bytes through the backend's real queue loop. Once the kernel offers it at INIT, OPEN of a
 //! file answers ENOSYS (the kernel then opens files without a request) and READ and WRITE
-//! with handle 0 reach the host file; a read-only share, cache `never`, the default
-//! (no `--no-open`) and a kernel that cannot do it keep OPEN.
+//! with handle 0 reach the host file; a read-only share, cache `never`, `--open-requests`
+//! and a kernel that cannot do it keep OPEN.
 
 #[path = "common/wire.rs"]
 mod wire;
@@ -37,10 +37,17 @@ fn share(cfg: FsConfig) -> (tempfile::TempDir, Wire) {
     (dir, Wire::new(fs))
 }
 
-/// `--no-open`, cache auto, writable.
+/// The defaults: no-open mode, cache auto, writable.
 fn defaults() -> FsConfig {
+    let cfg = FsConfig::default();
+    assert!(cfg.no_open, "no-open mode is the default");
+    cfg
+}
+
+/// `--open-requests`.
+fn open_requests() -> FsConfig {
     FsConfig {
-        no_open: true,
+        no_open: false,
         ..FsConfig::default()
     }
 }
@@ -174,8 +181,8 @@ fn a_created_file_gets_no_handle_and_its_writes_land() {
     wire.request(op::FORGET, n, &1u64.to_le_bytes());
     assert_eq!(fds_on(&path), 0, "descriptors left on the created file");
 
-    // Without no-open, CREATE issues a handle.
-    let (_dir, mut wire) = share(FsConfig::default());
+    // With --open-requests, CREATE issues a handle.
+    let (_dir, mut wire) = share(open_requests());
     wire.init_with(KERNEL);
     let (_, fh) = create(&mut wire, b"new", flags).unwrap();
     assert_ne!(fh, 0);
@@ -225,7 +232,7 @@ fn cache_never_keeps_open_for_direct_io() {
 #[test]
 fn without_no_open_or_with_an_older_kernel_open_stays() {
     let cases = [
-        ("without --no-open", FsConfig::default(), KERNEL),
+        ("with --open-requests", open_requests(), KERNEL),
         ("a kernel without no-open", defaults(), ATOMIC_O_TRUNC),
     ];
     for (what, cfg, offered) in cases {

@@ -15,9 +15,11 @@ fn open_fs(dir: &Path, cfg: FsConfig) -> SharedFs {
     SharedFs::open_dir(dir, cfg).unwrap()
 }
 
+/// Symlinks `deny`, OPEN answered (`--open-requests`): file handles are what SAVE records.
 fn deny() -> FsConfig {
     FsConfig {
         symlinks: SymlinkPolicy::Deny,
+        no_open: false,
         ..FsConfig::default()
     }
 }
@@ -161,7 +163,10 @@ fn load_refuses_what_no_longer_fits_and_names_it() {
     // itself is refused, and so is a path through it.
     std::fs::remove_file(s.shared.join("d")).unwrap();
     std::os::unix::fs::symlink(".", s.shared.join("d")).unwrap();
-    let opaque = FsConfig::default();
+    let opaque = FsConfig {
+        no_open: false,
+        ..FsConfig::default()
+    };
     let mut same_cfg = state.clone();
     same_cfg.config.symlinks = "opaque".into();
     assert_eq!(

@@ -47,7 +47,7 @@ use crate::watch::Watcher;
 const MAX_DEPTH: usize = 4096;
 
 /// How the file system behaves; fixed for the life of the process.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct FsConfig {
     /// `--symlinks`.
     pub symlinks: SymlinkPolicy,
@@ -64,11 +64,27 @@ pub struct FsConfig {
     /// only). Without it they are cleared, as a `nosuid` mount makes them inert: a guest
     /// cannot leave a setuid-root program (or file capabilities) on the host.
     pub allow_setuid: bool,
-    /// FUSE's no-open mode (`--no-open`, not with a DAX window): OPEN of a regular file is declined, so
+    /// FUSE's no-open mode (on unless `--open-requests` or a DAX window): OPEN of a regular
+    /// file is declined, so
     /// the guest opens files without a request and its READs and WRITEs (handle 0) open
     /// the file for themselves. Only with a writable share (a read-only one must fail an
     /// open for writing) and cache `auto` or `always` (`never` needs OPEN's DIRECT_IO).
     pub no_open: bool,
+}
+
+impl Default for FsConfig {
+    /// The binary's defaults: symlinks `opaque`, writable, cache `auto`, no-open mode.
+    fn default() -> FsConfig {
+        FsConfig {
+            symlinks: SymlinkPolicy::default(),
+            read_only: false,
+            cache: CacheMode::default(),
+            chown_new: false,
+            allow_devices: false,
+            allow_setuid: false,
+            no_open: true,
+        }
+    }
 }
 
 /// The shared directory as a FUSE file system.
