@@ -153,7 +153,7 @@ fn monitor_report(monitor: &Path) -> String {
     let Some(mut qemu) = sm_testvm::monitor::Monitor::connect(monitor) else {
         return String::new();
     };
-    let mut report = qemu.report(&["info status", "info registers -a", "info lapic", "info pic"]);
+    let mut report = qemu.report(sm_testvm::monitor::CPU_STATE);
     let devices = qemu.ask("info virtio");
     report += &devices;
     for path in devices

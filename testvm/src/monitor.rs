@@ -10,6 +10,11 @@ use std::time::Duration;
 /// How long one monitor command may take to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a stalled guest's CPUs are doing: run state, every vCPU's registers, the current
+/// vCPU's local APIC (an expired timer left in IRR is a lost interrupt) and the legacy
+/// interrupt controllers.
+pub const CPU_STATE: &[&str] = &["info status", "info registers -a", "info lapic", "info pic"];
+
 /// A QMP session with one QEMU.
 pub struct Monitor {
     stream: UnixStream,

@@ -54,8 +54,9 @@ pub fn kernel_cmdline(nonce: &str, verbose: bool) -> String {
 /// L1 keeps its local APIC timer periodic (no high-resolution timers, no tickless idle).
 /// QEMU 7.2 (Debian 12's) clears `CPU_INTERRUPT_VIRQ` on every nested #VMEXIT with an
 /// unlocked read-modify-write of the vCPU's `interrupt_request` (`do_vmexit`, svm_helper.c;
-/// later QEMU uses the locked `cpu_reset_interrupt`), which races with the I/O thread raising `CPU_INTERRUPT_POLL` for a new APIC interrupt: the
-/// interrupt stays in the APIC's IRR and the vCPU is never told. When that interrupt is L1's
+/// later QEMU uses the locked `cpu_reset_interrupt`), which races with the I/O thread
+/// raising `CPU_INTERRUPT_POLL` for a new APIC interrupt: the interrupt stays in the APIC's
+/// IRR and the vCPU is never told. When that interrupt is L1's
 /// one-shot timer and L1 is idle, L1 halts for good (the "frozen" test VM: `info lapic` shows
 /// the timer vector in IRR, `info registers` an idle `HLT=1` with IF set). A periodic timer
 /// is re-armed by QEMU itself, so the next tick (4 ms later) raises the POLL again.

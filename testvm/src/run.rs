@@ -184,6 +184,6 @@ fn umask() -> u32 {
 /// controllers.
 fn monitor_report(socket: &Path) -> String {
     crate::monitor::Monitor::connect(socket)
-        .map(|mut m| m.report(&["info status", "info registers -a", "info lapic", "info pic"]))
+        .map(|mut m| m.report(crate::monitor::CPU_STATE))
         .unwrap_or_default()
 }

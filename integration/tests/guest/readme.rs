@@ -445,16 +445,12 @@ impl Place {
         });
     }
 
-    /// Starts the running servers afresh: an example run again after a stall needs them as
-    /// they were before its first run, which may have ended them (virtiofsd exits when its
-    /// frontend goes).
-    fn restart_servers(&mut self) {
-        let lines: Vec<_> = self
-            .servers
-            .iter()
-            .map(|s| (s.line.clone(), s.socket.clone()))
-            .collect();
-        for (line, socket) in lines {
+    /// Starts the running server afresh (`start_server` keeps one at a time): an example
+    /// run again after a stall needs it as it was before its first run, which may have
+    /// ended it (virtiofsd exits when its frontend goes).
+    fn restart_server(&mut self) {
+        if let Some(server) = self.servers.last() {
+            let (line, socket) = (server.line.clone(), server.socket.clone());
             self.start_server(&line, &socket);
         }
     }
@@ -518,7 +514,7 @@ fn runs(place: &mut Place, line: &CommandLine, stdout: &Stdout, after: Option<(&
     let out = run_retrying_stall(
         || {
             if !std::mem::take(&mut first) {
-                place.restart_servers();
+                place.restart_server();
             }
             place.shell(&line.command)
         },

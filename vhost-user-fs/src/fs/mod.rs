@@ -65,9 +65,8 @@ pub struct FsConfig {
     /// cannot leave a setuid-root program (or file capabilities) on the host.
     pub allow_setuid: bool,
     /// FUSE's no-open mode (on unless `--open-requests` or a DAX window): OPEN of a regular
-    /// file is declined, so
-    /// the guest opens files without a request and its READs and WRITEs (handle 0) open
-    /// the file for themselves. Only with a writable share (a read-only one must fail an
+    /// file is declined, so the guest opens files without a request and its READs and
+    /// WRITEs (handle 0) open the file for themselves. Only with a writable share (a read-only one must fail an
     /// open for writing) and cache `auto` or `always` (`never` needs OPEN's DIRECT_IO).
     pub no_open: bool,
 }
