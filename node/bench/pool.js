@@ -2,8 +2,11 @@
 // Pool cycles from JS: acquire -> exec `true` -> release, in a pool of one VM handed out
 // again as left (restoreOnRelease: false). Prints one JSON line: { n, p50, p99, samples }
 // in ms. SM_BENCH_SNAPSHOT: the snapshot to pool from (else a bake of the guest's root);
-// SM_BENCH_CYCLES: how many (default 200). integration/tests/guest/node.rs
-// (node::binding_overhead, run by hand) compares these with the same through Rust.
+// SM_BENCH_CYCLES: how many (default 200). With SM_BENCH_STEPPED=1 it runs one cycle per
+// line `cycle` read on stdin and prints its times (ms: total, acquire, exec, release) as one
+// line, until stdin ends:
+// integration/tests/guest/node.rs (node::binding_overhead, run by hand) alternates these
+// with the same cycles through Rust, so that the machine's drift falls on both alike.
 const { Image } = require('..');
 
 async function main() {
@@ -12,14 +15,28 @@ async function main() {
     ? await Image.fromSnapshot(process.env.SM_BENCH_SNAPSHOT)
     : await Image.build({ name: 'bench', memoryMib: 256, cmd: ['sleep', '100000'] });
   const pool = await img.pool({ min: 1, max: 1, restoreOnRelease: false, acquireTimeoutMs: 300_000 });
-  const cycle = async () => {
-    const t = process.hrtime.bigint();
+  // Times one cycle: [total, acquire, exec, release] in ms.
+  const steps = async () => {
+    const t0 = process.hrtime.bigint();
     const vm = await pool.acquire();
+    const t1 = process.hrtime.bigint();
     const r = await vm.exec({ argv: ['true'] });
     if (r.exitCode !== 0) throw new Error(`true exited ${r.exitCode}`);
+    const t2 = process.hrtime.bigint();
     await vm.release();
-    return Number(process.hrtime.bigint() - t) / 1e6;
+    const t3 = process.hrtime.bigint();
+    return [t3 - t0, t1 - t0, t2 - t1, t3 - t2].map((d) => Number(d) / 1e6);
   };
+  const cycle = async () => (await steps())[0];
+  if (process.env.SM_BENCH_STEPPED) {
+    const lines = require('readline').createInterface({ input: process.stdin });
+    for await (const line of lines) {
+      if (line !== 'cycle') break;
+      console.log((await steps()).map((ms) => ms.toFixed(4)).join(' '));
+    }
+    await pool.shutdown();
+    return;
+  }
   for (let i = 0; i < 10; i++) await cycle();
   const samples = [];
   for (let i = 0; i < cycles; i++) samples.push(await cycle());

@@ -13,6 +13,7 @@ mod run_dir;
 pub mod shares;
 pub mod signals;
 pub mod stall;
+pub mod tick;
 pub mod tools;
 pub mod virtiofsd;
 mod vm;

@@ -25,6 +25,8 @@ pub struct Config {
     pub stdout_fd: RawFd,
     /// Write end of the pipe for the port `sm.stderr`.
     pub stderr_fd: RawFd,
+    /// QEMU's end of the socket pair for the port `sm.tick` ([`crate::tick`]).
+    pub tick_fd: RawFd,
     /// QEMU's QMP socket (for the report on a stalled test VM).
     pub monitor: PathBuf,
 }
@@ -39,10 +41,9 @@ pub enum Console {
 }
 
 /// The kernel command line: warnings only unless `verbose` (so a stall leaves a trace),
-/// console on ttyS0, reboot (so QEMU exits) on panic, and a periodic tick ([`PERIODIC_TICK`]).
+/// console on ttyS0, reboot (so QEMU exits) on panic.
 pub fn kernel_cmdline(nonce: &str, verbose: bool) -> String {
-    let mut s =
-        format!("console=ttyS0 panic=-1 edd=off mitigations=off {PERIODIC_TICK} sm.nonce={nonce}");
+    let mut s = format!("console=ttyS0 panic=-1 edd=off mitigations=off sm.nonce={nonce}");
     s.push_str(if verbose {
         " sm.verbose=1"
     } else {
@@ -50,17 +51,6 @@ pub fn kernel_cmdline(nonce: &str, verbose: bool) -> String {
     });
     s
 }
-
-/// L1 keeps its local APIC timer periodic (no high-resolution timers, no tickless idle).
-/// QEMU 7.2 (Debian 12's) clears `CPU_INTERRUPT_VIRQ` on every nested #VMEXIT with an
-/// unlocked read-modify-write of the vCPU's `interrupt_request` (`do_vmexit`, svm_helper.c;
-/// later QEMU uses the locked `cpu_reset_interrupt`), which races with the I/O thread
-/// raising `CPU_INTERRUPT_POLL` for a new APIC interrupt: the interrupt stays in the APIC's
-/// IRR and the vCPU is never told. When that interrupt is L1's
-/// one-shot timer and L1 is idle, L1 halts for good (the "frozen" test VM: `info lapic` shows
-/// the timer vector in IRR, `info registers` an idle `HLT=1` with IF set). A periodic timer
-/// is re-armed by QEMU itself, so the next tick (4 ms later) raises the POLL again.
-pub const PERIODIC_TICK: &str = "highres=off nohz=off";
 
 /// The QEMU command for `cfg` (the fds in `cfg` must be inherited by the child).
 pub fn command(tools: &Tools, cfg: &Config) -> Command {
@@ -97,6 +87,12 @@ pub fn command(tools: &Tools, cfg: &Config) -> Command {
                 "virtserialport,bus=vser.0,chardev={id},name=sm.{id}"
             ));
     }
+    cmd.arg("-chardev")
+        .arg(format!("socket,id=tick,fd={}", cfg.tick_fd))
+        .args([
+            "-device",
+            "virtserialport,bus=vser.0,chardev=tick,name=sm.tick",
+        ]);
     for (tag, socket) in &cfg.fs {
         cmd.arg("-chardev")
             .arg(format!(

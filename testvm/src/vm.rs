@@ -10,6 +10,7 @@ use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::thread::JoinHandle;
@@ -42,6 +43,8 @@ impl Vm {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let console = if opts.verbose { Some(pipe()?) } else { None };
+        let (tick_host, tick_qemu) =
+            UnixStream::pair().context(|| "creating a socket pair".to_string())?;
         let console_log = run_dir.join("console.log");
         let cfg = qemu::Config {
             cpus: opts.cpus,
@@ -53,6 +56,7 @@ impl Vm {
                 .collect(),
             stdout_fd: out_w.as_raw_fd(),
             stderr_fd: err_w.as_raw_fd(),
+            tick_fd: tick_qemu.as_raw_fd(),
             monitor: run_dir.join("qmp.sock"),
             console: match &console {
                 Some((_, w)) => Console::Pipe(w.as_raw_fd()),
@@ -71,7 +75,7 @@ impl Vm {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
-        let mut keep = vec![cfg.stdout_fd, cfg.stderr_fd];
+        let mut keep = vec![cfg.stdout_fd, cfg.stderr_fd, cfg.tick_fd];
         if let Console::Pipe(fd) = cfg.console {
             keep.push(fd);
         }
@@ -80,7 +84,8 @@ impl Vm {
             .spawn()
             .context(|| format!("starting {}", tools.qemu.display()))?;
         // Only QEMU may hold the write ends, so the relays see end of file when it exits.
-        drop((out_w, err_w));
+        drop((out_w, err_w, tick_qemu));
+        crate::tick::spawn(tick_host).context(|| "starting the tick thread".to_string())?;
         let activity = Activity::new();
         let mut readers = vec![
             (out_r, Sink::Stdout, activity.clone()),

@@ -181,13 +181,15 @@ fn quantiles(samples: &[f64]) -> (f64, f64) {
 
 /// The binding's cost: pool cycles (acquire -> exec `true` -> release, in a pool of one VM
 /// handed out again as left) through the Rust library and through JS
-/// (`node/bench/pool.js`), on the same snapshot, in alternating rounds; prints p50 and p99
-/// of each. A benchmark of a few minutes, run by hand:
+/// (`node/bench/pool.js`), on the same snapshot, alternating cycle by cycle (a pool on each
+/// side, both kept) so that the machine's drift falls on both alike; prints p50 and p99 of
+/// each. A benchmark of a minute or two, run by hand:
 /// `... sm-testvm ... -- <guest test binary> --test-threads=1 --ignored --nocapture node::binding_overhead`
-/// (`SM_BENCH_CYCLES`, default 100 per round and side, 4 rounds).
+/// (`SM_BENCH_CYCLES`, default 400 per side).
 #[test]
 #[ignore = "a benchmark, run by hand"]
 fn binding_overhead() {
+    use std::io::{BufRead, BufReader, Write};
     require_kvm();
     require_node();
     let runtime = tempfile::tempdir().unwrap();
@@ -198,7 +200,7 @@ fn binding_overhead() {
     let cycles: usize = std::env::var("SM_BENCH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(400);
     let image = sm::Image::build(sm::BuildOptions {
         name: "bench".into(),
         mem_mib: 256,
@@ -207,72 +209,89 @@ fn binding_overhead() {
         ..Default::default()
     })
     .expect("bake");
-    let run_rust = |rust: &mut Vec<f64>| {
-        let pool = image
-            .pool(sm::PoolOptions {
-                min: 1,
-                max: 1,
-                restore_on_release: false,
-                acquire_timeout: Duration::from_secs(300),
-                idle_timeout: Duration::from_secs(600),
-                egress: None,
-            })
-            .unwrap();
-        let cycle = || {
-            let t = Instant::now();
-            let vm = pool.acquire().unwrap();
-            let out = vm.exec(&["true"]).output().unwrap();
-            assert_eq!(out.exit.code, Some(0));
-            vm.release();
-            t.elapsed().as_secs_f64() * 1000.0
-        };
-        for _ in 0..10 {
-            cycle();
-        }
-        let before = rust.len();
-        for _ in 0..cycles {
-            rust.push(cycle());
-        }
-        pool.shutdown();
-        eprintln!("rust p50/p99 {:?}", quantiles(&rust[before..]));
+    let pool = image
+        .pool(sm::PoolOptions {
+            min: 1,
+            max: 1,
+            restore_on_release: false,
+            acquire_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(600),
+            egress: None,
+        })
+        .unwrap();
+    // One cycle's times in ms: total, acquire, exec, release.
+    let rust_cycle = || {
+        let t0 = Instant::now();
+        let vm = pool.acquire().unwrap();
+        let t1 = Instant::now();
+        let out = vm.exec(&["true"]).output().unwrap();
+        assert_eq!(out.exit.code, Some(0));
+        let t2 = Instant::now();
+        vm.release();
+        let t3 = Instant::now();
+        [t3 - t0, t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64() * 1000.0)
     };
-    let run_js = |js: &mut Vec<f64>| {
-        let out = Command::new("node")
-            .arg("bench/pool.js")
-            .current_dir(package())
-            .env("SM_BENCH_SNAPSHOT", image.snapshot())
-            .env("SM_BENCH_CYCLES", cycles.to_string())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("node bench/pool.js");
-        assert!(out.status.success(), "node bench/pool.js: {}", out.status);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the bench's JSON");
-        let samples: Vec<f64> = v["samples"]
-            .as_array()
-            .expect("samples")
-            .iter()
-            .filter_map(|s| s.as_f64())
+    let mut node = Command::new("node")
+        .arg("bench/pool.js")
+        .current_dir(package())
+        .env("SM_BENCH_SNAPSHOT", image.snapshot())
+        .env("SM_BENCH_STEPPED", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node bench/pool.js");
+    let mut to_js = node.stdin.take().unwrap();
+    let mut from_js = BufReader::new(node.stdout.take().unwrap());
+    let mut js_cycle = || {
+        writeln!(to_js, "cycle").expect("to bench/pool.js");
+        let mut line = String::new();
+        from_js.read_line(&mut line).expect("from bench/pool.js");
+        let times: Vec<f64> = line
+            .split_whitespace()
+            .map(|t| t.parse().unwrap_or(f64::NAN))
             .collect();
-        eprintln!("js p50/p99 {:?}", quantiles(&samples));
-        js.extend(samples);
+        <[f64; 4]>::try_from(times)
+            .ok()
+            .filter(|t| t.iter().all(|ms| ms.is_finite()))
+            .unwrap_or_else(|| panic!("bench/pool.js said {line:?}"))
     };
-    // Rounds in the order R J J R R J J R: a drift of the machine's speed falls on both.
+    for _ in 0..10 {
+        rust_cycle();
+        js_cycle();
+    }
+    // R J J R R J ...: neither side always runs right after the other's release.
     let (mut rust, mut js) = (vec![], vec![]);
-    for round in 0..4 {
-        if round % 2 == 0 {
-            run_rust(&mut rust);
-            run_js(&mut js);
+    for i in 0..cycles {
+        if i % 2 == 0 {
+            rust.push(rust_cycle());
+            js.push(js_cycle());
         } else {
-            run_js(&mut js);
-            run_rust(&mut rust);
+            js.push(js_cycle());
+            rust.push(rust_cycle());
         }
     }
-    let (r50, r99) = quantiles(&rust);
-    let (j50, j99) = quantiles(&js);
+    drop(to_js);
+    assert!(node.wait().unwrap().success(), "node bench/pool.js failed");
+    pool.shutdown();
+    let column = |v: &[[f64; 4]], i: usize| v.iter().map(|t| t[i]).collect::<Vec<_>>();
+    let (r50, r99) = quantiles(&column(&rust, 0));
+    let (j50, j99) = quantiles(&column(&js, 0));
     println!("pool cycle (acquire -> exec `true` -> release, reuse, 1 caller), ms");
-    println!("through        runs    p50 ms    p99 ms");
-    println!("Rust library  {:>5} {:>9.2} {:>9.2}", rust.len(), r50, r99);
-    println!("Node.js       {:>5} {:>9.2} {:>9.2}", js.len(), j50, j99);
+    println!("through        runs    p50 ms    p99 ms   acquire p50  exec p50  release p50");
+    for (name, v) in [("Rust library", &rust), ("Node.js", &js)] {
+        let (p50, p99) = quantiles(&column(v, 0));
+        let step = |i| quantiles(&column(v, i)).0;
+        println!(
+            "{name:<13} {:>5} {:>9.2} {:>9.2} {:>13.2} {:>9.2} {:>12.2}",
+            v.len(),
+            p50,
+            p99,
+            step(1),
+            step(2),
+            step(3)
+        );
+    }
     println!(
         "binding overhead: p50 {:+.1}%, p99 {:+.1}% (goal: at most +10%)",
         (j50 / r50 - 1.0) * 100.0,
