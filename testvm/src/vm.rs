@@ -83,7 +83,8 @@ impl Vm {
         let child = cmd
             .spawn()
             .context(|| format!("starting {}", tools.qemu.display()))?;
-        // Only QEMU may hold the write ends, so the relays see end of file when it exits.
+        // Only QEMU may hold these ends, so the relays see end of file (and the tick thread
+        // a broken connection) when it exits.
         drop((out_w, err_w, tick_qemu));
         crate::tick::spawn(tick_host).context(|| "starting the tick thread".to_string())?;
         let activity = Activity::new();

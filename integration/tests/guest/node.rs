@@ -275,23 +275,19 @@ fn binding_overhead() {
     assert!(node.wait().unwrap().success(), "node bench/pool.js failed");
     pool.shutdown();
     let column = |v: &[[f64; 4]], i: usize| v.iter().map(|t| t[i]).collect::<Vec<_>>();
-    let (r50, r99) = quantiles(&column(&rust, 0));
-    let (j50, j99) = quantiles(&column(&js, 0));
+    // Per side: runs, (p50, p99) of the whole cycle, and the p50 of each step.
+    let rows = [("Rust library", &rust), ("Node.js", &js)].map(|(name, v)| {
+        let steps = [1, 2, 3].map(|i| quantiles(&column(v, i)).0);
+        (name, v.len(), quantiles(&column(v, 0)), steps)
+    });
     println!("pool cycle (acquire -> exec `true` -> release, reuse, 1 caller), ms");
     println!("through        runs    p50 ms    p99 ms   acquire p50  exec p50  release p50");
-    for (name, v) in [("Rust library", &rust), ("Node.js", &js)] {
-        let (p50, p99) = quantiles(&column(v, 0));
-        let step = |i| quantiles(&column(v, i)).0;
+    for (name, runs, (p50, p99), [acquire, exec, release]) in rows {
         println!(
-            "{name:<13} {:>5} {:>9.2} {:>9.2} {:>13.2} {:>9.2} {:>12.2}",
-            v.len(),
-            p50,
-            p99,
-            step(1),
-            step(2),
-            step(3)
+            "{name:<13} {runs:>5} {p50:>9.2} {p99:>9.2} {acquire:>13.2} {exec:>9.2} {release:>12.2}"
         );
     }
+    let ((r50, r99), (j50, j99)) = (rows[0].2, rows[1].2);
     println!(
         "binding overhead: p50 {:+.1}%, p99 {:+.1}% (goal: at most +10%)",
         (j50 / r50 - 1.0) * 100.0,
