@@ -71,12 +71,6 @@ function execOptions(o) {
   };
 }
 
-/** `signal: null` when no signal ended the command. */
-function withSignal(r) {
-  if (r.signal === undefined) r.signal = null;
-  return r;
-}
-
 /** Runs `fn` and turns a synchronous throw into a rejection. */
 async function call(fn) {
   return fn();
@@ -100,7 +94,7 @@ class Child {
       return this._raw.kill(n);
     });
   }
-  wait() { return this._raw.wait().then(withSignal); }
+  wait() { return this._raw.wait(); }
   /** stdout as a Readable stream (read as it comes). */
   get stdout() { return (this._stdout ??= readable((n) => this._raw.readStdout(n))); }
   /** stderr as a Readable stream. */
@@ -131,7 +125,13 @@ function readable(read) {
 class Vm {
   constructor(raw) { this._raw = raw; }
   /** Runs a command to its end: `{ stdout, stderr, exitCode, signal }`. */
-  exec(options) { return call(() => this._raw.exec(execOptions(options))).then(withSignal); }
+  exec(options) {
+    try {
+      return this._raw.exec(execOptions(options));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
   /** Starts a command; drive it through the child. */
   spawn(options) { return call(async () => new Child(await this._raw.spawn(execOptions(options)))); }
   writeFile(file, data, mode) { return call(() => this._raw.writeFile(String(file), bytes(data), mode)); }
@@ -156,9 +156,11 @@ class Vm {
   }
 }
 
+function wrapVm(raw) { return new Vm(raw); }
+
 class Pool {
   constructor(raw) { this._raw = raw; }
-  async acquire() { return new Vm(await this._raw.acquire()); }
+  acquire() { return this._raw.acquire().then(wrapVm); }
   counts() { return this._raw.counts(); }
   shutdown() { return this._raw.shutdown(); }
 }

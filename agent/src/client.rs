@@ -64,7 +64,7 @@ impl Write for Collected {
 }
 
 /// How long the vsock backend and the agent may take to answer a new connection.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many times a CONNECT the vsock backend closes unanswered is tried again.
 const CONNECT_REFUSED_RETRIES: u32 = 2;
 
@@ -109,6 +109,16 @@ impl Agent {
         &self.uds
     }
 
+    /// The vsock port the agent is reached on.
+    pub(crate) fn port(&self) -> u32 {
+        self.port
+    }
+
+    /// See [`Agent::with_io_timeout`].
+    pub(crate) fn io_timeout(&self) -> Option<Duration> {
+        self.io_timeout
+    }
+
     /// Waits until the agent of an already running guest answers a handshake, up to
     /// `limit`. For a guest that is booting, use [`ReadySignal`] instead.
     pub fn wait_ready(&self, limit: Duration) -> Result<(), AgentError> {
@@ -127,6 +137,7 @@ impl Agent {
     /// first (a version it refuses is answered before the request is looked at).
     pub(crate) fn open(&self, req: Option<&Request>) -> Result<UnixStream, AgentError> {
         let mut refused = 0;
+        let start = Instant::now();
         let (mut s, line) = loop {
             let name = self.uds.display().to_string();
             let mut s = UnixStream::connect(&self.uds).map_err(|e| AgentError::Connect(name, e))?;
@@ -137,10 +148,12 @@ impl Agent {
                 .map_err(FrameError::Io)?;
             match read_line(&mut s) {
                 Ok(line) => break (s, line),
-                // Refused before anything reached the agent, so safe to try again: a
+                // Refused (closed or reset) before anything reached the agent, so safe to try again: a
                 // restored guest resets its connections when it processes the vsock reset
                 // event, and can refuse a new one that reuses the port of one it still had.
-                Err(AgentError::Handshake(_)) if refused < CONNECT_REFUSED_RETRIES => {
+                Err(AgentError::Handshake(_)) | Err(AgentError::Frame(FrameError::Io(_)))
+                    if refused < CONNECT_REFUSED_RETRIES && !timed_out(start) =>
+                {
                     refused += 1;
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -356,7 +369,7 @@ pub(crate) fn read_exec_frame(conn: &mut UnixStream) -> Result<ExecFrame, AgentE
 }
 
 /// A `Failed` response as an error.
-fn done(r: Response) -> Result<Response, AgentError> {
+pub(crate) fn done(r: Response) -> Result<Response, AgentError> {
     match r {
         Response::Failed(why) => Err(AgentError::Remote(why)),
         r => Ok(r),
@@ -379,6 +392,12 @@ fn feed(mut input: Box<dyn Read + Send>, mut w: UnixStream) {
         }
     }
     let _ = write_frame(&mut w, Kind::Stdin, &[]);
+}
+
+/// Whether a handshake begun at `start` has used up its time (a read that timed out is not
+/// a refusal worth trying again).
+fn timed_out(start: Instant) -> bool {
+    start.elapsed() >= HANDSHAKE_TIMEOUT
 }
 
 /// Reads the backend's one-line answer to CONNECT (at most 64 bytes).

@@ -133,6 +133,26 @@ pub fn read_frame(r: &mut impl Read) -> Result<Frame, FrameError> {
     Ok(Frame { kind, body })
 }
 
+/// Takes the first whole frame off the front of `buf` (bytes read from a non-blocking
+/// connection), or `None` until more arrive; the same limits as [`read_frame`].
+pub fn take_frame(buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError> {
+    let Some(header) = buf.get(..5) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let kind = Kind::from_u8(header[4]).ok_or(FrameError::UnknownKind(header[4]))?;
+    let end = 5 + len as usize;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    let body = buf[5..end].to_vec();
+    buf.drain(..end);
+    Ok(Some(Frame { kind, body }))
+}
+
 impl Frame {
     /// The body parsed as JSON `T`.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, FrameError> {
@@ -155,6 +175,30 @@ mod tests {
         let f = read_frame(&mut r).unwrap();
         assert_eq!((f.kind, f.body.len()), (Kind::Stdin, 0));
         assert!(matches!(read_frame(&mut r), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn frames_are_taken_from_a_buffer_as_they_complete() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, Kind::Stdout, b"abc").unwrap();
+        write_frame(&mut wire, Kind::Done, b"{}").unwrap();
+        let mut buf = Vec::new();
+        for (i, b) in wire.iter().enumerate() {
+            buf.push(*b);
+            let got = take_frame(&mut buf).unwrap();
+            match i {
+                7 => assert_eq!(got.unwrap().body, b"abc"),
+                14 => assert_eq!(got.unwrap().kind, Kind::Done),
+                _ => assert!(got.is_none(), "nothing whole at byte {i}"),
+            }
+        }
+        assert!(buf.is_empty());
+        let mut huge = (MAX_FRAME + 1).to_le_bytes().to_vec();
+        huge.push(3);
+        assert!(matches!(
+            take_frame(&mut huge),
+            Err(FrameError::TooLarge(_))
+        ));
     }
 
     #[test]

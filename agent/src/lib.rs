@@ -6,6 +6,7 @@
 
 pub mod child;
 pub mod client;
+pub mod exchange;
 pub mod frame;
 pub mod message;
 

@@ -15,10 +15,12 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Mutex;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use sm_agent::client::{Agent, AgentError};
+use sm_agent::client::{Agent, AgentError, ExecOutput};
+use sm_agent::exchange::ExecExchange;
 use sm_agent::frame::{read_frame, write_frame, Frame, FrameError, Kind, MAX_FRAME};
 use sm_agent::message::{Control, ExecRequest, ExitInfo, Hello, Request, Response, WindowSize};
 use sm_agent::PROTOCOL_VERSION;
@@ -649,6 +651,101 @@ proptest! {
             serves_next_request(g)
         })?;
     }
+}
+
+/// Drives `ex` as an event loop would: poll(2) on its socket until it is ready or its
+/// deadline passes.
+fn drive(mut ex: ExecExchange) -> Result<ExecOutput, AgentError> {
+    loop {
+        if let Poll::Ready(r) = ex.advance() {
+            return r;
+        }
+        let out = if ex.wants_write() { libc::POLLOUT } else { 0 };
+        let mut pfd = libc::pollfd {
+            fd: ex.fd(),
+            events: libc::POLLIN | out,
+            revents: 0,
+        };
+        let ms = ex.deadline().map_or(-1, |d| {
+            d.saturating_duration_since(Instant::now()).as_millis() as i32 + 1
+        });
+        // SAFETY: one valid pollfd, for the call's duration.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+}
+
+proptest! {
+    #![proptest_config(config(100))]
+
+    /// An exec driven by an event loop (`start_exec`, what the Node binding uses) ends as the
+    /// blocking one does on the same guest reply: the same output, or an error of one line;
+    /// never a hang. Stdin, when given, is sent with the request.
+    #[test]
+    fn an_exec_driven_by_an_event_loop_ends_as_a_blocking_one(
+        shake in handshake(),
+        with_hello in prop::bool::weighted(0.85),
+        pieces in proptest::collection::vec(piece(), 0..6),
+        stdin in prop::option::of(proptest::collection::vec(any::<u8>(), 0..3000)),
+    ) {
+        let mut reply = if with_hello { hello_frame() } else { Vec::new() };
+        reply.extend(encode(&pieces));
+        let start = Instant::now();
+        with_guest(|g| {
+            g.play(&shake, reply.clone(), false);
+            let blocking = g.agent().exec(&ExecRequest::default(), stdin.as_deref());
+            g.play(&shake, reply.clone(), false);
+            let looped = g
+                .agent()
+                .start_exec(&ExecRequest::default(), stdin.as_deref())
+                .and_then(drive);
+            match (&blocking, &looped) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(_), Err(e)) => {
+                    prop_assert!(!e.to_string().contains('\n'), "multi-line error: {e}")
+                }
+                _ => prop_assert!(false, "blocking {blocking:?}, event loop {looped:?}"),
+            }
+            prop_assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+            serves_next_request(g)
+        })?;
+    }
+}
+
+#[test]
+fn an_event_loop_exec_sends_stdin_and_collects_output() {
+    let g = Guest::start();
+    let mut reply = hello_frame();
+    reply.extend(frame_bytes(Kind::Stdout, b"out"));
+    reply.extend(frame_bytes(Kind::Stderr, b"err"));
+    reply.extend(frame_bytes(
+        Kind::Done,
+        &serde_json::to_vec(&Response::Exited(ExitInfo {
+            code: Some(3),
+            signal: None,
+            timed_out: false,
+            duration_us: 1,
+        }))
+        .unwrap(),
+    ));
+    g.play(b"OK 1\n", reply, false);
+    let out = drive(g.agent().start_exec(&ExecRequest::default(), None).unwrap()).unwrap();
+    assert_eq!(
+        (&out.stdout[..], &out.stderr[..]),
+        (&b"out"[..], &b"err"[..])
+    );
+    assert_eq!(out.exit.code, Some(3));
+
+    // Refused: the backend closes the CONNECT unanswered; safe to try again.
+    g.play(b"", vec![], false);
+    let mut ex = g.agent().start_exec(&ExecRequest::default(), None).unwrap();
+    let r = loop {
+        if let Poll::Ready(r) = ex.advance() {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(matches!(r, Err(AgentError::Handshake(_))), "{r:?}");
+    assert!(ex.refused());
 }
 
 #[test]

@@ -65,8 +65,9 @@ pub struct Child {
 pub struct ExitStatus {
     /// Its exit code as a shell reports it (128 + N after signal N).
     pub exit_code: i32,
-    /// The signal that ended it, if one did.
-    pub signal: Option<i32>,
+    /// The signal that ended it, or null.
+    #[napi(ts_type = "number | null")]
+    pub signal: Either<i32, Null>,
     /// Whether its timeout killed it.
     pub timed_out: bool,
 }
@@ -190,7 +191,7 @@ impl Child {
             |_, exit| {
                 Ok(ExitStatus {
                     exit_code: exit.shell_code().into(),
-                    signal: exit.signal,
+                    signal: signal_or_null(exit.signal),
                     timed_out: exit.timed_out,
                 })
             },

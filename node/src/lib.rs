@@ -87,6 +87,11 @@ where
     Ok(promise)
 }
 
+/// A promise rejected with `f`.
+pub(crate) fn rejected<'e>(env: &'e Env, f: Fail) -> Result<Object<'e>> {
+    promise(env, move || Err::<(), _>(f), |_, ()| Ok(()))
+}
+
 /// Wakes a thread parked in [`block_on`].
 struct ThreadWaker(std::thread::Thread);
 
@@ -109,6 +114,11 @@ fn block_on<F: Future>(f: F) -> F::Output {
     }
 }
 
+/// A signal number, or JS `null` when none ended the command.
+fn signal_or_null(signal: Option<i32>) -> Either<i32, Null> {
+    signal.map_or(Either::B(Null), Either::A)
+}
+
 /// `K=V` strings (index.js turns env objects into these, keeping their order).
 fn env_pairs(env: Option<Vec<String>>) -> std::result::Result<Vec<(String, String)>, Fail> {
     env.unwrap_or_default()
@@ -121,6 +131,7 @@ fn env_pairs(env: Option<Vec<String>>) -> std::result::Result<Vec<(String, Strin
 }
 
 mod child;
+mod event_loop;
 mod forward;
 mod image;
 mod pool;

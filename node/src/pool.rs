@@ -1,6 +1,7 @@
 //! `image.pool(...)`, `pool.acquire()`, `pool.shutdown()`.
 
 use super::*;
+use sm_snapshot::api::{ApiClient, ApiExchange};
 
 /// `image.pool`'s options (defaults: sm's `PoolOptions`).
 #[napi(object)]
@@ -36,27 +37,35 @@ impl Pool {
 
 #[napi]
 impl Pool {
-    /// A ready VM, resumed.
+    /// A ready VM, resumed. A VM ready now is resumed by the event loop (see
+    /// `event_loop.rs`); otherwise a thread waits for one.
     #[napi(ts_return_type = "Promise<Vm>")]
     pub fn acquire<'e>(&self, env: &'e Env) -> Result<Object<'e>> {
         let cell = self.cell();
-        let kept = cell.clone();
-        promise(
-            env,
-            move || {
-                let g = cell.read().unwrap_or_else(|e| e.into_inner());
-                let pool = g
-                    .as_ref()
-                    .ok_or_else(|| Fail::new("pool", "the pool is shut down"))?;
-                pool.acquire().map_err(pool_fail)
+        // A shutdown holds the lock while it stops VMs: never wait for it here.
+        let taken = match cell.try_read() {
+            Ok(g) => match g.as_ref() {
+                Some(pool) => pool.take_ready(),
+                None => Err(sm::pool::PoolError::ShutDown),
             },
-            move |_, vm| {
-                Ok(Vm::of(Arc::new(VmInner::new(Target::Pooled {
-                    vm: Box::new(vm),
-                    pool: kept,
-                }))))
-            },
-        )
+            Err(_) => Ok(None),
+        };
+        let resuming = match taken {
+            Ok(Some(r)) => r,
+            Ok(None) => return acquire_on_thread(env, cell),
+            Err(e) => return rejected(env, pool_fail(e)),
+        };
+        match ApiClient::new(resuming.api_socket()).start_resume() {
+            Ok(exchange) => event_loop::drive(
+                env,
+                Box::new(AcquireCall {
+                    exchange,
+                    resuming: Some(resuming),
+                    pool: cell,
+                }),
+            ),
+            Err(e) => rejected(env, pool_fail(resuming.failed(&e))),
+        }
     }
 
     /// `{ ready, inUse, restoring }` right now.
@@ -107,4 +116,66 @@ pub struct PoolCounts {
     pub in_use: u32,
     /// Being restored.
     pub restoring: u32,
+}
+
+/// `acquire` on a thread of its own, which waits for a ready VM.
+fn acquire_on_thread<'e>(env: &'e Env, cell: PoolCell) -> Result<Object<'e>> {
+    let kept = cell.clone();
+    promise(
+        env,
+        move || {
+            let g = cell.read().unwrap_or_else(|e| e.into_inner());
+            let pool = g
+                .as_ref()
+                .ok_or_else(|| Fail::new("pool", "the pool is shut down"))?;
+            pool.acquire().map_err(pool_fail)
+        },
+        move |_, vm| Ok(pooled_vm(vm, kept)),
+    )
+}
+
+/// The JS VM of a VM handed out by `pool`.
+fn pooled_vm(vm: sm::PooledVm, pool: PoolCell) -> Vm {
+    Vm::of(Arc::new(VmInner::new(Target::Pooled {
+        vm: Box::new(vm),
+        pool,
+    })))
+}
+
+/// `acquire` resuming a ready VM on the event loop.
+struct AcquireCall {
+    exchange: ApiExchange,
+    /// Taken by the settling.
+    resuming: Option<sm::Resuming>,
+    pool: PoolCell,
+}
+
+impl event_loop::Exchange for AcquireCall {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.exchange.fd()
+    }
+
+    fn wants_write(&self) -> bool {
+        self.exchange.wants_write()
+    }
+
+    fn deadline(&self) -> Option<std::time::Instant> {
+        Some(self.exchange.deadline())
+    }
+
+    fn advance(&mut self) -> std::task::Poll<event_loop::Settle> {
+        let std::task::Poll::Ready(answer) = self.exchange.advance() else {
+            return std::task::Poll::Pending;
+        };
+        let resuming = self.resuming.take().expect("settled once");
+        let settled = match answer {
+            Ok(_) => Ok(pooled_vm(resuming.resumed(), self.pool.clone())),
+            Err(e) => Err(pool_fail(resuming.failed(&e))),
+        };
+        std::task::Poll::Ready(Box::new(move |env: Env| match settled {
+            // SAFETY: on the JS thread of `env`, inside the settling's handle scope.
+            Ok(vm) => unsafe { Vm::to_napi_value(env.raw(), vm) },
+            Err(f) => Err(f.into_js(env)),
+        }))
+    }
 }

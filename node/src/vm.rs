@@ -1,6 +1,7 @@
 //! A VM in JS: `exec`, `spawn`, files, `exposeTcp`, `snapshot`, `release`.
 
 use super::*;
+use sm_agent::client::ExecOutput;
 
 /// What a JS VM object drives.
 pub(crate) enum Target {
@@ -50,6 +51,23 @@ pub(crate) struct VmInner {
     /// Why there is no target any more.
     gone: Mutex<&'static str>,
     forwarders: Mutex<Vec<Arc<Forward>>>,
+    /// Calls the event loop drives that use the VM (they hold no lock while in flight).
+    loop_calls: Mutex<usize>,
+    /// Signalled when `loop_calls` drops to 0.
+    loop_idle: Condvar,
+}
+
+/// Marks a VM in use by an event-loop call until dropped (see [`VmInner::invalidate`]).
+pub(crate) struct Busy(Arc<VmInner>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut n = lock(&self.0.loop_calls);
+        *n -= 1;
+        if *n == 0 {
+            self.0.loop_idle.notify_all();
+        }
+    }
 }
 
 impl VmInner {
@@ -58,7 +76,25 @@ impl VmInner {
             target: RwLock::new(Some(target)),
             gone: Mutex::new("the VM was released"),
             forwarders: Mutex::new(vec![]),
+            loop_calls: Mutex::new(0),
+            loop_idle: Condvar::new(),
         }
+    }
+
+    /// On the JS thread: `f` with the target, the VM marked busy for as long as the
+    /// returned [`Busy`] lives; `None` if a release on a thread holds the target (the
+    /// caller then takes the thread path, which waits for it: the JS thread must not).
+    pub(crate) fn try_with_busy<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Target) -> std::result::Result<R, Fail>,
+    ) -> Option<std::result::Result<(R, Busy), Fail>> {
+        let g = self.target.try_read().ok()?;
+        let Some(t) = g.as_ref() else {
+            return Some(Err(Fail::new("pool", *lock(&self.gone))));
+        };
+        *lock(&self.loop_calls) += 1;
+        let busy = Busy(self.clone());
+        Some(f(t).map(|r| (r, busy)))
     }
 
     /// `f` with the target, unless the VM is gone.
@@ -74,13 +110,25 @@ impl VmInner {
     }
 
     /// Drops the target (a pooled VM goes back to its pool) and closes the forwarders.
+    /// Waits for calls in flight, on threads and on the event loop (so never call it on
+    /// the JS thread).
     pub(crate) fn invalidate(&self, why: &'static str) {
         *lock(&self.gone) = why;
-        let target = self
-            .target
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let target = loop {
+            let mut calls = lock(&self.loop_calls);
+            while *calls > 0 {
+                calls = self
+                    .loop_idle
+                    .wait(calls)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            drop(calls);
+            let mut g = self.target.write().unwrap_or_else(|e| e.into_inner());
+            // No new loop call starts while the lock is held (they only try it).
+            if *lock(&self.loop_calls) == 0 {
+                break g.take();
+            }
+        };
         for f in lock(&self.forwarders).drain(..) {
             f.close();
         }
@@ -96,7 +144,7 @@ impl VmInner {
         let Ok(mut target) = self.target.try_write() else {
             return false;
         };
-        if !lock(&self.forwarders).is_empty() {
+        if !lock(&self.forwarders).is_empty() || *lock(&self.loop_calls) > 0 {
             return false;
         }
         let pool = match target.as_ref() {
@@ -148,8 +196,9 @@ pub struct ExecResult {
     pub stderr: Buffer,
     /// Its exit code as a shell reports it (128 + N after signal N).
     pub exit_code: i32,
-    /// The signal that ended it, if one did.
-    pub signal: Option<i32>,
+    /// The signal that ended it, or null.
+    #[napi(ts_type = "number | null")]
+    pub signal: Either<i32, Null>,
 }
 
 /// `vm.exposeTcp`'s options.
@@ -180,6 +229,120 @@ pub(crate) fn build_exec<'a>(
         e = e.timeout(t);
     }
     e
+}
+
+/// An `exec`'s options, owned (for a thread, or a retry).
+pub(crate) struct ExecArgs {
+    argv: Vec<String>,
+    vars: Vec<(String, String)>,
+    cwd: Option<String>,
+    timeout_ms: Option<f64>,
+    stdin: Option<Vec<u8>>,
+}
+
+impl ExecArgs {
+    fn of(o: ExecOptions) -> std::result::Result<ExecArgs, Fail> {
+        Ok(ExecArgs {
+            vars: env_pairs(o.env)?,
+            stdin: o.stdin.as_ref().map(|b| b.to_vec()),
+            argv: o.argv,
+            cwd: o.cwd,
+            timeout_ms: o.timeout_ms,
+        })
+    }
+
+    fn builder<'a>(&self, t: &'a Target) -> sm::ExecBuilder<'a> {
+        let timeout = self.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
+        build_exec(t, &self.argv, &self.vars, &self.cwd, timeout)
+    }
+
+    fn fail(&self, e: sm_agent::client::AgentError) -> Fail {
+        Fail::new("exec", format!("{:?}: {e}", self.argv))
+    }
+
+    /// The JS result of a finished command; one the agent killed at its timeout fails.
+    fn result(&self, out: ExecOutput) -> std::result::Result<ExecResult, Fail> {
+        if out.exit.timed_out {
+            let mut f = Fail::new(
+                "timeout",
+                format!(
+                    "{:?} did not finish within {} ms (killed)",
+                    self.argv,
+                    self.timeout_ms.unwrap_or(0.0) as u64
+                ),
+            );
+            f.output = Some((out.stdout, out.stderr));
+            return Err(f);
+        }
+        Ok(ExecResult {
+            exit_code: out.exit.shell_code().into(),
+            signal: signal_or_null(out.exit.signal),
+            stdout: out.stdout.into(),
+            stderr: out.stderr.into(),
+        })
+    }
+}
+
+/// `exec` on a thread of its own, which waits for the VM if a release holds it.
+fn exec_on_thread<'e>(env: &'e Env, inner: Arc<VmInner>, args: ExecArgs) -> Result<Object<'e>> {
+    promise(
+        env,
+        move || {
+            let out = inner.with(|t| {
+                args.builder(t)
+                    .output_with_stdin(args.stdin.as_deref())
+                    .map_err(|e| args.fail(e))
+            })?;
+            args.result(out)
+        },
+        |_, r| Ok(r),
+    )
+}
+
+/// `exec` driven by the event loop.
+struct ExecCall {
+    exchange: sm_agent::exchange::ExecExchange,
+    /// Dropped as the call settles, so that a release in the promise's reaction does not
+    /// find the VM busy.
+    busy: Option<Busy>,
+    inner: Arc<VmInner>,
+    /// Taken by the settling.
+    args: Option<ExecArgs>,
+}
+
+impl event_loop::Exchange for ExecCall {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.exchange.fd()
+    }
+
+    fn wants_write(&self) -> bool {
+        self.exchange.wants_write()
+    }
+
+    fn deadline(&self) -> Option<std::time::Instant> {
+        self.exchange.deadline()
+    }
+
+    fn advance(&mut self) -> std::task::Poll<event_loop::Settle> {
+        let std::task::Poll::Ready(done) = self.exchange.advance() else {
+            return std::task::Poll::Pending;
+        };
+        self.busy = None;
+        let args = self.args.take().expect("settled once");
+        let inner = self.inner.clone();
+        let refused = self.exchange.refused();
+        std::task::Poll::Ready(Box::new(move |env: Env| match done {
+            // The backend closed the connection before the agent saw it (a restored guest
+            // can): the thread path tries again after a pause, as the library does.
+            Err(_) if refused => Ok(exec_on_thread(&env, inner, args)?.raw()),
+            Err(e) => Err(args.fail(e).into_js(env)),
+            Ok(out) => match args.result(out) {
+                // SAFETY: on the JS thread of `env`, inside the settling's handle scope.
+                Ok(r) => unsafe { ExecResult::to_napi_value(env.raw(), r) },
+                Err(f) => Err(f.into_js(env)),
+            },
+        }))
+    }
 }
 
 /// A VM: handed out by `pool.acquire()`, or given to a warm-up.
@@ -224,50 +387,33 @@ impl Drop for VmInner {
 
 #[napi]
 impl Vm {
-    /// Runs a command to its end: `{ stdout, stderr, exitCode, signal }`.
+    /// Runs a command to its end: `{ stdout, stderr, exitCode, signal }`. Driven by the
+    /// event loop (see `event_loop.rs`), or on a thread while a release holds the VM.
     #[napi(ts_return_type = "Promise<ExecResult>")]
     pub fn exec<'e>(&self, env: &'e Env, options: ExecOptions) -> Result<Object<'e>> {
         let inner = self.inner();
-        let stdin = options.stdin.as_ref().map(|b| b.to_vec());
-        let ExecOptions {
-            argv,
-            env: vars,
-            cwd,
-            timeout_ms,
-            ..
-        } = options;
-        promise(
-            env,
-            move || {
-                let vars = env_pairs(vars)?;
-                let timeout = timeout_ms.map(|ms| Duration::from_millis(ms as u64));
-                let out = inner.with(|t| {
-                    build_exec(t, &argv, &vars, &cwd, timeout)
-                        .output_with_stdin(stdin.as_deref())
-                        .map_err(|e| Fail::new("exec", format!("{argv:?}: {e}")))
-                })?;
-                if out.exit.timed_out {
-                    let mut f = Fail::new(
-                        "timeout",
-                        format!(
-                            "{argv:?} did not finish within {} ms (killed)",
-                            timeout_ms.unwrap_or(0.0) as u64
-                        ),
-                    );
-                    f.output = Some((out.stdout, out.stderr));
-                    return Err(f);
-                }
-                Ok(out)
-            },
-            |_, out| {
-                Ok(ExecResult {
-                    exit_code: out.exit.shell_code().into(),
-                    signal: out.exit.signal,
-                    stdout: out.stdout.into(),
-                    stderr: out.stderr.into(),
-                })
-            },
-        )
+        let args = match ExecArgs::of(options) {
+            Ok(a) => a,
+            Err(f) => return rejected(env, f),
+        };
+        let started = inner.try_with_busy(|t| {
+            args.builder(t)
+                .start(args.stdin.as_deref())
+                .map_err(|e| args.fail(e))
+        });
+        match started {
+            Some(Ok((exchange, busy))) => event_loop::drive(
+                env,
+                Box::new(ExecCall {
+                    exchange,
+                    busy: Some(busy),
+                    inner,
+                    args: Some(args),
+                }),
+            ),
+            Some(Err(f)) => rejected(env, f),
+            None => exec_on_thread(env, inner, args),
+        }
     }
 
     /// Starts a command and returns at once with a child to drive it.

@@ -14,7 +14,7 @@ pub mod vm;
 
 pub use bake::{BakeOptions as BuildOptions, ExtraFile, Warmup};
 pub use baked::Image;
-pub use pool::{Pool, PoolOptions, PooledVm};
+pub use pool::{Pool, PoolOptions, PooledVm, Resuming};
 pub use sm_agent::child::{Child, ChildControl, ChildOutput, ChildStdin};
 pub use sm_agent::client::{AgentError, ExecOutput};
 pub use sm_agent::message::{ExitInfo, WindowSize};

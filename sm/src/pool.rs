@@ -160,6 +160,53 @@ pub struct PooledVm {
     shared: Arc<Shared>,
 }
 
+/// A ready VM taken from its pool and not resumed yet (see [`Pool::take_ready`]); dropped
+/// unresumed, it is stopped and replaced like one whose resume failed.
+pub struct Resuming {
+    member: Option<Member>,
+    shared: Arc<Shared>,
+}
+
+impl Resuming {
+    /// The VM's API socket, to send it `PUT /vm/resume`.
+    pub fn api_socket(&self) -> PathBuf {
+        self.member
+            .as_ref()
+            .expect("held until used")
+            .vm
+            .api_socket()
+    }
+
+    /// The VM, resumed: handed out.
+    pub fn resumed(mut self) -> PooledVm {
+        PooledVm {
+            member: self.member.take(),
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The resume failed with `e`: the VM is stopped and replaced; the caller's error.
+    pub fn failed(mut self, e: &dyn std::fmt::Display) -> PoolError {
+        self.retire();
+        PoolError::Restore(format!("resuming: {e}"))
+    }
+
+    fn retire(&mut self) {
+        if let Some(member) = self.member.take() {
+            let mut st = self.shared.lock();
+            st.in_use -= 1;
+            st.retire(member.vm);
+            self.shared.changed.notify_all();
+        }
+    }
+}
+
+impl Drop for Resuming {
+    fn drop(&mut self) {
+        self.retire();
+    }
+}
+
 impl Pool {
     /// A pool of clones of the (verified) snapshot in `snapshot`; starts restoring `min`.
     pub fn new(snapshot: &Path, opts: PoolOptions) -> Result<Pool, PoolError> {
@@ -204,14 +251,36 @@ impl Pool {
 
     /// [`Pool::acquire`] with its own timeout.
     pub fn acquire_within(&self, limit: Duration) -> Result<PooledVm, PoolError> {
-        let opts = &self.shared.opts;
         let deadline = Instant::now() + limit;
+        let Some(taken) = self.take(Some(deadline))? else {
+            unreachable!("a take with a deadline waits for a VM or fails");
+        };
+        let resumed = ApiClient::new(taken.api_socket()).resume();
+        match resumed {
+            Ok(()) => Ok(taken.resumed()),
+            Err(e) => Err(taken.failed(&e)),
+        }
+    }
+
+    /// A ready VM, still paused, if one is ready now (else `Ok(None)`, and
+    /// [`Pool::acquire`] waits for one): for a caller that resumes it itself, as an event
+    /// loop does with [`sm_snapshot::api::ApiClient::start_resume`] on
+    /// [`Resuming::api_socket`], then calls [`Resuming::resumed`] or [`Resuming::failed`].
+    pub fn take_ready(&self) -> Result<Option<Resuming>, PoolError> {
+        self.take(None)
+    }
+
+    /// Takes a ready VM, waiting for one until `deadline` (none: not at all); `Ok(None)`
+    /// when not waiting and none is ready.
+    fn take(&self, deadline: Option<Instant>) -> Result<Option<Resuming>, PoolError> {
+        let opts = &self.shared.opts;
         let mut st = self.shared.lock();
-        st.waiting += 1;
-        self.shared.changed.notify_all();
+        // Counted (and the pool's thread told) only once it has to wait: a caller waiting
+        // is what makes the pool restore more.
+        let mut waiting = false;
         let ready = loop {
             if st.shut_down {
-                st.waiting -= 1;
+                st.waiting -= usize::from(waiting);
                 return Err(PoolError::ShutDown);
             }
             // The clone with the user's volume files first: what it writes persists.
@@ -224,8 +293,11 @@ impl Pool {
                 break r;
             }
             let now = Instant::now();
+            let Some(deadline) = deadline else {
+                return Ok(None);
+            };
             if now >= deadline {
-                st.waiting -= 1;
+                st.waiting -= usize::from(waiting);
                 if let Some(e) = st.last_error.take() {
                     return Err(PoolError::Restore(e));
                 }
@@ -235,6 +307,11 @@ impl Pool {
                     opts.max,
                 ));
             }
+            if !waiting {
+                waiting = true;
+                st.waiting += 1;
+                self.shared.changed.notify_all();
+            }
             st = self
                 .shared
                 .changed
@@ -242,22 +319,13 @@ impl Pool {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         };
-        st.waiting -= 1;
+        st.waiting -= usize::from(waiting);
         st.in_use += 1;
         self.shared.changed.notify_all();
-        drop(st);
-        let member = ready.member;
-        if let Err(e) = ApiClient::new(member.vm.api_socket()).resume() {
-            let mut st = self.shared.lock();
-            st.in_use -= 1;
-            st.retire(member.vm);
-            self.shared.changed.notify_all();
-            return Err(PoolError::Restore(format!("resuming: {e}")));
-        }
-        Ok(PooledVm {
-            member: Some(member),
+        Ok(Some(Resuming {
+            member: Some(ready.member),
             shared: self.shared.clone(),
-        })
+        }))
     }
 
     /// (ready, in use, being restored) right now.

@@ -3,9 +3,11 @@
 //! answer turned into a [`ApiClientError`]. What `sm-snapshot create` and `sm snapshot` use.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -151,23 +153,7 @@ impl ApiClient {
         timeout: Duration,
     ) -> Result<Answer, ApiClientError> {
         let a = self.request(method, path, body, timeout)?;
-        if (200..300).contains(&a.status) {
-            return Ok(a);
-        }
-        let message = serde_json::from_slice::<serde_json::Value>(&a.body)
-            .ok()
-            .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
-            .unwrap_or_else(|| {
-                format!(
-                    "{method} {path}: HTTP {} {}",
-                    a.status,
-                    String::from_utf8_lossy(&a.body).trim()
-                )
-            });
-        Err(ApiClientError::Refused {
-            status: a.status,
-            message: sm_launch::one_line(&message),
-        })
+        check(method, path, a)
     }
 
     /// Sends `method path` with an optional JSON body and reads the whole answer.
@@ -183,23 +169,177 @@ impl ApiClient {
             .map_err(|e| ApiClientError::Connect(self.socket.clone(), e))?;
         s.set_read_timeout(Some(timeout)).map_err(io)?;
         s.set_write_timeout(Some(SHORT_TIMEOUT)).map_err(io)?;
-        let body = body.unwrap_or_default();
-        let mut req =
-            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-        if !body.is_empty() || method == "PUT" {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        req.push_str("\r\n");
-        let mut out = req.into_bytes();
-        out.extend_from_slice(body);
-        s.write_all(&out).map_err(io)?;
-        read_answer(&mut s).map_err(|e| match e {
-            AnswerError::Io(e) => io(e),
+        s.write_all(&request_bytes(method, path, body))
+            .map_err(io)?;
+        read_answer(&mut s).map_err(|e| self.answer_error(e))
+    }
+
+    /// Starts `PUT /vm/resume` on a non-blocking connection and returns at once; the
+    /// caller's event loop drives it (see [`ApiExchange`]).
+    pub fn start_resume(&self) -> Result<ApiExchange, ApiClientError> {
+        let conn = UnixStream::connect(&self.socket)
+            .map_err(|e| ApiClientError::Connect(self.socket.clone(), e))?;
+        conn.set_nonblocking(true)
+            .map_err(|e| ApiClientError::Io(self.socket.clone(), e))?;
+        let mut ex = ApiExchange {
+            client: self.clone(),
+            conn,
+            method: "PUT",
+            path: "/vm/resume",
+            output: request_bytes("PUT", "/vm/resume", None),
+            sent: 0,
+            input: Vec::new(),
+            closed: false,
+            deadline: Instant::now() + SHORT_TIMEOUT,
+        };
+        ex.flush()?;
+        Ok(ex)
+    }
+
+    fn answer_error(&self, e: AnswerError) -> ApiClientError {
+        match e {
+            AnswerError::Io(e) => ApiClientError::Io(self.socket.clone(), e),
             AnswerError::Bad(why) => ApiClientError::BadAnswer(self.socket.clone(), why),
-        })
+        }
+    }
+}
+
+/// The bytes of `method path` with an optional JSON body.
+fn request_bytes(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
+    let body = body.unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if !body.is_empty() || method == "PUT" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    let mut out = req.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// `a` if its status is 2xx, else sm-vmm's message as the error.
+fn check(method: &str, path: &str, a: Answer) -> Result<Answer, ApiClientError> {
+    if (200..300).contains(&a.status) {
+        return Ok(a);
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&a.body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| {
+            format!(
+                "{method} {path}: HTTP {} {}",
+                a.status,
+                String::from_utf8_lossy(&a.body).trim()
+            )
+        });
+    Err(ApiClientError::Refused {
+        status: a.status,
+        message: sm_launch::one_line(&message),
+    })
+}
+
+/// One request on a non-blocking connection, for an event loop to drive: poll
+/// [`ApiExchange::fd`] (for writing too while [`ApiExchange::wants_write`]) and call
+/// [`ApiExchange::advance`] when it is ready or [`ApiExchange::deadline`] passes.
+pub struct ApiExchange {
+    client: ApiClient,
+    conn: UnixStream,
+    method: &'static str,
+    path: &'static str,
+    output: Vec<u8>,
+    sent: usize,
+    input: Vec<u8>,
+    closed: bool,
+    deadline: Instant,
+}
+
+impl ApiExchange {
+    /// The connection to poll.
+    pub fn fd(&self) -> RawFd {
+        self.conn.as_raw_fd()
+    }
+
+    /// Whether request bytes wait to be sent.
+    pub fn wants_write(&self) -> bool {
+        self.sent < self.output.len()
+    }
+
+    /// When the request fails if unanswered.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Sends and reads what the connection takes now: `Ready` with the (2xx) answer or
+    /// the failure once the answer is whole.
+    pub fn advance(&mut self) -> Poll<Result<Answer, ApiClientError>> {
+        let step = self.flush().and_then(|()| self.fill());
+        if let Err(e) = step {
+            return Poll::Ready(Err(e));
+        }
+        let mut reader = Buffered {
+            bytes: &self.input,
+            closed: self.closed,
+        };
+        match read_answer(&mut reader) {
+            Err(AnswerError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= self.deadline {
+                    let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer");
+                    return Poll::Ready(Err(ApiClientError::Io(self.client.socket.clone(), late)));
+                }
+                Poll::Pending
+            }
+            Err(e) => Poll::Ready(Err(self.client.answer_error(e))),
+            Ok(a) => Poll::Ready(check(self.method, self.path, a)),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), ApiClientError> {
+        while self.wants_write() {
+            match self.conn.write(&self.output[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ApiClientError::Io(self.client.socket.clone(), e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self) -> Result<(), ApiClientError> {
+        let mut chunk = [0u8; 4096];
+        while !self.closed {
+            match self.conn.read(&mut chunk) {
+                Ok(0) => self.closed = true,
+                Ok(n) if self.input.len() + n > MAX_HEAD + MAX_BODY => {
+                    let e = "the answer is too long".to_owned();
+                    return Err(ApiClientError::BadAnswer(self.client.socket.clone(), e));
+                }
+                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(ApiClientError::Io(self.client.socket.clone(), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bytes read so far as a reader: `WouldBlock` past them until the peer has closed,
+/// so that [`read_answer`] parses a partial answer as "more to come".
+struct Buffered<'a> {
+    bytes: &'a [u8],
+    closed: bool,
+}
+
+impl Read for Buffered<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.bytes.is_empty() && !self.closed {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        self.bytes.read(buf)
     }
 }
 
@@ -433,6 +573,56 @@ mod tests {
         t.join().unwrap();
         assert_eq!(e.to_string(), "the VM is not paused");
         assert!(matches!(e, ApiClientError::Refused { status: 409, .. }));
+    }
+
+    /// Drives `ex` as an event loop would: poll(2) on its socket until it is ready.
+    fn drive(mut ex: ApiExchange) -> Result<Answer, ApiClientError> {
+        loop {
+            if let Poll::Ready(r) = ex.advance() {
+                return r;
+            }
+            let out = if ex.wants_write() { libc::POLLOUT } else { 0 };
+            let mut pfd = libc::pollfd {
+                fd: ex.fd(),
+                events: libc::POLLIN | out,
+                revents: 0,
+            };
+            let ms = ex
+                .deadline()
+                .saturating_duration_since(Instant::now())
+                .as_millis();
+            // SAFETY: one valid pollfd, for the call's duration.
+            unsafe { libc::poll(&mut pfd, 1, ms.min(60_000) as i32 + 1) };
+        }
+    }
+
+    #[test]
+    fn a_resume_driven_by_an_event_loop_sends_the_request_and_reads_the_answer() {
+        let (_d, sock, t) = serve_once("HTTP/1.1 204 No Content\r\n\r\n");
+        let ex = ApiClient::new(&sock).start_resume().unwrap();
+        assert_eq!(drive(ex).unwrap().status, 204);
+        let (line, headers, _) = t.join().unwrap();
+        assert_eq!(line, "PUT /vm/resume HTTP/1.1\r\n");
+        assert!(headers.to_ascii_lowercase().contains("content-length: 0"));
+
+        let body = r#"{"error": "the VM is not paused"}"#;
+        let answer: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 409 Conflict\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        );
+        let (_d, sock, t) = serve_once(answer);
+        let e = drive(ApiClient::new(&sock).start_resume().unwrap()).unwrap_err();
+        t.join().unwrap();
+        assert_eq!(e.to_string(), "the VM is not paused");
+
+        // A server that closes without answering: an error, not a hang.
+        let (_d, sock, t) = serve_once("");
+        let e = drive(ApiClient::new(&sock).start_resume().unwrap()).unwrap_err();
+        t.join().unwrap();
+        assert!(e.to_string().contains("closed without an answer"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sm_agent::child::Child;
 use sm_agent::client::{Agent, AgentError, ExecOutput};
+use sm_agent::exchange::ExecExchange;
 use sm_agent::message::{ExecRequest, ExitInfo, WindowSize};
 
 /// A command to run in the guest.
@@ -86,6 +87,12 @@ impl<'a> ExecBuilder<'a> {
     /// Runs to completion with `stdin` (none: `/dev/null`) and collects the output.
     pub fn output_with_stdin(self, stdin: Option<&[u8]>) -> Result<ExecOutput, AgentError> {
         self.agent.exec(&self.req, stdin)
+    }
+
+    /// Starts running with `stdin` (none: `/dev/null`) and returns at once: the caller's
+    /// event loop drives the exchange to the collected output (see [`ExecExchange`]).
+    pub fn start(self, stdin: Option<&[u8]>) -> Result<ExecExchange, AgentError> {
+        self.agent.start_exec(&self.req, stdin)
     }
 
     /// Runs to completion with stdin from `/dev/null` and collects the output.
