@@ -115,11 +115,15 @@ impl ExecExchange {
     /// Sends and reads what the connection takes now and parses what arrived: `Ready` with
     /// the command's output once it exits, or with the failure.
     pub fn advance(&mut self) -> Poll<Result<ExecOutput, AgentError>> {
-        match self.pump() {
-            Ok(Some(out)) => Poll::Ready(Ok(out)),
-            Ok(None) => Poll::Pending,
-            Err(e) => Poll::Ready(Err(e)),
-        }
+        let done = match self.pump() {
+            Ok(Some(out)) => Ok(out),
+            Ok(None) => return Poll::Pending,
+            Err(e) => Err(e),
+        };
+        // Hung up now, as the blocking exec does, not when the caller's loop gets to closing
+        // the socket: the guest's agent ends the connection before anything else runs there.
+        let _ = self.conn.shutdown(std::net::Shutdown::Both);
+        Poll::Ready(done)
     }
 
     fn pump(&mut self) -> Result<Option<ExecOutput>, AgentError> {

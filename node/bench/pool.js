@@ -4,7 +4,7 @@
 // in ms. SM_BENCH_SNAPSHOT: the snapshot to pool from (else a bake of the guest's root);
 // SM_BENCH_CYCLES: how many (default 200). With SM_BENCH_STEPPED=1 it runs one cycle per
 // line `cycle` read on stdin and prints its times (ms: total, acquire, exec, release) as one
-// line, until stdin ends:
+// line once the VM is parked again, until stdin ends:
 // integration/tests/guest/node.rs (node::binding_overhead, run by hand) alternates these
 // with the same cycles through Rust, so that the machine's drift falls on both alike.
 const { Image } = require('..');
@@ -32,7 +32,10 @@ async function main() {
     const lines = require('readline').createInterface({ input: process.stdin });
     for await (const line of lines) {
       if (line !== 'cycle') break;
-      console.log((await steps()).map((ms) => ms.toFixed(4)).join(' '));
+      const times = await steps();
+      // The pause the release started finishes before the next cycle (either side's).
+      while (pool.counts().ready !== 1 || pool.counts().inUse !== 0) await new Promise((r) => setTimeout(r, 1));
+      console.log(times.map((ms) => ms.toFixed(4)).join(' '));
     }
     await pool.shutdown();
     return;

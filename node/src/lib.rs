@@ -1,10 +1,13 @@
 //! The Node.js binding of sm (napi-rs): `Image.build`, `Image.fromSnapshot`, `image.pool`,
 //! `pool.acquire`, and a VM's `exec`, `spawn`, `writeFile`, `readFile`, `exposeTcp`,
-//! `snapshot` and `release`. Every call that waits runs on a thread of its own (never on
-//! the JS thread, nor on libuv's small pool, so that many VMs can be driven at once) and
-//! settles a promise (a `release` that cannot wait is done on the JS thread); a failure rejects with an `Error` whose message is sm's one line and
-//! whose `code` says what failed: `image`, `boot`, `timeout`, `exec`, `pool`, `snapshot`,
-//! `io` or `args`. `index.js` beside this crate is the package's entry point.
+//! `snapshot` and `release`. No call blocks the JS thread, and any number of VMs are driven
+//! at once: `exec` and the `acquire` of a ready VM are driven by the JS thread's own event
+//! loop (their non-blocking sockets polled by libuv: `event_loop.rs`); every other call that
+//! waits runs on a thread of its own (never on libuv's small pool); a `release` that cannot
+//! wait is done on the JS thread. Each settles a promise; a failure rejects with an `Error`
+//! whose message is sm's one line and whose `code` says what failed: `image`, `boot`,
+//! `timeout`, `exec`, `pool`, `snapshot`, `io` or `args`. `index.js` beside this crate is
+//! the package's entry point.
 
 use std::future::Future;
 use std::io::{Read, Write};

@@ -182,8 +182,8 @@ fn quantiles(samples: &[f64]) -> (f64, f64) {
 /// The binding's cost: pool cycles (acquire -> exec `true` -> release, in a pool of one VM
 /// handed out again as left) through the Rust library and through JS
 /// (`node/bench/pool.js`), on the same snapshot, alternating cycle by cycle (a pool on each
-/// side, both kept) so that the machine's drift falls on both alike; prints p50 and p99 of
-/// each. A benchmark of a minute or two, run by hand:
+/// side, both kept) so that the machine's drift falls on both alike, each cycle starting
+/// once both pools have parked their VM again; prints p50 and p99 of each. A benchmark of a minute or two, run by hand:
 /// `... sm-testvm ... -- <guest test binary> --test-threads=1 --ignored --nocapture node::binding_overhead`
 /// (`SM_BENCH_CYCLES`, default 400 per side).
 #[test]
@@ -229,6 +229,11 @@ fn binding_overhead() {
         let t2 = Instant::now();
         vm.release();
         let t3 = Instant::now();
+        // The pause the release started finishes before the next cycle (either side's):
+        // otherwise it runs, untimed here, in the other side's cycle.
+        while pool.counts() != (1, 0, 0) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         [t3 - t0, t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64() * 1000.0)
     };
     let mut node = Command::new("node")
