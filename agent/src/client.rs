@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::frame::{
-    read_frame, write_chunk, write_frame, write_json, FrameError, Kind, DATA_CHUNK,
+    read_frame, write_chunk, write_frame, write_json, Frame, FrameError, Kind, DATA_CHUNK,
 };
 use crate::message::{ExecRequest, ExitInfo, Hello, Request, Response, SEED_BYTES};
 use crate::{AGENT_PORT, PROTOCOL_VERSION, READY_LINE, READY_PORT};
@@ -178,25 +178,7 @@ impl Agent {
             write_json(&mut first, Kind::Request, req)?;
         }
         s.write_all(&first).map_err(FrameError::Io)?;
-        let hello = read_frame(&mut s)?;
-        if hello.kind == Kind::Done {
-            if let Ok(Response::Failed(why)) = hello.json() {
-                return Err(AgentError::Handshake(why));
-            }
-        }
-        if hello.kind != Kind::Hello {
-            return Err(AgentError::Handshake(format!(
-                "expected Hello, got {:?}",
-                hello.kind
-            )));
-        }
-        let theirs: Hello = hello.json()?;
-        if theirs.version != PROTOCOL_VERSION {
-            return Err(AgentError::Handshake(format!(
-                "agent speaks version {}, this host {PROTOCOL_VERSION}",
-                theirs.version
-            )));
-        }
+        check_hello(&read_frame(&mut s)?)?;
         s.set_read_timeout(self.io_timeout)
             .map_err(FrameError::Io)?;
         Ok(s)
@@ -366,6 +348,29 @@ pub(crate) fn read_exec_frame(conn: &mut UnixStream) -> Result<ExecFrame, AgentE
         },
         k => Err(AgentError::Protocol(format!("unexpected {k:?} frame"))),
     }
+}
+
+/// The agent's first frame: its Hello of our version, or why it refused the connection.
+pub(crate) fn check_hello(hello: &Frame) -> Result<(), AgentError> {
+    if hello.kind == Kind::Done {
+        if let Ok(Response::Failed(why)) = hello.json() {
+            return Err(AgentError::Handshake(why));
+        }
+    }
+    if hello.kind != Kind::Hello {
+        return Err(AgentError::Handshake(format!(
+            "expected Hello, got {:?}",
+            hello.kind
+        )));
+    }
+    let theirs: Hello = hello.json()?;
+    if theirs.version != PROTOCOL_VERSION {
+        return Err(AgentError::Handshake(format!(
+            "agent speaks version {}, this host {PROTOCOL_VERSION}",
+            theirs.version
+        )));
+    }
+    Ok(())
 }
 
 /// A `Failed` response as an error.

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::task::Poll;
 use std::time::Instant;
 
-use crate::client::{done, Agent, AgentError, ExecOutput, HANDSHAKE_TIMEOUT};
+use crate::client::{check_hello, done, Agent, AgentError, ExecOutput, HANDSHAKE_TIMEOUT};
 use crate::frame::{take_frame, write_json, FrameError, Kind, DATA_CHUNK};
 use crate::message::{ExecRequest, Hello, Request, Response};
 use crate::PROTOCOL_VERSION;
@@ -229,24 +229,7 @@ impl ExecExchange {
                     let Some(hello) = take_frame(&mut self.input)? else {
                         return Ok(None);
                     };
-                    if hello.kind == Kind::Done {
-                        if let Ok(Response::Failed(why)) = hello.json() {
-                            return Err(AgentError::Handshake(why));
-                        }
-                    }
-                    if hello.kind != Kind::Hello {
-                        return Err(AgentError::Handshake(format!(
-                            "expected Hello, got {:?}",
-                            hello.kind
-                        )));
-                    }
-                    let theirs: Hello = hello.json()?;
-                    if theirs.version != PROTOCOL_VERSION {
-                        return Err(AgentError::Handshake(format!(
-                            "agent speaks version {}, this host {PROTOCOL_VERSION}",
-                            theirs.version
-                        )));
-                    }
+                    check_hello(&hello)?;
                     self.step = Step::Running;
                     self.deadline = self.io_timeout.map(|t| Instant::now() + t);
                 }
