@@ -160,24 +160,8 @@ impl Agent {
                 Err(e) => return Err(e),
             }
         };
-        if !line.starts_with("OK ") {
-            return Err(AgentError::Handshake(format!(
-                "vsock backend answered {line:?} to CONNECT {}",
-                self.port
-            )));
-        }
-        let mut first = Vec::new();
-        write_json(
-            &mut first,
-            Kind::Hello,
-            &Hello {
-                version: PROTOCOL_VERSION,
-            },
-        )?;
-        if let Some(req) = req {
-            write_json(&mut first, Kind::Request, req)?;
-        }
-        s.write_all(&first).map_err(FrameError::Io)?;
+        check_connect_ok(&line, self.port)?;
+        s.write_all(&greeting(req)?).map_err(FrameError::Io)?;
         check_hello(&read_frame(&mut s)?)?;
         s.set_read_timeout(self.io_timeout)
             .map_err(FrameError::Io)?;
@@ -350,6 +334,41 @@ pub(crate) fn read_exec_frame(conn: &mut UnixStream) -> Result<ExecFrame, AgentE
     }
 }
 
+/// The most bytes the vsock backend's answer to CONNECT may take, newline included.
+pub(crate) const MAX_CONNECT_LINE: usize = 64;
+
+/// The vsock backend's answer to CONNECT (without its newline): `OK <port>`, or the error.
+pub(crate) fn check_connect_ok(line: &str, port: u32) -> Result<(), AgentError> {
+    if line.starts_with("OK ") {
+        return Ok(());
+    }
+    Err(AgentError::Handshake(format!(
+        "vsock backend answered {line:?} to CONNECT {port}"
+    )))
+}
+
+/// The backend hung up, or sent [`MAX_CONNECT_LINE`] bytes, without a line (`got`).
+pub(crate) fn no_connect_line(got: &[u8]) -> AgentError {
+    AgentError::Handshake(format!(
+        "vsock backend closed or sent no line (got {:?}; is the guest agent listening?)",
+        String::from_utf8_lossy(got)
+    ))
+}
+
+/// What a connection sends once the backend said `OK`: our Hello and `req` (if any), one
+/// write, so the agent reads the Hello first and the request takes no extra round trip.
+pub(crate) fn greeting(req: Option<&Request>) -> Result<Vec<u8>, FrameError> {
+    let mut first = Vec::new();
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+    };
+    write_json(&mut first, Kind::Hello, &hello)?;
+    if let Some(req) = req {
+        write_json(&mut first, Kind::Request, req)?;
+    }
+    Ok(first)
+}
+
 /// The agent's first frame: its Hello of our version, or why it refused the connection.
 pub(crate) fn check_hello(hello: &Frame) -> Result<(), AgentError> {
     if hello.kind == Kind::Done {
@@ -405,21 +424,18 @@ fn timed_out(start: Instant) -> bool {
     start.elapsed() >= HANDSHAKE_TIMEOUT
 }
 
-/// Reads the backend's one-line answer to CONNECT (at most 64 bytes).
+/// Reads the backend's one-line answer to CONNECT (at most [`MAX_CONNECT_LINE`] bytes).
 fn read_line(s: &mut UnixStream) -> Result<String, AgentError> {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
-    while line.len() < 64 {
+    while line.len() < MAX_CONNECT_LINE {
         match s.read(&mut b).map_err(FrameError::Io)? {
             0 => break,
             _ if b[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
             _ => line.push(b[0]),
         }
     }
-    Err(AgentError::Handshake(format!(
-        "vsock backend closed or sent no line (got {:?}; is the guest agent listening?)",
-        String::from_utf8_lossy(&line)
-    )))
+    Err(no_connect_line(&line))
 }
 
 /// The host end of the agent's "I am listening" connection. Bind it before the guest boots,

@@ -10,10 +10,12 @@ use std::os::unix::net::UnixStream;
 use std::task::Poll;
 use std::time::Instant;
 
-use crate::client::{check_hello, done, Agent, AgentError, ExecOutput, HANDSHAKE_TIMEOUT};
-use crate::frame::{take_frame, write_json, FrameError, Kind, DATA_CHUNK};
-use crate::message::{ExecRequest, Hello, Request, Response};
-use crate::PROTOCOL_VERSION;
+use crate::client::{
+    check_connect_ok, check_hello, done, greeting, no_connect_line, Agent, AgentError, ExecOutput,
+    HANDSHAKE_TIMEOUT, MAX_CONNECT_LINE,
+};
+use crate::frame::{take_frame, write_frame, FrameError, Kind, DATA_CHUNK};
+use crate::message::{ExecRequest, Request, Response};
 
 /// Where an exchange is in the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +31,8 @@ enum Step {
 /// One exec on a non-blocking connection (see the module doc).
 pub struct ExecExchange {
     conn: UnixStream,
+    /// The vsock port asked for (named in a refusal).
+    port: u32,
     step: Step,
     /// The Hello, request and stdin frames, sent once the backend says `OK`.
     request: Vec<u8>,
@@ -59,20 +63,16 @@ impl Agent {
         conn.set_nonblocking(true).map_err(FrameError::Io)?;
         let mut req = req.clone();
         req.stdin = stdin.is_some();
-        let mut request = Vec::new();
-        let hello = Hello {
-            version: PROTOCOL_VERSION,
-        };
-        write_json(&mut request, Kind::Hello, &hello)?;
-        write_json(&mut request, Kind::Request, &Request::Exec(req))?;
+        let mut request = greeting(Some(&Request::Exec(req)))?;
         if let Some(data) = stdin {
             for chunk in data.chunks(DATA_CHUNK) {
-                crate::frame::write_frame(&mut request, Kind::Stdin, chunk)?;
+                write_frame(&mut request, Kind::Stdin, chunk)?;
             }
-            crate::frame::write_frame(&mut request, Kind::Stdin, &[])?;
+            write_frame(&mut request, Kind::Stdin, &[])?;
         }
         let mut ex = ExecExchange {
             conn,
+            port: self.port(),
             step: Step::Connecting,
             request,
             input: Vec::new(),
@@ -144,10 +144,7 @@ impl ExecExchange {
             return Err(match self.step {
                 Step::Connecting => {
                     self.refused = true;
-                    AgentError::Handshake(format!(
-                        "vsock backend closed or sent no line (got {:?}; is the guest agent listening?)",
-                        String::from_utf8_lossy(&self.input)
-                    ))
+                    no_connect_line(&self.input)
                 }
                 _ if self.input.is_empty() => FrameError::Closed.into(),
                 _ => FrameError::Io(io::ErrorKind::UnexpectedEof.into()).into(),
@@ -209,19 +206,15 @@ impl ExecExchange {
         loop {
             match self.step {
                 Step::Connecting => {
-                    let Some(end) = self.input.iter().position(|b| *b == b'\n') else {
-                        if self.input.len() >= 64 {
-                            return Err(AgentError::Handshake("vsock backend sent no line".into()));
+                    let window = &self.input[..self.input.len().min(MAX_CONNECT_LINE)];
+                    let Some(end) = window.iter().position(|b| *b == b'\n') else {
+                        if window.len() == MAX_CONNECT_LINE {
+                            return Err(no_connect_line(window));
                         }
                         return Ok(None);
                     };
                     let line: Vec<u8> = self.input.drain(..=end).collect();
-                    let line = String::from_utf8_lossy(&line[..end]).into_owned();
-                    if !line.starts_with("OK ") {
-                        return Err(AgentError::Handshake(format!(
-                            "vsock backend answered {line:?} to CONNECT"
-                        )));
-                    }
+                    check_connect_ok(&String::from_utf8_lossy(&line[..end]), self.port)?;
                     self.step = Step::Greeting;
                     self.output.append(&mut self.request);
                 }

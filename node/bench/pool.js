@@ -34,7 +34,8 @@ async function main() {
       if (line !== 'cycle') break;
       const times = await steps();
       // The pause the release started finishes before the next cycle (either side's).
-      while (pool.counts().ready !== 1 || pool.counts().inUse !== 0) await new Promise((r) => setTimeout(r, 1));
+      const parked = ({ ready, inUse, restoring }) => ready === 1 && inUse === 0 && restoring === 0;
+      while (!parked(pool.counts())) await new Promise((r) => setTimeout(r, 1));
       console.log(times.map((ms) => ms.toFixed(4)).join(' '));
     }
     await pool.shutdown();

@@ -302,12 +302,9 @@ fn exec_on_thread<'e>(env: &'e Env, inner: Arc<VmInner>, args: ExecArgs) -> Resu
 /// `exec` driven by the event loop.
 struct ExecCall {
     exchange: sm_agent::exchange::ExecExchange,
-    /// Dropped as the call settles, so that a release in the promise's reaction does not
-    /// find the VM busy.
-    busy: Option<Busy>,
-    inner: Arc<VmInner>,
-    /// Taken by the settling.
-    args: Option<ExecArgs>,
+    /// The options (for the result, or a retry) and the VM marked busy; taken as the call
+    /// settles, so that a release in the promise's reaction does not find the VM busy.
+    pending: Option<(ExecArgs, Busy)>,
 }
 
 impl event_loop::Exchange for ExecCall {
@@ -327,9 +324,9 @@ impl event_loop::Exchange for ExecCall {
         let std::task::Poll::Ready(done) = self.exchange.advance() else {
             return std::task::Poll::Pending;
         };
-        self.busy = None;
-        let args = self.args.take().expect("settled once");
-        let inner = self.inner.clone();
+        let (args, busy) = self.pending.take().expect("settled once");
+        let inner = busy.0.clone();
+        drop(busy);
         let refused = self.exchange.refused();
         std::task::Poll::Ready(Box::new(move |env: Env| match done {
             // The backend closed the connection before the agent saw it (a restored guest
@@ -406,9 +403,7 @@ impl Vm {
                 env,
                 Box::new(ExecCall {
                     exchange,
-                    busy: Some(busy),
-                    inner,
-                    args: Some(args),
+                    pending: Some((args, busy)),
                 }),
             ),
             Some(Err(f)) => rejected(env, f),

@@ -183,7 +183,8 @@ fn quantiles(samples: &[f64]) -> (f64, f64) {
 /// handed out again as left) through the Rust library and through JS
 /// (`node/bench/pool.js`), on the same snapshot, alternating cycle by cycle (a pool on each
 /// side, both kept) so that the machine's drift falls on both alike, each cycle starting
-/// once both pools have parked their VM again; prints p50 and p99 of each. A benchmark of a minute or two, run by hand:
+/// once both pools have parked their VM again; prints p50 and p99 of each. A benchmark of a
+/// minute or two, run by hand:
 /// `... sm-testvm ... -- <guest test binary> --test-threads=1 --ignored --nocapture node::binding_overhead`
 /// (`SM_BENCH_CYCLES`, default 400 per side).
 #[test]
