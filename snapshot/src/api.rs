@@ -558,17 +558,15 @@ mod tests {
         );
     }
 
+    /// sm-vmm's refusal of a resume of a running VM.
+    const NOT_PAUSED: &str = concat!(
+        "HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: 33\r\n\r\n",
+        r#"{"error": "the VM is not paused"}"#
+    );
+
     #[test]
     fn an_error_answer_becomes_its_one_line_message_and_status() {
-        let body = r#"{"error": "the VM is not paused"}"#;
-        let answer: &'static str = Box::leak(
-            format!(
-                "HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .into_boxed_str(),
-        );
-        let (_d, sock, t) = serve_once(answer);
+        let (_d, sock, t) = serve_once(NOT_PAUSED);
         let e = ApiClient::new(&sock).resume().unwrap_err();
         t.join().unwrap();
         assert_eq!(e.to_string(), "the VM is not paused");
@@ -605,15 +603,7 @@ mod tests {
         assert_eq!(line, "PUT /vm/resume HTTP/1.1\r\n");
         assert!(headers.to_ascii_lowercase().contains("content-length: 0"));
 
-        let body = r#"{"error": "the VM is not paused"}"#;
-        let answer: &'static str = Box::leak(
-            format!(
-                "HTTP/1.1 409 Conflict\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .into_boxed_str(),
-        );
-        let (_d, sock, t) = serve_once(answer);
+        let (_d, sock, t) = serve_once(NOT_PAUSED);
         let e = drive(ApiClient::new(&sock).start_resume().unwrap()).unwrap_err();
         t.join().unwrap();
         assert_eq!(e.to_string(), "the VM is not paused");
