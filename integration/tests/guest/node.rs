@@ -171,6 +171,31 @@ fn every_example_runs() {
     assert!(Path::new(&package().join("README.md")).exists());
 }
 
+/// What the calling thread used, from its `/proc/thread-self` counters: CPU time and time
+/// spent waiting for a CPU (ms, `schedstat`), and how often it slept and how often it was
+/// preempted (`status`). `node/bench/pool.js` reads the same for the JS thread.
+fn thread_use() -> [f64; 4] {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns: Vec<f64> = stat
+        .split_whitespace()
+        .map(|n| n.parse().unwrap_or(f64::NAN))
+        .collect();
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    let count = |name: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    [
+        ns.first().copied().unwrap_or(f64::NAN) / 1e6,
+        ns.get(1).copied().unwrap_or(f64::NAN) / 1e6,
+        count("voluntary_ctxt_switches:"),
+        count("nonvoluntary_ctxt_switches:"),
+    ]
+}
+
 /// p50 and p99 of `samples` (ms).
 fn quantiles(samples: &[f64]) -> (f64, f64) {
     let mut s = samples.to_vec();
@@ -220,8 +245,10 @@ fn binding_overhead() {
             egress: None,
         })
         .unwrap();
-    // One cycle's times in ms: total, acquire, exec, release.
+    // One cycle's times in ms (total, acquire, exec, release), then what the calling thread
+    // used meanwhile (see `thread_use`).
     let rust_cycle = || {
+        let used = thread_use();
         let t0 = Instant::now();
         let vm = pool.acquire().unwrap();
         let t1 = Instant::now();
@@ -232,10 +259,17 @@ fn binding_overhead() {
         let t3 = Instant::now();
         // The pause the release started finishes before the next cycle (either side's):
         // otherwise it runs, untimed here, in the other side's cycle.
+        let now = thread_use();
         while pool.counts() != (1, 0, 0) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        [t3 - t0, t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64() * 1000.0)
+        let times = [t3 - t0, t1 - t0, t2 - t1, t3 - t2].map(|d| d.as_secs_f64() * 1000.0);
+        let mut cycle = [0.0; 8];
+        cycle[..4].copy_from_slice(&times);
+        for (i, (a, b)) in used.iter().zip(now).enumerate() {
+            cycle[4 + i] = b - a;
+        }
+        cycle
     };
     let mut node = Command::new("node")
         .arg("bench/pool.js")
@@ -257,7 +291,7 @@ fn binding_overhead() {
             .split_whitespace()
             .map(|t| t.parse().unwrap_or(f64::NAN))
             .collect();
-        <[f64; 4]>::try_from(times)
+        <[f64; 8]>::try_from(times)
             .ok()
             .filter(|t| t.iter().all(|ms| ms.is_finite()))
             .unwrap_or_else(|| panic!("bench/pool.js said {line:?}"))
@@ -280,7 +314,7 @@ fn binding_overhead() {
     drop(to_js);
     assert!(node.wait().unwrap().success(), "node bench/pool.js failed");
     pool.shutdown();
-    let column = |v: &[[f64; 4]], i: usize| v.iter().map(|t| t[i]).collect::<Vec<_>>();
+    let column = |v: &[[f64; 8]], i: usize| v.iter().map(|t| t[i]).collect::<Vec<_>>();
     // Per side: runs, (p50, p99) of the whole cycle, and the p50 of each step.
     let rows = [("Rust library", &rust), ("Node.js", &js)].map(|(name, v)| {
         let steps = [1, 2, 3].map(|i| quantiles(&column(v, i)).0);
@@ -291,6 +325,21 @@ fn binding_overhead() {
     for (name, runs, (p50, p99), [acquire, exec, release]) in rows {
         println!(
             "{name:<13} {runs:>5} {p50:>9.2} {p99:>9.2} {acquire:>13.2} {exec:>9.2} {release:>12.2}"
+        );
+    }
+    // Where the cost lands: the calling (JS) thread's CPU, its waits for a CPU that
+    // another thread held, and its sleeps and preemptions.
+    println!(
+        "calling thread, per cycle: CPU ms p50, waiting for a CPU ms p50, sleeps, preemptions"
+    );
+    for (name, v) in [("Rust library", &rust), ("Node.js", &js)] {
+        let mean = |i| column(v, i).iter().sum::<f64>() / v.len() as f64;
+        println!(
+            "{name:<13} {:>11.2} {:>12.2} {:>10.2} {:>12.2}",
+            quantiles(&column(v, 4)).0,
+            quantiles(&column(v, 5)).0,
+            mean(6),
+            mean(7)
         );
     }
     let ((r50, r99), (j50, j99)) = (rows[0].2, rows[1].2);
