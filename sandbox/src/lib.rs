@@ -214,7 +214,7 @@ pub fn narrow_worker_thread() -> Result<(), SandboxError> {
     if NARROWED.get() {
         return Ok(());
     }
-    syscalls::narrow_this_thread(allowed)?;
+    syscalls::narrow_this_thread(allowed, &namespaces::FORWARDED)?;
     NARROWED.set(true);
     tracing::info!(
         "queue worker thread {} narrowed to {} system calls",

@@ -35,7 +35,7 @@ pub enum NamespaceError {
 }
 
 /// Signals the supervisor passes on to the sandboxed child.
-const FORWARDED: [Signal; 4] = [
+pub(crate) const FORWARDED: [Signal; 4] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,

@@ -59,6 +59,9 @@ pub enum SeccompError {
     /// The SIGSYS handler could not be installed.
     #[error("cannot install the SIGSYS handler: {0}")]
     Handler(std::io::Error),
+    /// The stop signals could not be blocked on a worker thread.
+    #[error("cannot block the stop signals on a worker thread: {0}")]
+    Mask(nix::Error),
 }
 
 fn arch() -> Result<TargetArch, SeccompError> {
@@ -150,7 +153,16 @@ pub const QUEUE_WORKER_SYSCALLS: &[libc::c_long] = &[
 
 /// Narrows the calling thread (only it, and threads it starts later) to `allowed`, on top
 /// of the process's filter; a call outside it ends the process as any violation does.
-pub fn narrow_this_thread(allowed: &[libc::c_long]) -> Result<(), SeccompError> {
+///
+/// The signals sent to the process (`stop_signals`) are blocked on the thread first: the
+/// kernel hands such a signal to any thread that does not block it, and their handlers
+/// (a backend's sends `STOPPING=1` and re-raises it) make calls a narrowed thread may not.
+pub fn narrow_this_thread(
+    allowed: &[libc::c_long],
+    stop_signals: &[nix::sys::signal::Signal],
+) -> Result<(), SeccompError> {
+    let mask: nix::sys::signal::SigSet = stop_signals.iter().copied().collect();
+    mask.thread_block().map_err(SeccompError::Mask)?;
     let rules: BTreeMap<i64, Vec<SeccompRule>> = allowed.iter().map(|nr| (*nr, vec![])).collect();
     let filter = SeccompFilter::new(rules, SeccompAction::Trap, SeccompAction::Allow, arch()?)?;
     let bpf: BpfProgram = filter.try_into()?;

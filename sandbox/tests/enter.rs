@@ -129,6 +129,13 @@ fn scenario(name: &str) -> ! {
             let worker = std::thread::spawn(|| {
                 must(sm_sandbox::narrow_worker_thread().is_ok(), "narrowed");
                 must(sm_sandbox::narrow_worker_thread().is_ok(), "twice is once");
+                // A stop signal sent to the process goes to a thread whose filter lets its
+                // handler run (a backend's sends a notification): never to this one.
+                let mask = nix::sys::signal::SigSet::thread_get_mask();
+                must(
+                    mask.is_ok_and(|m| m.contains(nix::sys::signal::Signal::SIGTERM)),
+                    "SIGTERM blocked on the narrowed thread",
+                );
                 // What a queue worker does: allocate, log, wait, and end.
                 let v: Vec<u8> = vec![7; 4 << 20];
                 eprintln!("worker served {} bytes", v.len());

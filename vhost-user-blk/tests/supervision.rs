@@ -178,10 +178,12 @@ fn exactly_one_socket_source() {
     let log = std::fs::read_to_string(d.join("backend.log")).unwrap();
     assert_eq!(log.lines().count(), 1, "{log}");
     assert!(log.contains("--socket and LISTEN_FDS"), "{log}");
-    // Descriptors that are not listening Unix sockets.
+    // Descriptors that are not listening Unix sockets. A closed one is numbered high: a
+    // low number can be a descriptor the test process inherited and passes on (its own are
+    // close-on-exec, the shell's or service manager's above 2 need not be).
     Blk::assert_one_line_error(
-        &Blk::run(&["--fd", "9", "--file", s(&img)]),
-        &["--fd 9", "no such open descriptor"],
+        &Blk::run(&["--fd", "900", "--file", s(&img)]),
+        &["--fd 900", "no such open descriptor"],
     );
     let file = std::fs::File::open(&img).unwrap();
     let datagram = UnixDatagram::unbound().unwrap();
